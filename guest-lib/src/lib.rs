@@ -1,0 +1,28 @@
+//! vamp's RPMsg engine.
+//!
+//! One sans-IO core for every transport and both virtio roles:
+//!
+//! - [`wire`]: typed, bounds-checked views over the byte formats (rpmsg header, name-service
+//!   message, resource table).
+//! - [`mem`]: the shared-memory abstraction every ring and buffer access goes through. Memory
+//!   another party writes is never turned into a Rust reference.
+//! - [`vring`]: split virtqueues in the driver role (host/master) and the device role (remote).
+//! - [`transport`]: moving rpmsg buffers over two vrings, in either role.
+//! - [`rpmsg`]: endpoints, addressing, name service, send/receive: the OpenAMP API.
+//!
+//! The crate is `no_std` and needs only `alloc` (a global allocator). The `std` feature adds
+//! the Linux pieces: a std [`Environment`](transport::Environment) and the native two-process
+//! link laid out as OpenAMP's native-Linux machine.
+#![no_std]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod mem;
+pub mod rpmsg;
+pub mod transport;
+pub mod vring;
+pub mod wire;
+

@@ -1,0 +1,647 @@
+//! Moving rpmsg buffers over the two vrings of one virtio-rpmsg device, in either role.
+//!
+//! The engine ([`crate::rpmsg`]) sees only [`Transport`]: get a buffer to send in, send it,
+//! get a received buffer, give it back. The two implementations here hide which side owns
+//! the buffers:
+//!
+//! - [`DriverTransport`] (host/master, Linux's role): owns a pool of buffers laid out as Linux
+//!   lays it out, posts the receive half on vq 0, sends on vq 1 and reclaims from its used ring.
+//! - [`DeviceTransport`] (remote): sends by filling a buffer the driver posted on vq 0 and
+//!   returning it used; receives from vq 1's available ring.
+//!
+//! What a link must do around them (kick the peer, wait for a kick, tell time) is the
+//! [`Environment`], so bare-metal, RTOS and Linux users plug in their own.
+
+use crate::mem::{MemError, SharedMemory};
+use crate::vring::{Chain, DeviceQueue, DriverQueue, PopError, Segment, VringError, VringLayout};
+use crate::wire::Endian;
+use alloc::vec::Vec;
+
+/// The queue the driver receives on (device transmits on).
+pub const RX_QUEUE: u16 = 0;
+/// The queue the driver transmits on (device receives on).
+pub const TX_QUEUE: u16 = 1;
+
+/// What OpenAMP's libmetal gives a port, reduced to what the engine needs.
+pub trait Environment {
+    /// Notifies the peer that queue `queue` (0 or 1) has news.
+    fn notify(&mut self, queue: u16);
+
+    /// Blocks until the peer notifies us or `timeout_us` microseconds pass. Returns whether a
+    /// notification arrived. The default does not block: callers fall back to polling.
+    fn wait(&mut self, timeout_us: u64) -> bool {
+        let _ = timeout_us;
+        false
+    }
+
+    /// A monotonic clock in microseconds, used to bound blocking sends.
+    fn now_us(&mut self) -> u64;
+}
+
+/// One rpmsg buffer handed out by a transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffer {
+    /// Transport-private identity (pool index or descriptor head).
+    pub(crate) id: u32,
+    pub(crate) chain: Chain,
+    /// Bytes of valid data (received buffers) or capacity (buffers to send in).
+    pub(crate) len: u32,
+}
+
+impl Buffer {
+    /// Capacity or received length in bytes.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Whether the buffer holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The buffer's segments.
+    pub fn segments(&self) -> &[Segment] {
+        self.chain.segments()
+    }
+
+    /// Reads `out.len()` bytes at `offset` within the buffer, across segments.
+    pub fn read<M: SharedMemory + ?Sized>(
+        &self,
+        mem: &M,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<(), MemError> {
+        self.walk(offset, out.len(), |addr, range| mem.read(addr, &mut out[range]))
+    }
+
+    /// Writes `data` at `offset` within the buffer, across segments.
+    pub fn write<M: SharedMemory + ?Sized>(
+        &self,
+        mem: &M,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<(), MemError> {
+        self.walk(offset, data.len(), |addr, range| mem.write(addr, &data[range]))
+    }
+
+    /// Calls `f(address, range within the caller's bytes)` for each piece of
+    /// `offset..offset + len` that falls in one segment.
+    pub(crate) fn walk(
+        &self,
+        offset: usize,
+        len: usize,
+        mut f: impl FnMut(u64, core::ops::Range<usize>) -> Result<(), MemError>,
+    ) -> Result<(), MemError> {
+        let mut skip = offset as u64;
+        let mut done = 0usize;
+        for seg in self.segments() {
+            if done == len {
+                break;
+            }
+            let seg_len = seg.len as u64;
+            if skip >= seg_len {
+                skip -= seg_len;
+                continue;
+            }
+            let n = ((seg_len - skip) as usize).min(len - done);
+            f(seg.addr + skip, done..done + n)?;
+            done += n;
+            skip = 0;
+        }
+        if done < len {
+            let addr = self.segments().first().map_or(0, |s| s.addr);
+            return Err(MemError { addr: addr + offset as u64, len });
+        }
+        Ok(())
+    }
+}
+
+/// Why a transport could not move a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkError {
+    /// The peer broke the ring protocol; the link needs a reset.
+    Vring(VringError),
+    /// A buffer the peer gave us points outside shared memory.
+    Memory(MemError),
+    /// The peer gave a buffer of the wrong direction or shape for its queue.
+    BadBuffer(VringError),
+    /// A buffer handed back that the transport does not know.
+    UnknownBuffer,
+}
+
+impl From<VringError> for LinkError {
+    fn from(e: VringError) -> Self {
+        LinkError::Vring(e)
+    }
+}
+
+impl From<MemError> for LinkError {
+    fn from(e: MemError) -> Self {
+        LinkError::Memory(e)
+    }
+}
+
+impl core::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            LinkError::Vring(e) => write!(f, "ring protocol broken: {e}"),
+            LinkError::Memory(e) => e.fmt(f),
+            LinkError::BadBuffer(e) => write!(f, "unusable buffer: {e}"),
+            LinkError::UnknownBuffer => write!(f, "buffer handed back twice or never handed out"),
+        }
+    }
+}
+
+impl core::error::Error for LinkError {}
+
+/// What the engine needs from the two vrings of one virtio-rpmsg device.
+pub trait Transport {
+    /// The memory the buffers live in.
+    type Memory: SharedMemory;
+
+    /// The memory the buffers live in.
+    fn memory(&self) -> &Self::Memory;
+
+    /// Byte order of headers and name-service messages on this link.
+    fn endian(&self) -> Endian;
+
+    /// The largest buffer (header included) this side can send in, if known before a buffer
+    /// is taken: the driver knows its pool; the device learns sizes from posted buffers.
+    fn tx_buffer_size(&self) -> Option<u32>;
+
+    /// Size of the buffers this side receives in, if known.
+    fn rx_buffer_size(&self) -> Option<u32>;
+
+    /// Takes a buffer to send in, or `None` if none is free now.
+    fn take_tx(&mut self) -> Result<Option<Buffer>, LinkError>;
+
+    /// Sends a buffer holding `len` bytes (header and payload). The peer is notified at the
+    /// next [`flush`](Self::flush).
+    fn send_tx(&mut self, buf: Buffer, len: u32) -> Result<(), LinkError>;
+
+    /// Gives back a buffer from [`take_tx`](Self::take_tx) without sending it.
+    fn release_tx(&mut self, buf: Buffer);
+
+    /// Takes the next received buffer, if any. Its `len` is the bytes the peer reports.
+    fn take_rx(&mut self) -> Result<Option<Buffer>, LinkError>;
+
+    /// Gives a received buffer back to the peer.
+    fn release_rx(&mut self, buf: Buffer) -> Result<(), LinkError>;
+
+    /// Notifies the peer of everything sent or released since the last flush, where its
+    /// notification suppression asks for it.
+    fn flush(&mut self) -> Result<(), LinkError>;
+
+    /// Asks to be notified when a transmit buffer comes free (`true`) or not (`false`).
+    /// Returns whether one may already be free.
+    fn want_tx_notifications(&mut self, on: bool) -> Result<bool, LinkError>;
+
+    /// The environment, for waiting and time.
+    fn environment(&mut self) -> &mut dyn Environment;
+}
+
+/// Buffer sizes of one rpmsg device (OpenAMP's `rpmsg_virtio_config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferConfig {
+    /// Size of host-to-remote (driver TX) buffers, header included.
+    pub h2r_buf_size: u32,
+    /// Size of remote-to-host (driver RX) buffers, header included.
+    pub r2h_buf_size: u32,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig { h2r_buf_size: 512, r2h_buf_size: 512 }
+    }
+}
+
+/// Linux's cap on the number of rpmsg buffers.
+pub const MAX_RPMSG_NUM_BUFS: u32 = 512;
+
+/// Where a driver-role rpmsg device keeps its rings and buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverLayout {
+    /// vq 0: the driver's receive ring.
+    pub rx_ring: VringLayout,
+    /// vq 1: the driver's transmit ring.
+    pub tx_ring: VringLayout,
+    /// Start of the buffer pool.
+    pub pool_addr: u64,
+    /// Bytes available for the pool.
+    pub pool_len: u64,
+    /// Buffer sizes.
+    pub buffers: BufferConfig,
+}
+
+impl DriverLayout {
+    /// Number of buffers, as Linux computes it: twice the ring size, at most 512 (half to
+    /// receive, half to send).
+    pub fn num_bufs(&self) -> u32 {
+        (2 * self.rx_ring.size as u32).min(MAX_RPMSG_NUM_BUFS)
+    }
+
+    /// Pool bytes the buffers need.
+    pub fn pool_bytes(&self) -> u64 {
+        let half = self.num_bufs() as u64 / 2;
+        half * self.buffers.r2h_buf_size as u64 + half * self.buffers.h2r_buf_size as u64
+    }
+}
+
+/// The driver side: owns the buffers.
+#[derive(Debug)]
+pub struct DriverTransport<M: SharedMemory, E: Environment> {
+    mem: M,
+    env: E,
+    endian: Endian,
+    layout: DriverLayout,
+    rx: DriverQueue,
+    tx: DriverQueue,
+    num_half: u32,
+    /// TX buffers handed out fresh so far (Linux's `last_sbuf`).
+    fresh_tx: u32,
+    /// TX buffers given back unused.
+    spare_tx: Vec<u32>,
+    /// Per TX buffer: whether it is out (in the caller's hands or in the ring).
+    tx_out: Vec<bool>,
+    /// Per RX buffer: whether the caller holds it.
+    rx_out: Vec<bool>,
+    kick_rx: bool,
+    kick_tx: bool,
+}
+
+impl<M: SharedMemory, E: Environment> DriverTransport<M, E> {
+    /// Sets up both rings in `mem`, lays out the pool and posts every receive buffer.
+    ///
+    /// The receive buffers are the first half of the pool in order, the transmit buffers the
+    /// second half: Linux's `rbufs`/`sbufs` split.
+    pub fn new(
+        mem: M,
+        env: E,
+        layout: DriverLayout,
+        endian: Endian,
+        event_idx: bool,
+    ) -> Result<Self, LinkError> {
+        let num_half = layout.num_bufs() / 2;
+        if layout.rx_ring.size as u32 > num_half * 2 || layout.tx_ring.size == 0 {
+            return Err(LinkError::Vring(VringError::BadLayout("ring sizes do not fit the pool")));
+        }
+        if layout.buffers.h2r_buf_size < 16 || layout.buffers.r2h_buf_size < 16 {
+            return Err(LinkError::Vring(VringError::BadLayout("buffers smaller than a header")));
+        }
+        if layout.pool_bytes() > layout.pool_len
+            || mem.region(layout.pool_addr, layout.pool_bytes() as usize).is_none()
+        {
+            return Err(LinkError::Memory(MemError {
+                addr: layout.pool_addr,
+                len: layout.pool_bytes() as usize,
+            }));
+        }
+        let mut rx = DriverQueue::new(&mem, layout.rx_ring, endian, event_idx)?;
+        let tx = DriverQueue::new(&mem, layout.tx_ring, endian, event_idx)?;
+        for i in 0..num_half.min(layout.rx_ring.size as u32) {
+            let addr = layout.pool_addr + i as u64 * layout.buffers.r2h_buf_size as u64;
+            rx.add(&mem, addr, layout.buffers.r2h_buf_size, true, i)?;
+        }
+        let mut t = DriverTransport {
+            mem,
+            env,
+            endian,
+            layout,
+            rx,
+            tx,
+            num_half,
+            fresh_tx: 0,
+            spare_tx: Vec::new(),
+            tx_out: alloc::vec![false; num_half as usize],
+            rx_out: alloc::vec![false; num_half as usize],
+            kick_rx: true,
+            kick_tx: false,
+        };
+        // Like Linux: interrupts for transmit completions only while someone waits for one.
+        t.tx.disable_interrupts(&t.mem)?;
+        Ok(t)
+    }
+
+    /// The layout in use.
+    pub fn layout(&self) -> &DriverLayout {
+        &self.layout
+    }
+
+    /// The environment.
+    pub fn env_mut(&mut self) -> &mut E {
+        &mut self.env
+    }
+
+    fn rx_addr(&self, i: u32) -> u64 {
+        self.layout.pool_addr + i as u64 * self.layout.buffers.r2h_buf_size as u64
+    }
+
+    fn tx_addr(&self, i: u32) -> u64 {
+        self.layout.pool_addr
+            + self.num_half as u64 * self.layout.buffers.r2h_buf_size as u64
+            + i as u64 * self.layout.buffers.h2r_buf_size as u64
+    }
+
+    fn tx_buffer(&self, i: u32) -> Buffer {
+        let size = self.layout.buffers.h2r_buf_size;
+        Buffer { id: i, chain: Chain::single(0, self.tx_addr(i), size, false), len: size }
+    }
+}
+
+impl<M: SharedMemory, E: Environment> Transport for DriverTransport<M, E> {
+    type Memory = M;
+
+    fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    fn endian(&self) -> Endian {
+        self.endian
+    }
+
+    fn tx_buffer_size(&self) -> Option<u32> {
+        Some(self.layout.buffers.h2r_buf_size)
+    }
+
+    fn rx_buffer_size(&self) -> Option<u32> {
+        Some(self.layout.buffers.r2h_buf_size)
+    }
+
+    fn take_tx(&mut self) -> Result<Option<Buffer>, LinkError> {
+        let i = if let Some(i) = self.spare_tx.pop() {
+            i
+        } else if self.fresh_tx < self.num_half {
+            self.fresh_tx += 1;
+            self.fresh_tx - 1
+        } else {
+            match self.tx.pop_used(&self.mem)? {
+                Some((token, _len)) => token,
+                None => return Ok(None),
+            }
+        };
+        let Some(out) = self.tx_out.get_mut(i as usize) else {
+            return Err(LinkError::UnknownBuffer);
+        };
+        *out = true;
+        Ok(Some(self.tx_buffer(i)))
+    }
+
+    fn send_tx(&mut self, buf: Buffer, len: u32) -> Result<(), LinkError> {
+        if !self.tx_out.get(buf.id as usize).copied().unwrap_or(false) {
+            return Err(LinkError::UnknownBuffer);
+        }
+        let len = len.min(self.layout.buffers.h2r_buf_size);
+        self.tx.add(&self.mem, self.tx_addr(buf.id), len, false, buf.id)?;
+        self.tx_out[buf.id as usize] = false;
+        self.kick_tx = true;
+        Ok(())
+    }
+
+    fn release_tx(&mut self, buf: Buffer) {
+        if let Some(out) = self.tx_out.get_mut(buf.id as usize) {
+            if *out {
+                *out = false;
+                self.spare_tx.push(buf.id);
+            }
+        }
+    }
+
+    fn take_rx(&mut self) -> Result<Option<Buffer>, LinkError> {
+        let Some((token, len)) = self.rx.pop_used(&self.mem)? else {
+            return Ok(None);
+        };
+        let size = self.layout.buffers.r2h_buf_size;
+        let Some(out) = self.rx_out.get_mut(token as usize) else {
+            return Err(LinkError::UnknownBuffer);
+        };
+        *out = true;
+        Ok(Some(Buffer {
+            id: token,
+            chain: Chain::single(0, self.rx_addr(token), size, true),
+            len: len.min(size),
+        }))
+    }
+
+    fn release_rx(&mut self, buf: Buffer) -> Result<(), LinkError> {
+        match self.rx_out.get_mut(buf.id as usize) {
+            Some(out) if *out => *out = false,
+            _ => return Err(LinkError::UnknownBuffer),
+        }
+        let size = self.layout.buffers.r2h_buf_size;
+        self.rx.add(&self.mem, self.rx_addr(buf.id), size, true, buf.id)?;
+        self.kick_rx = true;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), LinkError> {
+        if self.kick_rx {
+            self.kick_rx = false;
+            if self.rx.should_kick(&self.mem)? {
+                self.env.notify(crate::transport::RX_QUEUE);
+            }
+        }
+        if self.kick_tx {
+            self.kick_tx = false;
+            if self.tx.should_kick(&self.mem)? {
+                self.env.notify(TX_QUEUE);
+            }
+        }
+        Ok(())
+    }
+
+    fn want_tx_notifications(&mut self, on: bool) -> Result<bool, LinkError> {
+        if on {
+            Ok(self.tx.enable_interrupts(&self.mem)? || !self.spare_tx.is_empty())
+        } else {
+            self.tx.disable_interrupts(&self.mem)?;
+            Ok(false)
+        }
+    }
+
+    fn environment(&mut self) -> &mut dyn Environment {
+        &mut self.env
+    }
+}
+
+/// The device side: sends in the driver's buffers.
+#[derive(Debug)]
+pub struct DeviceTransport<M: SharedMemory, E: Environment> {
+    mem: M,
+    env: E,
+    endian: Endian,
+    /// vq 0: buffers the driver posted for us to send in.
+    tx: DeviceQueue,
+    /// vq 1: messages the driver sent us.
+    rx: DeviceQueue,
+    /// Buffers taken off vq 0 and given back unused, kept for the next send (a device
+    /// cannot return a buffer to the available ring).
+    spare_tx: Vec<Buffer>,
+    /// Largest payload buffer we will fill (OpenAMP's r2h size); smaller posted buffers
+    /// limit it further.
+    tx_limit: u32,
+    notify_tx: bool,
+    notify_rx: bool,
+    /// Malformed chains seen (each returned used with length 0).
+    bad_chains: u64,
+}
+
+impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
+    /// Attaches to rings the driver set up. `tx_limit` caps the bytes we put in one buffer.
+    pub fn new(
+        mem: M,
+        env: E,
+        vq0: VringLayout,
+        vq1: VringLayout,
+        endian: Endian,
+        event_idx: bool,
+        tx_limit: u32,
+    ) -> Result<Self, LinkError> {
+        let tx = DeviceQueue::new(&mem, vq0, endian, event_idx, 0)?;
+        let rx = DeviceQueue::new(&mem, vq1, endian, event_idx, 0)?;
+        Ok(DeviceTransport {
+            mem,
+            env,
+            endian,
+            tx,
+            rx,
+            spare_tx: Vec::new(),
+            tx_limit,
+            notify_tx: false,
+            notify_rx: false,
+            bad_chains: 0,
+        })
+    }
+
+    /// The environment.
+    pub fn env_mut(&mut self) -> &mut E {
+        &mut self.env
+    }
+
+    /// Malformed chains seen so far (each was returned with length 0).
+    pub fn bad_chains(&self) -> u64 {
+        self.bad_chains
+    }
+
+    /// Asks the driver to kick us for new messages (vq 1). Returns whether some are waiting.
+    pub fn want_rx_notifications(&mut self, on: bool) -> Result<bool, LinkError> {
+        if on {
+            Ok(self.rx.enable_kicks(&self.mem)?)
+        } else {
+            self.rx.disable_kicks(&self.mem)?;
+            Ok(false)
+        }
+    }
+
+    /// Pops a chain, returning malformed ones at once so the ring keeps moving.
+    fn pop_good(
+        queue: &mut DeviceQueue,
+        mem: &M,
+        writable: bool,
+        bad: &mut u64,
+        pending: &mut bool,
+    ) -> Result<Option<Chain>, LinkError> {
+        loop {
+            match queue.pop(mem) {
+                Ok(None) => return Ok(None),
+                Ok(Some(c)) if c.writable == writable => return Ok(Some(c)),
+                Ok(Some(c)) => {
+                    *bad += 1;
+                    queue.push_used(mem, c.head, 0)?;
+                    *pending = true;
+                }
+                Err(PopError { head: Some(head), .. }) => {
+                    *bad += 1;
+                    queue.push_used(mem, head, 0)?;
+                    *pending = true;
+                }
+                Err(PopError { head: None, error }) => return Err(LinkError::Vring(error)),
+            }
+        }
+    }
+}
+
+impl<M: SharedMemory, E: Environment> Transport for DeviceTransport<M, E> {
+    type Memory = M;
+
+    fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    fn endian(&self) -> Endian {
+        self.endian
+    }
+
+    fn tx_buffer_size(&self) -> Option<u32> {
+        None
+    }
+
+    fn rx_buffer_size(&self) -> Option<u32> {
+        None
+    }
+
+    fn take_tx(&mut self) -> Result<Option<Buffer>, LinkError> {
+        if let Some(b) = self.spare_tx.pop() {
+            return Ok(Some(b));
+        }
+        let chain = Self::pop_good(&mut self.tx, &self.mem, true, &mut self.bad_chains, &mut self.notify_tx)?;
+        Ok(chain.map(|c| Buffer {
+            id: c.head as u32,
+            len: (c.total_len().min(u32::MAX as u64) as u32).min(self.tx_limit),
+            chain: c,
+        }))
+    }
+
+    fn send_tx(&mut self, buf: Buffer, len: u32) -> Result<(), LinkError> {
+        self.tx.push_used(&self.mem, buf.chain.head, len.min(buf.len))?;
+        self.notify_tx = true;
+        Ok(())
+    }
+
+    fn release_tx(&mut self, buf: Buffer) {
+        self.spare_tx.push(buf);
+    }
+
+    fn take_rx(&mut self) -> Result<Option<Buffer>, LinkError> {
+        let chain = Self::pop_good(&mut self.rx, &self.mem, false, &mut self.bad_chains, &mut self.notify_rx)?;
+        Ok(chain.map(|c| Buffer {
+            id: c.head as u32,
+            len: c.total_len().min(u32::MAX as u64) as u32,
+            chain: c,
+        }))
+    }
+
+    fn release_rx(&mut self, buf: Buffer) -> Result<(), LinkError> {
+        self.rx.push_used(&self.mem, buf.chain.head, 0)?;
+        self.notify_rx = true;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), LinkError> {
+        if self.notify_tx {
+            self.notify_tx = false;
+            if self.tx.should_notify(&self.mem)? {
+                self.env.notify(RX_QUEUE);
+            }
+        }
+        if self.notify_rx {
+            self.notify_rx = false;
+            if self.rx.should_notify(&self.mem)? {
+                self.env.notify(TX_QUEUE);
+            }
+        }
+        Ok(())
+    }
+
+    fn want_tx_notifications(&mut self, on: bool) -> Result<bool, LinkError> {
+        if on {
+            Ok(self.tx.enable_kicks(&self.mem)? || !self.spare_tx.is_empty())
+        } else {
+            self.tx.disable_kicks(&self.mem)?;
+            Ok(false)
+        }
+    }
+
+    fn environment(&mut self) -> &mut dyn Environment {
+        &mut self.env
+    }
+}
