@@ -1,1 +1,94 @@
-fn main() {}
+//! `vamp`: the user's front door to vamp's RPMsg engine.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use vamp::{demo, native_apps};
+use vamp_rpmsg::native::NativePaths;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vamp",
+    version,
+    about = "virtual AMP: RPMsg and remoteproc for supervised AMP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs the main demonstration: two processes, one in each virtio role, find each other
+    /// by name service and exchange echo messages.
+    Demo {
+        /// Messages to exchange.
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+    },
+    /// One side of a native-Linux link (OpenAMP's native machine: shared file + UNIX socket).
+    Native {
+        /// Which side: `remote` echoes (device role), `host` pings (driver role).
+        #[arg(long, value_enum)]
+        role: Role,
+        /// With `--role host`: send this many echo requests, verify each, print a summary.
+        #[arg(long)]
+        ping: Option<u32>,
+        /// The shared file.
+        #[arg(long, default_value = vamp_rpmsg::native::DEFAULT_SHM_PATH)]
+        shm: PathBuf,
+        /// The kick socket.
+        #[arg(long, default_value = vamp_rpmsg::native::DEFAULT_SOCKET_PATH)]
+        socket: PathBuf,
+        /// Seconds to wait for the other side (remote: 0 = forever).
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Driver role: owns the buffers, sends the pings.
+    Host,
+    /// Device role: announces the echo channel and echoes.
+    Remote,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo { count } => demo::run(count),
+        Command::Native {
+            role,
+            ping,
+            shm,
+            socket,
+            timeout,
+        } => {
+            let paths = NativePaths { shm, socket };
+            match role {
+                Role::Remote => {
+                    let timeout = (timeout > 0).then(|| Duration::from_secs(timeout));
+                    native_apps::run_echo_remote(&paths, timeout, "remote").map(|_| true)
+                }
+                Role::Host => native_apps::run_ping_host(
+                    &paths,
+                    Duration::from_secs(timeout.max(1)),
+                    ping.unwrap_or(10),
+                    "host",
+                )
+                .map(|s| s.all_matched()),
+            }
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("vamp: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

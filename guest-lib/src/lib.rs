@@ -26,3 +26,5 @@ pub mod transport;
 pub mod vring;
 pub mod wire;
 
+#[cfg(feature = "std")]
+pub mod native;

@@ -19,7 +19,11 @@ pub struct MemError {
 
 impl core::fmt::Display for MemError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{} bytes at {:#x} are outside shared memory", self.len, self.addr)
+        write!(
+            f,
+            "{} bytes at {:#x} are outside shared memory",
+            self.len, self.addr
+        )
     }
 }
 
@@ -40,7 +44,10 @@ pub unsafe trait SharedMemory {
 
     /// Copies `buf.len()` bytes from `addr` into `buf`.
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let p = self.region(addr, buf.len()).ok_or(MemError { addr, len: buf.len() })?;
+        let p = self.region(addr, buf.len()).ok_or(MemError {
+            addr,
+            len: buf.len(),
+        })?;
         // SAFETY: `region` promises `buf.len()` readable bytes at `p`; `buf` is ours alone, so
         // the ranges cannot overlap. The peer may write concurrently: we copy bytes out and
         // never keep a reference, so a torn read yields wrong data, never unsoundness in our
@@ -51,7 +58,10 @@ pub unsafe trait SharedMemory {
 
     /// Copies `buf` into memory at `addr`.
     fn write(&self, addr: u64, buf: &[u8]) -> Result<(), MemError> {
-        let p = self.region(addr, buf.len()).ok_or(MemError { addr, len: buf.len() })?;
+        let p = self.region(addr, buf.len()).ok_or(MemError {
+            addr,
+            len: buf.len(),
+        })?;
         // SAFETY: `region` promises `buf.len()` writable bytes at `p`, and `buf` is a distinct
         // Rust slice, so the ranges do not overlap.
         unsafe { volatile_copy(buf.as_ptr(), p.as_ptr(), buf.len()) };
@@ -116,8 +126,10 @@ pub unsafe trait SharedMemory {
     /// A checked, naturally aligned pointer to `size` bytes at `addr`.
     #[doc(hidden)]
     fn aligned(&self, addr: u64, size: usize) -> Result<NonNull<u8>, MemError> {
-        let p = self.region(addr, size).ok_or(MemError { addr, len: size })?;
-        if (p.as_ptr() as usize) % size != 0 {
+        let p = self
+            .region(addr, size)
+            .ok_or(MemError { addr, len: size })?;
+        if !(p.as_ptr() as usize).is_multiple_of(size) {
             return Err(MemError { addr, len: size });
         }
         Ok(p)
@@ -133,8 +145,13 @@ pub fn copy_between<A: SharedMemory + ?Sized, B: SharedMemory + ?Sized>(
     to_addr: u64,
     len: usize,
 ) -> Result<(), MemError> {
-    let src = from.region(from_addr, len).ok_or(MemError { addr: from_addr, len })?;
-    let dst = to.region(to_addr, len).ok_or(MemError { addr: to_addr, len })?;
+    let src = from.region(from_addr, len).ok_or(MemError {
+        addr: from_addr,
+        len,
+    })?;
+    let dst = to
+        .region(to_addr, len)
+        .ok_or(MemError { addr: to_addr, len })?;
     // SAFETY: both ranges were checked by their memories. They may overlap only if a peer
     // posted overlapping buffers; `volatile_copy` copies byte-wise forward through volatile
     // accesses, so overlap yields wrong bytes, never undefined behaviour in our code.
@@ -151,7 +168,7 @@ unsafe fn volatile_copy(src: *const u8, dst: *mut u8, len: usize) {
     let mut i = 0;
     let word = core::mem::size_of::<usize>();
     if (src as usize) % word == (dst as usize) % word {
-        while i < len && (src as usize + i) % word != 0 {
+        while i < len && !(src as usize + i).is_multiple_of(word) {
             // SAFETY: `i < len`, within both ranges by the caller's promise.
             unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
             i += 1;
@@ -217,7 +234,11 @@ impl RawMemory {
     /// `ptr` must be valid for volatile reads and writes of `len` bytes for the whole life of
     /// the returned value.
     pub unsafe fn new(ptr: NonNull<u8>, len: usize, base_addr: u64) -> Self {
-        RawMemory { ptr, len, base_addr }
+        RawMemory {
+            ptr,
+            len,
+            base_addr,
+        }
     }
 
     /// The first address.
@@ -265,8 +286,9 @@ unsafe impl Sync for HeapMemory {}
 impl HeapMemory {
     /// Allocates `len` zeroed bytes addressed from `base_addr`.
     pub fn new(len: usize, base_addr: u64) -> Self {
-        let words: alloc::boxed::Box<[core::cell::UnsafeCell<u64>]> =
-            (0..len.div_ceil(8)).map(|_| core::cell::UnsafeCell::new(0)).collect();
+        let words: alloc::boxed::Box<[core::cell::UnsafeCell<u64>]> = (0..len.div_ceil(8))
+            .map(|_| core::cell::UnsafeCell::new(0))
+            .collect();
         let ptr = NonNull::new(words.as_ptr() as *mut u8).unwrap_or(NonNull::dangling());
         // SAFETY: the boxed slice lives as long as `self` (it moves with the box, not the
         // heap storage), holds at least `len` bytes, and is only accessed through `raw`.

@@ -323,7 +323,10 @@ impl AddressBitmap {
             w += 1;
         }
         self.first_candidate = w;
-        let bit = self.words.get(w).map_or(0, |word| (!word).trailing_zeros() as usize);
+        let bit = self
+            .words
+            .get(w)
+            .map_or(0, |word| (!word).trailing_zeros() as usize);
         let i = w * 64 + bit;
         (i < DYNAMIC_ADDRESSES as usize).then(|| RESERVED_ADDRESSES + i as u32)
     }
@@ -451,16 +454,23 @@ impl<T: Transport> Rpmsg<T> {
                 i
             }
             None => {
-                self.slots.push(Slot { generation: 0, ept: Some(ept) });
+                self.slots.push(Slot {
+                    generation: 0,
+                    ept: Some(ept),
+                });
                 (self.slots.len() - 1) as u32
             }
         };
         self.dynamic.set(addr, true);
         self.by_addr.insert(addr, index);
         self.by_name.entry(field).or_default().push(index);
-        let id = EptId { index, generation: self.slots[index as usize].generation };
+        let id = EptId {
+            index,
+            generation: self.slots[index as usize].generation,
+        };
         if announce && self.config.name_service {
-            self.pending_ns.push_back(NameServiceMsg::new(name, addr, NsFlags::Create));
+            self.pending_ns
+                .push_back(NameServiceMsg::new(name, addr, NsFlags::Create));
             self.flush_announcements()?;
         }
         Ok(id)
@@ -500,9 +510,14 @@ impl<T: Transport> Rpmsg<T> {
         if ept.announced {
             // An announcement still queued need not go out at all.
             let before = self.pending_ns.len();
-            self.pending_ns.retain(|m| !(m.addr == ept.addr && m.flags == NsFlags::Create));
+            self.pending_ns
+                .retain(|m| !(m.addr == ept.addr && m.flags == NsFlags::Create));
             if self.pending_ns.len() == before {
-                self.pending_ns.push_back(NameServiceMsg::new(ept.name(), ept.addr, NsFlags::Destroy));
+                self.pending_ns.push_back(NameServiceMsg::new(
+                    ept.name(),
+                    ept.addr,
+                    NsFlags::Destroy,
+                ));
             }
             self.flush_announcements()?;
         }
@@ -521,16 +536,23 @@ impl<T: Transport> Rpmsg<T> {
     /// The endpoint at a local address.
     pub fn endpoint_by_addr(&self, addr: u32) -> Option<EptId> {
         let &index = self.by_addr.get(&addr)?;
-        Some(EptId { index, generation: self.slots[index as usize].generation })
+        Some(EptId {
+            index,
+            generation: self.slots[index as usize].generation,
+        })
     }
 
     /// Endpoints with a name.
     pub fn endpoints_named<'a>(&'a self, name: &[u8]) -> impl Iterator<Item = EptId> + 'a {
         let key = NameServiceMsg::new(name, 0, NsFlags::Create);
-        self.by_name.get(key.name_field()).into_iter().flatten().map(move |&index| EptId {
-            index,
-            generation: self.slots[index as usize].generation,
-        })
+        self.by_name
+            .get(key.name_field())
+            .into_iter()
+            .flatten()
+            .map(move |&index| EptId {
+                index,
+                generation: self.slots[index as usize].generation,
+            })
     }
 
     /// Sets or clears an endpoint's destination.
@@ -541,11 +563,15 @@ impl<T: Transport> Rpmsg<T> {
 
     /// Whether the endpoint knows its destination (OpenAMP `is_rpmsg_ept_ready`).
     pub fn is_ept_ready(&self, id: EptId) -> bool {
-        self.endpoint(id).is_some_and(|e| e.dest != ADDR_ANY && e.addr != ADDR_ANY)
+        self.endpoint(id)
+            .is_some_and(|e| e.dest != ADDR_ANY && e.addr != ADDR_ANY)
     }
 
     fn slot_mut(&mut self, id: EptId) -> Result<&mut Endpoint, Error> {
-        let slot = self.slots.get_mut(id.index as usize).ok_or(Error::InvalidEndpoint)?;
+        let slot = self
+            .slots
+            .get_mut(id.index as usize)
+            .ok_or(Error::InvalidEndpoint)?;
         if slot.generation != id.generation {
             return Err(Error::InvalidEndpoint);
         }
@@ -556,7 +582,9 @@ impl<T: Transport> Rpmsg<T> {
 
     /// Payload bytes one transmit buffer takes, where the transport knows it in advance.
     pub fn max_payload(&self) -> Option<usize> {
-        self.transport.tx_buffer_size().map(|s| (s as usize).saturating_sub(HEADER_LEN))
+        self.transport
+            .tx_buffer_size()
+            .map(|s| (s as usize).saturating_sub(HEADER_LEN))
     }
 
     /// Sends to the endpoint's destination, waiting (bounded) for a buffer.
@@ -588,7 +616,11 @@ impl<T: Transport> Rpmsg<T> {
         let ept = self.endpoint(id).ok_or(Error::InvalidEndpoint)?;
         let dst = dst.unwrap_or(ept.dest);
         if dst == ADDR_ANY {
-            return Err(if self.endpoint(id).is_some() { Error::NotReady } else { Error::InvalidEndpoint });
+            return Err(if self.endpoint(id).is_some() {
+                Error::NotReady
+            } else {
+                Error::InvalidEndpoint
+            });
         }
         Ok((ept.addr, dst))
     }
@@ -605,10 +637,13 @@ impl<T: Transport> Rpmsg<T> {
         if src == ADDR_ANY || dst == ADDR_ANY {
             return Err(Error::InvalidAddress);
         }
-        if let Some(max) = self.max_payload() {
-            if data.len() > max {
-                return Err(Error::TooLarge { len: data.len(), max });
-            }
+        if let Some(max) = self.max_payload()
+            && data.len() > max
+        {
+            return Err(Error::TooLarge {
+                len: data.len(),
+                max,
+            });
         }
         // Announcements go first, so a peer never hears from an endpoint before its name.
         self.flush_announcements()?;
@@ -618,19 +653,27 @@ impl<T: Transport> Rpmsg<T> {
     }
 
     fn fill_and_send(&mut self, buf: Buffer, src: u32, dst: u32, data: &[u8]) -> Result<(), Error> {
-        let max = (buf.len() as usize).saturating_sub(HEADER_LEN).min(u16::MAX as usize);
+        let max = (buf.len() as usize)
+            .saturating_sub(HEADER_LEN)
+            .min(u16::MAX as usize);
         if data.len() > max {
             self.transport.release_tx(buf);
-            return Err(Error::TooLarge { len: data.len(), max });
+            return Err(Error::TooLarge {
+                len: data.len(),
+                max,
+            });
         }
         let header = encode_header(self.endian(), src, dst, data.len() as u16);
         let mem = self.transport.memory();
-        let written = buf.write(mem, 0, &header).and_then(|()| buf.write(mem, HEADER_LEN, data));
+        let written = buf
+            .write(mem, 0, &header)
+            .and_then(|()| buf.write(mem, HEADER_LEN, data));
         if let Err(e) = written {
             self.transport.release_tx(buf);
             return Err(e.into());
         }
-        self.transport.send_tx(buf, (HEADER_LEN + data.len()) as u32)?;
+        self.transport
+            .send_tx(buf, (HEADER_LEN + data.len()) as u32)?;
         self.stats.sent += 1;
         self.transport.flush()?;
         Ok(())
@@ -644,7 +687,11 @@ impl<T: Transport> Rpmsg<T> {
             return Err(Error::NoBuffer);
         }
         let timeout = self.config.send_timeout_us;
-        let deadline = self.transport.environment().now_us().saturating_add(timeout);
+        let deadline = self
+            .transport
+            .environment()
+            .now_us()
+            .saturating_add(timeout);
         self.transport.want_tx_notifications(true)?;
         let result = loop {
             match self.transport.take_tx() {
@@ -667,7 +714,9 @@ impl<T: Transport> Rpmsg<T> {
     /// [`poll`](Self::poll) or send.
     pub fn flush_announcements(&mut self) -> Result<(), Error> {
         while let Some(msg) = self.pending_ns.front().copied() {
-            let Some(buf) = self.transport.take_tx()? else { break };
+            let Some(buf) = self.transport.take_tx()? else {
+                break;
+            };
             let src = msg.addr;
             let bytes = msg.encode(self.endian());
             self.fill_and_send(buf, src, NS_ADDR, &bytes)?;
@@ -680,16 +729,22 @@ impl<T: Transport> Rpmsg<T> {
 
     /// Borrows a transmit buffer to fill in place (OpenAMP `rpmsg_get_tx_payload_buffer`).
     pub fn get_tx_payload_buffer(&mut self, wait: bool) -> Result<TxBuffer, Error> {
-        Ok(TxBuffer { buf: self.take_tx(wait)? })
+        Ok(TxBuffer {
+            buf: self.take_tx(wait)?,
+        })
     }
 
     /// Writes into a borrowed transmit buffer's payload at `offset`.
     pub fn write_tx_payload(&self, tx: &TxBuffer, offset: usize, data: &[u8]) -> Result<(), Error> {
-        let end = offset.checked_add(data.len()).unwrap_or(usize::MAX);
+        let end = offset.saturating_add(data.len());
         if end > tx.capacity() {
-            return Err(Error::TooLarge { len: end, max: tx.capacity() });
+            return Err(Error::TooLarge {
+                len: end,
+                max: tx.capacity(),
+            });
         }
-        tx.buf.write(self.transport.memory(), HEADER_LEN + offset, data)?;
+        tx.buf
+            .write(self.transport.memory(), HEADER_LEN + offset, data)?;
         Ok(())
     }
 
@@ -734,7 +789,13 @@ impl<T: Transport> Rpmsg<T> {
     }
 
     /// Sends a borrowed buffer to `dst` (OpenAMP `rpmsg_sendto_nocopy`).
-    pub fn sendto_nocopy(&mut self, id: EptId, dst: u32, tx: TxBuffer, len: usize) -> Result<usize, Error> {
+    pub fn sendto_nocopy(
+        &mut self,
+        id: EptId,
+        dst: u32,
+        tx: TxBuffer,
+        len: usize,
+    ) -> Result<usize, Error> {
         match self.route(id, Some(dst)) {
             Ok((src, dst)) => self.send_offchannel_nocopy(src, dst, tx, len),
             Err(e) => {
@@ -772,7 +833,9 @@ impl<T: Transport> Rpmsg<T> {
     /// (address, length) of its first segment after the header.
     pub fn payload_segment(&self, msg: &Received) -> Option<(u64, usize)> {
         let first = msg.buf.segments().first()?;
-        let len = (first.len as usize).checked_sub(HEADER_LEN)?.min(msg.len as usize);
+        let len = (first.len as usize)
+            .checked_sub(HEADER_LEN)?
+            .min(msg.len as usize);
         Some((first.addr + HEADER_LEN as u64, len))
     }
 
@@ -780,7 +843,12 @@ impl<T: Transport> Rpmsg<T> {
     pub fn hold_rx(&mut self, msg: &mut Received) -> HeldRx {
         msg.held = true;
         self.held_rx += 1;
-        HeldRx { src: msg.src, dst: msg.dst, len: msg.len, buf: msg.buf }
+        HeldRx {
+            src: msg.src,
+            dst: msg.dst,
+            len: msg.len,
+            buf: msg.buf,
+        }
     }
 
     /// Gives a held buffer back to the peer (OpenAMP `rpmsg_release_rx_buffer`).
@@ -808,18 +876,27 @@ impl<T: Transport> Rpmsg<T> {
     fn dispatch<H: Handler<T>>(&mut self, buf: Buffer, handler: &mut H) -> Result<(), Error> {
         let mut raw = [0u8; HEADER_LEN];
         let header = if buf.len() as usize >= HEADER_LEN {
-            buf.read(self.transport.memory(), 0, &mut raw).ok().map(|()| {
-                let h = RpmsgHeader::new_unchecked(&raw[..], self.endian());
-                (h.src(), h.dst(), h.len())
-            })
+            buf.read(self.transport.memory(), 0, &mut raw)
+                .ok()
+                .map(|()| {
+                    let h = RpmsgHeader::new_unchecked(&raw[..], self.endian());
+                    (h.src(), h.dst(), h.len())
+                })
         } else {
             None
         };
-        let Some((src, dst, len)) = header.filter(|&(_, _, len)| {
-            HEADER_LEN + len as usize <= buf.len() as usize
-        }) else {
+        let Some((src, dst, len)) =
+            header.filter(|&(_, _, len)| HEADER_LEN + len as usize <= buf.len() as usize)
+        else {
             let claimed = RpmsgHeader::new_unchecked(&raw[..], self.endian()).len();
-            return self.drop_rx(buf, handler, Dropped::Malformed { buffer_len: buf.len(), claimed });
+            return self.drop_rx(
+                buf,
+                handler,
+                Dropped::Malformed {
+                    buffer_len: buf.len(),
+                    claimed,
+                },
+            );
         };
 
         if dst == NS_ADDR && self.config.name_service {
@@ -842,15 +919,21 @@ impl<T: Transport> Rpmsg<T> {
         let Some(ept) = self.endpoint_by_addr(dst) else {
             return self.drop_rx(buf, handler, Dropped::NoEndpoint { src, dst });
         };
-        if self.config.bind_on_first_message {
-            if let Ok(e) = self.slot_mut(ept) {
-                if e.dest == ADDR_ANY {
-                    e.dest = src;
-                }
-            }
+        if self.config.bind_on_first_message
+            && let Ok(e) = self.slot_mut(ept)
+            && e.dest == ADDR_ANY
+        {
+            e.dest = src;
         }
         self.stats.received += 1;
-        let mut msg = Received { ept, src, dst, len, buf, held: false };
+        let mut msg = Received {
+            ept,
+            src,
+            dst,
+            len,
+            buf,
+            held: false,
+        };
         handler.on_message(self, &mut msg);
         if !msg.held {
             self.transport.release_rx(msg.buf)?;
@@ -858,7 +941,12 @@ impl<T: Transport> Rpmsg<T> {
         Ok(())
     }
 
-    fn drop_rx<H: Handler<T>>(&mut self, buf: Buffer, handler: &mut H, why: Dropped) -> Result<(), Error> {
+    fn drop_rx<H: Handler<T>>(
+        &mut self,
+        buf: Buffer,
+        handler: &mut H,
+        why: Dropped,
+    ) -> Result<(), Error> {
         self.stats.dropped += 1;
         self.transport.release_rx(buf)?;
         handler.on_dropped(why);
@@ -870,12 +958,20 @@ impl<T: Transport> Rpmsg<T> {
         match msg.flags {
             NsFlags::Create => {
                 let bound = candidates.into_iter().find(|&id| {
-                    self.endpoint(id).is_some_and(|e| e.dest == ADDR_ANY || e.dest == msg.addr)
+                    self.endpoint(id)
+                        .is_some_and(|e| e.dest == ADDR_ANY || e.dest == msg.addr)
                 });
                 if let Some(id) = bound {
                     let _ = self.set_dest(id, msg.addr);
                 }
-                handler.on_name_service(self, NsEvent::Created { name: msg.name(), addr: msg.addr, bound });
+                handler.on_name_service(
+                    self,
+                    NsEvent::Created {
+                        name: msg.name(),
+                        addr: msg.addr,
+                        bound,
+                    },
+                );
             }
             NsFlags::Destroy => {
                 let unbound = candidates
@@ -884,7 +980,14 @@ impl<T: Transport> Rpmsg<T> {
                 if let Some(id) = unbound {
                     let _ = self.set_dest(id, ADDR_ANY);
                 }
-                handler.on_name_service(self, NsEvent::Destroyed { name: msg.name(), addr: msg.addr, unbound });
+                handler.on_name_service(
+                    self,
+                    NsEvent::Destroyed {
+                        name: msg.name(),
+                        addr: msg.addr,
+                        unbound,
+                    },
+                );
             }
         }
     }
@@ -897,9 +1000,12 @@ fn read_payload<T: Transport>(
     offset: usize,
     out: &mut [u8],
 ) -> Result<(), Error> {
-    let end = offset.checked_add(out.len()).unwrap_or(usize::MAX);
+    let end = offset.saturating_add(out.len());
     if end > len as usize {
-        return Err(Error::TooLarge { len: end, max: len as usize });
+        return Err(Error::TooLarge {
+            len: end,
+            max: len as usize,
+        });
     }
     buf.read(transport.memory(), HEADER_LEN + offset, out)?;
     Ok(())

@@ -71,7 +71,9 @@ impl Buffer {
         offset: usize,
         out: &mut [u8],
     ) -> Result<(), MemError> {
-        self.walk(offset, out.len(), |addr, range| mem.read(addr, &mut out[range]))
+        self.walk(offset, out.len(), |addr, range| {
+            mem.read(addr, &mut out[range])
+        })
     }
 
     /// Writes `data` at `offset` within the buffer, across segments.
@@ -81,7 +83,9 @@ impl Buffer {
         offset: usize,
         data: &[u8],
     ) -> Result<(), MemError> {
-        self.walk(offset, data.len(), |addr, range| mem.write(addr, &data[range]))
+        self.walk(offset, data.len(), |addr, range| {
+            mem.write(addr, &data[range])
+        })
     }
 
     /// Calls `f(address, range within the caller's bytes)` for each piece of
@@ -110,7 +114,10 @@ impl Buffer {
         }
         if done < len {
             let addr = self.segments().first().map_or(0, |s| s.addr);
-            return Err(MemError { addr: addr + offset as u64, len });
+            return Err(MemError {
+                addr: addr + offset as u64,
+                len,
+            });
         }
         Ok(())
     }
@@ -211,7 +218,10 @@ pub struct BufferConfig {
 
 impl Default for BufferConfig {
     fn default() -> Self {
-        BufferConfig { h2r_buf_size: 512, r2h_buf_size: 512 }
+        BufferConfig {
+            h2r_buf_size: 512,
+            r2h_buf_size: 512,
+        }
     }
 }
 
@@ -283,13 +293,19 @@ impl<M: SharedMemory, E: Environment> DriverTransport<M, E> {
     ) -> Result<Self, LinkError> {
         let num_half = layout.num_bufs() / 2;
         if layout.rx_ring.size as u32 > num_half * 2 || layout.tx_ring.size == 0 {
-            return Err(LinkError::Vring(VringError::BadLayout("ring sizes do not fit the pool")));
+            return Err(LinkError::Vring(VringError::BadLayout(
+                "ring sizes do not fit the pool",
+            )));
         }
         if layout.buffers.h2r_buf_size < 16 || layout.buffers.r2h_buf_size < 16 {
-            return Err(LinkError::Vring(VringError::BadLayout("buffers smaller than a header")));
+            return Err(LinkError::Vring(VringError::BadLayout(
+                "buffers smaller than a header",
+            )));
         }
         if layout.pool_bytes() > layout.pool_len
-            || mem.region(layout.pool_addr, layout.pool_bytes() as usize).is_none()
+            || mem
+                .region(layout.pool_addr, layout.pool_bytes() as usize)
+                .is_none()
         {
             return Err(LinkError::Memory(MemError {
                 addr: layout.pool_addr,
@@ -344,7 +360,11 @@ impl<M: SharedMemory, E: Environment> DriverTransport<M, E> {
 
     fn tx_buffer(&self, i: u32) -> Buffer {
         let size = self.layout.buffers.h2r_buf_size;
-        Buffer { id: i, chain: Chain::single(0, self.tx_addr(i), size, false), len: size }
+        Buffer {
+            id: i,
+            chain: Chain::single(0, self.tx_addr(i), size, false),
+            len: size,
+        }
     }
 }
 
@@ -391,18 +411,19 @@ impl<M: SharedMemory, E: Environment> Transport for DriverTransport<M, E> {
             return Err(LinkError::UnknownBuffer);
         }
         let len = len.min(self.layout.buffers.h2r_buf_size);
-        self.tx.add(&self.mem, self.tx_addr(buf.id), len, false, buf.id)?;
+        self.tx
+            .add(&self.mem, self.tx_addr(buf.id), len, false, buf.id)?;
         self.tx_out[buf.id as usize] = false;
         self.kick_tx = true;
         Ok(())
     }
 
     fn release_tx(&mut self, buf: Buffer) {
-        if let Some(out) = self.tx_out.get_mut(buf.id as usize) {
-            if *out {
-                *out = false;
-                self.spare_tx.push(buf.id);
-            }
+        if let Some(out) = self.tx_out.get_mut(buf.id as usize)
+            && *out
+        {
+            *out = false;
+            self.spare_tx.push(buf.id);
         }
     }
 
@@ -428,7 +449,8 @@ impl<M: SharedMemory, E: Environment> Transport for DriverTransport<M, E> {
             _ => return Err(LinkError::UnknownBuffer),
         }
         let size = self.layout.buffers.r2h_buf_size;
-        self.rx.add(&self.mem, self.rx_addr(buf.id), size, true, buf.id)?;
+        self.rx
+            .add(&self.mem, self.rx_addr(buf.id), size, true, buf.id)?;
         self.kick_rx = true;
         Ok(())
     }
@@ -549,7 +571,9 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
                     queue.push_used(mem, c.head, 0)?;
                     *pending = true;
                 }
-                Err(PopError { head: Some(head), .. }) => {
+                Err(PopError {
+                    head: Some(head), ..
+                }) => {
                     *bad += 1;
                     queue.push_used(mem, head, 0)?;
                     *pending = true;
@@ -583,7 +607,13 @@ impl<M: SharedMemory, E: Environment> Transport for DeviceTransport<M, E> {
         if let Some(b) = self.spare_tx.pop() {
             return Ok(Some(b));
         }
-        let chain = Self::pop_good(&mut self.tx, &self.mem, true, &mut self.bad_chains, &mut self.notify_tx)?;
+        let chain = Self::pop_good(
+            &mut self.tx,
+            &self.mem,
+            true,
+            &mut self.bad_chains,
+            &mut self.notify_tx,
+        )?;
         Ok(chain.map(|c| Buffer {
             id: c.head as u32,
             len: (c.total_len().min(u32::MAX as u64) as u32).min(self.tx_limit),
@@ -592,7 +622,8 @@ impl<M: SharedMemory, E: Environment> Transport for DeviceTransport<M, E> {
     }
 
     fn send_tx(&mut self, buf: Buffer, len: u32) -> Result<(), LinkError> {
-        self.tx.push_used(&self.mem, buf.chain.head, len.min(buf.len))?;
+        self.tx
+            .push_used(&self.mem, buf.chain.head, len.min(buf.len))?;
         self.notify_tx = true;
         Ok(())
     }
@@ -602,7 +633,13 @@ impl<M: SharedMemory, E: Environment> Transport for DeviceTransport<M, E> {
     }
 
     fn take_rx(&mut self) -> Result<Option<Buffer>, LinkError> {
-        let chain = Self::pop_good(&mut self.rx, &self.mem, false, &mut self.bad_chains, &mut self.notify_rx)?;
+        let chain = Self::pop_good(
+            &mut self.rx,
+            &self.mem,
+            false,
+            &mut self.bad_chains,
+            &mut self.notify_rx,
+        )?;
         Ok(chain.map(|c| Buffer {
             id: c.head as u32,
             len: c.total_len().min(u32::MAX as u64) as u32,

@@ -78,7 +78,10 @@ impl core::fmt::Display for VringError {
         match self {
             VringError::BadLayout(why) => write!(f, "bad vring layout: {why}"),
             VringError::Memory(e) => write!(f, "vring access: {e}"),
-            VringError::AvailIndexJump { avail_idx, last_avail } => {
+            VringError::AvailIndexJump {
+                avail_idx,
+                last_avail,
+            } => {
                 write!(f, "available index jumped from {last_avail} to {avail_idx}")
             }
             VringError::BadDescriptorIndex(i) => write!(f, "descriptor index {i} out of range"),
@@ -118,18 +121,27 @@ impl VringLayout {
     /// Checks a layout given part by part (as vhost-user and virtio-pci give it).
     pub fn new(size: u16, desc: u64, avail: u64, used: u64) -> Result<Self, VringError> {
         if size == 0 || !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
-            return Err(VringError::BadLayout("queue size must be a power of two up to 32768"));
+            return Err(VringError::BadLayout(
+                "queue size must be a power of two up to 32768",
+            ));
         }
-        if desc % 16 != 0 || avail % 2 != 0 || used % 4 != 0 {
+        if !desc.is_multiple_of(16) || !avail.is_multiple_of(2) || !used.is_multiple_of(4) {
             return Err(VringError::BadLayout("ring parts are misaligned"));
         }
-        let layout = VringLayout { size, desc, avail, used };
+        let layout = VringLayout {
+            size,
+            desc,
+            avail,
+            used,
+        };
         for (start, len) in [
             (desc, layout.desc_bytes()),
             (avail, layout.avail_bytes()),
             (used, layout.used_bytes()),
         ] {
-            start.checked_add(len).ok_or(VringError::BadLayout("ring part wraps the address space"))?;
+            start
+                .checked_add(len)
+                .ok_or(VringError::BadLayout("ring part wraps the address space"))?;
         }
         Ok(layout)
     }
@@ -138,7 +150,9 @@ impl VringLayout {
     /// the available ring, then the used ring at the next multiple of `align`.
     pub fn legacy(base: u64, size: u16, align: u64) -> Result<Self, VringError> {
         if align == 0 || !align.is_power_of_two() {
-            return Err(VringError::BadLayout("vring alignment must be a power of two"));
+            return Err(VringError::BadLayout(
+                "vring alignment must be a power of two",
+            ));
         }
         let wraps = VringError::BadLayout("ring wraps the address space");
         let avail = base.checked_add(DESC_SIZE * size as u64).ok_or(wraps)?;
@@ -206,7 +220,10 @@ impl VringLayout {
             (self.used, self.used_bytes()),
         ] {
             if mem.region(addr, len as usize).is_none() {
-                return Err(VringError::Memory(MemError { addr, len: len as usize }));
+                return Err(VringError::Memory(MemError {
+                    addr,
+                    len: len as usize,
+                }));
             }
         }
         Ok(())
@@ -238,7 +255,12 @@ impl Chain {
     pub fn single(head: u16, addr: u64, len: u32, writable: bool) -> Self {
         let mut segments = [Segment::default(); MAX_SEGMENTS];
         segments[0] = Segment { addr, len };
-        Chain { head, segments, count: 1, writable }
+        Chain {
+            head,
+            segments,
+            count: 1,
+            writable,
+        }
     }
 
     /// The segments.
@@ -344,7 +366,11 @@ impl DriverQueue {
         let at = self.layout.desc_addr(id);
         mem.store_u64(at, e.to_raw_u64(addr))?;
         mem.store_u32(at + 8, e.to_raw_u32(len))?;
-        let flags = if device_writable { VRING_DESC_F_WRITE } else { 0 };
+        let flags = if device_writable {
+            VRING_DESC_F_WRITE
+        } else {
+            0
+        };
         mem.store_u16(at + 12, e.to_raw_u16(flags))?;
         mem.store_u16(at + 14, 0)?;
         mem.store_u16(self.layout.avail_ring(self.avail_idx), e.to_raw_u16(id))?;
@@ -414,13 +440,18 @@ impl DriverQueue {
 
     /// Whether used buffers are waiting.
     pub fn has_used<M: SharedMemory + ?Sized>(&self, mem: &M) -> Result<bool, VringError> {
-        let used_idx = self.endian.from_raw_u16(mem.load_u16(self.layout.used_idx())?);
+        let used_idx = self
+            .endian
+            .from_raw_u16(mem.load_u16(self.layout.used_idx())?);
         Ok(used_idx != self.last_used)
     }
 
     /// Asks the device to interrupt us when it uses a buffer. Returns whether used buffers
     /// are already waiting (then the caller should process them instead of sleeping).
-    pub fn enable_interrupts<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, VringError> {
+    pub fn enable_interrupts<M: SharedMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Result<bool, VringError> {
         let e = self.endian;
         self.interrupts = true;
         if self.event_idx {
@@ -432,10 +463,16 @@ impl DriverQueue {
     }
 
     /// Asks the device not to interrupt us (a hint: with EVENT_IDX the device may still do so).
-    pub fn disable_interrupts<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<(), VringError> {
+    pub fn disable_interrupts<M: SharedMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Result<(), VringError> {
         let e = self.endian;
         self.interrupts = false;
-        mem.store_u16(self.layout.avail_flags(), e.to_raw_u16(VRING_AVAIL_F_NO_INTERRUPT))?;
+        mem.store_u16(
+            self.layout.avail_flags(),
+            e.to_raw_u16(VRING_AVAIL_F_NO_INTERRUPT),
+        )?;
         if self.event_idx {
             // Put the event just behind us: it is only crossed after a full wrap.
             let far = self.last_used.wrapping_sub(1);
@@ -490,7 +527,9 @@ impl DeviceQueue {
 
     /// Whether the driver has published chains we have not taken.
     pub fn has_avail<M: SharedMemory + ?Sized>(&self, mem: &M) -> Result<bool, VringError> {
-        let idx = self.endian.from_raw_u16(mem.load_u16(self.layout.avail_idx())?);
+        let idx = self
+            .endian
+            .from_raw_u16(mem.load_u16(self.layout.avail_idx())?);
         Ok(idx != self.last_avail)
     }
 
@@ -501,7 +540,10 @@ impl DeviceQueue {
     /// 0 and the ring keeps moving.
     pub fn pop<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<Option<Chain>, PopError> {
         let e = self.endian;
-        let avail_idx = e.from_raw_u16(mem.load_u16(self.layout.avail_idx()).map_err(PopError::fatal)?);
+        let avail_idx = e.from_raw_u16(
+            mem.load_u16(self.layout.avail_idx())
+                .map_err(PopError::fatal)?,
+        );
         let pending = avail_idx.wrapping_sub(self.last_avail);
         if pending == 0 {
             return Ok(None);
@@ -515,7 +557,8 @@ impl DeviceQueue {
         // Read the ring entry and the descriptors only after the index that published them.
         read_barrier();
         let head = e.from_raw_u16(
-            mem.load_u16(self.layout.avail_ring(self.last_avail)).map_err(PopError::fatal)?,
+            mem.load_u16(self.layout.avail_ring(self.last_avail))
+                .map_err(PopError::fatal)?,
         );
         if head >= self.layout.size {
             return Err(PopError::fatal(VringError::BadDescriptorIndex(head)));
@@ -526,7 +569,10 @@ impl DeviceQueue {
             mem.store_u16(self.layout.avail_event(), e.to_raw_u16(self.last_avail))
                 .map_err(PopError::fatal)?;
         }
-        self.walk(mem, head).map(Some).map_err(|error| PopError { head: Some(head), error })
+        self.walk(mem, head).map(Some).map_err(|error| PopError {
+            head: Some(head),
+            error,
+        })
     }
 
     fn walk<M: SharedMemory + ?Sized>(&self, mem: &M, head: u16) -> Result<Chain, VringError> {
@@ -550,7 +596,10 @@ impl DeviceQueue {
                 return Err(VringError::WrongDirection);
             }
             if mem.region(addr, len as usize).is_none() {
-                return Err(VringError::Memory(MemError { addr, len: len as usize }));
+                return Err(VringError::Memory(MemError {
+                    addr,
+                    len: len as usize,
+                }));
             }
             segments[count] = Segment { addr, len };
             count += 1;
@@ -562,7 +611,12 @@ impl DeviceQueue {
             }
             i = next;
         }
-        Ok(Chain { head, segments, count: count as u8, writable: writable.unwrap_or(false) })
+        Ok(Chain {
+            head,
+            segments,
+            count: count as u8,
+            writable: writable.unwrap_or(false),
+        })
     }
 
     /// Returns a chain to the driver with `len` bytes written into it.
@@ -618,7 +672,10 @@ impl DeviceQueue {
     /// Asks the driver not to kick us (a hint).
     pub fn disable_kicks<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<(), VringError> {
         if !self.event_idx {
-            mem.store_u16(self.layout.used_flags(), self.endian.to_raw_u16(VRING_USED_F_NO_NOTIFY))?;
+            mem.store_u16(
+                self.layout.used_flags(),
+                self.endian.to_raw_u16(VRING_USED_F_NO_NOTIFY),
+            )?;
         }
         Ok(())
     }
@@ -636,7 +693,10 @@ pub struct PopError {
 
 impl PopError {
     fn fatal(e: impl Into<VringError>) -> Self {
-        PopError { head: None, error: e.into() }
+        PopError {
+            head: None,
+            error: e.into(),
+        }
     }
 }
 
@@ -680,7 +740,13 @@ mod tests {
             d.add(&mem, 0x8040, 64, false, 8).unwrap();
             assert!(d.should_kick(&mem).unwrap());
             let a = v.pop(&mem).unwrap().unwrap();
-            assert_eq!(a.segments(), &[Segment { addr: 0x8000, len: 64 }]);
+            assert_eq!(
+                a.segments(),
+                &[Segment {
+                    addr: 0x8000,
+                    len: 64
+                }]
+            );
             assert!(a.writable);
             let b = v.pop(&mem).unwrap().unwrap();
             assert!(!b.writable);
@@ -734,7 +800,15 @@ mod tests {
         assert!(d.enable_interrupts(&mem).unwrap());
     }
 
-    fn write_desc(mem: &HeapMemory, l: &VringLayout, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    fn write_desc(
+        mem: &HeapMemory,
+        l: &VringLayout,
+        i: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) {
         let at = l.desc_addr(i);
         mem.store_u64(at, addr).unwrap();
         mem.store_u32(at + 8, len).unwrap();
@@ -747,18 +821,47 @@ mod tests {
         mem.store_u16(l.avail_idx(), slot.wrapping_add(1)).unwrap();
     }
 
+    type Setup = dyn Fn(&HeapMemory, &VringLayout);
+
     #[test]
     fn device_refuses_hostile_chains() {
-        let cases: [(&str, &dyn Fn(&HeapMemory, &VringLayout), VringError); 6] = [
-            ("loop", &|m, l| write_desc(m, l, 0, 0x8000, 8, VRING_DESC_F_NEXT, 0), VringError::ChainTooLong),
-            ("next out of range", &|m, l| write_desc(m, l, 0, 0x8000, 8, VRING_DESC_F_NEXT, 99), VringError::BadDescriptorIndex(99)),
-            ("outside memory", &|m, l| write_desc(m, l, 0, 0xFFFF_0000, 8, 0, 0), VringError::Memory(MemError { addr: 0xFFFF_0000, len: 8 })),
-            ("zero length", &|m, l| write_desc(m, l, 0, 0x8000, 0, 0, 0), VringError::EmptyBuffer),
-            ("indirect", &|m, l| write_desc(m, l, 0, 0x8000, 16, VRING_DESC_F_INDIRECT, 0), VringError::Indirect),
-            ("mixed", &|m, l| {
-                write_desc(m, l, 0, 0x8000, 8, VRING_DESC_F_NEXT, 1);
-                write_desc(m, l, 1, 0x8000, 8, VRING_DESC_F_WRITE, 0);
-            }, VringError::WrongDirection),
+        let cases: [(&str, &Setup, VringError); 6] = [
+            (
+                "loop",
+                &|m, l| write_desc(m, l, 0, 0x8000, 8, VRING_DESC_F_NEXT, 0),
+                VringError::ChainTooLong,
+            ),
+            (
+                "next out of range",
+                &|m, l| write_desc(m, l, 0, 0x8000, 8, VRING_DESC_F_NEXT, 99),
+                VringError::BadDescriptorIndex(99),
+            ),
+            (
+                "outside memory",
+                &|m, l| write_desc(m, l, 0, 0xFFFF_0000, 8, 0, 0),
+                VringError::Memory(MemError {
+                    addr: 0xFFFF_0000,
+                    len: 8,
+                }),
+            ),
+            (
+                "zero length",
+                &|m, l| write_desc(m, l, 0, 0x8000, 0, 0, 0),
+                VringError::EmptyBuffer,
+            ),
+            (
+                "indirect",
+                &|m, l| write_desc(m, l, 0, 0x8000, 16, VRING_DESC_F_INDIRECT, 0),
+                VringError::Indirect,
+            ),
+            (
+                "mixed",
+                &|m, l| {
+                    write_desc(m, l, 0, 0x8000, 8, VRING_DESC_F_NEXT, 1);
+                    write_desc(m, l, 1, 0x8000, 8, VRING_DESC_F_WRITE, 0);
+                },
+                VringError::WrongDirection,
+            ),
         ];
         for (what, setup, want) in cases {
             let mem = HeapMemory::new(0x10000, 0);
@@ -767,7 +870,14 @@ mod tests {
             setup(&mem, &l);
             publish(&mem, &l, 0, 0);
             let err = v.pop(&mem).unwrap_err();
-            assert_eq!(err, PopError { head: Some(0), error: want }, "{what}");
+            assert_eq!(
+                err,
+                PopError {
+                    head: Some(0),
+                    error: want
+                },
+                "{what}"
+            );
             // The ring moves on: the bad chain was consumed.
             assert_eq!(v.pop(&mem).unwrap(), None, "{what}");
         }
@@ -779,9 +889,18 @@ mod tests {
         let l = VringLayout::legacy(0x1000, 8, 0x1000).unwrap();
         let mut v = DeviceQueue::new(&mem, l, Endian::Little, false, 0).unwrap();
         mem.store_u16(l.avail_idx(), 9).unwrap();
-        assert!(matches!(v.pop(&mem), Err(PopError { head: None, error: VringError::AvailIndexJump { .. } })));
+        assert!(matches!(
+            v.pop(&mem),
+            Err(PopError {
+                head: None,
+                error: VringError::AvailIndexJump { .. }
+            })
+        ));
         publish(&mem, &l, 0, 8);
-        assert_eq!(v.pop(&mem).unwrap_err().error, VringError::BadDescriptorIndex(8));
+        assert_eq!(
+            v.pop(&mem).unwrap_err().error,
+            VringError::BadDescriptorIndex(8)
+        );
     }
 
     #[test]

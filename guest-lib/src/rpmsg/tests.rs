@@ -52,11 +52,16 @@ fn layout(ring: u16, buffers: BufferConfig) -> DriverLayout {
     }
 }
 
-fn pair_with(ring: u16, buffers: BufferConfig, event_idx: bool) -> (Host, Remote, TestEnv, TestEnv) {
+fn pair_with(
+    ring: u16,
+    buffers: BufferConfig,
+    event_idx: bool,
+) -> (Host, Remote, TestEnv, TestEnv) {
     let mem = Arc::new(HeapMemory::new(0x80000, 0));
     let (he, re) = (TestEnv::default(), TestEnv::default());
     let l = layout(ring, buffers);
-    let host_t = DriverTransport::new(mem.clone(), he.clone(), l, Endian::Little, event_idx).unwrap();
+    let host_t =
+        DriverTransport::new(mem.clone(), he.clone(), l, Endian::Little, event_idx).unwrap();
     let remote_t = DeviceTransport::new(
         mem,
         re.clone(),
@@ -67,7 +72,12 @@ fn pair_with(ring: u16, buffers: BufferConfig, event_idx: bool) -> (Host, Remote
         buffers.r2h_buf_size,
     )
     .unwrap();
-    (Rpmsg::new(host_t, Config::default()), Rpmsg::new(remote_t, Config::default()), he, re)
+    (
+        Rpmsg::new(host_t, Config::default()),
+        Rpmsg::new(remote_t, Config::default()),
+        he,
+        re,
+    )
 }
 
 fn pair() -> (Host, Remote, TestEnv, TestEnv) {
@@ -98,10 +108,14 @@ impl<T: Transport> Handler<T> for Recorder {
     }
     fn on_name_service(&mut self, _: &mut Rpmsg<T>, e: NsEvent<'_>) {
         match e {
-            NsEvent::Created { name, addr, bound } => self.ns.push((name.to_vec(), addr, true, bound)),
-            NsEvent::Destroyed { name, addr, unbound } => {
-                self.ns.push((name.to_vec(), addr, false, unbound))
+            NsEvent::Created { name, addr, bound } => {
+                self.ns.push((name.to_vec(), addr, true, bound))
             }
+            NsEvent::Destroyed {
+                name,
+                addr,
+                unbound,
+            } => self.ns.push((name.to_vec(), addr, false, unbound)),
         }
     }
     fn on_dropped(&mut self, why: Dropped) {
@@ -118,7 +132,11 @@ fn announce_bind_and_echo_both_ways() {
     let r_ept = remote.create_ept(CHANNEL, ADDR_ANY, ADDR_ANY).unwrap();
     assert_eq!(remote.endpoint(r_ept).unwrap().addr(), 1024);
     assert!(!remote.is_ept_ready(r_ept));
-    assert_eq!(rk.kicks.get()[RX_QUEUE as usize], 1, "remote interrupted the host once");
+    assert_eq!(
+        rk.kicks.get()[RX_QUEUE as usize],
+        1,
+        "remote interrupted the host once"
+    );
 
     // The host hears the announcement and creates its side, like Linux's rpmsg bus would.
     let mut h = Recorder::default();
@@ -126,9 +144,16 @@ fn announce_bind_and_echo_both_ways() {
     assert_eq!(h.ns, vec![(CHANNEL.to_vec(), 1024, true, None)]);
     let h_ept = host.create_ept(CHANNEL, ADDR_ANY, 1024).unwrap();
     assert!(host.is_ept_ready(h_ept));
-    assert_eq!(host.pending_announcements(), 0, "bound channels are not announced back");
+    assert_eq!(
+        host.pending_announcements(),
+        0,
+        "bound channels are not announced back"
+    );
 
-    let mut r = Recorder { echo: true, ..Default::default() };
+    let mut r = Recorder {
+        echo: true,
+        ..Default::default()
+    };
     for i in 0..600u32 {
         let msg: Vec<u8> = (0..(i % 496 + 1)).map(|b| (b as u8) ^ (i as u8)).collect();
         host.send(h_ept, &msg).unwrap();
@@ -151,30 +176,47 @@ fn addresses_are_lowest_free_and_checked() {
     let b = host.create_ept(b"", ADDR_ANY, ADDR_ANY).unwrap();
     let c = host.create_ept(b"", ADDR_ANY, ADDR_ANY).unwrap();
     let addr = |h: &Host, id| h.endpoint(id).unwrap().addr();
-    assert_eq!((addr(&host, a), addr(&host, b), addr(&host, c)), (1024, 1025, 1026));
+    assert_eq!(
+        (addr(&host, a), addr(&host, b), addr(&host, c)),
+        (1024, 1025, 1026)
+    );
     host.destroy_ept(b).unwrap();
     assert_eq!(host.endpoint(b), None, "stale handle");
     assert_eq!(host.destroy_ept(b), Err(Error::InvalidEndpoint));
     let d = host.create_ept(b"", ADDR_ANY, ADDR_ANY).unwrap();
     assert_eq!(addr(&host, d), 1025, "lowest free address is reused");
     assert_ne!(d, b, "a new endpoint in an old slot has a new handle");
-    assert_eq!(host.create_ept(b"", 1026, ADDR_ANY), Err(Error::AddressInUse(1026)));
-    assert_eq!(host.create_ept(b"", NS_ADDR, ADDR_ANY), Err(Error::AddressInUse(NS_ADDR)));
+    assert_eq!(
+        host.create_ept(b"", 1026, ADDR_ANY),
+        Err(Error::AddressInUse(1026))
+    );
+    assert_eq!(
+        host.create_ept(b"", NS_ADDR, ADDR_ANY),
+        Err(Error::AddressInUse(NS_ADDR))
+    );
     let fixed = host.create_ept(b"", 30, ADDR_ANY).unwrap();
     assert_eq!(addr(&host, fixed), 30);
     let high = host.create_ept(b"", 5000, ADDR_ANY).unwrap();
     assert_eq!(addr(&host, high), 5000);
-    assert_eq!(host.create_ept(&[b'n'; 32], ADDR_ANY, ADDR_ANY), Err(Error::NameTooLong));
+    assert_eq!(
+        host.create_ept(&[b'n'; 32], ADDR_ANY, ADDR_ANY),
+        Err(Error::NameTooLong)
+    );
     assert!(host.create_ept(&[b'n'; 31], ADDR_ANY, ADDR_ANY).is_ok());
     assert_eq!(host.endpoint_by_addr(5000), Some(high));
     assert_eq!(host.trysend(a, b"x"), Err(Error::NotReady));
-    assert_eq!(host.send_offchannel_raw(ADDR_ANY, 1, b"x", false), Err(Error::InvalidAddress));
+    assert_eq!(
+        host.send_offchannel_raw(ADDR_ANY, 1, b"x", false),
+        Err(Error::InvalidAddress)
+    );
 }
 
 #[test]
 fn many_endpoints_lowest_free_after_churn() {
     let (mut host, _remote, _, _) = pair();
-    let ids: Vec<EptId> = (0..10_000).map(|_| host.create_ept(b"", ADDR_ANY, 7).unwrap()).collect();
+    let ids: Vec<EptId> = (0..10_000)
+        .map(|_| host.create_ept(b"", ADDR_ANY, 7).unwrap())
+        .collect();
     assert_eq!(host.endpoint(ids[9999]).unwrap().addr(), 1024 + 9999);
     for id in ids.iter().step_by(3) {
         host.destroy_ept(*id).unwrap();
@@ -200,7 +242,10 @@ fn name_service_unbind_and_destroy() {
     // The remote destroys its endpoint: the host's endpoint loses its destination.
     remote.destroy_ept(r_ept).unwrap();
     host.poll(&mut h).unwrap();
-    assert_eq!(h.ns.last().unwrap(), &(CHANNEL.to_vec(), 1024, false, Some(h_ept)));
+    assert_eq!(
+        h.ns.last().unwrap(),
+        &(CHANNEL.to_vec(), 1024, false, Some(h_ept))
+    );
     assert!(!host.is_ept_ready(h_ept));
     assert_eq!(host.trysend(h_ept, b"late"), Err(Error::NotReady));
 }
@@ -210,7 +255,11 @@ fn announcements_wait_for_buffers_and_are_never_lost() {
     // A ring of 2: the remote gets only 2 host buffers to send in.
     let (mut host, mut remote, _, _) = pair_with(2, BufferConfig::default(), false);
     let ids: Vec<EptId> = (0..5)
-        .map(|i| remote.create_ept(alloc::format!("svc{i}").as_bytes(), ADDR_ANY, ADDR_ANY).unwrap())
+        .map(|i| {
+            remote
+                .create_ept(alloc::format!("svc{i}").as_bytes(), ADDR_ANY, ADDR_ANY)
+                .unwrap()
+        })
         .collect();
     assert_eq!(remote.pending_announcements(), 3);
     // Withdrawn before it went out: the queued create is simply dropped.
@@ -223,7 +272,15 @@ fn announcements_wait_for_buffers_and_are_never_lost() {
         remote.poll(&mut r).unwrap();
     }
     let names: Vec<Vec<u8>> = h.ns.iter().map(|n| n.0.clone()).collect();
-    assert_eq!(names, vec![b"svc0".to_vec(), b"svc1".to_vec(), b"svc2".to_vec(), b"svc3".to_vec()]);
+    assert_eq!(
+        names,
+        vec![
+            b"svc0".to_vec(),
+            b"svc1".to_vec(),
+            b"svc2".to_vec(),
+            b"svc3".to_vec()
+        ]
+    );
     assert_eq!(remote.pending_announcements(), 0);
 }
 
@@ -233,27 +290,50 @@ fn oversize_payloads_are_refused_not_truncated() {
     let h_ept = host.create_ept(b"", ADDR_ANY, 1024).unwrap();
     let r_ept = remote.create_ept(b"", ADDR_ANY, 1024).unwrap();
     assert_eq!(host.max_payload(), Some(496));
-    assert_eq!(host.trysend(h_ept, &[0; 497]), Err(Error::TooLarge { len: 497, max: 496 }));
+    assert_eq!(
+        host.trysend(h_ept, &[0; 497]),
+        Err(Error::TooLarge { len: 497, max: 496 })
+    );
     assert_eq!(host.trysend(h_ept, &[0; 496]), Ok(496));
     // The device learns the size from the buffer the host posted.
-    assert_eq!(remote.trysend(r_ept, &[0; 497]), Err(Error::TooLarge { len: 497, max: 496 }));
-    assert_eq!(remote.trysend(r_ept, &[1; 496]), Ok(496));
+    assert_eq!(
+        remote.trysend(r_ept, &[0; 497]),
+        Err(Error::TooLarge { len: 497, max: 496 })
+    );
+    assert_eq!(remote.trysendto(r_ept, 1025, &[1; 496]), Ok(496));
     let mut h = Recorder::default();
     host.create_ept(b"", 1024 + 1, ADDR_ANY).ok();
     host.poll(&mut h).unwrap();
     assert_eq!(h.messages[0].2.len(), 496);
+    assert_eq!(h.messages[0].1, 1024);
+    assert_eq!(
+        host.trysendto(h_ept, 1024, &[0; 497]),
+        Err(Error::TooLarge { len: 497, max: 496 })
+    );
 }
 
 #[test]
 fn buffer_sizes_are_configurable_per_direction() {
-    let cfg = BufferConfig { h2r_buf_size: 128, r2h_buf_size: 1024 };
+    let cfg = BufferConfig {
+        h2r_buf_size: 128,
+        r2h_buf_size: 1024,
+    };
     let (mut host, mut remote, _, _) = pair_with(64, cfg, true);
     let h_ept = host.create_ept(b"", ADDR_ANY, 1024).unwrap();
     let r_ept = remote.create_ept(b"", ADDR_ANY, 1024).unwrap();
     assert_eq!(host.max_payload(), Some(112));
-    assert_eq!(host.trysend(h_ept, &[0; 113]), Err(Error::TooLarge { len: 113, max: 112 }));
+    assert_eq!(
+        host.trysend(h_ept, &[0; 113]),
+        Err(Error::TooLarge { len: 113, max: 112 })
+    );
     assert_eq!(remote.trysend(r_ept, &[7; 1008]), Ok(1008));
-    assert_eq!(remote.trysend(r_ept, &[7; 1009]), Err(Error::TooLarge { len: 1009, max: 1008 }));
+    assert_eq!(
+        remote.trysend(r_ept, &[7; 1009]),
+        Err(Error::TooLarge {
+            len: 1009,
+            max: 1008
+        })
+    );
     let mut h = Recorder::default();
     host.poll(&mut h).unwrap();
     assert_eq!(h.messages[0].2, vec![7; 1008]);
@@ -292,7 +372,11 @@ fn zero_copy_send_and_held_receive() {
 
     let tx = host.get_tx_payload_buffer(false).unwrap();
     assert_eq!(tx.capacity(), 496);
-    assert_eq!(tx.payload_address(), Some(POOL + 256 * 512 + 16), "first Linux sbuf");
+    assert_eq!(
+        tx.payload_address(),
+        Some(POOL + 256 * 512 + 16),
+        "first Linux sbuf"
+    );
     host.write_tx_payload(&tx, 0, b"zero").unwrap();
     host.write_tx_payload(&tx, 4, b"-copy").unwrap();
     assert!(host.write_tx_payload(&tx, 495, b"xx").is_err());
@@ -305,7 +389,10 @@ fn zero_copy_send_and_held_receive() {
     assert_eq!(again.payload_address(), addr);
     host.sendto_nocopy(h_ept, 1024, again, 0).unwrap();
 
-    let mut r = Recorder { hold: true, ..Default::default() };
+    let mut r = Recorder {
+        hold: true,
+        ..Default::default()
+    };
     assert_eq!(remote.poll(&mut r).unwrap(), 2);
     assert_eq!(r.messages[0].2, b"zero-copy");
     assert_eq!(r.messages[1].2, b"");
@@ -314,7 +401,10 @@ fn zero_copy_send_and_held_receive() {
     let mut out = [0u8; 4];
     remote.read_held(&held, 5, &mut out).unwrap();
     assert_eq!(&out, b"copy");
-    assert!(remote.read_held(&held, 6, &mut out).is_err(), "past the payload");
+    assert!(
+        remote.read_held(&held, 6, &mut out).is_err(),
+        "past the payload"
+    );
     remote.release_rx(held).unwrap();
     let held = r.held.remove(0);
     remote.release_rx(held).unwrap();
@@ -330,13 +420,19 @@ fn malformed_and_misaddressed_input_is_dropped_and_counted() {
     let h_ept = host.create_ept(b"", ADDR_ANY, ADDR_ANY).unwrap();
     let mut h = Recorder::default();
     // To an address nobody has.
-    remote.send_offchannel_raw(1024, 4242, b"lost", false).unwrap();
+    remote
+        .send_offchannel_raw(1024, 4242, b"lost", false)
+        .unwrap();
     // A name-service message of the wrong length.
-    remote.send_offchannel_raw(1024, NS_ADDR, &[0u8; 39], false).unwrap();
+    remote
+        .send_offchannel_raw(1024, NS_ADDR, &[0u8; 39], false)
+        .unwrap();
     // A name-service message with bad flags.
     let mut ns = NameServiceMsg::new(b"x", 5, NsFlags::Create).encode(Endian::Little);
     ns[36] = 9;
-    remote.send_offchannel_raw(1024, NS_ADDR, &ns, false).unwrap();
+    remote
+        .send_offchannel_raw(1024, NS_ADDR, &ns, false)
+        .unwrap();
     // A header whose len runs past the buffer: forge one in a remote transmit buffer.
     let tx = remote.get_tx_payload_buffer(false).unwrap();
     let hdr = encode_header(Endian::Little, 1, 1024, 600);
@@ -348,16 +444,24 @@ fn malformed_and_misaddressed_input_is_dropped_and_counted() {
     assert_eq!(
         h.dropped,
         vec![
-            Dropped::NoEndpoint { src: 1024, dst: 4242 },
+            Dropped::NoEndpoint {
+                src: 1024,
+                dst: 4242
+            },
             Dropped::BadNameService,
             Dropped::BadNameService,
-            Dropped::Malformed { buffer_len: 512, claimed: 600 },
+            Dropped::Malformed {
+                buffer_len: 512,
+                claimed: 600
+            },
         ]
     );
     assert_eq!(host.stats().dropped, 4);
     assert!(h.messages.is_empty() && h.ns.is_empty());
     // The link still works and every buffer went back to the remote.
-    remote.send_offchannel_raw(1024, 1024, b"fine", false).unwrap();
+    remote
+        .send_offchannel_raw(1024, 1024, b"fine", false)
+        .unwrap();
     host.poll(&mut h).unwrap();
     assert_eq!(h.messages, vec![(h_ept, 1024, b"fine".to_vec())]);
 }
@@ -380,7 +484,8 @@ fn device_role_on_linux_buffer_layout() {
     w16(l.rx_ring.avail + 2, 256);
     // Linux sends "hello world!" from 0x400 to 0x401 in sbufs[0] on vq 1.
     let sbuf = POOL + 256 * 512;
-    mem.write(sbuf, &encode_header(Endian::Little, 0x400, 0x401, 12)).unwrap();
+    mem.write(sbuf, &encode_header(Endian::Little, 0x400, 0x401, 12))
+        .unwrap();
     mem.write(sbuf + 16, b"hello world!").unwrap();
     mem.store_u64(VQ1, sbuf.to_le()).unwrap();
     mem.store_u32(VQ1 + 8, 28u32.to_le()).unwrap();
@@ -388,10 +493,20 @@ fn device_role_on_linux_buffer_layout() {
     w16(l.tx_ring.avail + 2, 1);
 
     let env = TestEnv::default();
-    let t = DeviceTransport::new(mem.clone(), env.clone(), l.rx_ring, l.tx_ring, Endian::Little, false, 512)
-        .unwrap();
+    let t = DeviceTransport::new(
+        mem.clone(),
+        env.clone(),
+        l.rx_ring,
+        l.tx_ring,
+        Endian::Little,
+        false,
+        512,
+    )
+    .unwrap();
     let mut remote = Rpmsg::new(t, Config::default());
-    let ept = remote.create_ept(b"rpmsg-client-sample", 0x401, ADDR_ANY).unwrap();
+    let ept = remote
+        .create_ept(b"rpmsg-client-sample", 0x401, ADDR_ANY)
+        .unwrap();
     // The announcement went into rbufs[0]: used id 0, used len 16 + 40.
     assert_eq!(u16::from_le(mem.load_u16(l.rx_ring.used + 2).unwrap()), 1);
     assert_eq!(u32::from_le(mem.load_u32(l.rx_ring.used + 4).unwrap()), 0);
@@ -402,7 +517,10 @@ fn device_role_on_linux_buffer_layout() {
     assert_eq!(&ns[16..35], b"rpmsg-client-sample");
     assert_eq!(&ns[48..56], &[1, 4, 0, 0, 0, 0, 0, 0]);
 
-    let mut r = Recorder { echo: true, ..Default::default() };
+    let mut r = Recorder {
+        echo: true,
+        ..Default::default()
+    };
     assert_eq!(remote.poll(&mut r).unwrap(), 1);
     assert_eq!(r.messages, vec![(ept, 0x400, b"hello world!".to_vec())]);
     // The echo went into rbufs[1] and vq 1's buffer came back used (id 0).
@@ -411,7 +529,10 @@ fn device_role_on_linux_buffer_layout() {
     assert_eq!(u32::from_le(mem.load_u32(l.rx_ring.used + 16).unwrap()), 28);
     let mut echo = [0u8; 28];
     mem.read(POOL + 512, &mut echo).unwrap();
-    assert_eq!(&echo[..16], &encode_header(Endian::Little, 0x401, 0x400, 12));
+    assert_eq!(
+        &echo[..16],
+        &encode_header(Endian::Little, 0x401, 0x400, 12)
+    );
     assert_eq!(&echo[16..], b"hello world!");
     assert_eq!(u16::from_le(mem.load_u16(l.tx_ring.used + 2).unwrap()), 1);
     assert_eq!(env.kicks.get(), [2, 1]);
@@ -428,12 +549,25 @@ fn driver_role_replays_linux_layout() {
         let d = VQ0 + 16 * i;
         assert_eq!(u64::from_le(mem.load_u64(d).unwrap()), POOL + 512 * i);
         assert_eq!(u32::from_le(mem.load_u32(d + 8).unwrap()), 512);
-        assert_eq!(u16::from_le(mem.load_u16(d + 12).unwrap()), 2, "device-writable");
+        assert_eq!(
+            u16::from_le(mem.load_u16(d + 12).unwrap()),
+            2,
+            "device-writable"
+        );
     }
-    let ids: Vec<u16> =
-        (0..256).map(|i| u16::from_le(mem.load_u16(l.rx_ring.avail + 4 + 2 * i).unwrap())).collect();
-    assert_eq!(u16::from_le(mem.load_u16(l.rx_ring.avail + 2).unwrap()), 256);
-    assert_eq!(ids.iter().collect::<alloc::collections::BTreeSet<_>>().len(), 256);
+    let ids: Vec<u16> = (0..256)
+        .map(|i| u16::from_le(mem.load_u16(l.rx_ring.avail + 4 + 2 * i).unwrap()))
+        .collect();
+    assert_eq!(
+        u16::from_le(mem.load_u16(l.rx_ring.avail + 2).unwrap()),
+        256
+    );
+    assert_eq!(
+        ids.iter()
+            .collect::<alloc::collections::BTreeSet<_>>()
+            .len(),
+        256
+    );
     // Not notified yet: the first flush kicks vq 0 once.
     assert_eq!(hk.kicks.get(), [0, 0]);
 }
@@ -444,10 +578,18 @@ fn handle_misuse_is_refused() {
     let ept = remote.create_ept(b"", ADDR_ANY, 1024).unwrap();
     let h_ept = host.create_ept(b"", ADDR_ANY, ADDR_ANY).unwrap();
     remote.trysend(ept, b"a").unwrap();
-    let mut h = Recorder { hold: true, ..Default::default() };
+    let mut h = Recorder {
+        hold: true,
+        ..Default::default()
+    };
     host.poll(&mut h).unwrap();
     let held = h.held.pop().unwrap();
-    let copy = HeldRx { src: held.src, dst: held.dst, len: held.len, buf: held.buf };
+    let copy = HeldRx {
+        src: held.src,
+        dst: held.dst,
+        len: held.len,
+        buf: held.buf,
+    };
     host.release_rx(held).unwrap();
     assert_eq!(host.release_rx(copy), Err(Error::UnknownBuffer));
     host.destroy_ept(h_ept).unwrap();

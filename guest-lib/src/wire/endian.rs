@@ -13,11 +13,19 @@ pub enum Endian {
 
 impl Endian {
     /// The byte order of the machine this code runs on (legacy virtio).
-    pub const NATIVE: Endian = if cfg!(target_endian = "big") { Endian::Big } else { Endian::Little };
+    pub const NATIVE: Endian = if cfg!(target_endian = "big") {
+        Endian::Big
+    } else {
+        Endian::Little
+    };
 
     /// Picks the byte order from whether VIRTIO_F_VERSION_1 was negotiated.
     pub const fn for_virtio(version_1: bool) -> Endian {
-        if version_1 { Endian::Little } else { Endian::NATIVE }
+        if version_1 {
+            Endian::Little
+        } else {
+            Endian::NATIVE
+        }
     }
 
     /// Reads a u16 from the first two bytes of `b`.
@@ -120,7 +128,10 @@ mod tests {
         for e in [Endian::Little, Endian::Big] {
             assert_eq!(e.from_raw_u16(e.to_raw_u16(0x1234)), 0x1234);
             assert_eq!(e.from_raw_u32(e.to_raw_u32(0x1234_5678)), 0x1234_5678);
-            assert_eq!(e.from_raw_u64(e.to_raw_u64(0x1122_3344_5566_7788)), 0x1122_3344_5566_7788);
+            assert_eq!(
+                e.from_raw_u64(e.to_raw_u64(0x1122_3344_5566_7788)),
+                0x1122_3344_5566_7788
+            );
         }
         assert_eq!(Endian::Little.u32_bytes(1), [1, 0, 0, 0]);
         assert_eq!(Endian::Big.u32_bytes(1), [0, 0, 0, 1]);

@@ -163,13 +163,19 @@ mod tests {
     fn rejects_short_buffers() {
         assert_eq!(
             RpmsgHeader::new_checked(&[0u8; 15][..], Endian::Little).unwrap_err(),
-            WireError::Truncated { needed: 16, available: 15 }
+            WireError::Truncated {
+                needed: 16,
+                available: 15
+            }
         );
         let mut b = [0u8; 20];
         b[12] = 5; // len 5 but only 4 payload bytes
         assert_eq!(
             RpmsgHeader::new_checked(&b[..], Endian::Little).unwrap_err(),
-            WireError::Truncated { needed: 21, available: 20 }
+            WireError::Truncated {
+                needed: 21,
+                available: 20
+            }
         );
     }
 

@@ -57,7 +57,10 @@ impl core::error::Error for WireError {}
 /// Checks that `buf` holds at least `needed` bytes.
 pub(crate) fn check_len(buf: &[u8], needed: usize) -> Result<(), WireError> {
     if buf.len() < needed {
-        Err(WireError::Truncated { needed, available: buf.len() })
+        Err(WireError::Truncated {
+            needed,
+            available: buf.len(),
+        })
     } else {
         Ok(())
     }

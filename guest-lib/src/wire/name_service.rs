@@ -43,9 +43,17 @@ impl NameServiceMsg {
     /// Builds a message; the name is cut to 31 bytes.
     pub fn new(name: &[u8], addr: u32, flags: NsFlags) -> Self {
         let mut field = [0u8; NS_NAME_LEN];
-        let n = name.iter().position(|&b| b == 0).unwrap_or(name.len()).min(NS_NAME_LEN - 1);
+        let n = name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(name.len())
+            .min(NS_NAME_LEN - 1);
         field[..n].copy_from_slice(&name[..n]);
-        NameServiceMsg { name: field, addr, flags }
+        NameServiceMsg {
+            name: field,
+            addr,
+            flags,
+        }
     }
 
     /// Parses a payload. It must be exactly [`NS_MSG_LEN`] bytes and flags must be 0 or 1.
@@ -58,18 +66,37 @@ impl NameServiceMsg {
         name.copy_from_slice(&payload[..NS_NAME_LEN]);
         // Force termination, as Linux does, so the name never runs into the address.
         name[NS_NAME_LEN - 1] = 0;
-        let word = |at: usize| endian.u32([payload[at], payload[at + 1], payload[at + 2], payload[at + 3]]);
+        let word = |at: usize| {
+            endian.u32([
+                payload[at],
+                payload[at + 1],
+                payload[at + 2],
+                payload[at + 3],
+            ])
+        };
         let flags = match word(36) {
             0 => NsFlags::Create,
             1 => NsFlags::Destroy,
-            _ => return Err(WireError::Malformed("name-service flags are neither create nor destroy")),
+            _ => {
+                return Err(WireError::Malformed(
+                    "name-service flags are neither create nor destroy",
+                ));
+            }
         };
-        Ok(NameServiceMsg { name, addr: word(32), flags })
+        Ok(NameServiceMsg {
+            name,
+            addr: word(32),
+            flags,
+        })
     }
 
     /// The name's bytes, up to (not including) the first NUL.
     pub fn name(&self) -> &[u8] {
-        let n = self.name.iter().position(|&b| b == 0).unwrap_or(NS_NAME_LEN);
+        let n = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(NS_NAME_LEN);
         &self.name[..n]
     }
 
@@ -124,7 +151,12 @@ mod tests {
         let m = NameServiceMsg::parse(&b, Endian::Little).unwrap();
         assert_eq!(m.name().len(), 31);
         assert_eq!(m.flags, NsFlags::Destroy);
-        assert_eq!(NameServiceMsg::new(&[b'y'; 50], 1, NsFlags::Create).name().len(), 31);
+        assert_eq!(
+            NameServiceMsg::new(&[b'y'; 50], 1, NsFlags::Create)
+                .name()
+                .len(),
+            31
+        );
     }
 
     proptest! {

@@ -1,0 +1,580 @@
+//! The native-Linux link: two processes, one in each role, sharing a file, laid out as
+//! OpenAMP's native-Linux machine (openamp-system-reference, `system/linux/machine/generic`),
+//! so an OpenAMP program built for that machine can be either side unchanged.
+//!
+//! - Shared memory: a file (`/dev/shm/openamp.shm`, 0x80000 bytes) that both map; "physical"
+//!   addresses are offsets into it. The resource table is at 0 with one rpmsg vdev (F_NS) whose
+//!   vrings sit at 0x4000 and 0x8000 (256 entries, align 0x1000); buffers at 0x10000.
+//! - Kicks: one byte over a UNIX stream socket (`/tmp/openamp.event.0`). The remote (device
+//!   role, OpenAMP's processor index 0) writes the resource table, listens and accepts; the
+//!   host (driver role, index 1) connects.
+//! - Start-up: the host negotiates features and sets DRIVER_OK in the vdev's status; the
+//!   remote waits for it, as OpenAMP's `rpmsg_virtio_wait_remote_ready` does.
+
+use crate::mem::{RawMemory, SharedMemory};
+use crate::rpmsg::{Config, Rpmsg};
+use crate::transport::{
+    BufferConfig, DeviceTransport, DriverLayout, DriverTransport, Environment, Transport,
+};
+use crate::vring::VringLayout;
+use crate::wire::Endian;
+use crate::wire::resource_table::{
+    RSC_VDEV, ResourceTable, ResourceTableBuilder, STATUS_ACKNOWLEDGE, STATUS_DRIVER,
+    STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_ID_RPMSG, VdevVringSpec,
+};
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// OpenAMP's shared file name (libmetal opens it under /dev/shm).
+pub const DEFAULT_SHM_PATH: &str = "/dev/shm/openamp.shm";
+/// OpenAMP's kick socket.
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/openamp.event.0";
+/// Size of the shared file.
+pub const SHM_SIZE: usize = 0x80000;
+/// Where the resource table lives.
+pub const RSC_TABLE_ADDR: u64 = 0;
+/// vq 0.
+pub const VRING0_ADDR: u32 = 0x4000;
+/// vq 1.
+pub const VRING1_ADDR: u32 = 0x8000;
+/// Entries per vring.
+pub const VRING_NUM: u32 = 256;
+/// Vring alignment.
+pub const VRING_ALIGN: u32 = 0x1000;
+/// Start of the rpmsg buffer pool.
+pub const SHARED_BUF_ADDR: u64 = 0x10000;
+/// Size of the rpmsg buffer pool.
+pub const SHARED_BUF_SIZE: u64 = 0x40000;
+/// The rpmsg name-service feature bit.
+pub const VIRTIO_RPMSG_F_NS: u32 = 1 << 0;
+/// Resource table bytes read by the host (ample for a few entries).
+const RSC_TABLE_MAX: usize = 0x1000;
+
+/// Where the two processes meet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativePaths {
+    /// The shared file.
+    pub shm: PathBuf,
+    /// The kick socket.
+    pub socket: PathBuf,
+}
+
+impl Default for NativePaths {
+    fn default() -> Self {
+        NativePaths {
+            shm: DEFAULT_SHM_PATH.into(),
+            socket: DEFAULT_SOCKET_PATH.into(),
+        }
+    }
+}
+
+/// Why a native link could not come up.
+#[derive(Debug)]
+pub enum NativeError {
+    /// A system call failed.
+    Io(&'static str, io::Error),
+    /// The resource table in the shared file is unusable.
+    ResourceTable(&'static str),
+    /// The ring or pool layout is impossible.
+    Link(crate::transport::LinkError),
+    /// The peer did not show up in time.
+    Timeout(&'static str),
+    /// The peer closed the socket.
+    PeerGone,
+}
+
+impl core::fmt::Display for NativeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            NativeError::Io(what, e) => write!(f, "{what}: {e}"),
+            NativeError::ResourceTable(why) => write!(f, "resource table: {why}"),
+            NativeError::Link(e) => write!(f, "link: {e}"),
+            NativeError::Timeout(what) => write!(f, "timed out waiting for {what}"),
+            NativeError::PeerGone => write!(f, "peer closed the kick socket"),
+        }
+    }
+}
+
+impl std::error::Error for NativeError {}
+
+impl From<crate::transport::LinkError> for NativeError {
+    fn from(e: crate::transport::LinkError) -> Self {
+        NativeError::Link(e)
+    }
+}
+
+/// A shared file mapped into this process.
+#[derive(Debug)]
+pub struct ShmFile {
+    raw: RawMemory,
+    path: PathBuf,
+}
+
+impl ShmFile {
+    /// Opens (creating if needed) and maps `size` bytes of the file at `path`.
+    pub fn open(path: &Path, size: usize) -> Result<Self, NativeError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| NativeError::Io("open shared file", e))?;
+        if file
+            .metadata()
+            .map_err(|e| NativeError::Io("stat shared file", e))?
+            .len()
+            < size as u64
+        {
+            file.set_len(size as u64)
+                .map_err(|e| NativeError::Io("size shared file", e))?;
+        }
+        // SAFETY: a fresh shared mapping of an open file; the kernel picks the address and we
+        // check the result before use. The mapping outlives the file descriptor.
+        let ptr = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(NativeError::Io(
+                "map shared file",
+                io::Error::last_os_error(),
+            ));
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(NativeError::Io(
+            "map shared file",
+            io::Error::other("null mapping"),
+        ))?;
+        // SAFETY: the mapping is `size` bytes, readable and writable, and stays mapped until
+        // `Drop` unmaps it, after the RawMemory (owned by self) is gone.
+        let raw = unsafe { RawMemory::new(ptr, size, 0) };
+        Ok(ShmFile {
+            raw,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ShmFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.raw.region(0, self.raw.len()) {
+            // SAFETY: unmaps exactly the mapping made in `open`; nothing borrows it any more
+            // since we are dropping its only owner.
+            unsafe { libc::munmap(p.as_ptr().cast(), self.raw.len()) };
+        }
+    }
+}
+
+// SAFETY: delegates to the RawMemory over our mapping, which lives as long as `self`.
+unsafe impl SharedMemory for ShmFile {
+    #[inline]
+    fn region(&self, addr: u64, len: usize) -> Option<NonNull<u8>> {
+        self.raw.region(addr, len)
+    }
+}
+
+/// Kicks as single bytes over a UNIX stream socket.
+#[derive(Debug)]
+pub struct SocketEnv {
+    stream: UnixStream,
+    start: Instant,
+    peer_gone: bool,
+    /// Kicks sent.
+    pub kicks_sent: u64,
+    /// Kick bytes received.
+    pub kicks_received: u64,
+}
+
+impl SocketEnv {
+    fn new(stream: UnixStream) -> Result<Self, NativeError> {
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| NativeError::Io("socket mode", e))?;
+        Ok(SocketEnv {
+            stream,
+            start: Instant::now(),
+            peer_gone: false,
+            kicks_sent: 0,
+            kicks_received: 0,
+        })
+    }
+
+    /// Whether the peer closed its end.
+    pub fn peer_gone(&self) -> bool {
+        self.peer_gone
+    }
+
+    /// Blocks until the peer kicks or `timeout` passes; returns whether it kicked.
+    pub fn wait_for_kick(&mut self, timeout: Duration) -> bool {
+        Environment::wait(self, timeout.as_micros() as u64)
+    }
+
+    /// Reads every pending kick byte; returns how many there were.
+    fn drain(&mut self) -> u64 {
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    self.peer_gone = true;
+                    break;
+                }
+                Ok(k) => n += k as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        self.kicks_received += n;
+        n
+    }
+}
+
+impl Environment for SocketEnv {
+    fn notify(&mut self, _queue: u16) {
+        // OpenAMP's machine ignores the notify id: any byte means "look at your rings".
+        match self.stream.write(&[1]) {
+            Ok(_) => self.kicks_sent += 1,
+            // A full socket already holds kicks the peer has not read: one more adds nothing.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => self.peer_gone = true,
+        }
+    }
+
+    fn wait(&mut self, timeout_us: u64) -> bool {
+        if self.drain() > 0 {
+            return true;
+        }
+        if self.peer_gone {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout_us.div_ceil(1000).min(i32::MAX as u64) as i32;
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call; count 1 matches.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        r > 0 && self.drain() > 0
+    }
+
+    fn now_us(&mut self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+}
+
+/// The engine of the host (driver) side of a native link.
+pub type HostRpmsg = Rpmsg<DriverTransport<Arc<ShmFile>, SocketEnv>>;
+/// The engine of the remote (device) side of a native link.
+pub type RemoteRpmsg = Rpmsg<DeviceTransport<Arc<ShmFile>, SocketEnv>>;
+
+/// Writes OpenAMP's native-machine resource table into `shm` at 0 (status and features 0).
+pub fn write_resource_table(shm: &ShmFile) -> Result<usize, NativeError> {
+    let mut table = [0u8; 256];
+    let bad = |_| NativeError::ResourceTable("cannot build the table");
+    let mut b = ResourceTableBuilder::new(&mut table, Endian::NATIVE, 1).map_err(bad)?;
+    let ring = |da, notifyid| VdevVringSpec {
+        da,
+        align: VRING_ALIGN,
+        num: VRING_NUM,
+        notifyid,
+    };
+    b.add_vdev(
+        VIRTIO_ID_RPMSG,
+        0,
+        VIRTIO_RPMSG_F_NS,
+        &[],
+        &[ring(VRING0_ADDR, 1), ring(VRING1_ADDR, 2)],
+    )
+    .map_err(bad)?;
+    let len = b.finish().map_err(bad)?;
+    shm.write(RSC_TABLE_ADDR, &table[..len])
+        .map_err(|_| NativeError::ResourceTable("does not fit"))?;
+    Ok(len)
+}
+
+/// What the host found in the table.
+#[derive(Debug, Clone, Copy)]
+struct VdevInfo {
+    offset: u64,
+    dfeatures: u32,
+    gfeatures: u32,
+    status: u8,
+    rings: [VringLayout; 2],
+}
+
+fn read_vdev(shm: &ShmFile) -> Result<VdevInfo, NativeError> {
+    // The peer may write the table while we look: parse a private copy.
+    let mut copy = std::vec![0u8; RSC_TABLE_MAX];
+    shm.read(RSC_TABLE_ADDR, &mut copy)
+        .map_err(|_| NativeError::ResourceTable("outside the file"))?;
+    let table = ResourceTable::new_checked(&copy[..], Endian::NATIVE)
+        .map_err(|_| NativeError::ResourceTable("malformed"))?;
+    let index = table
+        .find(RSC_VDEV, 0)
+        .ok_or(NativeError::ResourceTable("no vdev entry"))?;
+    let vdev = table
+        .vdev(index)
+        .map_err(|_| NativeError::ResourceTable("bad vdev entry"))?;
+    if vdev.id() != VIRTIO_ID_RPMSG || vdev.num_of_vrings() < 2 {
+        return Err(NativeError::ResourceTable(
+            "vdev is not an rpmsg device with two vrings",
+        ));
+    }
+    let ring = |i| -> Result<VringLayout, NativeError> {
+        let v = vdev
+            .vring(i)
+            .ok_or(NativeError::ResourceTable("missing vring"))?;
+        let num =
+            u16::try_from(v.num).map_err(|_| NativeError::ResourceTable("vring too large"))?;
+        VringLayout::legacy(v.da as u64, num, v.align as u64)
+            .map_err(|_| NativeError::ResourceTable("impossible vring layout"))
+    };
+    Ok(VdevInfo {
+        offset: table
+            .offset(index)
+            .ok_or(NativeError::ResourceTable("no offset"))? as u64,
+        dfeatures: vdev.dfeatures(),
+        gfeatures: vdev.gfeatures(),
+        status: vdev.status(),
+        rings: [ring(0)?, ring(1)?],
+    })
+}
+
+// Field offsets inside a vdev entry (type, id, notifyid, dfeatures, gfeatures, config_len,
+// status): the only two fields the host writes after start-up.
+const VDEV_GFEATURES: u64 = 16;
+const VDEV_STATUS: u64 = 24;
+
+fn set_status(shm: &ShmFile, vdev: u64, status: u8) -> Result<(), NativeError> {
+    crate::mem::write_barrier();
+    shm.write(RSC_TABLE_ADDR + vdev + VDEV_STATUS, &[status])
+        .map_err(|_| NativeError::ResourceTable("status outside the file"))
+}
+
+/// Starts the remote (device) side: writes the resource table, waits for the host to connect
+/// and to set DRIVER_OK, then attaches to the rings. `timeout` bounds the whole wait.
+pub fn start_remote(
+    paths: &NativePaths,
+    timeout: Option<Duration>,
+    mut on_listening: impl FnMut(),
+) -> Result<RemoteRpmsg, NativeError> {
+    let shm = Arc::new(ShmFile::open(&paths.shm, SHM_SIZE)?);
+    write_resource_table(&shm)?;
+    let _ = std::fs::remove_file(&paths.socket);
+    let listener = UnixListener::bind(&paths.socket)
+        .map_err(|e| NativeError::Io("listen on kick socket", e))?;
+    on_listening();
+    let deadline = timeout.map(|t| Instant::now() + t);
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| NativeError::Io("socket mode", e))?;
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if deadline.is_some_and(|d| Instant::now() > d) {
+                    return Err(NativeError::Timeout("the host to connect"));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(NativeError::Io("accept on kick socket", e)),
+        }
+    };
+    drop(listener);
+    let _ = std::fs::remove_file(&paths.socket);
+    let mut env = SocketEnv::new(stream)?;
+    // Wait for DRIVER_OK, as OpenAMP's device role does.
+    let info = loop {
+        let info = read_vdev(&shm)?;
+        if info.status & STATUS_DRIVER_OK != 0 {
+            break info;
+        }
+        if env.peer_gone() {
+            return Err(NativeError::PeerGone);
+        }
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(NativeError::Timeout("the host to set DRIVER_OK"));
+        }
+        env.wait(10_000);
+    };
+    crate::mem::read_barrier();
+    let features = info.gfeatures & info.dfeatures;
+    let t = DeviceTransport::new(
+        shm,
+        env,
+        info.rings[0],
+        info.rings[1],
+        Endian::NATIVE,
+        false,
+        BufferConfig::default().r2h_buf_size,
+    )?;
+    let config = Config {
+        name_service: features & VIRTIO_RPMSG_F_NS != 0,
+        ..Config::default()
+    };
+    Ok(Rpmsg::new(t, config))
+}
+
+/// Starts the host (driver) side: connects (retrying until `timeout`), reads the remote's
+/// resource table, negotiates features, lays out the rings and buffers and sets DRIVER_OK.
+pub fn start_host(paths: &NativePaths, timeout: Duration) -> Result<HostRpmsg, NativeError> {
+    let deadline = Instant::now() + timeout;
+    let stream = loop {
+        match UnixStream::connect(&paths.socket) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => {
+                return Err(NativeError::Io("connect to kick socket", e));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let env = SocketEnv::new(stream)?;
+    let shm = Arc::new(ShmFile::open(&paths.shm, SHM_SIZE)?);
+    let info = read_vdev(&shm)?;
+    // The virtio handshake, in the resource table.
+    set_status(&shm, info.offset, 0)?;
+    set_status(&shm, info.offset, STATUS_ACKNOWLEDGE | STATUS_DRIVER)?;
+    let features = info.dfeatures & VIRTIO_RPMSG_F_NS;
+    shm.write(
+        RSC_TABLE_ADDR + info.offset + VDEV_GFEATURES,
+        &features.to_ne_bytes(),
+    )
+    .map_err(|_| NativeError::ResourceTable("features outside the file"))?;
+    set_status(
+        &shm,
+        info.offset,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+    )?;
+    let layout = DriverLayout {
+        rx_ring: info.rings[0],
+        tx_ring: info.rings[1],
+        pool_addr: SHARED_BUF_ADDR,
+        pool_len: SHARED_BUF_SIZE,
+        buffers: BufferConfig::default(),
+    };
+    let t = DriverTransport::new(shm.clone(), env, layout, Endian::NATIVE, false)?;
+    set_status(
+        &shm,
+        info.offset,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+    )?;
+    let config = Config {
+        name_service: features & VIRTIO_RPMSG_F_NS != 0,
+        ..Config::default()
+    };
+    let mut rpmsg = Rpmsg::new(t, config);
+    // Tell the remote its receive buffers are posted.
+    rpmsg.transport_mut().flush()?;
+    Ok(rpmsg)
+}
+
+/// Paths unique to this process, for runs that must not meet OpenAMP's defaults.
+pub fn private_paths(tag: &str) -> NativePaths {
+    let id = std::process::id();
+    NativePaths {
+        shm: std::format!("/dev/shm/vamp-{tag}-{id}.shm").into(),
+        socket: std::env::temp_dir().join(std::format!("vamp-{tag}-{id}.sock")),
+    }
+}
+
+/// Removes the shared file and socket of a run.
+pub fn cleanup(paths: &NativePaths) {
+    let _ = std::fs::remove_file(&paths.shm);
+    let _ = std::fs::remove_file(&paths.socket);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::resource_table::Resource;
+
+    fn temp_paths(tag: &str) -> NativePaths {
+        let dir = std::env::temp_dir();
+        let id = std::process::id();
+        NativePaths {
+            shm: dir.join(std::format!("vamp-unit-{tag}-{id}.shm")),
+            socket: dir.join(std::format!("vamp-unit-{tag}-{id}.sock")),
+        }
+    }
+
+    #[test]
+    fn resource_table_has_openamps_layout() {
+        let paths = temp_paths("rsc");
+        let shm = ShmFile::open(&paths.shm, SHM_SIZE).unwrap();
+        let len = write_resource_table(&shm).unwrap();
+        // Header 16 + one offset 4, then the vdev entry: 28 + 2 vrings of 20.
+        assert_eq!(len, 20 + 28 + 40);
+        let mut copy = std::vec![0u8; len];
+        shm.read(0, &mut copy).unwrap();
+        let table = ResourceTable::new_checked(&copy[..], Endian::NATIVE).unwrap();
+        assert_eq!(table.offset(0), Some(20));
+        let Resource::Vdev(v) = table.entry(0).unwrap() else {
+            panic!("not a vdev")
+        };
+        assert_eq!((v.id(), v.dfeatures(), v.status()), (7, 1, 0));
+        let rings: std::vec::Vec<_> = v
+            .vrings()
+            .map(|r| (r.da, r.align, r.num, r.notifyid))
+            .collect();
+        assert_eq!(rings, [(0x4000, 0x1000, 256, 1), (0x8000, 0x1000, 256, 2)]);
+        let info = read_vdev(&shm).unwrap();
+        assert_eq!(info.offset, 20);
+        assert_eq!(info.rings[1].used, 0xa000);
+        // Rings and pool do not overlap each other or the table.
+        assert!(info.rings[0].used + info.rings[0].used_bytes() <= 0x8000);
+        assert!(info.rings[1].used + info.rings[1].used_bytes() <= SHARED_BUF_ADDR);
+        assert!(SHARED_BUF_ADDR + SHARED_BUF_SIZE <= SHM_SIZE as u64);
+        drop(shm);
+        cleanup(&paths);
+    }
+
+    #[test]
+    fn host_refuses_a_garbage_table() {
+        let paths = temp_paths("garbage");
+        let shm = ShmFile::open(&paths.shm, SHM_SIZE).unwrap();
+        shm.write(0, &[0xff; 64]).unwrap();
+        assert!(matches!(
+            read_vdev(&shm),
+            Err(NativeError::ResourceTable(_))
+        ));
+        // A valid table whose vring does not fit in the file.
+        write_resource_table(&shm).unwrap();
+        shm.write(20 + 28, &0x7_f000u32.to_ne_bytes()).unwrap();
+        let err = read_vdev(&shm).and_then(|info| {
+            VringLayout::check(&info.rings[0], &shm)
+                .map_err(|_| NativeError::ResourceTable("ring outside the file"))
+        });
+        assert!(err.is_err());
+        drop(shm);
+        cleanup(&paths);
+    }
+
+    #[test]
+    fn shared_file_is_bounds_checked() {
+        let paths = temp_paths("bounds");
+        let shm = ShmFile::open(&paths.shm, 4096).unwrap();
+        assert!(shm.write(4095, &[1]).is_ok());
+        assert!(shm.write(4095, &[1, 2]).is_err());
+        assert!(shm.read(u64::MAX - 1, &mut [0; 4]).is_err());
+        drop(shm);
+        cleanup(&paths);
+    }
+}

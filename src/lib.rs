@@ -1,0 +1,5 @@
+//! vamp's front door: the `demo`, `native` and (later) `bench` commands, composing the
+//! RPMsg engine ([`vamp_rpmsg`]) with its transports.
+
+pub mod demo;
+pub mod native_apps;

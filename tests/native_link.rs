@@ -1,0 +1,114 @@
+//! The native-Linux link between two real processes, one in each role.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use vamp_rpmsg::native;
+
+fn vamp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vamp"))
+}
+
+fn paths_args(cmd: &mut Command, paths: &native::NativePaths) {
+    cmd.arg("--shm")
+        .arg(&paths.shm)
+        .arg("--socket")
+        .arg(&paths.socket);
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn host_and_remote_processes_exchange_echoes() {
+    let paths = native::private_paths("it-echo");
+    let mut remote = vamp();
+    remote.args(["native", "--role", "remote", "--timeout", "60"]);
+    paths_args(&mut remote, &paths);
+    let remote = remote
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let mut host = vamp();
+    host.args([
+        "native",
+        "--role",
+        "host",
+        "--ping",
+        "1000",
+        "--timeout",
+        "60",
+    ]);
+    paths_args(&mut host, &paths);
+    let host = host.output().unwrap();
+    let remote = remote.wait_with_output().unwrap();
+    native::cleanup(&paths);
+
+    let (h, r) = (text(&host), text(&remote));
+    assert!(host.status.success(), "host failed:\n{h}\nremote:\n{r}");
+    assert!(h.contains("1000/1000 echoes matched"), "{h}");
+    assert!(remote.status.success(), "remote failed:\n{r}");
+    assert!(r.contains("shutdown requested after 1000 echoes"), "{r}");
+}
+
+#[test]
+fn remote_notices_a_host_that_dies() {
+    let paths = native::private_paths("it-dies");
+    let mut remote = vamp();
+    remote.args(["native", "--role", "remote", "--timeout", "60"]);
+    paths_args(&mut remote, &paths);
+    let remote = remote
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A host that connects, brings the link up, and exits without a shutdown message.
+    let host = native::start_host(&paths, Duration::from_secs(30)).unwrap();
+    drop(host);
+    let out = remote.wait_with_output().unwrap();
+    native::cleanup(&paths);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(
+        t.contains("closed the link") || t.contains("went away"),
+        "{t}"
+    );
+}
+
+#[test]
+fn host_reports_a_missing_remote_clearly() {
+    let paths = native::private_paths("it-missing");
+    let start = Instant::now();
+    let mut host = vamp();
+    host.args(["native", "--role", "host", "--ping", "1", "--timeout", "1"]);
+    paths_args(&mut host, &paths);
+    let out = host.output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("connect to kick socket"),
+        "{}",
+        text(&out)
+    );
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn demo_runs_and_summarises() {
+    let out = vamp().args(["demo", "--count", "200"]).output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("summary: 200 messages of 1..496 bytes, 200 matched"),
+        "{t}"
+    );
+    assert!(
+        t.contains("name service: \"rpmsg-openamp-demo-channel\""),
+        "{t}"
+    );
+}
