@@ -12,7 +12,8 @@
 //! wire: oversize payloads are refused (never truncated), dynamic addresses start at 1024 and
 //! are the lowest free one.
 
-use crate::transport::{Buffer, LinkError, Transport};
+use crate::mem::SharedMemory;
+use crate::transport::{Buffer, LinkError, Transport, copy_buffer};
 use crate::wire::{
     ADDR_ANY, Endian, HEADER_LEN, NS_ADDR, NS_MSG_LEN, NS_NAME_LEN, NameServiceMsg, NsFlags,
     RESERVED_ADDRESSES, RpmsgHeader, encode_header,
@@ -181,6 +182,46 @@ pub struct HeldRx {
     /// Payload length.
     pub len: u16,
     buf: Buffer,
+}
+
+/// Where a received payload lives, for copying it straight into another link's buffer
+/// ([`Rpmsg::send_copy_from`]). Valid while its message is being delivered or held.
+#[derive(Debug, Clone, Copy)]
+pub struct PayloadRef {
+    buf: Buffer,
+    len: u16,
+}
+
+impl PayloadRef {
+    /// Payload length.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Received {
+    /// Where this message's payload lives.
+    pub fn payload_ref(&self) -> PayloadRef {
+        PayloadRef {
+            buf: self.buf,
+            len: self.len,
+        }
+    }
+}
+
+impl HeldRx {
+    /// Where this held message's payload lives.
+    pub fn payload_ref(&self) -> PayloadRef {
+        PayloadRef {
+            buf: self.buf,
+            len: self.len,
+        }
+    }
 }
 
 /// A transmit buffer borrowed for zero-copy sending; send it with [`Rpmsg::send_nocopy`] or
@@ -723,6 +764,53 @@ impl<T: Transport> Rpmsg<T> {
             self.pending_ns.pop_front();
         }
         Ok(())
+    }
+
+    /// Sends a payload that lives in another memory (a message received on another link)
+    /// from `src` to `dst`, copying it once, straight into our transmit buffer.
+    pub fn send_copy_from<S: SharedMemory + ?Sized>(
+        &mut self,
+        src: u32,
+        dst: u32,
+        from_mem: &S,
+        payload: &PayloadRef,
+        wait: bool,
+    ) -> Result<usize, Error> {
+        if src == ADDR_ANY || dst == ADDR_ANY {
+            return Err(Error::InvalidAddress);
+        }
+        let len = payload.len();
+        if let Some(max) = self.max_payload().filter(|&max| len > max) {
+            return Err(Error::TooLarge { len, max });
+        }
+        self.flush_announcements()?;
+        let buf = self.take_tx(wait)?;
+        let max = (buf.len() as usize).saturating_sub(HEADER_LEN);
+        if len > max {
+            self.transport.release_tx(buf);
+            return Err(Error::TooLarge { len, max });
+        }
+        let header = encode_header(self.endian(), src, dst, len as u16);
+        let mem = self.transport.memory();
+        let written = buf.write(mem, 0, &header).and_then(|()| {
+            copy_buffer(
+                from_mem,
+                &payload.buf,
+                HEADER_LEN,
+                mem,
+                &buf,
+                HEADER_LEN,
+                len,
+            )
+        });
+        if let Err(e) = written {
+            self.transport.release_tx(buf);
+            return Err(e.into());
+        }
+        self.transport.send_tx(buf, (HEADER_LEN + len) as u32)?;
+        self.stats.sent += 1;
+        self.transport.flush()?;
+        Ok(len)
     }
 
     // ----- zero copy -------------------------------------------------------------------

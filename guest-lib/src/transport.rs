@@ -123,6 +123,24 @@ impl Buffer {
     }
 }
 
+/// Copies `len` bytes from `from` (at `from_off` within it) into `to` (at `to_off`), across
+/// the segments of both: the hub's single copy of a message between two memories.
+pub fn copy_buffer<A: SharedMemory + ?Sized, B: SharedMemory + ?Sized>(
+    from_mem: &A,
+    from: &Buffer,
+    from_off: usize,
+    to_mem: &B,
+    to: &Buffer,
+    to_off: usize,
+    len: usize,
+) -> Result<(), MemError> {
+    from.walk(from_off, len, |src, range| {
+        to.walk(to_off + range.start, range.len(), |dst, piece| {
+            crate::mem::copy_between(from_mem, src + piece.start as u64, to_mem, dst, piece.len())
+        })
+    })
+}
+
 /// Why a transport could not move a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkError {
@@ -508,7 +526,8 @@ pub struct DeviceTransport<M: SharedMemory, E: Environment> {
 }
 
 impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
-    /// Attaches to rings the driver set up. `tx_limit` caps the bytes we put in one buffer.
+    /// Attaches to fresh rings the driver set up. `tx_limit` caps the bytes we put in one
+    /// buffer.
     pub fn new(
         mem: M,
         env: E,
@@ -518,8 +537,21 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
         event_idx: bool,
         tx_limit: u32,
     ) -> Result<Self, LinkError> {
-        let tx = DeviceQueue::new(&mem, vq0, endian, event_idx, 0)?;
-        let rx = DeviceQueue::new(&mem, vq1, endian, event_idx, 0)?;
+        Self::resume(mem, env, [vq0, vq1], [0, 0], endian, event_idx, tx_limit)
+    }
+
+    /// Attaches to rings a previous owner left at `next_avail` (vhost-user's SET_VRING_BASE).
+    pub fn resume(
+        mem: M,
+        env: E,
+        rings: [VringLayout; 2],
+        next_avail: [u16; 2],
+        endian: Endian,
+        event_idx: bool,
+        tx_limit: u32,
+    ) -> Result<Self, LinkError> {
+        let tx = DeviceQueue::new(&mem, rings[0], endian, event_idx, next_avail[0])?;
+        let rx = DeviceQueue::new(&mem, rings[1], endian, event_idx, next_avail[1])?;
         Ok(DeviceTransport {
             mem,
             env,
@@ -542,6 +574,25 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
     /// Malformed chains seen so far (each was returned with length 0).
     pub fn bad_chains(&self) -> u64 {
         self.bad_chains
+    }
+
+    /// The ring layouts of vq 0 and vq 1.
+    pub fn rings(&self) -> [VringLayout; 2] {
+        [*self.tx.layout(), *self.rx.layout()]
+    }
+
+    /// Next available index of vq 0 and vq 1: where a new owner would resume.
+    pub fn next_avail(&self) -> [u16; 2] {
+        [self.tx.next_avail(), self.rx.next_avail()]
+    }
+
+    /// Replaces the memory (the driver remapped it, e.g. a new vhost-user memory table); the
+    /// rings must still lie inside it.
+    pub fn set_memory(&mut self, mem: M) -> Result<(), LinkError> {
+        self.tx.layout().check(&mem)?;
+        self.rx.layout().check(&mem)?;
+        self.mem = mem;
+        Ok(())
     }
 
     /// Asks the driver to kick us for new messages (vq 1). Returns whether some are waiting.

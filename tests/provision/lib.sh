@@ -1,0 +1,115 @@
+# shellcheck shell=bash
+# Shared helpers for the vamp test-environment provisioning scripts.
+# Source it from a script that runs under `set -euo pipefail`:
+#   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#
+# Everything is cached outside the repository, under $VAMP_CACHE:
+#   $VAMP_CACHE/trixie-root/      Debian trixie root holding QEMU (qemu-root.sh)
+#   $VAMP_CACHE/guest/            bzImage, kernel .config, kernel sources/build (guest-kernel.sh)
+#   $VAMP_CACHE/guest-agent/      static vamp-guest-agent binary + cargo target dir (guest-agent.sh)
+#   $VAMP_CACHE/smoke/            boot-smoke initramfs and logs (boot-smoke.sh)
+#   $VAMP_CACHE/*.stamp           "done" markers checked on the next run
+
+VAMP_CACHE="${VAMP_CACHE:-/var/cache/vamp}"
+VAMP_ROOT="${VAMP_ROOT:-$VAMP_CACHE/trixie-root}"
+VAMP_GUEST_DIR="${VAMP_GUEST_DIR:-$VAMP_CACHE/guest}"
+VAMP_PROVISION_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export VAMP_CACHE VAMP_ROOT VAMP_GUEST_DIR VAMP_PROVISION_DIR
+
+# All diagnostics go to stderr so stdout stays usable for results (paths, versions).
+log() {
+    printf '[%s %s] %s\n' "$(date +%H:%M:%S)" "${VAMP_LOG_TAG:-provision}" "$*" >&2
+}
+
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+
+need_root() {
+    [[ ${EUID} -eq 0 ]] || die "must run as root (debootstrap, chroot, mount)"
+}
+
+# Milliseconds since the epoch.
+now_ms() {
+    local ns
+    ns=$(date +%s%N)
+    echo $((ns / 1000000))
+}
+
+# Format a millisecond count as seconds with one decimal: 12345 -> 12.3s
+fmt_ms() {
+    local ms=$1
+    printf '%d.%ds' $((ms / 1000)) $(((ms % 1000) / 100))
+}
+
+# step NAME CMD ARGS...: run a command, log how long it took, keep its exit status.
+step() {
+    local name=$1
+    shift
+    local t0 rc=0
+    t0=$(now_ms)
+    log "step '$name' ..."
+    "$@" || rc=$?
+    log "step '$name' took $(fmt_ms $(($(now_ms) - t0)))$([[ $rc -eq 0 ]] || echo " (FAILED, exit $rc)")"
+    return "$rc"
+}
+
+# Stamp files: a small text file whose content must match exactly (a version string),
+# so that changing the recipe version invalidates old results.
+stamp_ok() {
+    local file=$1 want=$2
+    [[ -f $file ]] && [[ "$(cat "$file")" == "$want" ]]
+}
+
+stamp_write() {
+    local file=$1 value=$2
+    mkdir -p "$(dirname "$file")"
+    printf '%s\n' "$value" >"$file.tmp"
+    mv -f "$file.tmp" "$file"
+}
+
+# The Debian mirror of this host, derived at run time (never hard-coded in the repo).
+# Override with VAMP_DEBIAN_MIRROR. Security mirrors are skipped.
+debian_mirror() {
+    if [[ -n ${VAMP_DEBIAN_MIRROR:-} ]]; then
+        echo "$VAMP_DEBIAN_MIRROR"
+        return 0
+    fi
+    local uri="" f=/etc/apt/sources.list.d/debian.sources
+    if [[ -r $f ]]; then
+        uri=$(awk 'tolower($1) == "uris:" { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$f")
+    fi
+    if [[ -z $uri && -r /etc/apt/sources.list ]]; then
+        uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:\/\//) { if ($i !~ /security/) { print $i; exit } else break } }' /etc/apt/sources.list)
+    fi
+    [[ -n $uri ]] || die "cannot derive a Debian mirror from /etc/apt (set VAMP_DEBIAN_MIRROR)"
+    echo "${uri%/}"
+}
+
+# apt_ensure PKG...: install the host packages that are missing (apt-get update once first).
+_VAMP_APT_UPDATED=0
+apt_ensure() {
+    local missing=() p
+    for p in "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$p")
+        fi
+    done
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    local aptlog="$VAMP_CACHE/apt.log"
+    mkdir -p "$VAMP_CACHE"
+    log "installing host packages: ${missing[*]} (log: $aptlog)"
+    if [[ $_VAMP_APT_UPDATED -eq 0 ]]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >>"$aptlog" 2>&1 ||
+            { tail -n 20 "$aptlog" >&2; die "apt-get update failed"; }
+        _VAMP_APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$aptlog" 2>&1 ||
+        { tail -n 20 "$aptlog" >&2; die "apt-get install ${missing[*]} failed"; }
+}
+
+# Path of the QEMU wrapper (runs qemu-system-x86_64 inside the trixie root).
+vamp_qemu() {
+    echo "$VAMP_PROVISION_DIR/qemu"
+}

@@ -1,0 +1,231 @@
+//! The vhost-user backend of one guest, on rust-vmm's vhost-user-backend.
+//!
+//! Each guest has its own socket and daemon thread; all of them share one [`Hub`] behind a
+//! mutex, which moves messages between their rings.
+
+use crate::guest_memory::{GuestMemoryMap, GuestRam};
+use crate::hub::{Hub, LinkId, Notifier, RingsInfo};
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::QueueT;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+/// virtio device ID of rpmsg.
+pub const VIRTIO_ID_RPMSG: u32 = 7;
+/// The rpmsg name-service feature (the only upstream rpmsg feature bit).
+pub const VIRTIO_RPMSG_F_NS: u64 = 1 << 0;
+/// vq 0 (device to driver) and vq 1 (driver to device).
+pub const NUM_QUEUES: usize = 2;
+/// Largest queue the backend accepts.
+pub const MAX_QUEUE_SIZE: usize = 1024;
+
+/// Locks the hub, surviving a panic in another guest's thread: the hub's state is kept
+/// consistent between calls, so a poisoned lock only means that thread died.
+pub fn lock_hub(hub: &Mutex<Hub>) -> std::sync::MutexGuard<'_, Hub> {
+    hub.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct VringNotifier(Vec<VringRwLock>);
+
+impl Notifier for VringNotifier {
+    fn notify(&self, queue: u16) {
+        if let Some(vring) = self.0.get(queue as usize) {
+            // The call fd is replaced by SET_VRING_CALL: the vring always signals the current one.
+            if let Err(e) = vring.signal_used_queue() {
+                log::debug!("signalling queue {queue} failed: {e}");
+            }
+        }
+    }
+}
+
+/// The backend of one guest.
+pub struct RpmsgBackend {
+    id: LinkId,
+    name: String,
+    hub: Arc<Mutex<Hub>>,
+    mem: Option<GuestMemoryMap>,
+    acked_features: u64,
+    event_idx: bool,
+    vrings: Option<(Vec<VringRwLock>, Arc<dyn Notifier>)>,
+}
+
+impl std::fmt::Debug for RpmsgBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpmsgBackend")
+            .field("guest", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RpmsgBackend {
+    /// The backend for guest `id` of the hub.
+    pub fn new(hub: Arc<Mutex<Hub>>, id: LinkId) -> Self {
+        let name = lock_hub(&hub).topology().guests[id].name.clone();
+        RpmsgBackend {
+            id,
+            name,
+            hub,
+            mem: None,
+            acked_features: 0,
+            event_idx: false,
+            vrings: None,
+        }
+    }
+
+    fn rings_info(&self, vrings: &[VringRwLock]) -> Option<RingsInfo> {
+        let mut rings = Vec::with_capacity(NUM_QUEUES);
+        let mut next_avail = [0u16; NUM_QUEUES];
+        for (i, vring) in vrings.iter().enumerate().take(NUM_QUEUES) {
+            let state = vring.get_ref();
+            let queue = state.get_queue();
+            if !queue.ready() || !state.is_enabled() {
+                return None;
+            }
+            match vamp_rpmsg::vring::VringLayout::new(
+                queue.size(),
+                queue.desc_table(),
+                queue.avail_ring(),
+                queue.used_ring(),
+            ) {
+                Ok(l) => rings.push(l),
+                Err(e) => {
+                    log::error!(
+                        "guest {}: queue {i} has an impossible layout: {e}",
+                        self.name
+                    );
+                    return None;
+                }
+            }
+            next_avail[i] = queue.next_avail();
+        }
+        Some(RingsInfo {
+            rings: rings.try_into().ok()?,
+            next_avail,
+            event_idx: self.event_idx,
+            name_service: self.acked_features & VIRTIO_RPMSG_F_NS != 0,
+        })
+    }
+
+    fn record(vrings: &[VringRwLock], at: [u16; NUM_QUEUES]) {
+        for (vring, next) in vrings.iter().zip(at) {
+            vring.set_queue_next_avail(next);
+        }
+    }
+}
+
+impl VhostUserBackendMut for RpmsgBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VIRTIO_RPMSG_F_NS
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // rpmsg has no config space: no CONFIG feature.
+        VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::RESET_DEVICE
+    }
+
+    fn reset_device(&mut self) {
+        let at = lock_hub(&self.hub).stop(self.id, "device reset");
+        if let (Some((vrings, _)), Some(at)) = (&self.vrings, at) {
+            Self::record(vrings, at);
+        }
+    }
+
+    fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    fn update_memory(&mut self, mem: GuestMemoryMap) -> io::Result<()> {
+        self.mem = Some(mem);
+        Ok(())
+    }
+
+    fn stop_vring(&mut self, _queue_index: u32) -> io::Result<()> {
+        let at = lock_hub(&self.hub).stop(self.id, "the frontend stopped the rings");
+        if let (Some((vrings, _)), Some(at)) = (&self.vrings, at) {
+            Self::record(vrings, at);
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if device_event as usize >= NUM_QUEUES {
+            return Err(io::Error::other(format!("unexpected event {device_event}")));
+        }
+        let Some(mem) = self.mem.as_ref() else {
+            return Ok(());
+        };
+        if self.vrings.is_none() {
+            let notifier: Arc<dyn Notifier> = Arc::new(VringNotifier(vrings.to_vec()));
+            self.vrings = Some((vrings.to_vec(), notifier));
+        }
+        let Some(info) = self.rings_info(vrings) else {
+            return Ok(());
+        };
+        let ram = GuestRam::snapshot(mem);
+        let notifier = self
+            .vrings
+            .as_ref()
+            .map(|(_, n)| n.clone())
+            .expect("set above");
+        let at = lock_hub(&self.hub).service(self.id, &ram, info, &notifier);
+        if let Some(at) = at {
+            Self::record(vrings, at);
+        }
+        Ok(())
+    }
+}
+
+/// Serves guest `id` on its socket until the process ends: one frontend connection at a time,
+/// a fresh backend for each, the guest's link withdrawn whenever its frontend goes away.
+pub fn serve_guest(
+    hub: Arc<Mutex<Hub>>,
+    id: LinkId,
+    socket: &Path,
+) -> Result<(), vhost_user_backend::Error> {
+    let name = lock_hub(&hub).topology().guests[id].name.clone();
+    loop {
+        let backend = Arc::new(RwLock::new(RpmsgBackend::new(hub.clone(), id)));
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon = VhostUserDaemon::new(format!("vhost-user-rpmsg-{name}"), backend, mem)?;
+        log::info!(
+            "guest {name}: waiting for a frontend on {}",
+            socket.display()
+        );
+        let result = daemon.serve(socket);
+        lock_hub(&hub).stop(id, "the frontend disconnected");
+        match result {
+            Ok(()) => log::info!("guest {name}: frontend disconnected"),
+            Err(e) => log::warn!("guest {name}: connection ended: {e}"),
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! The hub's topology: guests and their sockets, host services, and channels (whose
+//! announced names are offered to whom). Read from TOML:
+//!
+//! ```toml
+//! [[guest]]
+//! name = "alice"
+//! socket = "/tmp/vamp-alice.sock"
+//!
+//! [[guest]]
+//! name = "bob"
+//! socket = "/tmp/vamp-bob.sock"
+//!
+//! # A host echo service announced to both guests.
+//! [[service]]
+//! type = "echo"
+//! name = "rpmsg-client-sample"
+//! guests = ["alice", "bob"]     # omitted: every guest
+//!
+//! # Names alice announces are offered to bob.
+//! [[channel]]
+//! from = "alice"
+//! to = ["bob"]
+//! names = ["rpmsg-raw"]         # omitted: any name
+//! ```
+
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// What is wrong with a topology.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown keys.
+    #[error("parsing {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// The topology is inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One guest: a vhost-user socket the hub listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestSpec {
+    /// Name used in channels and logs.
+    pub name: String,
+    /// The vhost-user socket QEMU (or another frontend) connects to.
+    pub socket: PathBuf,
+}
+
+/// What a host service does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// Sends every message back to its sender (Linux's rpmsg_client_sample and OpenAMP's echo
+    /// demo talk to it). Announced as "rpmsg-raw", it gives guests a /dev/rpmsgN from rpmsg_char.
+    Echo,
+}
+
+/// A service of the hub itself, announced to guests.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// What it does.
+    #[serde(rename = "type")]
+    pub kind: ServiceKind,
+    /// The name it is announced under (at most 31 bytes).
+    pub name: String,
+    /// Guests it is announced to; `None` means every guest.
+    #[serde(default)]
+    pub guests: Option<Vec<String>>,
+}
+
+/// Names one guest announces that other guests may see.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSpec {
+    /// The announcing guest.
+    pub from: String,
+    /// The guests that see its names.
+    pub to: Vec<String>,
+    /// The names offered; `None` means any.
+    #[serde(default)]
+    pub names: Option<Vec<String>>,
+}
+
+/// A whole topology.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// The guests, one socket each.
+    #[serde(default, rename = "guest")]
+    pub guests: Vec<GuestSpec>,
+    /// Host services.
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceSpec>,
+    /// Channels between guests.
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelSpec>,
+}
+
+impl Topology {
+    /// Reads and checks a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and checks TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let topology: Topology = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        topology.validate()?;
+        Ok(topology)
+    }
+
+    /// A topology without a file: guests `guest0..` on `sockets`, every guest seeing every
+    /// other guest's names, and `echo` services announced to all.
+    pub fn all_to_all(sockets: Vec<PathBuf>, echo: &[String]) -> Result<Self, ConfigError> {
+        let guests: Vec<GuestSpec> = sockets
+            .into_iter()
+            .enumerate()
+            .map(|(i, socket)| GuestSpec {
+                name: format!("guest{i}"),
+                socket,
+            })
+            .collect();
+        let channels = guests
+            .iter()
+            .map(|g| ChannelSpec {
+                from: g.name.clone(),
+                to: guests
+                    .iter()
+                    .filter(|o| o.name != g.name)
+                    .map(|o| o.name.clone())
+                    .collect(),
+                names: None,
+            })
+            .filter(|c| !c.to.is_empty())
+            .collect();
+        let mut t = Topology {
+            guests,
+            services: Vec::new(),
+            channels,
+        };
+        t.add_echo(echo);
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// Adds echo services announced to every guest.
+    pub fn add_echo(&mut self, names: &[String]) {
+        for name in names {
+            self.services.push(ServiceSpec {
+                kind: ServiceKind::Echo,
+                name: name.clone(),
+                guests: None,
+            });
+        }
+    }
+
+    /// Checks names, references and limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.guests.is_empty() {
+            return invalid("the topology has no guest".into());
+        }
+        let mut names = HashSet::new();
+        let mut sockets = HashSet::new();
+        for g in &self.guests {
+            if g.name.is_empty() {
+                return invalid("a guest has an empty name".into());
+            }
+            if !names.insert(g.name.as_str()) {
+                return invalid(format!("guest \"{}\" is defined twice", g.name));
+            }
+            if !sockets.insert(&g.socket) {
+                return invalid(format!(
+                    "socket {} is used by two guests",
+                    g.socket.display()
+                ));
+            }
+        }
+        let known = |who: &str, what: &str| -> Result<(), ConfigError> {
+            if names.contains(who) {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid(format!(
+                    "{what} names unknown guest \"{who}\""
+                )))
+            }
+        };
+        let mut service_names = HashSet::new();
+        for s in &self.services {
+            check_rpmsg_name(&s.name, "service")?;
+            if !service_names.insert(s.name.as_str()) {
+                return invalid(format!("service \"{}\" is defined twice", s.name));
+            }
+            for g in s.guests.iter().flatten() {
+                known(g, &format!("service \"{}\"", s.name))?;
+            }
+        }
+        for c in &self.channels {
+            known(&c.from, "a channel")?;
+            for g in &c.to {
+                known(g, &format!("the channel from \"{}\"", c.from))?;
+                if g == &c.from {
+                    return invalid(format!("the channel from \"{g}\" lists {g} as a receiver"));
+                }
+            }
+            for n in c.names.iter().flatten() {
+                check_rpmsg_name(n, "channel")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Index of a guest by name.
+    pub fn guest_index(&self, name: &str) -> Option<usize> {
+        self.guests.iter().position(|g| g.name == name)
+    }
+
+    /// Whether `to` may see the name `name` that `from` announced.
+    pub fn offers(&self, from: &str, name: &[u8], to: &str) -> bool {
+        from != to
+            && self.channels.iter().any(|c| {
+                c.from == from
+                    && c.to.iter().any(|t| t == to)
+                    && c.names
+                        .as_ref()
+                        .is_none_or(|ns| ns.iter().any(|n| n.as_bytes() == name))
+            })
+    }
+
+    /// The services announced to `guest`.
+    pub fn services_for<'a>(
+        &'a self,
+        guest: &'a str,
+    ) -> impl Iterator<Item = (usize, &'a ServiceSpec)> {
+        self.services.iter().enumerate().filter(move |(_, s)| {
+            s.guests
+                .as_ref()
+                .is_none_or(|gs| gs.iter().any(|g| g == guest))
+        })
+    }
+}
+
+fn check_rpmsg_name(name: &str, what: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 31 || name.contains('\0') {
+        return Err(ConfigError::Invalid(format!(
+            "{what} name \"{name}\" must be 1 to 31 bytes without NUL (the name-service field is 32)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        [[guest]]
+        name = "alice"
+        socket = "/tmp/a.sock"
+        [[guest]]
+        name = "bob"
+        socket = "/tmp/b.sock"
+        [[guest]]
+        name = "carol"
+        socket = "/tmp/c.sock"
+        [[service]]
+        type = "echo"
+        name = "rpmsg-client-sample"
+        guests = ["alice"]
+        [[channel]]
+        from = "alice"
+        to = ["bob"]
+        names = ["rpmsg-raw"]
+        [[channel]]
+        from = "bob"
+        to = ["alice", "carol"]
+    "#;
+
+    #[test]
+    fn parses_and_answers_acl_questions() {
+        let t = Topology::parse(EXAMPLE).unwrap();
+        assert_eq!(t.guests.len(), 3);
+        assert!(t.offers("alice", b"rpmsg-raw", "bob"));
+        assert!(
+            !t.offers("alice", b"other", "bob"),
+            "name not in the channel"
+        );
+        assert!(
+            !t.offers("alice", b"rpmsg-raw", "carol"),
+            "carol is not a receiver"
+        );
+        assert!(t.offers("bob", b"anything", "carol"));
+        assert!(!t.offers("bob", b"anything", "bob"));
+        assert_eq!(t.services_for("alice").count(), 1);
+        assert_eq!(t.services_for("bob").count(), 0);
+    }
+
+    #[test]
+    fn refuses_bad_topologies_with_reasons() {
+        let cases = [
+            ("", "no guest"),
+            (
+                "[[guest]]\nname = \"a\"\nsocket = \"/s\"\n[[guest]]\nname = \"a\"\nsocket = \"/t\"",
+                "defined twice",
+            ),
+            (
+                "[[guest]]\nname = \"a\"\nsocket = \"/s\"\n[[guest]]\nname = \"b\"\nsocket = \"/s\"",
+                "used by two guests",
+            ),
+            (
+                "[[guest]]\nname = \"a\"\nsocket = \"/s\"\n[[channel]]\nfrom = \"x\"\nto = []",
+                "unknown guest \"x\"",
+            ),
+            (
+                "[[guest]]\nname = \"a\"\nsocket = \"/s\"\n[[channel]]\nfrom = \"a\"\nto = [\"a\"]",
+                "as a receiver",
+            ),
+            (
+                "[[guest]]\nname = \"a\"\nsocket = \"/s\"\n[[service]]\ntype = \"echo\"\nname = \"0123456789012345678901234567890123\"",
+                "1 to 31 bytes",
+            ),
+            (
+                "[[guest]]\nname = \"a\"\nsocket = \"/s\"\n[[service]]\ntype = \"teleport\"\nname = \"x\"",
+                "unknown variant",
+            ),
+            (
+                "[[guest]]\nname = \"a\"\nsocket = \"/s\"\ncolour = \"red\"",
+                "unknown field",
+            ),
+            ("[[guest]\nname = ", "parsing"),
+        ];
+        for (text, want) in cases {
+            let err = Topology::parse(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn all_to_all_default() {
+        let t = Topology::all_to_all(
+            vec!["/a".into(), "/b".into(), "/c".into()],
+            &["echo".into()],
+        )
+        .unwrap();
+        assert!(t.offers("guest0", b"x", "guest2"));
+        assert!(t.offers("guest2", b"x", "guest1"));
+        assert_eq!(t.services_for("guest1").count(), 1);
+    }
+
+    #[test]
+    fn example_configs_in_the_repo_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Topology::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n > 0, "configs/ holds example topologies");
+    }
+}

@@ -1,0 +1,684 @@
+//! The hub: routes rpmsg between guests and to host services.
+//!
+//! Every guest is one *link*: a virtio-rpmsg device in which the hub is the device (remote)
+//! and the guest the driver. Each link has its own address space, as in Linux and OpenAMP, and
+//! the hub keeps, per link, a table from the hub-side addresses in that link to where they lead
+//! (a host service, or an address in another guest), like a NAT:
+//!
+//! 1. Guest B announces "foo" at b. If the topology lets guest A see B's "foo", the hub creates
+//!    a proxy endpoint pA in A's link and announces "foo" at pA to A.
+//! 2. A sends from a1 to pA. The hub finds (B, b), gives (A, a1) a reply proxy pB in B's link
+//!    (created once, reused) and copies the message once, from A's buffer into one of B's, with
+//!    src = pB and dst = b.
+//! 3. B answers to pB; the hub maps it back to (A, a1) and delivers it with src = pA.
+//! 4. B's name-service destroy, reset or disconnect withdraws "foo" from A (a name-service
+//!    destroy at pA) and frees the proxies.
+//!
+//! A guest can only reach hub addresses in its own link, so it can never address a name its
+//! topology does not offer, and never send as another guest: the source a receiver sees is
+//! always the hub's proxy for the sender. A receiver without free buffers delays only traffic
+//! to itself: messages for it wait in its queue, holding the sender's buffers (so the sender
+//! feels backpressure, bounded by its own ring), and go out when it posts buffers again.
+
+use crate::config::{ServiceKind, Topology};
+use crate::guest_memory::GuestRam;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+use vamp_rpmsg::rpmsg::{
+    Config, Dropped, Error as RpmsgError, Handler, HeldRx, NsEvent, Received, Rpmsg,
+};
+use vamp_rpmsg::transport::{DeviceTransport, Environment, LinkError, Transport};
+use vamp_rpmsg::vring::VringLayout;
+use vamp_rpmsg::wire::{ADDR_ANY, Endian};
+
+/// Index of a guest in the topology (and of its link).
+pub type LinkId = usize;
+
+/// Largest message the hub puts in a guest's buffer (Linux's buffers are 512 bytes).
+pub const MAX_BUFFER: u32 = 512;
+
+/// Signals a guest that a queue has news (the vhost-user call eventfd).
+pub trait Notifier: Send + Sync {
+    /// Interrupts the guest for `queue`.
+    fn notify(&self, queue: u16);
+}
+
+/// The environment of a link's engine: interrupts go to the guest's call eventfds.
+pub struct LinkEnv {
+    notifier: Arc<dyn Notifier>,
+    start: Instant,
+}
+
+impl std::fmt::Debug for LinkEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkEnv").finish_non_exhaustive()
+    }
+}
+
+impl Environment for LinkEnv {
+    fn notify(&mut self, queue: u16) {
+        self.notifier.notify(queue);
+    }
+
+    fn now_us(&mut self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+}
+
+/// The engine of one link.
+pub type LinkEngine = Rpmsg<DeviceTransport<GuestRam, LinkEnv>>;
+
+/// The state of a guest's rings, as its frontend set them up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingsInfo {
+    /// vq 0 and vq 1.
+    pub rings: [VringLayout; 2],
+    /// Where to resume reading each ring.
+    pub next_avail: [u16; 2],
+    /// VIRTIO_RING_F_EVENT_IDX was negotiated.
+    pub event_idx: bool,
+    /// VIRTIO_RPMSG_F_NS was negotiated.
+    pub name_service: bool,
+}
+
+/// Counters of one guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Messages from this guest delivered to another guest.
+    pub forwarded: u64,
+    /// Messages from this guest answered by a host service.
+    pub served: u64,
+    /// Messages from this guest that could not be delivered (see the log for why).
+    pub dropped: u64,
+    /// Messages for this guest that had to wait for its buffers.
+    pub queued: u64,
+    /// Times the link came up.
+    pub ups: u64,
+    /// Times the guest broke the ring protocol.
+    pub protocol_errors: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Service(usize),
+    Guest { link: LinkId, addr: u32 },
+}
+
+/// A message for a guest that had no free buffer, holding its sender's buffer.
+#[derive(Debug)]
+struct Pending {
+    from: LinkId,
+    from_incarnation: u64,
+    held: HeldRx,
+    src: u32,
+    dst: u32,
+}
+
+#[derive(Debug)]
+struct Link {
+    engine: Option<LinkEngine>,
+    mem: GuestRam,
+    rings: [VringLayout; 2],
+    incarnation: u64,
+    nat: HashMap<u32, Target>,
+    reverse: HashMap<(LinkId, u32), u32>,
+    announced: Vec<(Vec<u8>, u32)>,
+    pending: VecDeque<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    name: String,
+    link: Option<Link>,
+    /// Rings on which the guest broke the protocol: ignored until it sets up new ones.
+    broken: Option<[VringLayout; 2]>,
+    stats: LinkStats,
+    drop_reports: u64,
+}
+
+/// The hub: every guest's link and the routes between them.
+#[derive(Debug)]
+pub struct Hub {
+    topology: Topology,
+    slots: Vec<Slot>,
+    incarnations: u64,
+}
+
+impl Hub {
+    /// A hub for a topology; no guest is connected yet.
+    pub fn new(topology: Topology) -> Self {
+        let slots = topology
+            .guests
+            .iter()
+            .map(|g| Slot {
+                name: g.name.clone(),
+                ..Default::default()
+            })
+            .collect();
+        Hub {
+            topology,
+            slots,
+            incarnations: 0,
+        }
+    }
+
+    /// The topology.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Counters of a guest.
+    pub fn stats(&self, id: LinkId) -> LinkStats {
+        self.slots.get(id).map(|s| s.stats).unwrap_or_default()
+    }
+
+    /// Whether a guest's link is up.
+    pub fn is_up(&self, id: LinkId) -> bool {
+        self.slots.get(id).is_some_and(|s| s.link.is_some())
+    }
+
+    /// Messages waiting for a guest's buffers.
+    pub fn queued_for(&self, id: LinkId) -> usize {
+        self.slots
+            .get(id)
+            .and_then(|s| s.link.as_ref())
+            .map_or(0, |l| l.pending.len())
+    }
+
+    /// Handles a kick from guest `id`: brings its link up if its rings are new, delivers what
+    /// it sent and what waits for it. Returns where its rings stand, to record with the
+    /// frontend (vhost-user's GET_VRING_BASE reports it).
+    pub fn service(
+        &mut self,
+        id: LinkId,
+        mem: &GuestRam,
+        info: RingsInfo,
+        notifier: &Arc<dyn Notifier>,
+    ) -> Option<[u16; 2]> {
+        let slot = self.slots.get_mut(id)?;
+        if slot.broken == Some(info.rings) {
+            return None;
+        }
+        slot.broken = None;
+        let rebuild = slot.link.as_ref().is_none_or(|l| l.rings != info.rings);
+        if rebuild {
+            self.link_down(id, "the guest set up new rings");
+            if let Err(e) = self.link_up(id, mem, info, notifier) {
+                log::error!(
+                    "guest {}: cannot attach to its rings: {e}",
+                    self.slots[id].name
+                );
+                self.slots[id].broken = Some(info.rings);
+                self.slots[id].stats.protocol_errors += 1;
+                return None;
+            }
+        } else if let Some(link) = self.slots[id].link.as_mut()
+            && !link.mem.same_as(mem)
+        {
+            link.mem = mem.clone();
+            if let Some(engine) = link.engine.as_mut()
+                && let Err(e) = engine.transport_mut().set_memory(mem.clone())
+            {
+                log::error!(
+                    "guest {}: rings outside its new memory table: {e}",
+                    self.slots[id].name
+                );
+            }
+        }
+        self.process(id, info.rings);
+        self.next_avail(id)
+    }
+
+    /// Stops guest `id`'s link (its frontend stopped the rings, reset the device or went away):
+    /// withdraws its names from the others and drops what waits for it. Returns where its rings
+    /// stood.
+    pub fn stop(&mut self, id: LinkId, reason: &str) -> Option<[u16; 2]> {
+        let at = self.next_avail(id);
+        self.link_down(id, reason);
+        if let Some(slot) = self.slots.get_mut(id) {
+            slot.broken = None;
+        }
+        at
+    }
+
+    fn next_avail(&self, id: LinkId) -> Option<[u16; 2]> {
+        let link = self.slots.get(id)?.link.as_ref()?;
+        Some(link.engine.as_ref()?.transport().next_avail())
+    }
+
+    fn link_up(
+        &mut self,
+        id: LinkId,
+        mem: &GuestRam,
+        info: RingsInfo,
+        notifier: &Arc<dyn Notifier>,
+    ) -> Result<(), LinkError> {
+        let env = LinkEnv {
+            notifier: notifier.clone(),
+            start: Instant::now(),
+        };
+        let mut transport = DeviceTransport::resume(
+            mem.clone(),
+            env,
+            info.rings,
+            info.next_avail,
+            Endian::Little,
+            info.event_idx,
+            MAX_BUFFER,
+        )?;
+        transport.want_rx_notifications(true)?;
+        transport.want_tx_notifications(true)?;
+        let config = Config {
+            name_service: info.name_service,
+            ..Config::default()
+        };
+        self.incarnations += 1;
+        let slot = &mut self.slots[id];
+        slot.stats.ups += 1;
+        log::info!(
+            "guest {}: link up (name service {})",
+            slot.name,
+            if info.name_service { "on" } else { "off" }
+        );
+        let mut link = Link {
+            engine: Some(Rpmsg::new(transport, config)),
+            mem: mem.clone(),
+            rings: info.rings,
+            incarnation: self.incarnations,
+            nat: HashMap::new(),
+            reverse: HashMap::new(),
+            announced: Vec::new(),
+            pending: VecDeque::new(),
+        };
+        // Host services this guest may see.
+        let guest = slot.name.clone();
+        for (index, spec) in self.topology.services_for(&guest) {
+            let engine = link.engine.as_mut().expect("engine just created");
+            match engine.create_ept(spec.name.as_bytes(), ADDR_ANY, ADDR_ANY) {
+                Ok(ept) => {
+                    let addr = engine.endpoint(ept).map_or(ADDR_ANY, |e| e.addr());
+                    link.nat.insert(addr, Target::Service(index));
+                }
+                Err(e) => log::error!("guest {guest}: cannot announce service {}: {e}", spec.name),
+            }
+        }
+        self.slots[id].link = Some(link);
+        // Names the other guests announced that this one may see.
+        let offers: Vec<(LinkId, Vec<u8>, u32)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(other, _)| other != id)
+            .filter_map(|(other, s)| s.link.as_ref().map(|l| (other, s, l)))
+            .flat_map(|(other, s, l)| {
+                l.announced
+                    .iter()
+                    .filter(|(name, _)| self.topology.offers(&s.name, name, &guest))
+                    .map(move |(name, addr)| (other, name.clone(), *addr))
+            })
+            .collect();
+        for (other, name, addr) in offers {
+            offer(&mut self.slots, other, &name, addr, id);
+        }
+        Ok(())
+    }
+
+    fn link_down(&mut self, id: LinkId, reason: &str) {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        let Some(link) = slot.link.take() else { return };
+        log::info!(
+            "guest {}: link down ({reason}); withdrawing {} name(s)",
+            slot.name,
+            link.announced.len()
+        );
+        for other in 0..self.slots.len() {
+            let Some(l) = self.slots[other].link.as_mut() else {
+                continue;
+            };
+            // Messages from the dead link hold buffers of rings that no longer exist.
+            l.pending.retain(|p| p.from != id);
+            let proxies: Vec<(u32, u32)> = l
+                .reverse
+                .iter()
+                .filter(|((from, _), _)| *from == id)
+                .map(|((_, a), p)| (*a, *p))
+                .collect();
+            for (addr, _) in proxies {
+                withdraw(&mut self.slots, id, addr, other);
+            }
+        }
+        // Messages that were waiting for the dead link: give the senders their buffers back.
+        let dropped = link.pending.len();
+        for p in link.pending {
+            if p.from != id {
+                release_held(&mut self.slots, p.from, p.from_incarnation, p.held);
+                self.slots[p.from].stats.dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            log::warn!(
+                "guest {}: {dropped} message(s) for it were dropped: it went away before posting buffers",
+                self.slots[id].name
+            );
+        }
+    }
+
+    fn process(&mut self, id: LinkId, rings: [VringLayout; 2]) {
+        let Some(mut engine) = self.slots[id].link.as_mut().and_then(|l| l.engine.take()) else {
+            return;
+        };
+        let mut router = Router {
+            topology: &self.topology,
+            slots: &mut self.slots,
+            me: id,
+        };
+        let result = engine.poll(&mut router);
+        if let Some(link) = self.slots[id].link.as_mut() {
+            link.engine = Some(engine);
+        }
+        match result {
+            Ok(_) => {}
+            Err(RpmsgError::Link(e)) => {
+                log::error!(
+                    "guest {}: broke the virtio ring protocol ({e}); its link is down until it resets the device",
+                    self.slots[id].name
+                );
+                self.slots[id].stats.protocol_errors += 1;
+                self.link_down(id, "ring protocol error");
+                self.slots[id].broken = Some(rings);
+                return;
+            }
+            Err(e) => log::warn!("guest {}: {e}", self.slots[id].name),
+        }
+        self.drain(id);
+    }
+
+    /// Sends what waits for guest `id`, in order, while it has buffers.
+    fn drain(&mut self, id: LinkId) {
+        loop {
+            let Some(link) = self.slots[id].link.as_ref() else {
+                return;
+            };
+            let Some(p) = link.pending.front() else {
+                return;
+            };
+            let from_mem = if p.from == id {
+                Some(link.mem.clone())
+            } else {
+                self.slots[p.from]
+                    .link
+                    .as_ref()
+                    .filter(|l| l.incarnation == p.from_incarnation)
+                    .map(|l| l.mem.clone())
+            };
+            let link = self.slots[id].link.as_mut().expect("checked above");
+            let Some(from_mem) = from_mem else {
+                // The sender went away; its buffer went with it.
+                link.pending.pop_front();
+                continue;
+            };
+            let Some(engine) = link.engine.as_mut() else {
+                return;
+            };
+            let p = link.pending.front().expect("checked above");
+            let sent = engine.send_copy_from(p.src, p.dst, &from_mem, &p.held.payload_ref(), false);
+            if sent == Err(RpmsgError::NoBuffer) {
+                return;
+            }
+            let p = link.pending.pop_front().expect("checked above");
+            if let Err(e) = sent {
+                log::warn!(
+                    "guest {}: a queued message could not be delivered: {e}",
+                    self.slots[id].name
+                );
+                self.slots[p.from].stats.dropped += 1;
+            }
+            release_held(&mut self.slots, p.from, p.from_incarnation, p.held);
+        }
+    }
+}
+
+fn release_held(slots: &mut [Slot], from: LinkId, incarnation: u64, held: HeldRx) {
+    let Some(link) = slots[from]
+        .link
+        .as_mut()
+        .filter(|l| l.incarnation == incarnation)
+    else {
+        return;
+    };
+    if let Some(engine) = link.engine.as_mut()
+        && let Err(e) = engine.release_rx(held)
+    {
+        log::warn!(
+            "guest {}: returning a held buffer failed: {e}",
+            slots[from].name
+        );
+    }
+}
+
+/// Makes `from`'s name (announced at `addr`) visible in `to`'s link.
+fn offer(slots: &mut [Slot], from: LinkId, name: &[u8], addr: u32, to: LinkId) {
+    let Some(link) = slots[to].link.as_mut() else {
+        return;
+    };
+    if let Some(&existing) = link.reverse.get(&(from, addr)) {
+        let announced = link
+            .engine
+            .as_ref()
+            .and_then(|e| e.endpoint_by_addr(existing).and_then(|id| e.endpoint(id)))
+            .is_some_and(|e| e.announced());
+        if announced {
+            return;
+        }
+    }
+    let Some(engine) = link.engine.as_mut() else {
+        return;
+    };
+    match engine.create_ept_announcing(name, ADDR_ANY, ADDR_ANY, true) {
+        Ok(ept) => {
+            let proxy = engine.endpoint(ept).map_or(ADDR_ANY, |e| e.addr());
+            link.nat.insert(proxy, Target::Guest { link: from, addr });
+            link.reverse.insert((from, addr), proxy);
+            log::debug!(
+                "{} -> {}: \"{}\" at {addr:#x} offered as {proxy:#x}",
+                slots[from].name,
+                slots[to].name,
+                String::from_utf8_lossy(name)
+            );
+        }
+        Err(e) => log::warn!(
+            "guest {}: cannot offer \"{}\": {e}",
+            slots[to].name,
+            String::from_utf8_lossy(name)
+        ),
+    }
+}
+
+/// Removes `to`'s proxy for (`from`, `addr`), announcing its destruction if it was announced.
+fn withdraw(slots: &mut [Slot], from: LinkId, addr: u32, to: LinkId) {
+    let Some(link) = slots[to].link.as_mut() else {
+        return;
+    };
+    let Some(proxy) = link.reverse.remove(&(from, addr)) else {
+        return;
+    };
+    link.nat.remove(&proxy);
+    if let Some(engine) = link.engine.as_mut()
+        && let Some(ept) = engine.endpoint_by_addr(proxy)
+        && let Err(e) = engine.destroy_ept(ept)
+    {
+        log::warn!("guest {}: withdrawing {proxy:#x}: {e}", slots[to].name);
+    }
+}
+
+/// The handler of one guest's messages while its engine polls.
+struct Router<'a> {
+    topology: &'a Topology,
+    slots: &'a mut Vec<Slot>,
+    me: LinkId,
+}
+
+impl Router<'_> {
+    fn report_drop(&mut self, what: std::fmt::Arguments<'_>) {
+        let slot = &mut self.slots[self.me];
+        slot.stats.dropped += 1;
+        slot.drop_reports += 1;
+        // A guest can send garbage at line rate: report the first few, then every 1000th.
+        if slot.drop_reports <= 10 || slot.drop_reports.is_multiple_of(1000) {
+            log::warn!(
+                "guest {}: {what} (dropped, {} so far)",
+                slot.name,
+                slot.stats.dropped
+            );
+        }
+    }
+
+    /// The hub address in link `to` that stands for (`from`, `addr`), made on first use.
+    fn reply_proxy(&mut self, to: LinkId, from: LinkId, addr: u32) -> Option<u32> {
+        let link = self.slots[to].link.as_mut()?;
+        if let Some(&p) = link.reverse.get(&(from, addr)) {
+            return Some(p);
+        }
+        let engine = link.engine.as_mut()?;
+        let ept = engine.create_ept(b"", ADDR_ANY, ADDR_ANY).ok()?;
+        let proxy = engine.endpoint(ept)?.addr();
+        link.nat.insert(proxy, Target::Guest { link: from, addr });
+        link.reverse.insert((from, addr), proxy);
+        Some(proxy)
+    }
+
+    /// Copies `msg` (in this guest's memory) into link `to` as src -> dst, or queues it.
+    fn forward(
+        &mut self,
+        rpmsg: &mut LinkEngine,
+        msg: &mut Received,
+        to: LinkId,
+        src: u32,
+        dst: u32,
+    ) -> bool {
+        let me = self.me;
+        let from_mem = rpmsg.transport().memory().clone();
+        let incarnation = self.slots[me].link.as_ref().map_or(0, |l| l.incarnation);
+        let payload = msg.payload_ref();
+        let Some(link) = self.slots[to].link.as_mut() else {
+            self.report_drop(format_args!("destination guest {} is gone", to));
+            return false;
+        };
+        let sent = if !link.pending.is_empty() {
+            Err(RpmsgError::NoBuffer)
+        } else if to == me {
+            rpmsg.send_copy_from(src, dst, &from_mem, &payload, false)
+        } else {
+            match link.engine.as_mut() {
+                Some(engine) => engine.send_copy_from(src, dst, &from_mem, &payload, false),
+                None => Err(RpmsgError::InvalidEndpoint),
+            }
+        };
+        match sent {
+            Ok(_) => true,
+            Err(RpmsgError::NoBuffer) => {
+                let held = rpmsg.hold_rx(msg);
+                link.pending.push_back(Pending {
+                    from: me,
+                    from_incarnation: incarnation,
+                    held,
+                    src,
+                    dst,
+                });
+                self.slots[to].stats.queued += 1;
+                true
+            }
+            Err(e) => {
+                let name = self.slots[to].name.clone();
+                self.report_drop(format_args!("message for guest {name} not delivered: {e}"));
+                false
+            }
+        }
+    }
+}
+
+impl Handler<DeviceTransport<GuestRam, LinkEnv>> for Router<'_> {
+    fn on_message(&mut self, rpmsg: &mut LinkEngine, msg: &mut Received) {
+        let me = self.me;
+        let Some(target) = self.slots[me]
+            .link
+            .as_ref()
+            .and_then(|l| l.nat.get(&msg.dst).copied())
+        else {
+            self.report_drop(format_args!(
+                "message to {:#x}, which leads nowhere",
+                msg.dst
+            ));
+            return;
+        };
+        match target {
+            Target::Service(index) => match self.topology.services[index].kind {
+                ServiceKind::Echo => {
+                    if self.forward(rpmsg, msg, me, msg.dst, msg.src) {
+                        self.slots[me].stats.served += 1;
+                    }
+                }
+            },
+            Target::Guest { link: to, addr } => {
+                let Some(src) = self.reply_proxy(to, me, msg.src) else {
+                    let name = self.slots[to].name.clone();
+                    self.report_drop(format_args!("guest {name} is not connected"));
+                    return;
+                };
+                if self.forward(rpmsg, msg, to, src, addr) {
+                    self.slots[me].stats.forwarded += 1;
+                }
+            }
+        }
+    }
+
+    fn on_name_service(&mut self, _rpmsg: &mut LinkEngine, event: NsEvent<'_>) {
+        let me = self.me;
+        let my_name = self.slots[me].name.clone();
+        match event {
+            NsEvent::Created { name, addr, .. } => {
+                let Some(link) = self.slots[me].link.as_mut() else {
+                    return;
+                };
+                if !link.announced.iter().any(|(n, a)| n == name && *a == addr) {
+                    link.announced.push((name.to_vec(), addr));
+                }
+                log::info!(
+                    "guest {my_name}: announced \"{}\" at {addr:#x}",
+                    String::from_utf8_lossy(name)
+                );
+                for other in 0..self.slots.len() {
+                    if other != me
+                        && self
+                            .topology
+                            .offers(&my_name, name, &self.slots[other].name)
+                    {
+                        offer(self.slots, me, name, addr, other);
+                    }
+                }
+            }
+            NsEvent::Destroyed { name, addr, .. } => {
+                let Some(link) = self.slots[me].link.as_mut() else {
+                    return;
+                };
+                link.announced.retain(|(n, a)| !(n == name && *a == addr));
+                log::info!(
+                    "guest {my_name}: withdrew \"{}\" at {addr:#x}",
+                    String::from_utf8_lossy(name)
+                );
+                for other in 0..self.slots.len() {
+                    if other != me {
+                        withdraw(self.slots, me, addr, other);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_dropped(&mut self, why: Dropped) {
+        self.report_drop(format_args!("{why:?}"));
+    }
+}

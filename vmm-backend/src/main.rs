@@ -1,0 +1,121 @@
+//! `vhost-user-rpmsg`: a vhost-user virtio-rpmsg device (virtio ID 7) that hosts services
+//! and routes rpmsg between the guests it serves.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use vamp_vmm_backend::backend::serve_guest;
+use vamp_vmm_backend::config::Topology;
+use vamp_vmm_backend::hub::Hub;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vhost-user-rpmsg",
+    version,
+    about = "vhost-user virtio-rpmsg device and inter-guest hub"
+)]
+struct Args {
+    /// vhost-user socket to listen on (with --socket-count N: PATH0 .. PATH{N-1}).
+    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    socket_path: Option<PathBuf>,
+    /// Number of guests, one socket each; they all see each other's names.
+    #[arg(long, default_value_t = 1, requires = "socket_path")]
+    socket_count: usize,
+    /// Topology file (guests, services, channels); see configs/.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Host echo service announced to every guest under NAME (repeatable).
+    #[arg(long = "echo", value_name = "NAME")]
+    echo: Vec<String>,
+}
+
+fn topology(args: &Args) -> Result<Topology, vamp_vmm_backend::config::ConfigError> {
+    match (&args.config, &args.socket_path) {
+        (Some(path), _) => {
+            let mut t = Topology::load(path)?;
+            t.add_echo(&args.echo);
+            t.validate()?;
+            Ok(t)
+        }
+        (None, Some(path)) => {
+            let sockets = if args.socket_count <= 1 {
+                vec![path.clone()]
+            } else {
+                (0..args.socket_count)
+                    .map(|i| PathBuf::from(format!("{}{i}", path.display())))
+                    .collect()
+            };
+            Topology::all_to_all(sockets, &args.echo)
+        }
+        (None, None) => unreachable!("clap requires one of them"),
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in every thread and returns a thread that exits the process
+/// cleanly (sockets removed) when one arrives.
+fn handle_signals(sockets: Vec<PathBuf>) {
+    // SAFETY: plain libc signal-mask calls on a local, initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    std::thread::spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is initialised before use and `sig` is a valid out-pointer.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigwait(&set, &mut sig);
+        }
+        log::info!("signal {sig}: shutting down");
+        for s in &sockets {
+            let _ = std::fs::remove_file(s);
+        }
+        std::process::exit(0);
+    });
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    let topology = match topology(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("vhost-user-rpmsg: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sockets: Vec<PathBuf> = topology.guests.iter().map(|g| g.socket.clone()).collect();
+    handle_signals(sockets.clone());
+    let hub = Arc::new(Mutex::new(Hub::new(topology)));
+    let threads: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(id, socket)| {
+            let hub = hub.clone();
+            std::thread::spawn(move || serve_guest(hub, id, &socket))
+        })
+        .collect();
+    let mut failed = false;
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                eprintln!("vhost-user-rpmsg: {e}");
+                failed = true;
+            }
+            Err(_) => failed = true,
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
