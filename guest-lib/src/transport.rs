@@ -619,6 +619,10 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
                 Ok(Some(c)) if c.writable == writable => return Ok(Some(c)),
                 Ok(Some(c)) => {
                     *bad += 1;
+                    log::warn!(
+                        "returning a descriptor chain of the wrong direction (head {}) unused",
+                        c.head
+                    );
                     queue.push_used(mem, c.head, 0)?;
                     *pending = true;
                 }

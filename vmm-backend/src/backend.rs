@@ -8,6 +8,7 @@ use crate::hub::{Hub, LinkId, Notifier, RingsInfo};
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
+use vhost::vhost_user::Listener;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -15,6 +16,9 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
 
 /// virtio device ID of rpmsg.
 pub const VIRTIO_ID_RPMSG: u32 = 7;
@@ -163,6 +167,12 @@ impl VhostUserBackendMut for RpmsgBackend {
         Ok(())
     }
 
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // Without an exit event the daemon cannot stop its worker thread when the frontend
+        // disconnects, and serving the next connection would wait for it forever.
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
     fn stop_vring(&mut self, _queue_index: u32) -> io::Result<()> {
         let at = lock_hub(&self.hub).stop(self.id, "the frontend stopped the rings");
         if let (Some((vrings, _)), Some(at)) = (&self.vrings, at) {
@@ -207,12 +217,17 @@ impl VhostUserBackendMut for RpmsgBackend {
 
 /// Serves guest `id` on its socket until the process ends: one frontend connection at a time,
 /// a fresh backend for each, the guest's link withdrawn whenever its frontend goes away.
+///
+/// The listening socket stays open across connections, so a frontend that reconnects (QEMU's
+/// `reconnect=`) waits in its backlog instead of finding no socket.
 pub fn serve_guest(
     hub: Arc<Mutex<Hub>>,
     id: LinkId,
     socket: &Path,
 ) -> Result<(), vhost_user_backend::Error> {
     let name = lock_hub(&hub).topology().guests[id].name.clone();
+    let mut listener =
+        Listener::new(socket, true).map_err(vhost_user_backend::Error::CreateBackendListener)?;
     loop {
         let backend = Arc::new(RwLock::new(RpmsgBackend::new(hub.clone(), id)));
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
@@ -221,10 +236,16 @@ pub fn serve_guest(
             "guest {name}: waiting for a frontend on {}",
             socket.display()
         );
-        let result = daemon.serve(socket);
+        let result = daemon.start(&mut listener).and_then(|()| daemon.wait());
+        // Dropping the daemon stops and joins its worker threads: only then can no late kick
+        // of the old connection bring the link back up.
+        drop(daemon);
         lock_hub(&hub).stop(id, "the frontend disconnected");
         match result {
             Ok(()) => log::info!("guest {name}: frontend disconnected"),
+            Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => log::info!("guest {name}: frontend disconnected"),
             Err(e) => log::warn!("guest {name}: connection ended: {e}"),
         }
     }

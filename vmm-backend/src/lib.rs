@@ -10,5 +10,6 @@
 
 pub mod backend;
 pub mod config;
+pub mod frontend;
 pub mod guest_memory;
 pub mod hub;
