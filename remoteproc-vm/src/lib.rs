@@ -1,1 +1,4 @@
-//! remoteproc lifecycle for ELF remotes (KVM micro-VMs, Linux remoteproc sysfs). Not built yet: see README "Status".
+//! remoteproc for vamp: the lifecycle of ELF remotes (OpenAMP's remoteproc), run as KVM
+//! micro-VMs or as physical cores behind Linux's remoteproc sysfs.
+
+pub mod backend;
