@@ -26,5 +26,7 @@ pub mod transport;
 pub mod vring;
 pub mod wire;
 
+#[cfg(feature = "vm-memory")]
+pub mod guest_ram;
 #[cfg(feature = "std")]
 pub mod native;

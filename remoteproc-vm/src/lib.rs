@@ -2,3 +2,5 @@
 //! micro-VMs or as physical cores behind Linux's remoteproc sysfs.
 
 pub mod backend;
+pub mod images;
+pub mod kvm;

@@ -1,0 +1,484 @@
+//! The runtime of vamp's remote firmware: start-up, the platform's ports, a heap, the
+//! resource table layout, and the rpmsg link to the host in the device role.
+//!
+//! # The vamp KVM remote platform
+//!
+//! The host (`remoteproc-vm`) starts the firmware straight in 64-bit mode at CPL3 with all RAM
+//! identity-mapped (virtual = physical = device address), `rdi` = RAM size, at the ELF entry.
+//! The firmware talks to the host through I/O ports (allowed by the TSS I/O bitmap):
+//!
+//! | port | direction | meaning |
+//! | --- | --- | --- |
+//! | [`KICK_PORT`] | out u32 | notify the host: the ring with this notify id has news |
+//! | [`WAIT_PORT`] | out u32 | sleep until the host notifies us (or a short timeout) |
+//! | [`CONSOLE_PORT`] | out u8 | one byte of console output |
+//! | [`EXIT_PORT`] | out u32 | stop with this exit code |
+//!
+//! Anything else (a fault, `hlt`, touching memory outside RAM) stops the VM and the host
+//! reports the remote as crashed.
+#![no_std]
+
+extern crate alloc;
+
+use core::fmt::Write;
+use core::ptr::NonNull;
+use vamp_rpmsg::mem::RawMemory;
+use vamp_rpmsg::rpmsg::{Config, Rpmsg};
+use vamp_rpmsg::transport::{DeviceTransport, Environment};
+use vamp_rpmsg::vring::VringLayout;
+use vamp_rpmsg::wire::Endian;
+
+/// Notify the host (value: notify id).
+pub const KICK_PORT: u16 = 0x500;
+/// Wait for a notification from the host.
+pub const WAIT_PORT: u16 = 0x504;
+/// Console output, one byte per write.
+pub const CONSOLE_PORT: u16 = 0x508;
+/// Stop with an exit code.
+pub const EXIT_PORT: u16 = 0x50c;
+
+/// Writes `value` to an I/O port.
+#[inline(always)]
+pub fn out32(port: u16, value: u32) {
+    // SAFETY: an `out` to the platform's ports only exits to the host; it touches no memory.
+    unsafe {
+        core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags))
+    };
+}
+
+/// Writes a byte to an I/O port.
+#[inline(always)]
+pub fn out8(port: u16, value: u8) {
+    // SAFETY: as for `out32`.
+    unsafe {
+        core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nostack, preserves_flags))
+    };
+}
+
+/// Stops the remote with `code`.
+pub fn exit(code: u32) -> ! {
+    loop {
+        out32(EXIT_PORT, code);
+    }
+}
+
+/// The console: `write!(Console, ...)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Console;
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for b in s.bytes() {
+            out8(CONSOLE_PORT, b);
+        }
+        Ok(())
+    }
+}
+
+/// Prints to the console.
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        let _ = writeln!($crate::Console, $($arg)*);
+    }};
+}
+
+/// Bytes of the trace buffer.
+pub const TRACE_LEN: usize = 4096;
+
+static TRACE_POS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Appends a line to the trace buffer the host placed (Linux's remoteproc trace entry:
+/// NUL-terminated text the host reads), wrapping to the start when full.
+pub fn trace(table: &ResourceTable, line: &str) {
+    let (da, len) = table.trace_area();
+    let len = len.min(TRACE_LEN as u32) as usize;
+    if da == 0xffff_ffff || len < 2 || (da as u64 + len as u64) > ram_size() || da < 4096 {
+        return;
+    }
+    let base = da as usize as *mut u8;
+    for b in line.bytes().chain(core::iter::once(b'\n')) {
+        let mut pos = TRACE_POS.load(core::sync::atomic::Ordering::Relaxed);
+        if pos >= len - 1 {
+            pos = 0;
+        }
+        // SAFETY: `pos + 1 < len` and the host placed `len` bytes at `da` inside RAM, which is
+        // identity-mapped; single-threaded firmware.
+        unsafe {
+            base.add(pos).write_volatile(b);
+            base.add(pos + 1).write_volatile(0);
+        }
+        TRACE_POS.store(pos + 1, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+// ----- start-up ------------------------------------------------------------------------------
+
+const STACK_LEN: usize = 64 * 1024;
+
+#[repr(C, align(16))]
+struct Stack([u8; STACK_LEN]);
+
+#[unsafe(no_mangle)]
+static mut FIRMWARE_STACK: Stack = Stack([0; STACK_LEN]);
+
+static RAM_SIZE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Bytes of RAM the host gave us.
+pub fn ram_size() -> u64 {
+    RAM_SIZE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+unsafe extern "Rust" {
+    /// The firmware's main function, defined by each image with [`firmware_main!`].
+    safe fn vamp_firmware_main() -> u32;
+}
+
+/// Declares the firmware's main function (returns the exit code).
+#[macro_export]
+macro_rules! firmware_main {
+    ($main:path) => {
+        #[unsafe(no_mangle)]
+        fn vamp_firmware_main() -> u32 {
+            $main()
+        }
+    };
+}
+
+/// The entry point: set up the stack, then run the firmware.
+///
+/// # Safety
+///
+/// Only the host jumps here, once, with `rdi` = RAM size.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".text._start")]
+pub unsafe extern "C" fn _start() -> ! {
+    core::arch::naked_asm!(
+        "lea rsp, [rip + FIRMWARE_STACK + {len}]",
+        "xor ebp, ebp",
+        "call {rust_start}",
+        "ud2",
+        len = const STACK_LEN,
+        rust_start = sym rust_start,
+    )
+}
+
+extern "C" fn rust_start(ram_size: u64) -> ! {
+    RAM_SIZE.store(ram_size, core::sync::atomic::Ordering::Relaxed);
+    heap::init();
+    let code = vamp_firmware_main();
+    exit(code)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let _ = writeln!(Console, "firmware panic: {info}");
+    // A fault the host sees as a crash, with the message above on the console.
+    exit(0xdead)
+}
+
+mod heap {
+    use linked_list_allocator::LockedHeap;
+
+    const HEAP_LEN: usize = 256 * 1024;
+
+    #[repr(C, align(4096))]
+    struct Arena([u8; HEAP_LEN]);
+
+    static mut ARENA: Arena = Arena([0; HEAP_LEN]);
+
+    #[global_allocator]
+    static ALLOCATOR: LockedHeap = LockedHeap::empty();
+
+    pub fn init() {
+        // SAFETY: called once at start-up, before any allocation; the arena is ours alone.
+        unsafe {
+            ALLOCATOR
+                .lock()
+                .init((&raw mut ARENA).cast::<u8>(), HEAP_LEN)
+        };
+    }
+}
+
+// The precompiled `core` for this target expects libc's memory functions. `rep` string
+// instructions keep LLVM from turning these loops back into calls to themselves.
+
+/// # Safety
+/// As C's memcpy.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: the caller gives valid, non-overlapping ranges of `n` bytes.
+    unsafe {
+        core::arch::asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _, options(nostack, preserves_flags));
+    }
+    dst
+}
+
+/// # Safety
+/// As C's memmove.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dst as usize).wrapping_sub(src as usize) >= n {
+        // SAFETY: copying forward is safe when dst is not inside (src, src + n).
+        unsafe { memcpy(dst, src, n) }
+    } else {
+        // SAFETY: copy backwards with the direction flag set, then clear it again.
+        unsafe {
+            core::arch::asm!(
+                "std", "rep movsb", "cld",
+                inout("rcx") n => _, inout("rdi") dst.add(n - 1) => _, inout("rsi") src.add(n - 1) => _,
+                options(nostack)
+            );
+        }
+        dst
+    }
+}
+
+/// # Safety
+/// As C's memset.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: the caller gives a valid range of `n` bytes.
+    unsafe {
+        core::arch::asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8, options(nostack, preserves_flags));
+    }
+    dst
+}
+
+/// # Safety
+/// As C's memcmp.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: `i < n`, inside both ranges the caller gave.
+        let (x, y) = unsafe { (a.add(i).read_volatile(), b.add(i).read_volatile()) };
+        if x != y {
+            return x as i32 - y as i32;
+        }
+        i += 1;
+    }
+    0
+}
+
+/// # Safety
+/// As C's bcmp.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract as memcmp.
+    unsafe { memcmp(a, b, n) }
+}
+
+// ----- resource table ------------------------------------------------------------------------
+
+/// Words of the standard rpmsg resource table below.
+pub const RSC_WORDS: usize = 4 + 3 + 14 + 7 + 10 + 12 + 12;
+
+/// The resource table: one rpmsg vdev whose rings the host places (FW_RSC_ADDR_ANY), a
+/// carveout for the host's buffer pool, and the trace buffer. The host writes addresses and
+/// the vdev status into it while the firmware runs, hence the interior mutability.
+#[repr(C, align(8))]
+pub struct ResourceTable(core::cell::UnsafeCell<[u32; RSC_WORDS]>);
+
+// SAFETY: the firmware only reads it (volatile); the host writes it.
+unsafe impl Sync for ResourceTable {}
+
+/// Vring entries per ring.
+pub const VRING_NUM: u32 = 256;
+/// Vring alignment.
+pub const VRING_ALIGN: u32 = 0x1000;
+/// Notify ids of vq 0 and vq 1.
+pub const NOTIFY_IDS: [u32; 2] = [0, 1];
+/// Offset (in words) of the vdev entry.
+const VDEV_AT: usize = 4 + 3 + 14;
+
+const fn name_words(name: &[u8]) -> [u32; 8] {
+    let mut w = [0u32; 8];
+    let mut i = 0;
+    while i < name.len() && i < 31 {
+        w[i / 4] |= (name[i] as u32) << (8 * (i % 4));
+        i += 1;
+    }
+    w
+}
+
+impl Default for ResourceTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ResourceTable {
+    /// The standard table. Every address is left to the host (FW_RSC_ADDR_ANY): the rings,
+    /// the buffer pool and the trace buffer; the firmware reads back where they went.
+    pub const fn new() -> Self {
+        const ANY: u32 = 0xffff_ffff;
+        let mut w = [0u32; RSC_WORDS];
+        // Header: ver 1, 3 entries, reserved, offsets.
+        w[0] = 1;
+        w[1] = 3;
+        w[4] = (7 * 4) as u32; // carveout
+        w[5] = (VDEV_AT * 4) as u32; // vdev
+        w[6] = ((VDEV_AT + 7 + 10) * 4) as u32; // trace
+        // Carveout: type 0, da ANY, pa ANY, len, flags, reserved, name.
+        let c = 7;
+        w[c] = 0;
+        w[c + 1] = ANY;
+        w[c + 2] = ANY;
+        w[c + 3] = 0x40000;
+        let n = name_words(b"vdev0buffer");
+        let mut i = 0;
+        while i < 8 {
+            w[c + 6 + i] = n[i];
+            i += 1;
+        }
+        // Vdev: type 3, id 7, notifyid, dfeatures F_NS, gfeatures, config_len, status/nvrings.
+        let v = VDEV_AT;
+        w[v] = 3;
+        w[v + 1] = 7;
+        w[v + 2] = 2;
+        w[v + 3] = 1;
+        w[v + 6] = 2 << 8; // status 0, num_of_vrings 2
+        let mut r = 0;
+        while r < 2 {
+            let at = v + 7 + 5 * r;
+            w[at] = ANY;
+            w[at + 1] = VRING_ALIGN;
+            w[at + 2] = VRING_NUM;
+            w[at + 3] = NOTIFY_IDS[r];
+            r += 1;
+        }
+        // Trace: type 2, da, len, reserved, name.
+        let t = VDEV_AT + 7 + 10;
+        w[t] = 2;
+        w[t + 1] = ANY;
+        w[t + 2] = TRACE_LEN as u32;
+        let n = name_words(b"trace0");
+        let mut i = 0;
+        while i < 8 {
+            w[t + 4 + i] = n[i];
+            i += 1;
+        }
+        ResourceTable(core::cell::UnsafeCell::new(w))
+    }
+
+    fn word(&self, i: usize) -> u32 {
+        // SAFETY: `i` is below RSC_WORDS at every call site; the host may write the word
+        // concurrently, so it is read with a volatile load.
+        unsafe { self.0.get().cast::<u32>().add(i).read_volatile() }
+    }
+
+    /// The vdev status the host wrote.
+    pub fn vdev_status(&self) -> u8 {
+        (self.word(VDEV_AT + 6) & 0xff) as u8
+    }
+
+    /// Features the host accepted.
+    pub fn vdev_gfeatures(&self) -> u32 {
+        self.word(VDEV_AT + 4)
+    }
+
+    /// Where the host placed the trace buffer, and its length.
+    pub fn trace_area(&self) -> (u32, u32) {
+        let t = VDEV_AT + 7 + 10;
+        (self.word(t + 1), self.word(t + 2))
+    }
+
+    /// Where the host placed vring `i`.
+    pub fn vring(&self, i: usize) -> (u32, u32, u32) {
+        let at = VDEV_AT + 7 + 5 * i;
+        (self.word(at), self.word(at + 1), self.word(at + 2))
+    }
+}
+
+/// Places the standard resource table in the `.resource_table` section.
+#[macro_export]
+macro_rules! resource_table {
+    () => {
+        #[unsafe(link_section = ".resource_table")]
+        #[unsafe(no_mangle)]
+        #[used]
+        pub static RESOURCE_TABLE: $crate::ResourceTable = $crate::ResourceTable::new();
+
+        /// The image's resource table.
+        #[allow(non_snake_case)]
+        pub fn RESOURCE_TABLE_REF() -> &'static $crate::ResourceTable {
+            &RESOURCE_TABLE
+        }
+    };
+}
+
+// ----- the rpmsg link --------------------------------------------------------------------------
+
+/// The firmware's side of the platform.
+#[derive(Debug, Default)]
+pub struct FirmwareEnv;
+
+impl Environment for FirmwareEnv {
+    fn notify(&mut self, queue: u16) {
+        out32(KICK_PORT, NOTIFY_IDS[queue as usize & 1]);
+    }
+
+    fn wait(&mut self, _timeout_us: u64) -> bool {
+        out32(WAIT_PORT, 0);
+        true
+    }
+
+    fn now_us(&mut self) -> u64 {
+        // Only bounds blocking sends; the TSC at a nominal 1 GHz is close enough.
+        // SAFETY: rdtsc has no side effects.
+        unsafe { core::arch::x86_64::_rdtsc() / 1000 }
+    }
+}
+
+/// The engine of the firmware's one rpmsg device.
+pub type FirmwareRpmsg = Rpmsg<DeviceTransport<RawMemory, FirmwareEnv>>;
+
+/// All of RAM, identity-mapped.
+pub fn ram() -> RawMemory {
+    let size = ram_size() as usize;
+    // SAFETY: the host maps RAM 0..size identity at CPL3 for the whole run. Address 0 is
+    // never dereferenced by the engine (it checks ranges against real ring addresses); we
+    // start the region at 4096 to keep a NonNull base.
+    unsafe { RawMemory::new(NonNull::new_unchecked(4096 as *mut u8), size - 4096, 4096) }
+}
+
+/// Waits for the host to bring the vdev up (DRIVER_OK), then attaches to its rings.
+pub fn connect(table: &ResourceTable) -> FirmwareRpmsg {
+    while table.vdev_status() & 4 == 0 {
+        out32(WAIT_PORT, 0);
+    }
+    let mem = ram();
+    let ring = |i| {
+        let (da, align, num) = table.vring(i);
+        VringLayout::legacy(da as u64, num as u16, align as u64)
+    };
+    let (Ok(vq0), Ok(vq1)) = (ring(0), ring(1)) else {
+        println!("firmware: the host placed the vrings impossibly");
+        exit(2)
+    };
+    if vq0.check(&mem).is_err() || vq1.check(&mem).is_err() {
+        println!("firmware: vrings outside RAM");
+        exit(2);
+    }
+    let transport =
+        match DeviceTransport::new(mem, FirmwareEnv, vq0, vq1, Endian::NATIVE, false, 512) {
+            Ok(t) => t,
+            Err(e) => {
+                println!("firmware: cannot attach to the rings: {e}");
+                exit(2)
+            }
+        };
+    let config = Config {
+        name_service: table.vdev_gfeatures() & 1 != 0,
+        ..Config::default()
+    };
+    Rpmsg::new(transport, config)
+}
+
+/// The precompiled `alloc` refers to the unwinding personality; firmware aborts on panic and
+/// never unwinds, so it is never called.
+#[unsafe(no_mangle)]
+pub extern "C" fn rust_eh_personality() {}
