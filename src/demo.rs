@@ -1,47 +1,160 @@
 //! `vamp demo`: the main job, with nothing installed beyond Rust.
 //!
-//! Two processes, one in each virtio role, over OpenAMP's native-Linux link: this process
-//! starts a copy of itself as the echo remote (device role), then acts as the host (driver
-//! role): it finds the remote's channel by name service and exchanges messages with it.
+//! 1. Two processes, one in each virtio role, over OpenAMP's native-Linux link: a copy of this
+//!    program runs the echo remote (device role); this process is the host (driver role), finds
+//!    the remote's channel by name service and exchanges messages with it.
+//! 2. The vhost-user hub with two native guests (each a process playing a guest through vamp's
+//!    own vhost-user frontend): one offers an echo under a name, the other finds the name
+//!    through the hub, which translates addresses between them, and pings it.
 
-use crate::native_apps::{AppError, run_ping_host};
-use std::process::{Command, Stdio};
+use crate::apps::{AppError, PingSummary};
+use crate::native_apps::run_ping_host;
+use std::ffi::OsStr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vamp_rpmsg::native;
+use vamp_vmm_backend::backend::serve_guest;
+use vamp_vmm_backend::config::Topology;
+use vamp_vmm_backend::hub::Hub;
 
-/// Runs the demo with `count` messages. Returns whether every echo matched and the remote
-/// stopped cleanly.
-pub fn run(count: u32) -> Result<bool, AppError> {
-    let paths = native::private_paths("demo");
-    println!("vamp demo: two processes, one RPMsg link (OpenAMP native-Linux layout)");
-    println!("  shared memory: {}", paths.shm.display());
-    println!("  kick socket:   {}", paths.socket.display());
-    let exe = std::env::current_exe().map_err(|e| native::NativeError::Io("find own binary", e))?;
-    let mut remote = Command::new(exe)
-        .args(["native", "--role", "remote", "--timeout", "30"])
-        .arg("--shm")
-        .arg(&paths.shm)
-        .arg("--socket")
-        .arg(&paths.socket)
+const HUB_SERVICE: &str = "vamp-demo-echo";
+
+fn spawn_self<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> Result<Child, AppError> {
+    let exe =
+        std::env::current_exe().map_err(|e| AppError::Link(format!("find own binary: {e}")))?;
+    Command::new(exe)
+        .args(args)
         .stdin(Stdio::null())
         .spawn()
-        .map_err(|e| native::NativeError::Io("start the remote process", e))?;
+        .map_err(|e| AppError::Link(format!("start a demo process: {e}")))
+}
+
+fn wait_child(child: &mut Child) -> Result<ExitStatus, AppError> {
+    child
+        .wait()
+        .map_err(|e| AppError::Link(format!("wait for a demo process: {e}")))
+}
+
+fn native_part(count: u32) -> Result<(PingSummary, ExitStatus), AppError> {
+    let paths = native::private_paths("demo");
+    println!("1. native link: two processes, one RPMsg device (OpenAMP native-Linux layout)");
+    println!(
+        "   shared memory {}, kick socket {}",
+        paths.shm.display(),
+        paths.socket.display()
+    );
+    let mut remote = spawn_self([
+        OsStr::new("native"),
+        OsStr::new("--role"),
+        OsStr::new("remote"),
+        OsStr::new("--timeout"),
+        OsStr::new("30"),
+        OsStr::new("--shm"),
+        paths.shm.as_os_str(),
+        OsStr::new("--socket"),
+        paths.socket.as_os_str(),
+    ])?;
     let result = run_ping_host(&paths, Duration::from_secs(30), count, "host");
     if result.is_err() {
         let _ = remote.kill();
     }
-    let status = remote
-        .wait()
-        .map_err(|e| native::NativeError::Io("wait for the remote", e))?;
+    let status = wait_child(&mut remote)?;
     native::cleanup(&paths);
-    let summary = result?;
+    Ok((result?, status))
+}
+
+fn hub_part(count: u32) -> Result<(PingSummary, ExitStatus), AppError> {
+    let dir = std::env::temp_dir().join(format!("vamp-demo-hub-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| AppError::Link(format!("temp dir: {e}")))?;
+    let (alice, bob) = (dir.join("alice.sock"), dir.join("bob.sock"));
+    let topology = Topology::parse(&format!(
+        "[[guest]]\nname = \"alice\"\nsocket = \"{}\"\n[[guest]]\nname = \"bob\"\nsocket = \"{}\"\n\
+         [[channel]]\nfrom = \"alice\"\nto = [\"bob\"]\n[[channel]]\nfrom = \"bob\"\nto = [\"alice\"]\n",
+        alice.display(),
+        bob.display()
+    ))
+    .map_err(|e| AppError::Link(e.to_string()))?;
     println!(
-        "summary: {} messages of 1..496 bytes, {} matched; round trip p50 {} us, p99 {} us; remote exited {}",
-        summary.sent,
-        summary.matched,
-        summary.percentile(0.5),
-        summary.percentile(0.99),
-        status
+        "2. vhost-user hub: guests alice and bob, each a process with vamp's own vhost-user frontend"
     );
-    Ok(summary.all_matched() && status.success())
+    println!("   sockets {} and {}", alice.display(), bob.display());
+    let hub = Arc::new(Mutex::new(Hub::new(topology)));
+    for (id, socket) in [alice.clone(), bob.clone()].into_iter().enumerate() {
+        let hub = hub.clone();
+        std::thread::spawn(move || serve_guest(hub, id, &socket));
+    }
+    let mut offerer = spawn_self([
+        OsStr::new("guest"),
+        OsStr::new("--offer"),
+        OsStr::new(HUB_SERVICE),
+        OsStr::new("--tag"),
+        OsStr::new("alice"),
+        OsStr::new("--socket"),
+        alice.as_os_str(),
+    ])?;
+    let count_arg = count.to_string();
+    let mut pinger = spawn_self([
+        OsStr::new("guest"),
+        OsStr::new("--ping"),
+        OsStr::new(HUB_SERVICE),
+        OsStr::new("--count"),
+        OsStr::new(&count_arg),
+        OsStr::new("--tag"),
+        OsStr::new("bob"),
+        OsStr::new("--socket"),
+        bob.as_os_str(),
+    ])?;
+    let ping_status = wait_child(&mut pinger)?;
+    if !ping_status.success() {
+        let _ = offerer.kill();
+    }
+    let offer_status = wait_child(&mut offerer)?;
+    let stats = vamp_vmm_backend::backend::lock_hub(&hub).stats(1);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "   hub: {} messages forwarded from bob to alice, {} dropped",
+        stats.forwarded, stats.dropped
+    );
+    let summary = PingSummary {
+        sent: count,
+        matched: if ping_status.success() { count } else { 0 },
+        ..Default::default()
+    };
+    Ok((
+        summary,
+        if ping_status.success() {
+            offer_status
+        } else {
+            ping_status
+        },
+    ))
+}
+
+/// Runs the demo with `count` messages per part. Returns whether everything matched and every
+/// process stopped cleanly.
+pub fn run(count: u32) -> Result<bool, AppError> {
+    println!("vamp demo: RPMsg between processes, in both virtio roles and through the hub\n");
+    let (native, remote_status) = native_part(count)?;
+    println!();
+    let (hub, hub_status) = hub_part(count)?;
+    println!();
+    println!(
+        "summary: native link {}/{} echoes (1..496 bytes), round trip p50 {} us, p99 {} us, remote {}; \
+         hub {}/{} echoes between two guests, guests {}",
+        native.matched,
+        native.sent,
+        native.percentile(0.5),
+        native.percentile(0.99),
+        remote_status,
+        hub.matched,
+        hub.sent,
+        hub_status
+    );
+    Ok(
+        native.all_matched()
+            && remote_status.success()
+            && hub.all_matched()
+            && hub_status.success(),
+    )
 }

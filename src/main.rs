@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use vamp::{demo, native_apps};
+use vamp::{demo, guest_apps, native_apps};
 use vamp_rpmsg::native::NativePaths;
 
 #[derive(Parser, Debug)]
@@ -26,6 +26,28 @@ enum Command {
         /// Messages to exchange.
         #[arg(long, default_value_t = 1000)]
         count: u32,
+    },
+    /// A native guest of a vhost-user hub (vamp's own frontend, no QEMU): offers an echo under
+    /// a name, or pings a name another guest offers.
+    Guest {
+        /// The hub's vhost-user socket for this guest.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Offer an echo service under this name until a pinger says stop.
+        #[arg(long, conflicts_with = "ping")]
+        offer: Option<String>,
+        /// Find this name through the hub and ping it.
+        #[arg(long)]
+        ping: Option<String>,
+        /// Requests to send with --ping.
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        /// Seconds to wait for the name or an echo.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Prefix of this guest's output lines.
+        #[arg(long, default_value = "guest")]
+        tag: String,
     },
     /// One side of a native-Linux link (OpenAMP's native machine: shared file + UNIX socket).
     Native {
@@ -60,6 +82,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { count } => demo::run(count),
+        Command::Guest {
+            socket,
+            offer,
+            ping,
+            count,
+            timeout,
+            tag,
+        } => match (offer, ping) {
+            (Some(name), _) => guest_apps::run_offer(&socket, &name, &tag).map(|_| true),
+            (None, Some(name)) => {
+                let timeout = Duration::from_secs(timeout.max(1));
+                guest_apps::run_ping(&socket, &name, count, timeout, &tag).map(|s| s.all_matched())
+            }
+            (None, None) => {
+                eprintln!("vamp guest: give --offer NAME or --ping NAME");
+                return ExitCode::FAILURE;
+            }
+        },
         Command::Native {
             role,
             ping,

@@ -1,0 +1,290 @@
+//! OpenAMP's echo demo on vamp's engine, over any link: an echo service and a pinger that
+//! finds the echo channel by name service, sends requests of every size, verifies each echo and
+//! tells the echo side to stop. The native link, vhost-user guests and KVM remotes all use them.
+
+use std::time::{Duration, Instant};
+use vamp_rpmsg::rpmsg::{EptId, Error as RpmsgError, Handler, NsEvent, Received, Rpmsg};
+use vamp_rpmsg::transport::Transport;
+use vamp_rpmsg::wire::ADDR_ANY;
+
+/// The channel OpenAMP's echo demo announces.
+pub const ECHO_CHANNEL: &str = "rpmsg-openamp-demo-channel";
+/// The word that tells OpenAMP's echo remote to stop (first four payload bytes, native order).
+pub const SHUTDOWN_MSG: u32 = 0xEF56_A55A;
+
+/// Why a demo program stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The link could not be set up.
+    #[error("link: {0}")]
+    Link(String),
+    /// The engine failed.
+    #[error("rpmsg: {0}")]
+    Rpmsg(#[from] RpmsgError),
+    /// The peer did not do what the demo expects in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// The peer went away.
+    #[error("the peer closed the link")]
+    PeerGone,
+}
+
+impl From<vamp_rpmsg::native::NativeError> for AppError {
+    fn from(e: vamp_rpmsg::native::NativeError) -> Self {
+        AppError::Link(e.to_string())
+    }
+}
+
+/// What a program needs from its link besides the engine: blocking until the peer has news.
+pub trait Waiter<T: Transport> {
+    /// Blocks until the peer notifies us or `timeout` passes. `Err(PeerGone)` when the peer
+    /// is gone for good.
+    fn wait(&mut self, rpmsg: &mut Rpmsg<T>, timeout: Duration) -> Result<(), AppError>;
+}
+
+/// Echoes every message back to its sender; stops on the shutdown word or when the peer
+/// withdraws one of its channels.
+#[derive(Debug, Default)]
+pub struct EchoService {
+    channels: Vec<EptId>,
+    /// Messages echoed.
+    pub echoed: u64,
+    /// Set when the peer asked us to stop.
+    pub shutdown: bool,
+    /// Echoes that failed to send.
+    pub failed: u64,
+}
+
+impl<T: Transport> Handler<T> for EchoService {
+    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
+        let Ok(data) = rpmsg.payload(msg) else { return };
+        if data.len() >= 4 && data[..4] == SHUTDOWN_MSG.to_ne_bytes() {
+            self.shutdown = true;
+            return;
+        }
+        match rpmsg.sendto(msg.ept, msg.src, &data) {
+            Ok(_) => self.echoed += 1,
+            Err(e) => {
+                self.failed += 1;
+                log::warn!("echo to {:#x} failed: {e}", msg.src);
+            }
+        }
+    }
+
+    fn on_name_service(&mut self, _: &mut Rpmsg<T>, event: NsEvent<'_>) {
+        if let NsEvent::Destroyed {
+            unbound: Some(id), ..
+        } = event
+            && self.channels.contains(&id)
+        {
+            self.shutdown = true;
+        }
+    }
+}
+
+/// Announces `channel` and echoes until told to stop. Prints what happens with `tag`.
+pub fn serve_echo<T: Transport>(
+    rpmsg: &mut Rpmsg<T>,
+    waiter: &mut impl Waiter<T>,
+    channel: &str,
+    tag: &str,
+) -> Result<EchoService, AppError> {
+    println!("[{tag}] announcing \"{channel}\"");
+    let ept = rpmsg.create_ept(channel.as_bytes(), ADDR_ANY, ADDR_ANY)?;
+    let mut echo = EchoService {
+        channels: vec![ept],
+        ..Default::default()
+    };
+    loop {
+        rpmsg.poll(&mut echo)?;
+        if echo.shutdown {
+            break;
+        }
+        match waiter.wait(rpmsg, Duration::from_secs(1)) {
+            Ok(()) => {}
+            Err(AppError::PeerGone) => {
+                println!("[{tag}] the peer went away after {} echoes", echo.echoed);
+                return Err(AppError::PeerGone);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    rpmsg.destroy_ept(ept)?;
+    println!(
+        "[{tag}] shutdown requested after {} echoes; stopping",
+        echo.echoed
+    );
+    Ok(echo)
+}
+
+/// What a ping run measured.
+#[derive(Debug, Clone, Default)]
+pub struct PingSummary {
+    /// Requests sent.
+    pub sent: u32,
+    /// Replies that matched their request byte for byte.
+    pub matched: u32,
+    /// Round-trip times in microseconds, in send order.
+    pub rtt_us: Vec<u64>,
+    /// Wall time of the whole exchange.
+    pub elapsed: Duration,
+}
+
+impl PingSummary {
+    /// Whether every request got its exact echo.
+    pub fn all_matched(&self) -> bool {
+        self.sent == self.matched
+    }
+
+    /// A percentile of the round-trip times, in microseconds.
+    pub fn percentile(&self, p: f64) -> u64 {
+        let mut v = self.rtt_us.clone();
+        v.sort_unstable();
+        if v.is_empty() {
+            return 0;
+        }
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
+impl std::fmt::Display for PingSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        write!(
+            f,
+            "{}/{} echoes matched, rtt p50={}us p99={}us max={}us, {:.0} round trips/s",
+            self.matched,
+            self.sent,
+            self.percentile(0.5),
+            self.percentile(0.99),
+            self.rtt_us.iter().max().copied().unwrap_or(0),
+            self.sent as f64 / secs,
+        )
+    }
+}
+
+/// The request `i` of a ping run: sizes cycle through 1..=496; the bytes depend on `i` so a
+/// stale or misdelivered echo cannot match. It never starts with the shutdown word.
+pub fn ping_payload(i: u32) -> Vec<u8> {
+    let size = 1 + (i as usize % 496);
+    let seq = i.to_le_bytes();
+    (0..size)
+        .map(|k| {
+            if k < 4 {
+                seq[k]
+            } else {
+                (k as u32).wrapping_mul(31).wrapping_add(i) as u8
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug)]
+struct PingClient<'a> {
+    channel_name: &'a str,
+    channel: Option<u32>,
+    reply: Option<Vec<u8>>,
+    unbound: bool,
+}
+
+impl<T: Transport> Handler<T> for PingClient<'_> {
+    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
+        self.reply = rpmsg.payload(msg).ok();
+    }
+    fn on_name_service(&mut self, _: &mut Rpmsg<T>, event: NsEvent<'_>) {
+        match event {
+            NsEvent::Created { name, addr, .. } if name == self.channel_name.as_bytes() => {
+                self.channel = Some(addr);
+                self.unbound = false;
+            }
+            NsEvent::Destroyed { name, .. } if name == self.channel_name.as_bytes() => {
+                self.unbound = true
+            }
+            _ => {}
+        }
+    }
+}
+
+fn wait_until<T: Transport>(
+    rpmsg: &mut Rpmsg<T>,
+    waiter: &mut impl Waiter<T>,
+    client: &mut PingClient<'_>,
+    deadline: Instant,
+    what: &'static str,
+    done: impl Fn(&PingClient<'_>) -> bool,
+) -> Result<(), AppError> {
+    loop {
+        rpmsg.poll(client)?;
+        if done(client) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(AppError::Timeout(what));
+        }
+        waiter.wait(rpmsg, deadline - now)?;
+    }
+}
+
+/// Waits for `channel` to be announced, sends `count` requests of every size through it,
+/// verifies every echo, then sends the shutdown word.
+pub fn ping<T: Transport>(
+    rpmsg: &mut Rpmsg<T>,
+    waiter: &mut impl Waiter<T>,
+    channel: &str,
+    count: u32,
+    timeout: Duration,
+    tag: &str,
+) -> Result<PingSummary, AppError> {
+    let mut client = PingClient {
+        channel_name: channel,
+        channel: None,
+        reply: None,
+        unbound: false,
+    };
+    wait_until(
+        rpmsg,
+        waiter,
+        &mut client,
+        Instant::now() + timeout,
+        "the echo channel",
+        |c| c.channel.is_some(),
+    )?;
+    let remote_addr = client.channel.unwrap_or(ADDR_ANY);
+    // Like Linux's rpmsg bus on an announcement: a local endpoint bound to the channel, not
+    // announced back; the echo side learns our address from the first message.
+    let ept = rpmsg.create_ept(channel.as_bytes(), ADDR_ANY, remote_addr)?;
+    let local = rpmsg.endpoint(ept).map(|e| e.addr()).unwrap_or(ADDR_ANY);
+    println!(
+        "[{tag}] name service: \"{channel}\" at {remote_addr:#x}; our endpoint {local:#x}; sending {count} messages"
+    );
+    let mut summary = PingSummary {
+        rtt_us: Vec::with_capacity(count as usize),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    for i in 0..count {
+        let msg = ping_payload(i);
+        let t0 = Instant::now();
+        rpmsg.send(ept, &msg)?;
+        summary.sent += 1;
+        client.reply = None;
+        wait_until(rpmsg, waiter, &mut client, t0 + timeout, "an echo", |c| {
+            c.reply.is_some() || c.unbound
+        })?;
+        summary.rtt_us.push(t0.elapsed().as_micros() as u64);
+        if client.reply.as_deref() == Some(&msg[..]) {
+            summary.matched += 1;
+        } else {
+            eprintln!("[{tag}] echo {i} did not match ({} bytes sent)", msg.len());
+        }
+        if client.unbound {
+            break;
+        }
+    }
+    summary.elapsed = start.elapsed();
+    rpmsg.send(ept, &SHUTDOWN_MSG.to_ne_bytes())?;
+    rpmsg.destroy_ept(ept)?;
+    println!("[{tag}] {summary}");
+    Ok(summary)
+}

@@ -1,0 +1,55 @@
+//! The echo demo's programs as native guests of the vhost-user hub: vamp's own vhost-user
+//! frontend plays a guest with the driver role, no QEMU needed.
+
+use crate::apps::{AppError, EchoService, PingSummary, Waiter, ping, serve_echo};
+use std::path::Path;
+use std::time::Duration;
+use vamp_rpmsg::rpmsg::Rpmsg;
+use vamp_vmm_backend::frontend::{GuestOptions, GuestTransport, NativeGuest};
+
+/// Waits for the hub's interrupts (the call eventfds).
+#[derive(Debug, Default)]
+pub struct CallWaiter;
+
+impl Waiter<GuestTransport> for CallWaiter {
+    fn wait(
+        &mut self,
+        rpmsg: &mut Rpmsg<GuestTransport>,
+        timeout: Duration,
+    ) -> Result<(), AppError> {
+        rpmsg.transport_mut().env_mut().wait_for_call(timeout);
+        Ok(())
+    }
+}
+
+fn connect(socket: &Path, tag: &str) -> Result<NativeGuest, AppError> {
+    let opts = GuestOptions {
+        connect_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let guest = NativeGuest::connect(socket, opts).map_err(|e| AppError::Link(e.to_string()))?;
+    println!(
+        "[{tag}] pid {}: connected to the hub on {}",
+        std::process::id(),
+        socket.display()
+    );
+    Ok(guest)
+}
+
+/// A guest that offers an echo under `name` until told to stop.
+pub fn run_offer(socket: &Path, name: &str, tag: &str) -> Result<EchoService, AppError> {
+    let mut guest = connect(socket, tag)?;
+    serve_echo(guest.rpmsg(), &mut CallWaiter, name, tag)
+}
+
+/// A guest that finds `name` through the hub and pings it `count` times.
+pub fn run_ping(
+    socket: &Path,
+    name: &str,
+    count: u32,
+    timeout: Duration,
+    tag: &str,
+) -> Result<PingSummary, AppError> {
+    let mut guest = connect(socket, tag)?;
+    ping(guest.rpmsg(), &mut CallWaiter, name, count, timeout, tag)
+}
