@@ -1,5 +1,5 @@
 //! What a remoteproc lifecycle needs from the thing that runs a remote: a KVM micro-VM
-//! ([`crate::kvm`]), a physical core behind Linux's remoteproc sysfs ([`crate::sysfs`]), or a
+//! ([`crate::kvm`]), a physical core behind Linux's remoteproc sysfs (`sysfs`), or a
 //! test double. OpenAMP's `remoteproc_ops`, in Rust.
 
 use vamp_rpmsg::mem::SharedMemory;
@@ -76,7 +76,9 @@ pub trait RemoteBackend {
     /// Handles a vendor resource entry (type 128..=512) with its body bytes.
     fn vendor_resource(&mut self, rtype: u32, body: &[u8]) -> Result<(), BackendError> {
         let _ = body;
-        Err(BackendError::Unsupported(format!("vendor resource type {rtype}")))
+        Err(BackendError::Unsupported(format!(
+            "vendor resource type {rtype}"
+        )))
     }
 
     /// Starts the remote at `entry`.

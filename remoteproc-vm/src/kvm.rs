@@ -182,7 +182,7 @@ impl KvmRemote {
     /// Creates the VM with its memory and vCPU (not started).
     pub fn new(options: KvmOptions) -> Result<Self, BackendError> {
         let memory = options.memory;
-        if memory < 2 * HOST_RESERVED || memory > 1 << 30 || memory % (2 << 20) != 0 {
+        if !(2 * HOST_RESERVED..=1 << 30).contains(&memory) || !memory.is_multiple_of(2 << 20) {
             return Err(BackendError::Other(format!(
                 "remote memory must be a multiple of 2 MiB between 2 MiB and 1 GiB, not {memory:#x}"
             )));
