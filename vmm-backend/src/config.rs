@@ -97,6 +97,36 @@ pub struct ChannelSpec {
     pub names: Option<Vec<String>>,
 }
 
+/// What to do when a remote crashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recovery {
+    /// Reload and restart it; its channels come back.
+    #[default]
+    Restart,
+    /// Leave it crashed.
+    None,
+}
+
+/// A remote (an ELF run as a KVM micro-VM by remoteproc-vm) whose rpmsg device the hub drives.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSpec {
+    /// Name used in channels and logs.
+    pub name: String,
+    /// The firmware: a path to an ELF file, or the name of an image built from images/.
+    pub image: String,
+    /// Bytes of RAM for the micro-VM (default 16 MiB).
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// What to do when it crashes.
+    #[serde(default)]
+    pub recovery: Recovery,
+    /// Restarts allowed before it is left crashed (default 5).
+    #[serde(default)]
+    pub max_restarts: Option<u32>,
+}
+
 /// A whole topology.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +134,9 @@ pub struct Topology {
     /// The guests, one socket each.
     #[serde(default, rename = "guest")]
     pub guests: Vec<GuestSpec>,
+    /// Remotes the hub starts and drives.
+    #[serde(default, rename = "remote")]
+    pub remotes: Vec<RemoteSpec>,
     /// Host services.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceSpec>,
@@ -164,6 +197,7 @@ impl Topology {
             .collect();
         let mut t = Topology {
             guests,
+            remotes: Vec::new(),
             services: Vec::new(),
             channels,
         };
@@ -186,8 +220,8 @@ impl Topology {
     /// Checks names, references and limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.guests.is_empty() {
-            return invalid("the topology has no guest".into());
+        if self.guests.is_empty() && self.remotes.is_empty() {
+            return invalid("the topology has no guest and no remote".into());
         }
         let mut names = HashSet::new();
         let mut sockets = HashSet::new();
@@ -203,6 +237,17 @@ impl Topology {
                     "socket {} is used by two guests",
                     g.socket.display()
                 ));
+            }
+        }
+        for r in &self.remotes {
+            if r.name.is_empty() {
+                return invalid("a remote has an empty name".into());
+            }
+            if !names.insert(r.name.as_str()) {
+                return invalid(format!("\"{}\" names two guests or remotes", r.name));
+            }
+            if r.image.is_empty() {
+                return invalid(format!("remote \"{}\" has no image", r.name));
             }
         }
         let known = |who: &str, what: &str| -> Result<(), ConfigError> {
@@ -239,9 +284,13 @@ impl Topology {
         Ok(())
     }
 
-    /// Index of a guest by name.
-    pub fn guest_index(&self, name: &str) -> Option<usize> {
-        self.guests.iter().position(|g| g.name == name)
+    /// Index of a guest or remote (its link) by name: guests first, then remotes.
+    pub fn link_index(&self, name: &str) -> Option<usize> {
+        self.guests
+            .iter()
+            .map(|g| &g.name)
+            .chain(self.remotes.iter().map(|r| &r.name))
+            .position(|n| n == name)
     }
 
     /// Whether `to` may see the name `name` that `from` announced.
@@ -327,7 +376,7 @@ mod tests {
     #[test]
     fn refuses_bad_topologies_with_reasons() {
         let cases = [
-            ("", "no guest"),
+            ("", "no guest and no remote"),
             (
                 "[[guest]]\nname = \"a\"\nsocket = \"/s\"\n[[guest]]\nname = \"a\"\nsocket = \"/t\"",
                 "defined twice",

@@ -28,7 +28,9 @@ use std::time::Instant;
 use vamp_rpmsg::rpmsg::{
     Config, Dropped, Error as RpmsgError, Handler, HeldRx, NsEvent, Received, Rpmsg,
 };
-use vamp_rpmsg::transport::{DeviceTransport, Environment, LinkError, Transport};
+use vamp_rpmsg::transport::{
+    Buffer, DeviceTransport, DriverTransport, Environment, LinkError, Transport,
+};
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
 
@@ -56,6 +58,16 @@ impl std::fmt::Debug for LinkEnv {
     }
 }
 
+impl LinkEnv {
+    /// An environment whose notifications go to `notifier`.
+    pub fn new(notifier: Arc<dyn Notifier>) -> Self {
+        LinkEnv {
+            notifier,
+            start: Instant::now(),
+        }
+    }
+}
+
 impl Environment for LinkEnv {
     fn notify(&mut self, queue: u16) {
         self.notifier.notify(queue);
@@ -66,8 +78,79 @@ impl Environment for LinkEnv {
     }
 }
 
+/// The rings of one link, in whichever role the hub plays on it.
+#[derive(Debug)]
+pub enum LinkTransport {
+    /// A guest is the driver (vhost-user): the hub is the device.
+    Device(DeviceTransport<GuestRam, LinkEnv>),
+    /// A remote is the device (its resource table's vdev): the hub is the driver and owns
+    /// the buffers.
+    Driver(DriverTransport<GuestRam, LinkEnv>),
+}
+
+macro_rules! each_role {
+    ($self:expr, $t:ident => $e:expr) => {
+        match $self {
+            LinkTransport::Device($t) => $e,
+            LinkTransport::Driver($t) => $e,
+        }
+    };
+}
+
+impl Transport for LinkTransport {
+    type Memory = GuestRam;
+
+    fn memory(&self) -> &GuestRam {
+        each_role!(self, t => t.memory())
+    }
+    fn endian(&self) -> Endian {
+        each_role!(self, t => t.endian())
+    }
+    fn tx_buffer_size(&self) -> Option<u32> {
+        each_role!(self, t => t.tx_buffer_size())
+    }
+    fn rx_buffer_size(&self) -> Option<u32> {
+        each_role!(self, t => t.rx_buffer_size())
+    }
+    fn take_tx(&mut self) -> Result<Option<Buffer>, LinkError> {
+        each_role!(self, t => t.take_tx())
+    }
+    fn send_tx(&mut self, buf: Buffer, len: u32) -> Result<(), LinkError> {
+        each_role!(self, t => t.send_tx(buf, len))
+    }
+    fn release_tx(&mut self, buf: Buffer) {
+        each_role!(self, t => t.release_tx(buf))
+    }
+    fn take_rx(&mut self) -> Result<Option<Buffer>, LinkError> {
+        each_role!(self, t => t.take_rx())
+    }
+    fn release_rx(&mut self, buf: Buffer) -> Result<(), LinkError> {
+        each_role!(self, t => t.release_rx(buf))
+    }
+    fn flush(&mut self) -> Result<(), LinkError> {
+        each_role!(self, t => t.flush())
+    }
+    fn want_tx_notifications(&mut self, on: bool) -> Result<bool, LinkError> {
+        each_role!(self, t => t.want_tx_notifications(on))
+    }
+    fn environment(&mut self) -> &mut dyn Environment {
+        each_role!(self, t => t.environment())
+    }
+}
+
+impl LinkTransport {
+    /// Where a device-role link's rings stand (vhost-user's GET_VRING_BASE); `None` for a
+    /// driver-role link, whose rings the hub owns.
+    fn next_avail(&self) -> Option<[u16; 2]> {
+        match self {
+            LinkTransport::Device(t) => Some(t.next_avail()),
+            LinkTransport::Driver(_) => None,
+        }
+    }
+}
+
 /// The engine of one link.
-pub type LinkEngine = Rpmsg<DeviceTransport<GuestRam, LinkEnv>>;
+pub type LinkEngine = Rpmsg<LinkTransport>;
 
 /// The state of a guest's rings, as its frontend set them up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +212,8 @@ struct Link {
 
 #[derive(Debug, Default)]
 struct Slot {
+    /// "guest" or "remote", for log lines.
+    kind: &'static str,
     name: String,
     link: Option<Link>,
     /// Rings on which the guest broke the protocol: ignored until it sets up new ones.
@@ -148,11 +233,13 @@ pub struct Hub {
 impl Hub {
     /// A hub for a topology; no guest is connected yet.
     pub fn new(topology: Topology) -> Self {
-        let slots = topology
-            .guests
-            .iter()
-            .map(|g| Slot {
-                name: g.name.clone(),
+        let guests = topology.guests.iter().map(|g| ("guest", &g.name));
+        let remotes = topology.remotes.iter().map(|r| ("remote", &r.name));
+        let slots = guests
+            .chain(remotes)
+            .map(|(kind, name)| Slot {
+                kind,
+                name: name.clone(),
                 ..Default::default()
             })
             .collect();
@@ -218,7 +305,8 @@ impl Hub {
         {
             link.mem = mem.clone();
             if let Some(engine) = link.engine.as_mut()
-                && let Err(e) = engine.transport_mut().set_memory(mem.clone())
+                && let LinkTransport::Device(t) = engine.transport_mut()
+                && let Err(e) = t.set_memory(mem.clone())
             {
                 log::error!(
                     "guest {}: rings outside its new memory table: {e}",
@@ -244,7 +332,7 @@ impl Hub {
 
     fn next_avail(&self, id: LinkId) -> Option<[u16; 2]> {
         let link = self.slots.get(id)?.link.as_ref()?;
-        Some(link.engine.as_ref()?.transport().next_avail())
+        link.engine.as_ref()?.transport().next_avail()
     }
 
     fn link_up(
@@ -254,10 +342,7 @@ impl Hub {
         info: RingsInfo,
         notifier: &Arc<dyn Notifier>,
     ) -> Result<(), LinkError> {
-        let env = LinkEnv {
-            notifier: notifier.clone(),
-            start: Instant::now(),
-        };
+        let env = LinkEnv::new(notifier.clone());
         let mut transport = DeviceTransport::resume(
             mem.clone(),
             env,
@@ -273,38 +358,90 @@ impl Hub {
             name_service: info.name_service,
             ..Config::default()
         };
+        self.install(
+            id,
+            LinkTransport::Device(transport),
+            config,
+            mem,
+            info.rings,
+        );
+        Ok(())
+    }
+
+    /// Attaches a link on which the hub is the driver: a remote's vdev (see remoteproc-vm),
+    /// whose rings and buffers the caller laid out. Any previous link of `id` goes down first.
+    pub fn attach(
+        &mut self,
+        id: LinkId,
+        transport: DriverTransport<GuestRam, LinkEnv>,
+        name_service: bool,
+    ) {
+        self.link_down(id, "re-attached");
+        let mem = transport.memory().clone();
+        let rings = [transport.layout().rx_ring, transport.layout().tx_ring];
+        let config = Config {
+            name_service,
+            ..Config::default()
+        };
+        self.install(id, LinkTransport::Driver(transport), config, &mem, rings);
+        self.process(id, rings);
+    }
+
+    /// Handles a notification on an attached link (the remote kicked): delivers what it sent
+    /// and what waits for it.
+    pub fn service_attached(&mut self, id: LinkId) {
+        let Some(rings) = self
+            .slots
+            .get(id)
+            .and_then(|s| s.link.as_ref())
+            .map(|l| l.rings)
+        else {
+            return;
+        };
+        self.process(id, rings);
+    }
+
+    fn install(
+        &mut self,
+        id: LinkId,
+        transport: LinkTransport,
+        config: Config,
+        mem: &GuestRam,
+        rings: [VringLayout; 2],
+    ) {
         self.incarnations += 1;
         let slot = &mut self.slots[id];
         slot.stats.ups += 1;
         log::info!(
-            "guest {}: link up (name service {})",
+            "{} {}: link up (name service {})",
+            slot.kind,
             slot.name,
-            if info.name_service { "on" } else { "off" }
+            if config.name_service { "on" } else { "off" }
         );
-        let mut link = Link {
-            engine: Some(Rpmsg::new(transport, config)),
-            mem: mem.clone(),
-            rings: info.rings,
-            incarnation: self.incarnations,
-            nat: HashMap::new(),
-            reverse: HashMap::new(),
-            announced: Vec::new(),
-            pending: VecDeque::new(),
-        };
-        // Host services this guest may see.
-        let guest = slot.name.clone();
-        for (index, spec) in self.topology.services_for(&guest) {
-            let engine = link.engine.as_mut().expect("engine just created");
+        let mut engine = Rpmsg::new(transport, config);
+        let mut nat = HashMap::new();
+        // Host services this link may see.
+        let name = slot.name.clone();
+        for (index, spec) in self.topology.services_for(&name) {
             match engine.create_ept(spec.name.as_bytes(), ADDR_ANY, ADDR_ANY) {
                 Ok(ept) => {
                     let addr = engine.endpoint(ept).map_or(ADDR_ANY, |e| e.addr());
-                    link.nat.insert(addr, Target::Service(index));
+                    nat.insert(addr, Target::Service(index));
                 }
-                Err(e) => log::error!("guest {guest}: cannot announce service {}: {e}", spec.name),
+                Err(e) => log::error!("{name}: cannot announce service {}: {e}", spec.name),
             }
         }
-        self.slots[id].link = Some(link);
-        // Names the other guests announced that this one may see.
+        self.slots[id].link = Some(Link {
+            engine: Some(engine),
+            mem: mem.clone(),
+            rings,
+            incarnation: self.incarnations,
+            nat,
+            reverse: HashMap::new(),
+            announced: Vec::new(),
+            pending: VecDeque::new(),
+        });
+        // Names the other links announced that this one may see.
         let offers: Vec<(LinkId, Vec<u8>, u32)> = self
             .slots
             .iter()
@@ -314,14 +451,13 @@ impl Hub {
             .flat_map(|(other, s, l)| {
                 l.announced
                     .iter()
-                    .filter(|(name, _)| self.topology.offers(&s.name, name, &guest))
-                    .map(move |(name, addr)| (other, name.clone(), *addr))
+                    .filter(|(n, _)| self.topology.offers(&s.name, n, &name))
+                    .map(move |(n, addr)| (other, n.clone(), *addr))
             })
             .collect();
-        for (other, name, addr) in offers {
-            offer(&mut self.slots, other, &name, addr, id);
+        for (other, n, addr) in offers {
+            offer(&mut self.slots, other, &n, addr, id);
         }
-        Ok(())
     }
 
     fn link_down(&mut self, id: LinkId, reason: &str) {
@@ -330,7 +466,8 @@ impl Hub {
         };
         let Some(link) = slot.link.take() else { return };
         log::info!(
-            "guest {}: link down ({reason}); withdrawing {} name(s)",
+            "{} {}: link down ({reason}); withdrawing {} name(s)",
+            slot.kind,
             slot.name,
             link.announced.len()
         );
@@ -600,7 +737,7 @@ impl Router<'_> {
     }
 }
 
-impl Handler<DeviceTransport<GuestRam, LinkEnv>> for Router<'_> {
+impl Handler<LinkTransport> for Router<'_> {
     fn on_message(&mut self, rpmsg: &mut LinkEngine, msg: &mut Received) {
         let me = self.me;
         let Some(target) = self.slots[me]

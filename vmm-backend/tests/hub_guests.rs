@@ -12,7 +12,7 @@ use vamp_rpmsg::transport::Transport;
 use vamp_rpmsg::wire::ADDR_ANY;
 use vamp_vmm_backend::backend::{lock_hub, serve_guest};
 use vamp_vmm_backend::config::Topology;
-use vamp_vmm_backend::frontend::{GuestOptions, GuestTransport, NativeGuest};
+use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
 use vamp_vmm_backend::hub::Hub;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -63,8 +63,8 @@ struct Inbox {
     echo: bool,
 }
 
-impl Handler<GuestTransport> for Inbox {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<GuestTransport>, msg: &mut Received) {
+impl<T: Transport> Handler<T> for Inbox {
+    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
         let data = rpmsg.payload(msg).unwrap();
         if self.echo {
             rpmsg.sendto(msg.ept, msg.src, &data).unwrap();
@@ -72,7 +72,7 @@ impl Handler<GuestTransport> for Inbox {
             self.messages.push_back((msg.ept, msg.src, data));
         }
     }
-    fn on_name_service(&mut self, _: &mut Rpmsg<GuestTransport>, e: NsEvent<'_>) {
+    fn on_name_service(&mut self, _: &mut Rpmsg<T>, e: NsEvent<'_>) {
         match e {
             NsEvent::Created { name, addr, .. } => self.created.push((name.to_vec(), addr)),
             NsEvent::Destroyed { name, addr, .. } => self.destroyed.push((name.to_vec(), addr)),
@@ -526,4 +526,102 @@ fn descriptors_outside_memory_cost_other_guests_nothing() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(lock_hub(&hub.hub).is_up(0));
+}
+
+/// A remote link (the hub is the driver, as for a remoteproc vdev), played in the test by the
+/// device role of the engine on the same memory; a native guest reaches its service by name.
+#[test]
+fn a_remote_link_is_routed_like_a_guest() {
+    use vamp_rpmsg::guest_ram::GuestRam;
+    use vamp_rpmsg::transport::{
+        BufferConfig, DeviceTransport, DriverLayout, DriverTransport, Environment,
+    };
+    use vamp_rpmsg::vring::VringLayout;
+    use vamp_rpmsg::wire::Endian;
+    use vamp_vmm_backend::hub::{LinkEnv, Notifier};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    const TOPOLOGY: &str = r#"
+[[guest]]
+name = "alice"
+socket = "{dir}/alice.sock"
+[[remote]]
+name = "r5"
+image = "echo"
+[[channel]]
+from = "r5"
+to = ["alice"]
+"#;
+    struct Flag(std::sync::atomic::AtomicU32);
+    impl Notifier for Flag {
+        fn notify(&self, _queue: u16) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    #[derive(Debug)]
+    struct Quiet;
+    impl Environment for Quiet {
+        fn notify(&mut self, _: u16) {}
+        fn now_us(&mut self) -> u64 {
+            0
+        }
+    }
+    let hub = start_hub(TOPOLOGY);
+    let remote_id = lock_hub(&hub.hub).topology().link_index("r5").unwrap();
+    let mem =
+        GuestRam::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+    let layout = DriverLayout {
+        rx_ring: VringLayout::legacy(0x1000, 64, 0x1000).unwrap(),
+        tx_ring: VringLayout::legacy(0x4000, 64, 0x1000).unwrap(),
+        pool_addr: 0x10000,
+        pool_len: 0x40000,
+        buffers: BufferConfig::default(),
+    };
+    let kicks = Arc::new(Flag(Default::default()));
+    let env = LinkEnv::new(kicks.clone());
+    let driver = DriverTransport::new(mem.clone(), env, layout, Endian::NATIVE, false).unwrap();
+    let device = DeviceTransport::new(
+        mem,
+        Quiet,
+        layout.rx_ring,
+        layout.tx_ring,
+        Endian::NATIVE,
+        false,
+        512,
+    )
+    .unwrap();
+    let mut remote = Rpmsg::new(device, vamp_rpmsg::rpmsg::Config::default());
+    lock_hub(&hub.hub).attach(remote_id, driver, true);
+    remote.create_ept(b"r-svc", ADDR_ANY, ADDR_ANY).unwrap();
+    lock_hub(&hub.hub).service_attached(remote_id);
+
+    let mut alice = connect(&hub, 0);
+    let mut ai = Inbox::default();
+    pump(&mut alice, &mut ai, "r-svc at alice", |i| {
+        announced(i, "r-svc").is_some()
+    });
+    let proxy = announced(&ai, "r-svc").unwrap();
+    let ept = alice.rpmsg().create_ept(b"", ADDR_ANY, proxy).unwrap();
+    let mut ri = Inbox {
+        echo: true,
+        ..Default::default()
+    };
+    for i in 0..300u32 {
+        let msg = payload(i);
+        alice.rpmsg().send(ept, &msg).unwrap();
+        let deadline = Instant::now() + WAIT;
+        while ai.messages.is_empty() {
+            // The remote side: take what the hub sent, echo it, and "kick" the hub.
+            remote.poll(&mut ri).unwrap();
+            lock_hub(&hub.hub).service_attached(remote_id);
+            alice.poll(&mut ai).unwrap();
+            assert!(Instant::now() < deadline, "echo {i} lost");
+        }
+        assert_eq!(ai.messages.pop_front().unwrap(), (ept, proxy, msg));
+    }
+    assert!(
+        kicks.0.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the hub notified the remote"
+    );
+    assert_eq!(lock_hub(&hub.hub).stats(remote_id).forwarded, 300);
 }
