@@ -85,7 +85,7 @@ pub enum LinkTransport {
     Device(DeviceTransport<GuestRam, LinkEnv>),
     /// A remote is the device (its resource table's vdev): the hub is the driver and owns
     /// the buffers.
-    Driver(DriverTransport<GuestRam, LinkEnv>),
+    Driver(Box<DriverTransport<GuestRam, LinkEnv>>),
 }
 
 macro_rules! each_role {
@@ -383,7 +383,7 @@ impl Hub {
             name_service,
             ..Config::default()
         };
-        self.install(id, LinkTransport::Driver(transport), config, &mem, rings);
+        self.install(id, LinkTransport::Driver(Box::new(transport)), config, &mem, rings);
         self.process(id, rings);
     }
 
