@@ -7,12 +7,12 @@
 //!    own vhost-user frontend): one offers an echo under a name, the other finds the name
 //!    through the hub, which translates addresses between them, and pings it.
 
-use crate::apps::{AppError, PingSummary};
 use crate::native_apps::run_ping_host;
 use std::ffi::OsStr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vamp_rpmsg::apps::{AppError, PingSummary};
 use vamp_rpmsg::native;
 use vamp_vmm_backend::backend::serve_guest;
 use vamp_vmm_backend::config::Topology;

@@ -1,9 +1,9 @@
 //! The echo demo's programs as native guests of the vhost-user hub: vamp's own vhost-user
 //! frontend plays a guest with the driver role, no QEMU needed.
 
-use crate::apps::{AppError, EchoService, PingSummary, Waiter, ping, serve_echo};
 use std::path::Path;
 use std::time::Duration;
+use vamp_rpmsg::apps::{AppError, EchoService, PingSummary, Waiter, ping, serve_echo};
 use vamp_rpmsg::rpmsg::Rpmsg;
 use vamp_vmm_backend::frontend::{GuestOptions, GuestTransport, NativeGuest};
 

@@ -1,7 +1,6 @@
 //! vamp's front door: the `demo`, `native` and (later) `bench` commands, composing the
 //! RPMsg engine ([`vamp_rpmsg`]) with its transports.
 
-pub mod apps;
 pub mod demo;
 pub mod guest_apps;
 pub mod native_apps;

@@ -1,8 +1,10 @@
 //! The echo demo's two programs over the native-Linux link (OpenAMP's native machine): an
 //! echo remote (device role) and a ping host (driver role).
 
-use crate::apps::{AppError, ECHO_CHANNEL, EchoService, PingSummary, Waiter, ping, serve_echo};
 use std::time::Duration;
+use vamp_rpmsg::apps::{
+    AppError, ECHO_CHANNEL, EchoService, PingSummary, Waiter, ping, serve_echo,
+};
 use vamp_rpmsg::native::{self, NativePaths, SocketEnv};
 use vamp_rpmsg::rpmsg::Rpmsg;
 use vamp_rpmsg::transport::{DeviceTransport, DriverTransport};

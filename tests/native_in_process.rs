@@ -2,8 +2,8 @@
 //! the host withdraws nothing and sends the shutdown word; the remote echoes on its channel.
 
 use std::time::Duration;
-use vamp::apps::ping_payload;
 use vamp::native_apps::{run_echo_remote, run_ping_host};
+use vamp_rpmsg::apps::ping_payload;
 use vamp_rpmsg::native;
 
 #[test]
@@ -30,7 +30,7 @@ fn ping_payloads_vary_and_never_look_like_shutdown() {
     assert_eq!((*sizes.first().unwrap(), *sizes.last().unwrap()), (1, 496));
     for i in 0..5000 {
         let p = ping_payload(i);
-        assert!(p.len() < 4 || p[..4] != vamp::apps::SHUTDOWN_MSG.to_ne_bytes());
+        assert!(p.len() < 4 || p[..4] != vamp_rpmsg::apps::SHUTDOWN_MSG.to_ne_bytes());
         assert_ne!(p, ping_payload(i + 496), "same size, different bytes");
     }
 }

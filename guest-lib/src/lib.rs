@@ -26,6 +26,8 @@ pub mod transport;
 pub mod vring;
 pub mod wire;
 
+#[cfg(feature = "std")]
+pub mod apps;
 #[cfg(feature = "vm-memory")]
 pub mod guest_ram;
 #[cfg(feature = "std")]

@@ -1,11 +1,14 @@
-//! OpenAMP's echo demo on vamp's engine, over any link: an echo service and a pinger that
+//! OpenAMP's echo demo on the engine, over any link (`std`): an echo service and a pinger that
 //! finds the echo channel by name service, sends requests of every size, verifies each echo and
 //! tells the echo side to stop. The native link, vhost-user guests and KVM remotes all use them.
 
+use crate::rpmsg::{EptId, Error as RpmsgError, Handler, NsEvent, Received, Rpmsg};
+use crate::transport::Transport;
+use crate::wire::ADDR_ANY;
+use std::string::{String, ToString};
 use std::time::{Duration, Instant};
-use vamp_rpmsg::rpmsg::{EptId, Error as RpmsgError, Handler, NsEvent, Received, Rpmsg};
-use vamp_rpmsg::transport::Transport;
-use vamp_rpmsg::wire::ADDR_ANY;
+use std::vec::Vec;
+use std::{eprintln, println, vec};
 
 /// The channel OpenAMP's echo demo announces.
 pub const ECHO_CHANNEL: &str = "rpmsg-openamp-demo-channel";
@@ -13,24 +16,39 @@ pub const ECHO_CHANNEL: &str = "rpmsg-openamp-demo-channel";
 pub const SHUTDOWN_MSG: u32 = 0xEF56_A55A;
 
 /// Why a demo program stopped early.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum AppError {
     /// The link could not be set up.
-    #[error("link: {0}")]
     Link(String),
     /// The engine failed.
-    #[error("rpmsg: {0}")]
-    Rpmsg(#[from] RpmsgError),
+    Rpmsg(RpmsgError),
     /// The peer did not do what the demo expects in time.
-    #[error("timed out waiting for {0}")]
     Timeout(&'static str),
     /// The peer went away.
-    #[error("the peer closed the link")]
     PeerGone,
 }
 
-impl From<vamp_rpmsg::native::NativeError> for AppError {
-    fn from(e: vamp_rpmsg::native::NativeError) -> Self {
+impl core::fmt::Display for AppError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AppError::Link(why) => write!(f, "link: {why}"),
+            AppError::Rpmsg(e) => write!(f, "rpmsg: {e}"),
+            AppError::Timeout(what) => write!(f, "timed out waiting for {what}"),
+            AppError::PeerGone => write!(f, "the peer closed the link"),
+        }
+    }
+}
+
+impl std::error::Error for AppError {}
+
+impl From<RpmsgError> for AppError {
+    fn from(e: RpmsgError) -> Self {
+        AppError::Rpmsg(e)
+    }
+}
+
+impl From<crate::native::NativeError> for AppError {
+    fn from(e: crate::native::NativeError) -> Self {
         AppError::Link(e.to_string())
     }
 }
