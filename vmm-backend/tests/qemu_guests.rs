@@ -358,6 +358,11 @@ impl Harness {
             }
             let label = self.guests[g].label.clone();
             if let Some(line) = text.lines().find(|l| l.contains(&fail_needle)) {
+                // Let /init print what it sees (agent list, dmesg) and power off first.
+                let until = Instant::now() + Duration::from_secs(3);
+                while self.guests[g].qemu.exited().is_none() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 self.fail(&format!(
                     "guest {label} failed while we waited for {what:?}: {}",
                     line.trim_end_matches('\r')
@@ -637,7 +642,7 @@ reboot -f
     h.assert_guest_kernels_clean();
     h.assert_backend_log_clean();
     let log = h.backend_log();
-    if count_lines(&log, "guest guest0: link up") != 1 {
+    if count_lines(&log, "guest0: link up") != 1 {
         h.fail("the backend log should show guest0's link up exactly once");
     }
     h.note("done");
@@ -692,7 +697,7 @@ fn qemu_two_guests_exchange_through_a_channel() {
     h.assert_backend_log_clean();
     let log = h.backend_log();
     for (who, src) in [("alice", "0x2000"), ("bob", "0x3000")] {
-        let line = format!("guest {who}: announced \"rpmsg-raw\" at {src}");
+        let line = format!("{who}: announced \"rpmsg-raw\" at {src}");
         if count_lines(&log, &line) != 1 {
             h.fail(&format!("the backend log should show {line:?} once"));
         }
@@ -779,7 +784,7 @@ idle
     // The new QEMU connects at once: the backend must finish with the old connection (link
     // down, bob's name withdrawn from alice) and then accept this one on the same socket.
     let b2 = h.start_guest("bob2", &bob_sock);
-    h.wait_backend_log("guest bob: link down", 1, STEP);
+    h.wait_backend_log("bob: link down", 1, STEP);
     let gone = h.wait_for(a, "BOB-GONE", STEP);
     h.note(&format!("alice: {gone}"));
     h.wait_for(b2, "peer channel", BOOT_AND_SETUP);
@@ -810,20 +815,20 @@ idle
     let log = h.backend_log();
     let checks = [
         (
-            "guest bob: link up",
+            "bob: link up",
             2,
             "bob's link up twice (first boot, restart)",
         ),
-        ("guest bob: link down", 1, "bob's link down once (the kill)"),
-        ("guest alice: link up", 1, "alice's link up once"),
-        ("guest alice: link down", 0, "alice's link never down"),
+        ("bob: link down", 1, "bob's link down once (the kill)"),
+        ("alice: link up", 1, "alice's link up once"),
+        ("alice: link down", 0, "alice's link never down"),
         (
-            "guest bob: announced \"rpmsg-raw\" at 0x3000",
+            "bob: announced \"rpmsg-raw\" at 0x3000",
             2,
             "bob's name announced twice",
         ),
         (
-            "guest alice: announced \"rpmsg-raw\" at 0x2000",
+            "alice: announced \"rpmsg-raw\" at 0x2000",
             1,
             "alice's name announced once",
         ),

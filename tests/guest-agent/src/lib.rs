@@ -77,6 +77,23 @@ pub mod ioctl {
     );
     /// `_IO(0xb5, 0x2)`, on the `/dev/rpmsgN` fd of an endpoint made with CREATE_EPT.
     pub const RPMSG_DESTROY_EPT_IOCTL: u32 = ioc(IOC_NONE, RPMSG_IOC_MAGIC, 0x2, 0);
+    /// `_IOW(0xb5, 0x3, struct rpmsg_endpoint_info)`, on `/dev/rpmsg_ctrlN`: creates an rpmsg
+    /// channel device (Linux >= 5.18). With a fixed `src` Linux announces it to the remote
+    /// (name-service create); named "rpmsg-raw", rpmsg_char binds it and makes a /dev/rpmsgN.
+    pub const RPMSG_CREATE_DEV_IOCTL: u32 = ioc(
+        IOC_WRITE,
+        RPMSG_IOC_MAGIC,
+        0x3,
+        core::mem::size_of::<EndpointInfo>(),
+    );
+    /// `_IOW(0xb5, 0x4, struct rpmsg_endpoint_info)`, on `/dev/rpmsg_ctrlN`: releases a
+    /// channel device made with CREATE_DEV.
+    pub const RPMSG_RELEASE_DEV_IOCTL: u32 = ioc(
+        IOC_WRITE,
+        RPMSG_IOC_MAGIC,
+        0x4,
+        core::mem::size_of::<EndpointInfo>(),
+    );
 }
 
 /// Test message layout: bytes 0..4 the sequence number (little-endian), byte 4 a stream tag,
@@ -289,6 +306,9 @@ mod tests {
         assert_eq!(ioctl::RPMSG_CREATE_EPT_IOCTL, 0x4028_b501);
         // _IO(0xb5, 2)
         assert_eq!(ioctl::RPMSG_DESTROY_EPT_IOCTL, 0x0000_b502);
+        // _IOW(0xb5, 3, 40) and _IOW(0xb5, 4, 40)
+        assert_eq!(ioctl::RPMSG_CREATE_DEV_IOCTL, 0x4028_b503);
+        assert_eq!(ioctl::RPMSG_RELEASE_DEV_IOCTL, 0x4028_b504);
     }
 
     #[test]

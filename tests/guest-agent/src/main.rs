@@ -12,10 +12,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vamp_guest_agent::ioctl::{EndpointInfo, RPMSG_CREATE_EPT_IOCTL, RPMSG_DESTROY_EPT_IOCTL};
+use vamp_guest_agent::ioctl::{
+    EndpointInfo, RPMSG_CREATE_DEV_IOCTL, RPMSG_CREATE_EPT_IOCTL, RPMSG_DESTROY_EPT_IOCTL,
+};
 use vamp_guest_agent::{MAX_PAYLOAD, Opts, RPMSG_ADDR_ANY, clock, parse_addr, pattern, stats};
 
 const CLASS_DIR: &str = "/sys/class/rpmsg";
+const BUS_DIR: &str = "/sys/bus/rpmsg/devices";
+/// The only channel name rpmsg_char binds to (its id_table): such channels get a /dev/rpmsgN.
+const RPMSG_RAW: &str = "rpmsg-raw";
 const USAGE: &str = "\
 usage: vamp-guest-agent COMMAND [OPTIONS]
 
@@ -28,16 +33,30 @@ Endpoint options (echo-client, peer, send, recv):
 
 Commands:
   echo-client ENDPOINT [--count N] [--min 1] [--max 496] [--tag T] [--timeout-ms 5000]
+       [--until-file PATH]
       send N messages (sizes cycle min..max, sequence number + pattern), check each echo
-      byte for byte; prints 'echo-client: N/N ok, rtt p50=..us max=..us'
+      byte for byte; prints 'echo-client: N/N ok, rtt p50=..us max=..us'. With --until-file,
+      N is a minimum: it goes on (same checks) until PATH exists
   peer ENDPOINT --send N --expect M [--min 1] [--max 496] [--tag T] [--expect-tag U]
-       [--timeout-ms 10000] [--interval-us 0]
+       [--timeout-ms 10000] [--interval-us 0] [--rx-dev /dev/rpmsgM]
       send N messages and receive M concurrently (two threads); received messages must come
-      in sequence order with the peer's pattern (the peer's --tag must equal our --expect-tag)
-  wait-dev --name NAME [--src ADDR] [--dst ADDR] [--timeout-ms 10000]
-      wait for a /dev/rpmsgN whose sysfs name (or whose channel's name) is NAME; prints its path
+      in sequence order with the peer's pattern (the peer's --tag must equal our --expect-tag).
+      --rx-dev: receive on that device instead of ENDPOINT (e.g. our own announced channel,
+      while ENDPOINT is the channel the peer announced)
+  wait-dev --name NAME [--src ADDR] [--dst ADDR] [--announced] [--timeout-ms 10000]
+      wait for a /dev/rpmsgN whose sysfs name (or whose channel's name) is NAME; prints its path.
+      --announced: only one whose channel the remote announced (name service), not one of ours
+  wait-gone --dev /dev/rpmsgN [--timeout-ms 10000]
+      wait until that endpoint device is gone (e.g. its channel was withdrawn)
+  wait-channel --name NAME [--src ADDR] [--dst ADDR] [--timeout-ms 10000]
+      wait for an rpmsg channel NAME in /sys/bus/rpmsg/devices (a name-service announcement
+      of the remote makes one, with src -1); prints its dst address (0x hex)
   create-ept --ctrl /dev/rpmsg_ctrlN --name NAME --dst ADDR [--src ADDR]
       create an endpoint device and leave it; prints its path
+  create-dev --ctrl /dev/rpmsg_ctrlN --name NAME --src ADDR [--dst any] [--timeout-ms 5000]
+      create a channel with RPMSG_CREATE_DEV_IOCTL; with a fixed --src Linux announces NAME at
+      src to the remote. Named rpmsg-raw, rpmsg_char binds it: prints its /dev/rpmsgN (which
+      receives what the remote sends to src); otherwise prints its sysfs directory
   send ENDPOINT --text STRING | --hex HEX      send one message
   recv ENDPOINT [--count 1] [--timeout-ms 5000] print received messages
   list
@@ -58,6 +77,9 @@ fn main() -> ExitCode {
         "peer" => peer(rest),
         "wait-dev" => wait_dev(rest),
         "create-ept" => create_ept_cmd(rest),
+        "create-dev" => create_dev_cmd(rest),
+        "wait-channel" => wait_channel(rest),
+        "wait-gone" => wait_gone(rest),
         "send" => send_cmd(rest),
         "recv" => recv_cmd(rest),
         "list" => list(rest),
@@ -97,6 +119,10 @@ struct EptDev {
     src: Option<u32>,
     dst: Option<u32>,
     channel: Option<String>,
+    /// Its channel was made by a name-service announcement of the remote: Linux's rpmsg_ns
+    /// creates such channels with src -1, so the channel's sysfs name ends in ".-1.<dst>".
+    /// (The endpoint's own src then reads as the address Linux allocated.)
+    announced: bool,
 }
 
 impl EptDev {
@@ -125,12 +151,20 @@ fn scan_eptdevs() -> Vec<EptDev> {
         let src = read_attr(&dir.join("src")).and_then(|s| parse_addr(&s).ok());
         let dst = read_attr(&dir.join("dst")).and_then(|s| parse_addr(&s).ok());
         let channel = read_attr(&dir.join("device/name"));
+        let announced = dst.is_some_and(|d| d != RPMSG_ADDR_ANY)
+            && fs::read_link(dir.join("device")).ok().is_some_and(|l| {
+                l.file_name().is_some_and(|f| {
+                    f.to_string_lossy()
+                        .ends_with(&format!(".-1.{}", dst.unwrap_or(0) as i32))
+                })
+            });
         out.push(EptDev {
             node,
             name,
             src,
             dst,
             channel,
+            announced,
         });
     }
     out.sort_by_key(|d| d.node[5..].parse::<u32>().unwrap_or(u32::MAX));
@@ -362,6 +396,7 @@ fn echo_client(args: &[String]) -> Res<String> {
     let (min, max) = size_range(&mut o)?;
     let tag: u8 = o.num("tag", 0xEC)?;
     let timeout = Duration::from_millis(o.num("timeout-ms", 5000)?);
+    let until = o.get("until-file").map(PathBuf::from);
     let spec = EndpointSpec::from_opts(&mut o)?;
     o.finish()?;
     let ep = spec.open()?;
@@ -369,7 +404,15 @@ fn echo_client(args: &[String]) -> Res<String> {
     let mut rtts = Vec::with_capacity(count as usize);
     let t_all = Instant::now();
     let c_all = clock::ticks();
-    for k in 0..count {
+    let mut k: u32 = 0;
+    loop {
+        if k >= count {
+            // With --until-file, --count is a minimum: look for the file every 16 messages.
+            match &until {
+                Some(p) if !k.is_multiple_of(16) || !p.exists() => {}
+                _ => break,
+            }
+        }
         let len = pattern::size_for(u64::from(k), min, max);
         let msg = pattern::make(k, tag, len);
         let c0 = clock::ticks();
@@ -381,7 +424,9 @@ fn echo_client(args: &[String]) -> Res<String> {
         rtts.push(clock::ticks().wrapping_sub(c0));
         pattern::verify(&reply, k, tag, len)
             .map_err(|e| format!("{k}/{count} ok, then bad echo: {e}"))?;
+        k += 1;
     }
+    let count = k;
     let total = t_all.elapsed();
     let total_ticks = clock::ticks().wrapping_sub(c_all);
     // Round-trip times in TSC ticks, converted with the rate seen over the whole run.
@@ -404,9 +449,12 @@ fn peer(args: &[String]) -> Res<String> {
     let expect_tag: u8 = o.num("expect-tag", 0)?;
     let timeout = Duration::from_millis(o.num("timeout-ms", 10_000)?);
     let interval = Duration::from_micros(o.num("interval-us", 0)?);
+    let rx_dev = o.get("rx-dev");
     let spec = EndpointSpec::from_opts(&mut o)?;
     o.finish()?;
     let ep = spec.open()?;
+    let rx_ep = rx_dev.map(|d| Endpoint::open(Path::new(&d))).transpose()?;
+    let rx = rx_ep.as_ref().unwrap_or(&ep);
 
     let failed = AtomicBool::new(false);
     let t0 = Instant::now();
@@ -428,7 +476,7 @@ fn peer(args: &[String]) -> Res<String> {
         let receiver = s.spawn(|| -> Res<u32> {
             for j in 0..expect_n {
                 let len = pattern::size_for(u64::from(j), min, max);
-                let r = ep
+                let r = rx
                     .recv(timeout)
                     .and_then(|m| pattern::verify(&m, j, expect_tag, len))
                     .map_err(|e| format!("received {j}/{expect_n} ok, then: {e}"));
@@ -447,9 +495,12 @@ fn peer(args: &[String]) -> Res<String> {
     let ms = t0.elapsed().as_millis().max(1);
     match (sent, received) {
         (Ok(s), Ok(r)) => Ok(format!(
-            "peer: sent {s}/{send_n}, received {r}/{expect_n} ok in {ms} ms ({} msg/s, dev {})",
+            "peer: sent {s}/{send_n}, received {r}/{expect_n} ok in {ms} ms ({} msg/s, dev {}{})",
             (u128::from(s) + u128::from(r)) * 1000 / ms,
-            ep.path.display()
+            ep.path.display(),
+            rx_ep
+                .as_ref()
+                .map_or_else(String::new, |r| format!(", rx-dev {}", r.path.display()))
         )),
         (s, r) => {
             let mut why = Vec::new();
@@ -465,10 +516,11 @@ fn peer(args: &[String]) -> Res<String> {
 }
 
 fn wait_dev(args: &[String]) -> Res<String> {
-    let mut o = Opts::parse(args, &[])?;
+    let mut o = Opts::parse(args, &["announced"])?;
     let name = o.get("name").ok_or("wait-dev needs --name")?;
     let src = o.addr("src")?;
     let dst = o.addr("dst")?;
+    let announced = o.flag("announced");
     let timeout = Duration::from_millis(o.num("timeout-ms", 10_000)?);
     o.finish()?;
     let t0 = Instant::now();
@@ -477,6 +529,7 @@ fn wait_dev(args: &[String]) -> Res<String> {
             (d.name == name || d.channel.as_deref() == Some(name.as_str()))
                 && src.is_none_or(|a| d.src == Some(a))
                 && dst.is_none_or(|a| d.dst == Some(a))
+                && (!announced || d.announced)
                 && d.dev_path().exists()
         });
         if let Some(d) = hit {
@@ -505,6 +558,169 @@ fn create_ept_cmd(args: &[String]) -> Res<String> {
     let src = o.addr("src")?.unwrap_or(RPMSG_ADDR_ANY);
     o.finish()?;
     Ok(create_ept(&ctrl, &name, src, dst)?.display().to_string())
+}
+
+/// Creates a channel device through /dev/rpmsg_ctrlN (RPMSG_CREATE_DEV_IOCTL).
+fn create_dev_cmd(args: &[String]) -> Res<String> {
+    let mut o = Opts::parse(args, &[])?;
+    let ctrl = o.get("ctrl").ok_or("create-dev needs --ctrl")?;
+    let name = o.get("name").ok_or("create-dev needs --name")?;
+    let src = o
+        .addr("src")?
+        .ok_or("create-dev needs --src (a fixed one is announced)")?;
+    let dst = o.addr("dst")?.unwrap_or(RPMSG_ADDR_ANY);
+    let timeout = Duration::from_millis(o.num("timeout-ms", 5000)?);
+    o.finish()?;
+    let info = EndpointInfo::new(&name, src, dst)?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&ctrl)
+        .map_err(|e| format!("open {ctrl}: {e}"))?;
+    // SAFETY: the kernel reads sizeof(struct rpmsg_endpoint_info) bytes from &info, which is
+    // a live #[repr(C)] struct of exactly that layout.
+    let r = unsafe {
+        libc::ioctl(
+            f.as_raw_fd(),
+            RPMSG_CREATE_DEV_IOCTL as _,
+            &info as *const EndpointInfo,
+        )
+    };
+    if r < 0 {
+        return Err(errno_msg(&format!(
+            "RPMSG_CREATE_DEV_IOCTL on {ctrl} (name {name:?} src {src:#x} dst {dst:#x})"
+        )));
+    }
+    // Linux refuses a second channel with the same name, src and dst: these find ours.
+    let t0 = Instant::now();
+    loop {
+        if name == RPMSG_RAW {
+            let found = scan_eptdevs()
+                .into_iter()
+                .find(|d| d.name == name && d.src == Some(src) && d.dst == Some(dst));
+            if let Some(d) = found
+                && d.dev_path().exists()
+            {
+                return Ok(d.dev_path().display().to_string());
+            }
+        } else if let Some(c) = scan_channels()
+            .into_iter()
+            .find(|c| c.name == name && c.src == Some(src) && c.dst == Some(dst))
+        {
+            return Ok(c.path.display().to_string());
+        }
+        if t0.elapsed() >= timeout {
+            return Err(format!(
+                "RPMSG_CREATE_DEV_IOCTL succeeded but no {} for {name:?} appeared within {} ms",
+                if name == RPMSG_RAW {
+                    "/dev/rpmsgN"
+                } else {
+                    "channel"
+                },
+                timeout.as_millis()
+            ));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One rpmsg channel device in /sys/bus/rpmsg/devices.
+#[derive(Debug, Clone)]
+struct Channel {
+    path: PathBuf,
+    name: String,
+    src: Option<u32>,
+    dst: Option<u32>,
+}
+
+fn scan_channels() -> Vec<Channel> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(BUS_DIR) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        let Some(name) = read_attr(&path.join("name")) else {
+            continue;
+        };
+        let src = read_attr(&path.join("src")).and_then(|s| parse_addr(&s).ok());
+        let dst = read_attr(&path.join("dst")).and_then(|s| parse_addr(&s).ok());
+        out.push(Channel {
+            path,
+            name,
+            src,
+            dst,
+        });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+fn wait_channel(args: &[String]) -> Res<String> {
+    let mut o = Opts::parse(args, &[])?;
+    let name = o.get("name").ok_or("wait-channel needs --name")?;
+    let src = o.addr("src")?;
+    let dst = o.addr("dst")?;
+    let timeout = Duration::from_millis(o.num("timeout-ms", 10_000)?);
+    o.finish()?;
+    let t0 = Instant::now();
+    loop {
+        let hit = scan_channels().into_iter().find(|c| {
+            c.name == name
+                && src.is_none_or(|a| c.src == Some(a))
+                && dst.is_none_or(|a| c.dst == Some(a))
+        });
+        if let Some(c) = hit {
+            let dst = c
+                .dst
+                .ok_or_else(|| format!("{}: unreadable dst", c.path.display()))?;
+            return Ok(format!("{dst:#x}"));
+        }
+        if t0.elapsed() >= timeout {
+            let seen: Vec<String> = scan_channels()
+                .iter()
+                .map(|c| {
+                    c.path
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            return Err(format!(
+                "no channel named {name:?} within {} ms (seen: [{}])",
+                timeout.as_millis(),
+                seen.join(", ")
+            ));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_gone(args: &[String]) -> Res<String> {
+    let mut o = Opts::parse(args, &[])?;
+    let dev = o.get("dev").ok_or("wait-gone needs --dev")?;
+    let timeout = Duration::from_millis(o.num("timeout-ms", 10_000)?);
+    o.finish()?;
+    let node = Path::new(&dev)
+        .file_name()
+        .ok_or_else(|| format!("bad device path {dev:?}"))?
+        .to_owned();
+    let class = Path::new(CLASS_DIR).join(&node);
+    let t0 = Instant::now();
+    while Path::new(&dev).exists() || class.exists() {
+        if t0.elapsed() >= timeout {
+            return Err(format!(
+                "{dev} still there after {} ms",
+                timeout.as_millis()
+            ));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    Ok(format!(
+        "wait-gone: {dev} gone after {} ms",
+        t0.elapsed().as_millis()
+    ))
 }
 
 fn parse_hex(s: &str) -> Res<Vec<u8>> {
@@ -598,7 +814,7 @@ fn list(args: &[String]) -> Res<String> {
         };
         let _ = writeln!(
             out,
-            "  {:<12} name={} src={} dst={} {}{}",
+            "  {:<12} name={} src={} dst={} {}{}{}",
             d.node,
             d.name,
             show(d.src),
@@ -606,12 +822,13 @@ fn list(args: &[String]) -> Res<String> {
             d.dev_path().display(),
             d.channel
                 .as_ref()
-                .map_or_else(String::new, |c| format!(" channel={c}"))
+                .map_or_else(String::new, |c| format!(" channel={c}")),
+            if d.announced { " (announced)" } else { "" }
         );
     }
     let mut n_chan = 0;
-    let _ = writeln!(out, "/sys/bus/rpmsg/devices:");
-    if let Ok(rd) = fs::read_dir("/sys/bus/rpmsg/devices") {
+    let _ = writeln!(out, "{BUS_DIR}:");
+    if let Ok(rd) = fs::read_dir(BUS_DIR) {
         let mut v: Vec<_> = rd.flatten().map(|e| e.path()).collect();
         v.sort();
         for p in v {
