@@ -2,5 +2,12 @@
 //! micro-VMs or as physical cores behind Linux's remoteproc sysfs.
 
 pub mod backend;
+pub mod config;
+pub mod elf;
+pub mod image;
 pub mod images;
+pub mod inspect;
 pub mod kvm;
+pub mod remoteproc;
+pub mod rsc;
+pub mod sysfs;

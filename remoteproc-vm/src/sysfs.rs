@@ -1,0 +1,444 @@
+//! Physical cores behind Linux's remoteproc sysfs, as dom0 drives the ZynqMP R5s.
+//!
+//! The kernel does the loading, resource handling and virtio itself; from user space a core
+//! is a directory (`/sys/class/remoteproc/remoteprocN`, see Linux's `remoteproc_sysfs.c`):
+//!
+//! - `firmware`: the file name under `/lib/firmware` the next start loads. The kernel refuses
+//!   to change it unless the core is offline (`EBUSY`).
+//! - `state`: reads `offline`, `suspended`, `running`, `crashed`, `deleted`, `attached`,
+//!   `detached` or `invalid`; writing `start` boots the core (refused with `EBUSY` when it is
+//!   running or attached), `stop` shuts it down (refused with `EINVAL` unless running or
+//!   attached).
+//! - `name`: the core's name.
+//! - debugfs (`/sys/kernel/debug/remoteproc/remoteprocN`): `trace0`... (the remote's trace
+//!   buffers, read up to the first NUL) and `recovery` (`recover` restarts a crashed core).
+//!
+//! The rpmsg side then goes through the kernel's rpmsg char devices: see
+//! [`find_rpmsg_devices`].
+//!
+//! Every path is configurable, so tests run against a fake tree in a temporary directory.
+
+pub use crate::remoteproc::{LifecycleError, ManagedRemote, RemoteState};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Where Linux lists remoteproc devices.
+pub const DEFAULT_CLASS_DIR: &str = "/sys/class/remoteproc";
+/// Where the kernel looks for firmware.
+pub const DEFAULT_FIRMWARE_DIR: &str = "/lib/firmware";
+/// remoteproc's debugfs directory.
+pub const DEFAULT_DEBUGFS_DIR: &str = "/sys/kernel/debug/remoteproc";
+/// The sysfs mount.
+pub const DEFAULT_SYSFS_ROOT: &str = "/sys";
+/// Device nodes.
+pub const DEFAULT_DEV_DIR: &str = "/dev";
+
+const EBUSY: i32 = 16;
+const EINVAL: i32 = 22;
+
+/// Maps a sysfs `state` string to a [`RemoteState`].
+pub fn state_from_sysfs(s: &str) -> RemoteState {
+    match s.trim() {
+        "offline" => RemoteState::Offline,
+        "suspended" => RemoteState::Suspended,
+        "running" | "attached" => RemoteState::Running,
+        "crashed" => RemoteState::Crashed,
+        "detached" => RemoteState::Detached,
+        _ => RemoteState::Invalid,
+    }
+}
+
+/// A core managed through Linux's remoteproc sysfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysfsRemote {
+    root: PathBuf,
+    firmware_dir: PathBuf,
+    debugfs: PathBuf,
+    sysfs_root: PathBuf,
+    dev_dir: PathBuf,
+}
+
+impl SysfsRemote {
+    /// `remoteproc<index>` at the default paths.
+    pub fn new(index: u32) -> Self {
+        Self::at(Path::new(DEFAULT_CLASS_DIR).join(format!("remoteproc{index}")))
+    }
+
+    /// The core whose sysfs directory is `root`; its debugfs directory is
+    /// `/sys/kernel/debug/remoteproc/<root's last component>`.
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        let debugfs = Path::new(DEFAULT_DEBUGFS_DIR).join(root.file_name().unwrap_or_default());
+        SysfsRemote {
+            root,
+            firmware_dir: DEFAULT_FIRMWARE_DIR.into(),
+            debugfs,
+            sysfs_root: DEFAULT_SYSFS_ROOT.into(),
+            dev_dir: DEFAULT_DEV_DIR.into(),
+        }
+    }
+
+    /// Uses another firmware directory.
+    pub fn with_firmware_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.firmware_dir = dir.into();
+        self
+    }
+
+    /// Uses another debugfs directory (of this core).
+    pub fn with_debugfs(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.debugfs = dir.into();
+        self
+    }
+
+    /// Uses another sysfs mount (for [`rpmsg_devices`](Self::rpmsg_devices)).
+    pub fn with_sysfs_root(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.sysfs_root = dir.into();
+        self
+    }
+
+    /// Uses another device directory (for [`rpmsg_devices`](Self::rpmsg_devices)).
+    pub fn with_dev_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dev_dir = dir.into();
+        self
+    }
+
+    /// The sysfs directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The firmware directory.
+    pub fn firmware_dir(&self) -> &Path {
+        &self.firmware_dir
+    }
+
+    /// The debugfs directory.
+    pub fn debugfs(&self) -> &Path {
+        &self.debugfs
+    }
+
+    fn sysfs_error(what: &'static str, path: PathBuf) -> impl FnOnce(io::Error) -> LifecycleError {
+        move |source| LifecycleError::Sysfs { what, path, source }
+    }
+
+    fn read_file(what: &'static str, path: PathBuf) -> Result<String, LifecycleError> {
+        match fs::read(&path) {
+            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(e) => Err(Self::sysfs_error(what, path)(e)),
+        }
+    }
+
+    fn attr(&self, name: &str) -> Result<String, LifecycleError> {
+        Ok(Self::read_file("read", self.root.join(name))?
+            .trim_end()
+            .to_string())
+    }
+
+    /// Writes `value` to attribute `name`; the kernel's refusals (`EBUSY`, `EINVAL`) become
+    /// [`LifecycleError::IllegalTransition`]s for `op`.
+    fn write_attr(&self, op: &'static str, name: &str, value: &str) -> Result<(), LifecycleError> {
+        let path = self.root.join(name);
+        match fs::write(&path, value) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(EBUSY | EINVAL)) => {
+                Err(LifecycleError::IllegalTransition {
+                    op,
+                    state: SysfsRemote::state(self).unwrap_or(RemoteState::Invalid),
+                })
+            }
+            Err(e) => Err(Self::sysfs_error("write", path)(e)),
+        }
+    }
+
+    /// The `state` attribute as the kernel wrote it.
+    pub fn raw_state(&self) -> Result<String, LifecycleError> {
+        self.attr("state")
+    }
+
+    /// The state (see [`state_from_sysfs`]).
+    pub fn state(&self) -> Result<RemoteState, LifecycleError> {
+        Ok(state_from_sysfs(&self.raw_state()?))
+    }
+
+    /// The `name` attribute (Linux's name of the core, e.g. `r5f_0`).
+    pub fn name(&self) -> Result<String, LifecycleError> {
+        self.attr("name")
+    }
+
+    /// The firmware file name the next start loads.
+    pub fn firmware(&self) -> Result<String, LifecycleError> {
+        self.attr("firmware")
+    }
+
+    /// Installs the ELF at `path` as the core's firmware: copies it into the firmware
+    /// directory under its file name (unless it is already there) and writes that name to
+    /// `firmware`. Only while offline, as the kernel allows. Returns the installed path.
+    pub fn set_firmware(&mut self, path: &Path) -> Result<PathBuf, LifecycleError> {
+        let state = SysfsRemote::state(self)?;
+        if state != RemoteState::Offline {
+            return Err(LifecycleError::IllegalTransition {
+                op: "set_firmware",
+                state,
+            });
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| !n.contains('\n'))
+            .ok_or_else(|| LifecycleError::Sysfs {
+                what: "use as firmware",
+                path: path.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "no usable file name"),
+            })?
+            .to_string();
+        let dest = self.firmware_dir.join(&name);
+        let same = match (fs::canonicalize(path), fs::canonicalize(&dest)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        if !same {
+            // Copy under a temporary name, then rename: the kernel never sees half a file.
+            let tmp = self
+                .firmware_dir
+                .join(format!(".{name}.vamp-{}", std::process::id()));
+            fs::copy(path, &tmp).map_err(Self::sysfs_error("copy firmware to", tmp.clone()))?;
+            if let Err(e) = fs::rename(&tmp, &dest) {
+                let _ = fs::remove_file(&tmp);
+                return Err(Self::sysfs_error("install firmware as", dest)(e));
+            }
+        }
+        self.write_attr("set_firmware", "firmware", &name)?;
+        Ok(dest)
+    }
+
+    /// Boots the core (writes `start` to `state`); refused when it already runs.
+    pub fn start(&mut self) -> Result<(), LifecycleError> {
+        let state = SysfsRemote::state(self)?;
+        if state == RemoteState::Running {
+            return Err(LifecycleError::IllegalTransition { op: "start", state });
+        }
+        self.write_attr("start", "state", "start")
+    }
+
+    /// Shuts the core down (writes `stop` to `state`); only when it runs, as the kernel
+    /// allows (a crashed core is restarted with [`recover`](Self::recover)).
+    pub fn stop(&mut self) -> Result<(), LifecycleError> {
+        let state = SysfsRemote::state(self)?;
+        if state != RemoteState::Running {
+            return Err(LifecycleError::IllegalTransition { op: "stop", state });
+        }
+        self.write_attr("stop", "state", "stop")
+    }
+
+    /// Asks the kernel to recover a crashed core (writes `recover` to debugfs `recovery`).
+    pub fn recover(&mut self) -> Result<(), LifecycleError> {
+        let state = SysfsRemote::state(self)?;
+        if state != RemoteState::Crashed {
+            return Err(LifecycleError::IllegalTransition {
+                op: "recover",
+                state,
+            });
+        }
+        let path = self.debugfs.join("recovery");
+        fs::write(&path, "recover").map_err(Self::sysfs_error("write", path))
+    }
+
+    /// Trace buffer `n` (debugfs `trace<n>`), up to its first NUL.
+    pub fn trace(&self, n: u32) -> Result<String, LifecycleError> {
+        let text = Self::read_file("read", self.debugfs.join(format!("trace{n}")))?;
+        Ok(match text.find('\0') {
+            Some(nul) => text[..nul].to_string(),
+            None => text,
+        })
+    }
+
+    /// The kernel's rpmsg char devices on this core (see [`find_rpmsg_devices`]).
+    pub fn rpmsg_devices(&self) -> Result<Vec<RpmsgDevice>, LifecycleError> {
+        find_rpmsg_devices(&self.sysfs_root, &self.root, &self.dev_dir).map_err(|e| {
+            LifecycleError::Sysfs {
+                what: "list rpmsg devices under",
+                path: self.sysfs_root.join("class/rpmsg"),
+                source: e,
+            }
+        })
+    }
+}
+
+impl ManagedRemote for SysfsRemote {
+    fn name(&self) -> String {
+        SysfsRemote::name(self).unwrap_or_else(|_| {
+            self.root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+    }
+
+    fn state(&mut self) -> RemoteState {
+        SysfsRemote::state(self).unwrap_or(RemoteState::Invalid)
+    }
+
+    fn start(&mut self) -> Result<(), LifecycleError> {
+        SysfsRemote::start(self)
+    }
+
+    fn stop(&mut self) -> Result<(), LifecycleError> {
+        SysfsRemote::stop(self)
+    }
+
+    fn trace(&mut self) -> Result<String, LifecycleError> {
+        SysfsRemote::trace(self, 0)
+    }
+}
+
+/// Which kind of rpmsg char device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RpmsgDeviceKind {
+    /// `/dev/rpmsg_ctrlN`: creates endpoint devices (`RPMSG_CREATE_EPT_IOCTL`).
+    Control,
+    /// `/dev/rpmsgN`: one endpoint; write sends, read receives.
+    Endpoint,
+}
+
+/// One of the kernel's rpmsg char devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpmsgDevice {
+    /// Name under `/sys/class/rpmsg` (`rpmsg0`, `rpmsg_ctrl0`).
+    pub name: String,
+    /// Its device node.
+    pub dev_path: PathBuf,
+    /// Control or endpoint device.
+    pub kind: RpmsgDeviceKind,
+    /// The channel it sits on (`rpmsg-raw`, `rpmsg_ctrl`...), if sysfs says.
+    pub channel: Option<String>,
+    /// The channel's local address.
+    pub src: Option<u32>,
+    /// The channel's remote address.
+    pub dst: Option<u32>,
+}
+
+fn parse_addr(s: &str) -> Option<u32> {
+    let s = s.trim();
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+fn trailing_number(name: &str) -> u64 {
+    let digits: String = name
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .chars()
+        .rev()
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Lists the rpmsg char devices (`/sys/class/rpmsg/*`) that belong to the remoteproc device
+/// `remoteproc` (its sysfs directory, e.g. `/sys/class/remoteproc/remoteproc0`): those whose
+/// real sysfs path lies under the remoteproc device's. `sysfs_root` is the sysfs mount
+/// (`/sys`), `dev_dir` where the nodes are (`/dev`; the name comes from `DEVNAME` in the
+/// device's `uevent` when present). Sorted: control devices first, then by number.
+pub fn find_rpmsg_devices(
+    sysfs_root: &Path,
+    remoteproc: &Path,
+    dev_dir: &Path,
+) -> io::Result<Vec<RpmsgDevice>> {
+    let class = sysfs_root.join("class/rpmsg");
+    let entries = match fs::read_dir(&class) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let core = fs::canonicalize(remoteproc)?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(real) = fs::canonicalize(entry.path()) else {
+            continue;
+        };
+        if !real.starts_with(&core) {
+            continue;
+        }
+        let kind = if name.starts_with("rpmsg_ctrl") {
+            RpmsgDeviceKind::Control
+        } else {
+            RpmsgDeviceKind::Endpoint
+        };
+        let devname = fs::read_to_string(real.join("uevent"))
+            .ok()
+            .and_then(|u| {
+                u.lines()
+                    .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_string))
+            })
+            .unwrap_or_else(|| name.clone());
+        // .../<channel device>/rpmsg/<name>: the channel's attributes are two levels up.
+        let channel_dir = real.parent().and_then(Path::parent);
+        let channel_attr = |attr: &str| {
+            channel_dir
+                .and_then(|d| fs::read_to_string(d.join(attr)).ok())
+                .map(|s| s.trim().to_string())
+        };
+        found.push(RpmsgDevice {
+            dev_path: dev_dir.join(devname),
+            kind,
+            channel: channel_attr("name"),
+            src: channel_attr("src").as_deref().and_then(parse_addr),
+            dst: channel_attr("dst").as_deref().and_then(parse_addr),
+            name,
+        });
+    }
+    found.sort_by_key(|d| (d.kind, trailing_number(&d.name), d.name.clone()));
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_state_maps() {
+        let cases = [
+            ("offline\n", RemoteState::Offline),
+            ("suspended", RemoteState::Suspended),
+            ("running\n", RemoteState::Running),
+            ("crashed\n", RemoteState::Crashed),
+            ("deleted", RemoteState::Invalid),
+            ("attached\n", RemoteState::Running),
+            ("detached\n", RemoteState::Detached),
+            ("invalid\n", RemoteState::Invalid),
+            ("", RemoteState::Invalid),
+            ("start", RemoteState::Invalid),
+        ];
+        for (s, want) in cases {
+            assert_eq!(state_from_sysfs(s), want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn addresses_parse_as_sysfs_prints_them() {
+        assert_eq!(parse_addr("0x400\n"), Some(1024));
+        assert_eq!(parse_addr("0xffffffff"), Some(u32::MAX));
+        assert_eq!(parse_addr("53"), Some(53));
+        assert_eq!(parse_addr("zz"), None);
+        assert_eq!(trailing_number("rpmsg_ctrl12"), 12);
+    }
+
+    #[test]
+    fn default_paths_follow_linux() {
+        let r = SysfsRemote::new(1);
+        assert_eq!(r.root(), Path::new("/sys/class/remoteproc/remoteproc1"));
+        assert_eq!(
+            r.debugfs(),
+            Path::new("/sys/kernel/debug/remoteproc/remoteproc1")
+        );
+        assert_eq!(r.firmware_dir(), Path::new("/lib/firmware"));
+    }
+}
