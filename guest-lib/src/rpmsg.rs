@@ -410,6 +410,12 @@ impl<T: Transport> Rpmsg<T> {
         &self.transport
     }
 
+    /// Takes the engine apart, giving back its transport and settings (to drive the same
+    /// rings with another engine, e.g. the hub's).
+    pub fn into_parts(self) -> (T, Config) {
+        (self.transport, self.config)
+    }
+
     /// The transport, mutably (to wait on its environment, for instance).
     pub fn transport_mut(&mut self) -> &mut T {
         &mut self.transport

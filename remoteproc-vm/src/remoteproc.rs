@@ -752,6 +752,18 @@ impl<B: RemoteBackend> Remoteproc<B> {
         vdev: usize,
         buffers: BufferConfig,
     ) -> Result<RemoteRpmsg<B::Memory>, LifecycleError> {
+        self.create_virtio_with(vdev, buffers, RemoteEnv::new)
+    }
+
+    /// [`create_virtio`](Self::create_virtio) with an environment of the caller's: `make_env`
+    /// gets the backend's doorbell and the notify ids of vq 0 and vq 1 (the hub, for one,
+    /// routes the notifications through its own environment).
+    pub fn create_virtio_with<E: Environment>(
+        &mut self,
+        vdev: usize,
+        buffers: BufferConfig,
+        make_env: impl FnOnce(Arc<dyn Doorbell>, [u32; 2]) -> E,
+    ) -> Result<Rpmsg<DriverTransport<B::Memory, E>>, LifecycleError> {
         self.check("create_virtio", &[RemoteState::Running])?;
         let res = self
             .resources
@@ -824,7 +836,7 @@ impl<B: RemoteBackend> Remoteproc<B> {
         let features = v.dfeatures & wanted;
         mem.write(v.gfeatures_addr(), &table_endian.u32_bytes(features))?;
         set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK)?;
-        let env = RemoteEnv::new(
+        let env = make_env(
             self.backend.doorbell(),
             [v.vrings[0].notifyid, v.vrings[1].notifyid],
         );

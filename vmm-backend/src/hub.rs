@@ -383,7 +383,13 @@ impl Hub {
             name_service,
             ..Config::default()
         };
-        self.install(id, LinkTransport::Driver(Box::new(transport)), config, &mem, rings);
+        self.install(
+            id,
+            LinkTransport::Driver(Box::new(transport)),
+            config,
+            &mem,
+            rings,
+        );
         self.process(id, rings);
     }
 

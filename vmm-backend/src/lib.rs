@@ -13,3 +13,4 @@ pub mod config;
 pub mod frontend;
 pub mod guest_memory;
 pub mod hub;
+pub mod remote;

@@ -93,15 +93,23 @@ fn main() -> ExitCode {
     };
     let sockets: Vec<PathBuf> = topology.guests.iter().map(|g| g.socket.clone()).collect();
     handle_signals(sockets.clone());
+    let guest_count = topology.guests.len();
+    let topology_remotes = topology.remotes.clone();
     let hub = Arc::new(Mutex::new(Hub::new(topology)));
-    let threads: Vec<_> = sockets
-        .into_iter()
-        .enumerate()
-        .map(|(id, socket)| {
-            let hub = hub.clone();
-            std::thread::spawn(move || serve_guest(hub, id, &socket))
-        })
-        .collect();
+    let mut threads: Vec<std::thread::JoinHandle<Result<(), String>>> = Vec::new();
+    for (index, spec) in topology_remotes.into_iter().enumerate() {
+        let hub = hub.clone();
+        let id = guest_count + index;
+        threads.push(std::thread::spawn(move || {
+            vamp_vmm_backend::remote::serve_remote(hub, id, spec).map_err(|e| e.to_string())
+        }));
+    }
+    for (id, socket) in sockets.into_iter().enumerate() {
+        let hub = hub.clone();
+        threads.push(std::thread::spawn(move || {
+            serve_guest(hub, id, &socket).map_err(|e| e.to_string())
+        }));
+    }
     let mut failed = false;
     for t in threads {
         match t.join() {
