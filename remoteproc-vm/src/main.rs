@@ -1,1 +1,386 @@
-fn main() {}
+//! `remoteproc-vm`: remoteproc for ELF remotes, as KVM micro-VMs or physical cores.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use vamp_remoteproc::config::{BackendSpec, Recovery, RemoteSpec, RemotesConfig};
+use vamp_remoteproc::image::{FileImage, ImageSource, MemoryImage};
+use vamp_remoteproc::kvm::{DEFAULT_MEMORY, KvmOptions, KvmRemote};
+use vamp_remoteproc::remoteproc::{ManagedRemote, RemoteEvent, RemoteRpmsg, Remoteproc};
+use vamp_remoteproc::sysfs::SysfsRemote;
+use vamp_rpmsg::apps::{AppError, ECHO_CHANNEL, Waiter, ping};
+use vamp_rpmsg::guest_ram::GuestRam;
+use vamp_rpmsg::rpmsg::{Handler, NsEvent, Received, Rpmsg};
+use vamp_rpmsg::transport::{BufferConfig, DriverTransport, Transport};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "remoteproc-vm",
+    version,
+    about = "remoteproc for ELF remotes: KVM micro-VMs and physical cores"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Loads IMAGE (a path, or a built-in image: echo, matrix, fault) into a KVM micro-VM,
+    /// starts it, brings up its rpmsg channels and runs until it stops (or Ctrl-C).
+    Run {
+        /// The ELF file or built-in image name.
+        image: String,
+        /// Send this many echo requests of sizes 1..496 through the echo channel, verify each,
+        /// print a summary, stop the remote; exit 0 only if all matched.
+        #[arg(long)]
+        ping: Option<u32>,
+        /// The channel --ping uses.
+        #[arg(long, default_value = ECHO_CHANNEL)]
+        channel: String,
+        /// RAM of the micro-VM in MiB (a multiple of 2).
+        #[arg(long, default_value_t = DEFAULT_MEMORY >> 20)]
+        memory_mib: u64,
+        /// Restart the remote when it crashes (at most this many times).
+        #[arg(long, default_value_t = 0)]
+        restarts: u32,
+        /// Seconds to wait for the channel or an echo.
+        #[arg(long, default_value_t = 20)]
+        timeout: u64,
+    },
+    /// Prints IMAGE's segments and resource table.
+    Inspect {
+        /// The ELF file or built-in image name.
+        image: String,
+    },
+    /// Lists the built-in images.
+    Images,
+    /// Configured remotes (see configs/remotes.toml): status of all or one.
+    Status {
+        /// The remotes file.
+        #[arg(long)]
+        config: PathBuf,
+        /// One remote.
+        name: Option<String>,
+    },
+    /// Starts a configured remote. A physical core is started through sysfs; a KVM remote runs
+    /// in this process until it stops (or Ctrl-C), with its recovery policy.
+    Start {
+        /// The remotes file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The remote.
+        name: String,
+    },
+    /// Stops a configured physical core.
+    Stop {
+        /// The remotes file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The remote.
+        name: String,
+    },
+    /// Prints a configured physical core's trace buffer.
+    Trace {
+        /// The remotes file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The remote.
+        name: String,
+    },
+}
+
+fn image_source(image: &str) -> Result<ImageSource, String> {
+    if let Some(bytes) = vamp_remoteproc::images::builtin(image) {
+        return Ok(ImageSource::Static(bytes));
+    }
+    let path = PathBuf::from(image);
+    if path.exists() {
+        return Ok(ImageSource::File(path));
+    }
+    let names: Vec<&str> = vamp_remoteproc::images::BUILTIN
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    Err(format!(
+        "{image}: no such file, and not a built-in image ({})",
+        names.join(", ")
+    ))
+}
+
+/// Waits for the remote's doorbell and notices when it stops.
+struct RemoteWaiter<'a> {
+    rp: &'a mut Remoteproc<KvmRemote>,
+}
+
+impl Waiter<DriverTransport<GuestRam, vamp_remoteproc::remoteproc::RemoteEnv>>
+    for RemoteWaiter<'_>
+{
+    fn wait(
+        &mut self,
+        rpmsg: &mut RemoteRpmsg<GuestRam>,
+        timeout: Duration,
+    ) -> Result<(), AppError> {
+        rpmsg
+            .transport_mut()
+            .environment()
+            .wait(timeout.as_micros() as u64);
+        print_console(self.rp);
+        match self.rp.poll() {
+            RemoteEvent::Idle => Ok(()),
+            RemoteEvent::Exited(code) => Err(AppError::Link(format!(
+                "the remote exited with code {code}"
+            ))),
+            RemoteEvent::Crashed(why) => Err(AppError::Link(format!("the remote crashed: {why}"))),
+        }
+    }
+}
+
+fn print_console(rp: &mut Remoteproc<KvmRemote>) {
+    for line in String::from_utf8_lossy(&rp.take_console()).lines() {
+        println!("[console] {line}");
+    }
+}
+
+/// Prints announcements while a remote runs.
+#[derive(Default)]
+struct Announcements;
+
+impl<T: Transport> Handler<T> for Announcements {
+    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
+        let len = msg.len;
+        let _ = rpmsg;
+        println!(
+            "message of {len} bytes from {:#x} to {:#x}",
+            msg.src, msg.dst
+        );
+    }
+    fn on_name_service(&mut self, _: &mut Rpmsg<T>, event: NsEvent<'_>) {
+        match event {
+            NsEvent::Created { name, addr, .. } => {
+                println!(
+                    "channel \"{}\" announced at {addr:#x}",
+                    String::from_utf8_lossy(name)
+                )
+            }
+            NsEvent::Destroyed { name, addr, .. } => {
+                println!(
+                    "channel \"{}\" at {addr:#x} withdrawn",
+                    String::from_utf8_lossy(name)
+                )
+            }
+        }
+    }
+}
+
+fn boot(image: &str, memory_mib: u64) -> Result<Remoteproc<KvmRemote>, String> {
+    vamp_remoteproc::kvm::kvm_available()?;
+    let source = image_source(image)?;
+    let options = KvmOptions {
+        memory: memory_mib << 20,
+        ..Default::default()
+    };
+    let mut rp = Remoteproc::new(KvmRemote::new(options).map_err(|e| e.to_string())?);
+    let t0 = Instant::now();
+    rp.load_source(source).map_err(|e| e.to_string())?;
+    rp.start().map_err(|e| e.to_string())?;
+    println!(
+        "{image}: loaded and started in {} us",
+        t0.elapsed().as_micros()
+    );
+    Ok(rp)
+}
+
+fn run(
+    image: &str,
+    ping_count: Option<u32>,
+    channel: &str,
+    memory_mib: u64,
+    restarts: u32,
+    timeout: u64,
+) -> Result<bool, String> {
+    let mut rp = boot(image, memory_mib)?;
+    let timeout = Duration::from_secs(timeout.max(1));
+    loop {
+        let mut rpmsg = rp
+            .create_virtio(0, BufferConfig::default())
+            .map_err(|e| e.to_string())?;
+        if let Some(count) = ping_count {
+            let result = ping(
+                &mut rpmsg,
+                &mut RemoteWaiter { rp: &mut rp },
+                channel,
+                count,
+                timeout,
+                "host",
+            );
+            drop(rpmsg);
+            // The echo firmware stops on the shutdown word; give it a moment, then stop it.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline && matches!(rp.poll(), RemoteEvent::Idle) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            print_console(&mut rp);
+            let _ = rp.shutdown();
+            return match result {
+                Ok(summary) => Ok(summary.all_matched()),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        let mut printer = Announcements;
+        let event = loop {
+            rpmsg.poll(&mut printer).map_err(|e| e.to_string())?;
+            rpmsg.transport_mut().environment().wait(200_000);
+            print_console(&mut rp);
+            match rp.poll() {
+                RemoteEvent::Idle => {}
+                other => break other,
+            }
+        };
+        drop(rpmsg);
+        match event {
+            RemoteEvent::Exited(code) => {
+                println!("{image}: exited with code {code}");
+                return Ok(code == 0);
+            }
+            RemoteEvent::Crashed(why) => {
+                println!("{image}: crashed: {why}");
+                if rp.restarts() >= restarts {
+                    return Ok(false);
+                }
+                rp.recover().map_err(|e| e.to_string())?;
+                println!("{image}: restarted ({} of {restarts})", rp.restarts());
+            }
+            RemoteEvent::Idle => unreachable!("the loop only ends on news"),
+        }
+    }
+}
+
+fn inspect(image: &str) -> Result<(), String> {
+    let text = match image_source(image)? {
+        ImageSource::File(path) => {
+            let mut store =
+                FileImage::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            vamp_remoteproc::inspect::inspect(&mut store)
+        }
+        ImageSource::Static(bytes) => {
+            vamp_remoteproc::inspect::inspect(&mut MemoryImage::new(bytes))
+        }
+        ImageSource::Bytes(bytes) => {
+            vamp_remoteproc::inspect::inspect(&mut MemoryImage::new(bytes))
+        }
+    }
+    .map_err(|e| format!("{image}: {e}"))?;
+    print!("{text}");
+    Ok(())
+}
+
+fn configured(config: &PathBuf, name: &str) -> Result<(RemotesConfig, RemoteSpec), String> {
+    let cfg = RemotesConfig::load(config).map_err(|e| e.to_string())?;
+    let spec = cfg
+        .remote(name)
+        .cloned()
+        .ok_or_else(|| format!("{}: no remote called {name:?}", config.display()))?;
+    Ok((cfg, spec))
+}
+
+fn sysfs_of(spec: &RemoteSpec) -> Result<SysfsRemote, String> {
+    match &spec.backend {
+        BackendSpec::Sysfs { path } => Ok(SysfsRemote::at(path.clone())),
+        BackendSpec::Kvm { .. } => Err(format!(
+            "{}: a KVM remote lives in the process that runs it (remoteproc-vm start, or a [[remote]] of vhost-user-rpmsg)",
+            spec.name
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let result: Result<bool, String> = match Cli::parse().command {
+        Command::Run {
+            image,
+            ping,
+            channel,
+            memory_mib,
+            restarts,
+            timeout,
+        } => run(&image, ping, &channel, memory_mib, restarts, timeout),
+        Command::Inspect { image } => inspect(&image).map(|()| true),
+        Command::Images => {
+            for (name, bytes) in vamp_remoteproc::images::BUILTIN {
+                println!("{name}\t{} bytes", bytes.len());
+            }
+            Ok(true)
+        }
+        Command::Status { config, name } => RemotesConfig::load(&config)
+            .map_err(|e| e.to_string())
+            .map(|cfg| {
+                for spec in cfg
+                    .remotes
+                    .iter()
+                    .filter(|s| name.as_ref().is_none_or(|n| *n == s.name))
+                {
+                    match sysfs_of(spec) {
+                        Ok(mut core) => {
+                            println!("{}\tsysfs\t{}", spec.name, ManagedRemote::state(&mut core))
+                        }
+                        Err(_) => {
+                            println!("{}\tkvm\t(runs in the process that starts it)", spec.name)
+                        }
+                    }
+                }
+                true
+            }),
+        Command::Start { config, name } => {
+            configured(&config, &name).and_then(|(_, spec)| match &spec.backend {
+                BackendSpec::Sysfs { .. } => {
+                    let mut core = sysfs_of(&spec)?;
+                    if let ImageSource::File(path) = spec
+                        .image
+                        .source(&spec.name, vamp_remoteproc::images::builtin)
+                        .map_err(|e| e.to_string())?
+                    {
+                        core.set_firmware(&path).map_err(|e| e.to_string())?;
+                    }
+                    ManagedRemote::start(&mut core).map_err(|e| e.to_string())?;
+                    println!("{}: {}", spec.name, ManagedRemote::state(&mut core));
+                    Ok(true)
+                }
+                BackendSpec::Kvm { memory } => {
+                    let image = match &spec.image {
+                        vamp_remoteproc::config::ImageRef::Path(p) => p.display().to_string(),
+                        vamp_remoteproc::config::ImageRef::Builtin(n) => n.clone(),
+                    };
+                    let restarts = match spec.recovery {
+                        Recovery::None => 0,
+                        Recovery::Restart { max_restarts } => max_restarts,
+                    };
+                    run(&image, None, ECHO_CHANNEL, memory >> 20, restarts, 20)
+                }
+            })
+        }
+        Command::Stop { config, name } => configured(&config, &name).and_then(|(_, spec)| {
+            let mut core = sysfs_of(&spec)?;
+            ManagedRemote::stop(&mut core).map_err(|e| e.to_string())?;
+            println!("{}: {}", spec.name, ManagedRemote::state(&mut core));
+            Ok(true)
+        }),
+        Command::Trace { config, name } => configured(&config, &name).and_then(|(_, spec)| {
+            let mut core = sysfs_of(&spec)?;
+            print!(
+                "{}",
+                ManagedRemote::trace(&mut core).map_err(|e| e.to_string())?
+            );
+            Ok(true)
+        }),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("remoteproc-vm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The `remoteproc-vm` command line.
+
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_remoteproc-vm"))
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn run_echo_ping_exits_zero_only_when_all_matched() {
+    if let Err(why) = vamp_remoteproc::kvm::kvm_available() {
+        eprintln!("skipped: run_echo_ping_exits_zero_only_when_all_matched: {why}");
+        return;
+    }
+    let out = bin()
+        .args(["run", "echo", "--ping", "1000"])
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("1000/1000 echoes matched"), "{t}");
+    assert!(
+        t.contains("name service: \"rpmsg-openamp-demo-channel\""),
+        "{t}"
+    );
+    // The fault image has no echo channel: the ping fails clearly instead of hanging.
+    let out = bin()
+        .args(["run", "fault", "--ping", "1", "--timeout", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("timed out waiting for the echo channel"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn inspect_shows_the_resource_table_of_every_image() {
+    let out = bin().arg("images").output().unwrap();
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["echo", "matrix", "fault"]);
+    for name in &names {
+        let out = bin().args(["inspect", name]).output().unwrap();
+        let t = text(&out);
+        assert!(out.status.success(), "{t}");
+        for want in [
+            "ELF64",
+            "entry 0x100000",
+            "carveout \"vdev0buffer\"",
+            "vdev id 7 (rpmsg)",
+            "vring 1:",
+            "trace \"trace0\"",
+        ] {
+            assert!(t.contains(want), "{name}: missing {want:?} in\n{t}");
+        }
+    }
+    let out = bin().args(["inspect", "no-such-image"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("not a built-in image (echo, matrix, fault)"),
+        "{}",
+        text(&out)
+    );
+    let junk = std::env::temp_dir().join(format!("vamp-junk-{}.elf", std::process::id()));
+    std::fs::write(&junk, b"not an elf at all").unwrap();
+    let out = bin().arg("inspect").arg(&junk).output().unwrap();
+    let _ = std::fs::remove_file(&junk);
+    assert!(!out.status.success());
+    assert!(text(&out).to_lowercase().contains("elf"), "{}", text(&out));
+}
+
+#[test]
+fn configured_physical_cores_through_a_sysfs_tree() {
+    let dir = std::env::temp_dir().join(format!("vamp-cli-sysfs-{}", std::process::id()));
+    let core = dir.join("remoteproc0");
+    std::fs::create_dir_all(&core).unwrap();
+    std::fs::write(core.join("state"), "running\n").unwrap();
+    std::fs::write(core.join("name"), "r5f_0\n").unwrap();
+    std::fs::write(core.join("firmware"), "r5_0_echo.elf\n").unwrap();
+    let cfg = dir.join("remotes.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[remote]]\nname = \"r5-0\"\nimage = \"/srv/r5.elf\"\nbackend = \"sysfs\"\nsysfs_path = \"{}\"\n\
+             [[remote]]\nname = \"vm\"\nimage = \"echo\"\n",
+            core.display()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .arg("status")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("r5-0\tsysfs\trunning"), "{t}");
+    assert!(t.contains("vm\tkvm"), "{t}");
+    // Stopping a running core writes "stop" to its state file, as the kernel expects.
+    let out = bin()
+        .args(["stop", "--config"])
+        .arg(&cfg)
+        .arg("r5-0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(core.join("state")).unwrap().trim(),
+        "stop"
+    );
+    // A KVM remote cannot be stopped from another process: said clearly.
+    let out = bin()
+        .args(["stop", "--config"])
+        .arg(&cfg)
+        .arg("vm")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("lives in the process that runs it"),
+        "{}",
+        text(&out)
+    );
+    let out = bin()
+        .args(["trace", "--config"])
+        .arg(&cfg)
+        .arg("nobody")
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains("no remote called \"nobody\""),
+        "{}",
+        text(&out)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
