@@ -175,8 +175,12 @@ extern "C" fn rust_start(ram_size: u64) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let _ = writeln!(Console, "firmware panic: {info}");
-    // A fault the host sees as a crash, with the message above on the console.
-    exit(0xdead)
+    // An invalid opcode with no IDT: a triple fault, which the host reports as a crash (with
+    // the message above on the console).
+    loop {
+        // SAFETY: deliberately faults; nothing after it runs.
+        unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+    }
 }
 
 mod heap {
