@@ -431,7 +431,11 @@ mod tests {
         let mut n = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
+            // configs/remotes*.toml are remoteproc-vm's remote lists (tested there).
+            let remotes = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("remotes"));
+            if path.extension().is_some_and(|e| e == "toml") && !remotes {
                 Topology::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 n += 1;
             }
