@@ -486,6 +486,9 @@ fn watch(shared: &Shared, watchdog: Duration, vcpu_thread: libc::pthread_t) {
             )));
         } else if !side.stop {
             continue;
+        } else {
+            // The vCPU thread needs this lock to notice the stop: never hold it while waiting.
+            drop(side);
         }
         // The vCPU may be between two KVM_RUN calls when a signal lands: repeat until it is out.
         while !shared.vcpu_done.load(Ordering::SeqCst) {
@@ -678,6 +681,30 @@ mod tests {
             remote.poll_exit(),
             Some(Exit::Crashed("stopped by the host".into()))
         );
+    }
+
+    /// Regression: the watchdog held the vCPU's lock while pulling it out of KVM_RUN, so a
+    /// stop could hang forever.
+    #[test]
+    fn stop_always_returns() {
+        if !kvm_or_skip("stop_always_returns") {
+            return;
+        }
+        let mut remote = KvmRemote::new(KvmOptions::default()).unwrap();
+        let image = crate::images::builtin("echo").unwrap();
+        for round in 0..20 {
+            let entry = load_segments(&remote, image);
+            remote.start(entry).unwrap();
+            std::thread::sleep(Duration::from_millis(round % 5));
+            let t0 = Instant::now();
+            remote.stop().unwrap();
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "round {round}: stop took {:?}",
+                t0.elapsed()
+            );
+            assert!(remote.poll_exit().is_some());
+        }
     }
 
     #[test]
