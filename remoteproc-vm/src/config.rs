@@ -331,6 +331,15 @@ impl RemoteSpec {
     }
 }
 
+/// A `[[remote]]` table inside another file (the hub's topology reads them this way): the
+/// same keys and checks as in a remotes file.
+impl<'de> Deserialize<'de> for RemoteSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawRemote::deserialize(d)?;
+        RemoteSpec::from_raw(raw, 0).map_err(serde::de::Error::custom)
+    }
+}
+
 impl RemotesConfig {
     /// Parses and validates a config.
     pub fn parse(text: &str) -> Result<RemotesConfig, ConfigError> {

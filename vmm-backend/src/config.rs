@@ -97,35 +97,9 @@ pub struct ChannelSpec {
     pub names: Option<Vec<String>>,
 }
 
-/// What to do when a remote crashes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Recovery {
-    /// Reload and restart it; its channels come back.
-    #[default]
-    Restart,
-    /// Leave it crashed.
-    None,
-}
-
-/// A remote (an ELF run as a KVM micro-VM by remoteproc-vm) whose rpmsg device the hub drives.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RemoteSpec {
-    /// Name used in channels and logs.
-    pub name: String,
-    /// The firmware: a path to an ELF file, or the name of an image built from images/.
-    pub image: String,
-    /// Bytes of RAM for the micro-VM (default 16 MiB).
-    #[serde(default)]
-    pub memory: Option<u64>,
-    /// What to do when it crashes.
-    #[serde(default)]
-    pub recovery: Recovery,
-    /// Restarts allowed before it is left crashed (default 5).
-    #[serde(default)]
-    pub max_restarts: Option<u32>,
-}
+/// A remote the hub starts and drives: a `[[remote]]` table with remoteproc-vm's keys (see
+/// configs/remotes.toml); the hub runs KVM remotes.
+pub use vamp_remoteproc::config::RemoteSpec;
 
 /// A whole topology.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -246,8 +220,11 @@ impl Topology {
             if !names.insert(r.name.as_str()) {
                 return invalid(format!("\"{}\" names two guests or remotes", r.name));
             }
-            if r.image.is_empty() {
-                return invalid(format!("remote \"{}\" has no image", r.name));
+            if !matches!(r.backend, vamp_remoteproc::config::BackendSpec::Kvm { .. }) {
+                return invalid(format!(
+                    "remote \"{}\": the hub runs KVM remotes; a physical core's rpmsg goes through the kernel's /dev/rpmsgN",
+                    r.name
+                ));
             }
         }
         let known = |who: &str, what: &str| -> Result<(), ConfigError> {

@@ -4,11 +4,12 @@
 //! recovery (per the topology) brings the remote and its channels back.
 
 use crate::backend::lock_hub;
-use crate::config::{Recovery, RemoteSpec};
+use crate::config::RemoteSpec;
 use crate::hub::{Hub, LinkEnv, LinkId, Notifier};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vamp_remoteproc::backend::Doorbell;
+use vamp_remoteproc::config::{BackendSpec, Recovery};
 use vamp_remoteproc::image::ImageSource;
 use vamp_remoteproc::kvm::{KvmOptions, KvmRemote};
 use vamp_remoteproc::remoteproc::{RemoteEvent, Remoteproc};
@@ -57,18 +58,12 @@ pub enum RemoteError {
 
 /// The image a spec names: a built-in image or an ELF file.
 pub fn image_source(spec: &RemoteSpec) -> Result<ImageSource, RemoteError> {
-    if let Some(bytes) = vamp_remoteproc::images::builtin(&spec.image) {
-        return Ok(ImageSource::Static(bytes));
-    }
-    let path = std::path::PathBuf::from(&spec.image);
-    if path.exists() {
-        Ok(ImageSource::File(path))
-    } else {
-        Err(RemoteError::Image {
+    spec.image
+        .source(&spec.name, vamp_remoteproc::images::builtin)
+        .map_err(|e| RemoteError::Image {
             remote: spec.name.clone(),
-            why: format!("\"{}\" is neither a built-in image nor a file", spec.image),
+            why: e.to_string(),
         })
-    }
 }
 
 fn bring_up(
@@ -107,17 +102,29 @@ pub fn serve_remote(hub: Arc<Mutex<Hub>>, id: LinkId, spec: RemoteSpec) -> Resul
         remote: name.clone(),
         source,
     };
+    let memory = match spec.backend {
+        BackendSpec::Kvm { memory } => memory,
+        BackendSpec::Sysfs { .. } => {
+            return Err(RemoteError::Image {
+                remote: name.clone(),
+                why: "the hub runs KVM remotes only".into(),
+            });
+        }
+    };
     let options = KvmOptions {
-        memory: spec.memory.unwrap_or(KvmOptions::default().memory),
+        memory,
         ..Default::default()
     };
     let mut rp = Remoteproc::new(KvmRemote::new(options).map_err(backend)?);
     rp.load_source(image_source(&spec)?).map_err(lifecycle)?;
     rp.start().map_err(lifecycle)?;
-    log::info!("remote {name}: started ({})", spec.image);
+    log::info!("remote {name}: started ({:?})", spec.image);
     bring_up(&hub, id, &mut rp, &name)?;
     let doorbell = rp.doorbell();
-    let max_restarts = spec.max_restarts.unwrap_or(5);
+    let max_restarts = match spec.recovery {
+        Recovery::None => 0,
+        Recovery::Restart { max_restarts } => max_restarts,
+    };
     loop {
         doorbell.wait(Duration::from_millis(100));
         lock_hub(&hub).service_attached(id);
@@ -134,7 +141,7 @@ pub fn serve_remote(hub: Arc<Mutex<Hub>>, id: LinkId, spec: RemoteSpec) -> Resul
             RemoteEvent::Crashed(why) => {
                 lock_hub(&hub).stop(id, "the remote crashed");
                 log::error!("remote {name}: crashed: {why}");
-                if spec.recovery == Recovery::None || rp.restarts() >= max_restarts {
+                if rp.restarts() >= max_restarts {
                     log::error!(
                         "remote {name}: left crashed (recovery {:?}, {} restarts)",
                         spec.recovery,
