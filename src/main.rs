@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use vamp::{demo, guest_apps, native_apps};
+use vamp::{bench, demo, guest_apps, native_apps};
 use vamp_rpmsg::native::NativePaths;
 
 #[derive(Parser, Debug)]
@@ -67,6 +67,22 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Measures round trips, throughput, scaling, hub memory and remote start time side by
+    /// side with this machine's floors, and prints a table.
+    Bench {
+        /// Fewer samples: a smoke run (well under 20 s).
+        #[arg(long)]
+        quick: bool,
+        /// Also write every figure, with units and ratios, to this JSON file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Internal: the other side of one `vamp bench` measurement.
+    #[command(hide = true)]
+    BenchPeer {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +98,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { count } => demo::run(count),
+        Command::Bench { quick, json } => {
+            return match bench::run(&bench::BenchOptions { quick, json }) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!("vamp bench: some figures could not be measured (see the table)");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("vamp bench: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::BenchPeer { args } => {
+            return match bench::run_peer(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vamp bench-peer: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Guest {
             socket,
             offer,

@@ -740,6 +740,8 @@ impl<T: Transport> Rpmsg<T> {
             .now_us()
             .saturating_add(timeout);
         self.transport.want_tx_notifications(true)?;
+        // In busy-poll mode no notification will come: spin on the ring instead of waiting.
+        let busy_poll = self.transport.busy_poll();
         let result = loop {
             match self.transport.take_tx() {
                 Ok(Some(b)) => break Ok(b),
@@ -751,7 +753,11 @@ impl<T: Transport> Rpmsg<T> {
             if now >= deadline {
                 break Err(Error::Timeout);
             }
-            env.wait(deadline - now);
+            if busy_poll {
+                core::hint::spin_loop();
+            } else {
+                env.wait(deadline - now);
+            }
         };
         self.transport.want_tx_notifications(false)?;
         result

@@ -223,6 +223,13 @@ pub trait Transport {
 
     /// The environment, for waiting and time.
     fn environment(&mut self) -> &mut dyn Environment;
+
+    /// Whether the transport is in busy-poll mode (opt-in, off by default): it never notifies
+    /// the peer and has asked the peer never to notify it, so callers spin on the rings
+    /// instead of waiting in the [`Environment`].
+    fn busy_poll(&self) -> bool {
+        false
+    }
 }
 
 /// Buffer sizes of one rpmsg device (OpenAMP's `rpmsg_virtio_config`).
@@ -295,6 +302,7 @@ pub struct DriverTransport<M: SharedMemory, E: Environment> {
     rx_out: Vec<bool>,
     kick_rx: bool,
     kick_tx: bool,
+    busy_poll: bool,
 }
 
 impl<M: SharedMemory, E: Environment> DriverTransport<M, E> {
@@ -350,6 +358,7 @@ impl<M: SharedMemory, E: Environment> DriverTransport<M, E> {
             rx_out: alloc::vec![false; num_half as usize],
             kick_rx: true,
             kick_tx: false,
+            busy_poll: false,
         };
         // Like Linux: interrupts for transmit completions only while someone waits for one.
         t.tx.disable_interrupts(&t.mem)?;
@@ -359,6 +368,24 @@ impl<M: SharedMemory, E: Environment> DriverTransport<M, E> {
     /// The layout in use.
     pub fn layout(&self) -> &DriverLayout {
         &self.layout
+    }
+
+    /// Turns busy-poll mode on or off (off by default). On: [`flush`](Transport::flush) never
+    /// notifies the device, and the device is asked never to interrupt us on either queue
+    /// (VRING_AVAIL_F_NO_INTERRUPT, and with EVENT_IDX a `used_event` kept out of reach), so
+    /// both sides must poll their rings. Off: receive interrupts are enabled again, as after
+    /// [`new`](Self::new), and the next flush kicks for anything posted meanwhile.
+    pub fn set_busy_poll(&mut self, on: bool) -> Result<(), LinkError> {
+        self.busy_poll = on;
+        self.rx.set_interrupt_suppression(&self.mem, on)?;
+        self.tx.set_interrupt_suppression(&self.mem, on)?;
+        if !on {
+            self.rx.enable_interrupts(&self.mem)?;
+            self.tx.disable_interrupts(&self.mem)?;
+            self.kick_rx = true;
+            self.kick_tx = true;
+        }
+        Ok(())
     }
 
     /// The environment.
@@ -474,6 +501,13 @@ impl<M: SharedMemory, E: Environment> Transport for DriverTransport<M, E> {
     }
 
     fn flush(&mut self) -> Result<(), LinkError> {
+        if self.busy_poll {
+            // The device polls: no kick, and no kick decision either (the next one after
+            // busy-poll ends covers everything posted meanwhile).
+            self.kick_rx = false;
+            self.kick_tx = false;
+            return Ok(());
+        }
         if self.kick_rx {
             self.kick_rx = false;
             if self.rx.should_kick(&self.mem)? {
@@ -490,7 +524,10 @@ impl<M: SharedMemory, E: Environment> Transport for DriverTransport<M, E> {
     }
 
     fn want_tx_notifications(&mut self, on: bool) -> Result<bool, LinkError> {
-        if on {
+        if on && self.busy_poll {
+            // No interrupts in busy-poll mode: the caller polls for a free buffer.
+            Ok(true)
+        } else if on {
             Ok(self.tx.enable_interrupts(&self.mem)? || !self.spare_tx.is_empty())
         } else {
             self.tx.disable_interrupts(&self.mem)?;
@@ -501,7 +538,17 @@ impl<M: SharedMemory, E: Environment> Transport for DriverTransport<M, E> {
     fn environment(&mut self) -> &mut dyn Environment {
         &mut self.env
     }
+
+    fn busy_poll(&self) -> bool {
+        self.busy_poll
+    }
 }
+
+/// The smallest buffer a [`DeviceTransport`] sends in: one that holds a name-service
+/// message (header and 40 bytes). Linux and OpenAMP post 512-byte buffers. A smaller one is
+/// returned unused as malformed: kept as a spare, it would fail every later send (even the
+/// announcements), and the link would be stuck with it.
+pub const MIN_DEVICE_TX_BUFFER: u32 = (crate::wire::HEADER_LEN + crate::wire::NS_MSG_LEN) as u32;
 
 /// The device side: sends in the driver's buffers.
 #[derive(Debug)]
@@ -523,6 +570,9 @@ pub struct DeviceTransport<M: SharedMemory, E: Environment> {
     notify_rx: bool,
     /// Malformed chains seen (each returned used with length 0).
     bad_chains: u64,
+    /// Why the last one was malformed.
+    last_bad_chain: Option<VringError>,
+    busy_poll: bool,
 }
 
 impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
@@ -563,6 +613,8 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
             notify_tx: false,
             notify_rx: false,
             bad_chains: 0,
+            last_bad_chain: None,
+            busy_poll: false,
         })
     }
 
@@ -574,6 +626,24 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
     /// Malformed chains seen so far (each was returned with length 0).
     pub fn bad_chains(&self) -> u64 {
         self.bad_chains
+    }
+
+    /// Turns busy-poll mode on or off (off by default). On: [`flush`](Transport::flush) never
+    /// notifies the driver, and the driver is asked never to kick us on either queue
+    /// (VRING_USED_F_NO_NOTIFY, and with EVENT_IDX an `avail_event` kept out of reach), so
+    /// both sides must poll their rings. Off: kicks are enabled again on both queues, as
+    /// after [`new`](Self::new), and the next flush notifies for anything used meanwhile.
+    pub fn set_busy_poll(&mut self, on: bool) -> Result<(), LinkError> {
+        self.busy_poll = on;
+        self.tx.set_kick_suppression(&self.mem, on)?;
+        self.rx.set_kick_suppression(&self.mem, on)?;
+        if !on {
+            self.tx.enable_kicks(&self.mem)?;
+            self.rx.enable_kicks(&self.mem)?;
+            self.notify_tx = true;
+            self.notify_rx = true;
+        }
+        Ok(())
     }
 
     /// The ring layouts of vq 0 and vq 1.
@@ -596,8 +666,11 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
     }
 
     /// Asks the driver to kick us for new messages (vq 1). Returns whether some are waiting.
+    /// In busy-poll mode kicks stay off and this only reports whether messages wait.
     pub fn want_rx_notifications(&mut self, on: bool) -> Result<bool, LinkError> {
-        if on {
+        if self.busy_poll {
+            Ok(self.rx.has_avail(&self.mem)?)
+        } else if on {
             Ok(self.rx.enable_kicks(&self.mem)?)
         } else {
             self.rx.disable_kicks(&self.mem)?;
@@ -605,36 +678,44 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
         }
     }
 
-    /// Pops a chain, returning malformed ones at once so the ring keeps moving.
+    /// Why the last malformed chain was returned unused, if one was.
+    pub fn last_bad_chain(&self) -> Option<VringError> {
+        self.last_bad_chain
+    }
+
+    /// Pops a chain, returning malformed ones (and ones shorter than `min_len`) at once so the
+    /// ring keeps moving; counts them in `bad` and records why in `last`.
     fn pop_good(
         queue: &mut DeviceQueue,
         mem: &M,
         writable: bool,
-        bad: &mut u64,
+        min_len: u32,
+        (bad, last): (&mut u64, &mut Option<VringError>),
         pending: &mut bool,
     ) -> Result<Option<Chain>, LinkError> {
         loop {
-            match queue.pop(mem) {
+            let (head, error) = match queue.pop(mem) {
                 Ok(None) => return Ok(None),
-                Ok(Some(c)) if c.writable == writable => return Ok(Some(c)),
-                Ok(Some(c)) => {
-                    *bad += 1;
-                    log::warn!(
-                        "returning a descriptor chain of the wrong direction (head {}) unused",
-                        c.head
-                    );
-                    queue.push_used(mem, c.head, 0)?;
-                    *pending = true;
-                }
+                Ok(Some(c)) if c.writable != writable => (c.head, VringError::WrongDirection),
+                Ok(Some(c)) if c.total_len() < u64::from(min_len) => (
+                    c.head,
+                    VringError::TooSmall {
+                        len: c.total_len(),
+                        min: min_len,
+                    },
+                ),
+                Ok(Some(c)) => return Ok(Some(c)),
                 Err(PopError {
-                    head: Some(head), ..
-                }) => {
-                    *bad += 1;
-                    queue.push_used(mem, head, 0)?;
-                    *pending = true;
-                }
+                    head: Some(head),
+                    error,
+                }) => (head, error),
                 Err(PopError { head: None, error }) => return Err(LinkError::Vring(error)),
-            }
+            };
+            log::debug!("returning a malformed descriptor chain (head {head}) unused: {error}");
+            *bad += 1;
+            *last = Some(error);
+            queue.push_used(mem, head, 0)?;
+            *pending = true;
         }
     }
 }
@@ -666,7 +747,8 @@ impl<M: SharedMemory, E: Environment> Transport for DeviceTransport<M, E> {
             &mut self.tx,
             &self.mem,
             true,
-            &mut self.bad_chains,
+            MIN_DEVICE_TX_BUFFER,
+            (&mut self.bad_chains, &mut self.last_bad_chain),
             &mut self.notify_tx,
         )?;
         Ok(chain.map(|c| Buffer {
@@ -692,7 +774,8 @@ impl<M: SharedMemory, E: Environment> Transport for DeviceTransport<M, E> {
             &mut self.rx,
             &self.mem,
             false,
-            &mut self.bad_chains,
+            0,
+            (&mut self.bad_chains, &mut self.last_bad_chain),
             &mut self.notify_rx,
         )?;
         Ok(chain.map(|c| Buffer {
@@ -709,6 +792,13 @@ impl<M: SharedMemory, E: Environment> Transport for DeviceTransport<M, E> {
     }
 
     fn flush(&mut self) -> Result<(), LinkError> {
+        if self.busy_poll {
+            // The driver polls: no interrupt, and no decision either (the next one after
+            // busy-poll ends covers everything used meanwhile).
+            self.notify_tx = false;
+            self.notify_rx = false;
+            return Ok(());
+        }
         if self.notify_tx {
             self.notify_tx = false;
             if self.tx.should_notify(&self.mem)? {
@@ -725,7 +815,10 @@ impl<M: SharedMemory, E: Environment> Transport for DeviceTransport<M, E> {
     }
 
     fn want_tx_notifications(&mut self, on: bool) -> Result<bool, LinkError> {
-        if on {
+        if on && self.busy_poll {
+            // No kicks in busy-poll mode: the caller polls for a posted buffer.
+            Ok(true)
+        } else if on {
             Ok(self.tx.enable_kicks(&self.mem)? || !self.spare_tx.is_empty())
         } else {
             self.tx.disable_kicks(&self.mem)?;
@@ -735,5 +828,9 @@ impl<M: SharedMemory, E: Environment> Transport for DeviceTransport<M, E> {
 
     fn environment(&mut self) -> &mut dyn Environment {
         &mut self.env
+    }
+
+    fn busy_poll(&self) -> bool {
+        self.busy_poll
     }
 }

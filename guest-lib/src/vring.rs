@@ -59,6 +59,13 @@ pub enum VringError {
     WrongDirection,
     /// A descriptor has zero length.
     EmptyBuffer,
+    /// A buffer too small for any message of the protocol on top (the transport's minimum).
+    TooSmall {
+        /// Bytes in the buffer.
+        len: u64,
+        /// Bytes a buffer needs at least.
+        min: u32,
+    },
     /// The device returned a used id that is not a buffer we have in flight.
     BadUsedId(u32),
     /// The used index moved further than the number of buffers in flight.
@@ -89,6 +96,12 @@ impl core::fmt::Display for VringError {
             VringError::Indirect => write!(f, "indirect descriptors were not negotiated"),
             VringError::WrongDirection => write!(f, "descriptor direction does not fit the queue"),
             VringError::EmptyBuffer => write!(f, "zero-length descriptor"),
+            VringError::TooSmall { len, min } => {
+                write!(
+                    f,
+                    "buffer of {len} bytes is too small (at least {min} needed)"
+                )
+            }
             VringError::BadUsedId(id) => write!(f, "used id {id} is not in flight"),
             VringError::UsedIndexJump => write!(f, "used index moved past the buffers in flight"),
             VringError::Full => write!(f, "no free descriptor"),
@@ -97,6 +110,12 @@ impl core::fmt::Display for VringError {
 }
 
 impl core::error::Error for VringError {}
+
+/// Distance ahead of our own index at which busy-poll parks the peer's event index: the peer
+/// can never have more than a queue's worth (at most 32768) of entries beyond our index, so a
+/// window of entries it publishes between two notification decisions never reaches this far
+/// (unless it makes no decision for 32768 entries, which costs one spurious notification).
+const UNREACHABLE_EVENT: u16 = 0x8000;
 
 /// `vring_need_event`: whether moving an index from `old` to `new` crosses `event`.
 #[inline]
@@ -306,6 +325,8 @@ pub struct DriverQueue {
     kicked_idx: u16,
     last_used: u16,
     interrupts: bool,
+    /// Busy-poll: interrupts stay off and the event index keeps being moved out of reach.
+    suppressed: bool,
 }
 
 impl DriverQueue {
@@ -331,6 +352,7 @@ impl DriverQueue {
             kicked_idx: 0,
             last_used: 0,
             interrupts: true,
+            suppressed: false,
         })
     }
 
@@ -434,6 +456,10 @@ impl DriverQueue {
         if self.event_idx && self.interrupts {
             // Ask for an interrupt at the next used entry.
             mem.store_u16(self.layout.used_event(), e.to_raw_u16(self.last_used))?;
+        } else if self.event_idx && self.suppressed {
+            // Keep the event out of the device's reach.
+            let far = self.last_used.wrapping_add(UNREACHABLE_EVENT);
+            mem.store_u16(self.layout.used_event(), e.to_raw_u16(far))?;
         }
         Ok(Some((token, len)))
     }
@@ -454,6 +480,7 @@ impl DriverQueue {
     ) -> Result<bool, VringError> {
         let e = self.endian;
         self.interrupts = true;
+        self.suppressed = false;
         if self.event_idx {
             mem.store_u16(self.layout.used_event(), e.to_raw_u16(self.last_used))?;
         }
@@ -480,6 +507,32 @@ impl DriverQueue {
         }
         Ok(())
     }
+
+    /// Busy-poll (`on`): asks the device never to interrupt us, and keeps the request in force
+    /// as buffers come back (with EVENT_IDX the event index is parked out of the device's reach
+    /// again at every [`pop_used`](Self::pop_used)). The caller polls the
+    /// used ring instead of waiting. [`enable_interrupts`](Self::enable_interrupts) ends it;
+    /// `off` only stops re-arming the suppression (interrupts stay disabled).
+    pub fn set_interrupt_suppression<M: SharedMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        on: bool,
+    ) -> Result<(), VringError> {
+        self.suppressed = on;
+        if on {
+            self.disable_interrupts(mem)?;
+            if self.event_idx {
+                let far = self.last_used.wrapping_add(UNREACHABLE_EVENT);
+                mem.store_u16(self.layout.used_event(), self.endian.to_raw_u16(far))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether interrupts are suppressed for busy-polling.
+    pub fn interrupts_suppressed(&self) -> bool {
+        self.suppressed
+    }
 }
 
 /// The device side of one queue: takes available chains, returns them used.
@@ -492,6 +545,8 @@ pub struct DeviceQueue {
     used_idx: u16,
     /// Used index at the last interrupt decision.
     signalled_used: u16,
+    /// Busy-poll: kicks stay off and the event index keeps being moved out of reach.
+    suppressed: bool,
 }
 
 impl DeviceQueue {
@@ -512,6 +567,7 @@ impl DeviceQueue {
             last_avail,
             used_idx: last_avail,
             signalled_used: last_avail,
+            suppressed: false,
         })
     }
 
@@ -565,8 +621,14 @@ impl DeviceQueue {
         }
         self.last_avail = self.last_avail.wrapping_add(1);
         if self.event_idx {
-            // Ask to be kicked for the entry after this one.
-            mem.store_u16(self.layout.avail_event(), e.to_raw_u16(self.last_avail))
+            // Ask to be kicked for the entry after this one (busy-poll: keep the event out of
+            // the driver's reach).
+            let event = if self.suppressed {
+                self.last_avail.wrapping_add(UNREACHABLE_EVENT)
+            } else {
+                self.last_avail
+            };
+            mem.store_u16(self.layout.avail_event(), e.to_raw_u16(event))
                 .map_err(PopError::fatal)?;
         }
         self.walk(mem, head).map(Some).map_err(|error| PopError {
@@ -660,6 +722,7 @@ impl DeviceQueue {
     /// already there (then process them instead of sleeping).
     pub fn enable_kicks<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, VringError> {
         let e = self.endian;
+        self.suppressed = false;
         if self.event_idx {
             mem.store_u16(self.layout.avail_event(), e.to_raw_u16(self.last_avail))?;
         } else {
@@ -678,6 +741,36 @@ impl DeviceQueue {
             )?;
         }
         Ok(())
+    }
+
+    /// Busy-poll (`on`): asks the driver never to kick us (VRING_USED_F_NO_NOTIFY, and with
+    /// EVENT_IDX an event index parked out of the driver's reach at every [`pop`](Self::pop)). The caller
+    /// polls the available ring instead of waiting. [`enable_kicks`](Self::enable_kicks) ends
+    /// it; `off` only stops re-arming the suppression.
+    pub fn set_kick_suppression<M: SharedMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        on: bool,
+    ) -> Result<(), VringError> {
+        self.suppressed = on;
+        if on {
+            let e = self.endian;
+            if self.event_idx {
+                let far = self.last_avail.wrapping_add(UNREACHABLE_EVENT);
+                mem.store_u16(self.layout.avail_event(), e.to_raw_u16(far))?;
+            } else {
+                mem.store_u16(
+                    self.layout.used_flags(),
+                    e.to_raw_u16(VRING_USED_F_NO_NOTIFY),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether kicks are suppressed for busy-polling.
+    pub fn kicks_suppressed(&self) -> bool {
+        self.suppressed
     }
 }
 
@@ -798,6 +891,40 @@ mod tests {
         v.push_used(&mem, c.head, 0).unwrap();
         assert!(!v.should_notify(&mem).unwrap());
         assert!(d.enable_interrupts(&mem).unwrap());
+    }
+
+    #[test]
+    fn busy_poll_suppression_holds_across_index_wraps() {
+        for event_idx in [false, true] {
+            let (mem, mut d, mut v) = pair(4, event_idx);
+            d.set_interrupt_suppression(&mem, true).unwrap();
+            v.set_kick_suppression(&mem, true).unwrap();
+            assert!(d.interrupts_suppressed() && v.kicks_suppressed());
+            // Past a 16-bit wrap of every index, with varying batch sizes.
+            let mut token = 0u32;
+            while token < 70_000 {
+                let batch = 1 + token % 4;
+                for _ in 0..batch {
+                    d.add(&mem, 0x8000, 8, true, token).unwrap();
+                    token += 1;
+                }
+                assert!(!d.should_kick(&mem).unwrap(), "kick at {token}");
+                while let Some(c) = v.pop(&mem).unwrap() {
+                    v.push_used(&mem, c.head, 0).unwrap();
+                }
+                assert!(!v.should_notify(&mem).unwrap(), "interrupt at {token}");
+                while d.pop_used(&mem).unwrap().is_some() {}
+            }
+            // Enabling ends the suppression: notifications flow again.
+            assert!(!v.enable_kicks(&mem).unwrap());
+            assert!(!d.enable_interrupts(&mem).unwrap());
+            assert!(!d.interrupts_suppressed() && !v.kicks_suppressed());
+            d.add(&mem, 0x8000, 8, true, 0).unwrap();
+            assert!(d.should_kick(&mem).unwrap());
+            let c = v.pop(&mem).unwrap().unwrap();
+            v.push_used(&mem, c.head, 0).unwrap();
+            assert!(v.should_notify(&mem).unwrap());
+        }
     }
 
     fn write_desc(

@@ -8,6 +8,7 @@ use crate::hub::{Hub, LinkId, Notifier, RingsInfo};
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 use vhost::vhost_user::Listener;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
@@ -215,6 +216,29 @@ impl VhostUserBackendMut for RpmsgBackend {
     }
 }
 
+/// How often the hub's clock ticks (see [`Hub::tick`]).
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Calls [`Hub::tick`] every [`TICK`] on a thread of its own, until the hub is dropped. The
+/// hub is otherwise driven by kicks alone, and a guest whose sends are blocked does not kick:
+/// without a clock, a stuck receiver would hold its senders' buffers until some other event.
+pub fn spawn_clock(hub: &Arc<Mutex<Hub>>) {
+    let hub = Arc::downgrade(hub);
+    let clock = move || {
+        while let Some(hub) = hub.upgrade() {
+            lock_hub(&hub).tick();
+            drop(hub);
+            std::thread::sleep(TICK);
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("vamp-hub-clock".into())
+        .spawn(clock)
+    {
+        log::error!("cannot start the hub's clock: {e}; timeouts are checked at kicks only");
+    }
+}
+
 /// Serves guest `id` on its socket until the process ends: one frontend connection at a time,
 /// a fresh backend for each, the guest's link withdrawn whenever its frontend goes away.
 ///
@@ -226,6 +250,9 @@ pub fn serve_guest(
     socket: &Path,
 ) -> Result<(), vhost_user_backend::Error> {
     let name = lock_hub(&hub).topology().guests[id].name.clone();
+    if lock_hub(&hub).claim_clock() {
+        spawn_clock(&hub);
+    }
     let mut listener =
         Listener::new(socket, true).map_err(vhost_user_backend::Error::CreateBackendListener)?;
     loop {

@@ -18,13 +18,16 @@
 //! topology does not offer, and never send as another guest: the source a receiver sees is
 //! always the hub's proxy for the sender. A receiver without free buffers delays only traffic
 //! to itself: messages for it wait in its queue, holding the sender's buffers (so the sender
-//! feels backpressure, bounded by its own ring), and go out when it posts buffers again.
+//! feels backpressure, bounded by its own ring), and go out when it posts buffers again. The
+//! wait is bounded in time too: a guest that takes no message for the pending timeout is
+//! given up on (see [`Hub::set_pending_timeout`]), so one that never reads cannot keep the
+//! buffers of the guests that talk to it, and with them all their other traffic.
 
 use crate::config::{ServiceKind, Topology};
 use crate::guest_memory::GuestRam;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use vamp_rpmsg::rpmsg::{
     Config, Dropped, Error as RpmsgError, Handler, HeldRx, NsEvent, Received, Rpmsg,
 };
@@ -32,13 +35,31 @@ use vamp_rpmsg::transport::{
     Buffer, DeviceTransport, DriverTransport, Environment, LinkError, Transport,
 };
 use vamp_rpmsg::vring::VringLayout;
-use vamp_rpmsg::wire::{ADDR_ANY, Endian};
+use vamp_rpmsg::wire::{ADDR_ANY, Endian, NS_ADDR};
 
 /// Index of a guest in the topology (and of its link).
 pub type LinkId = usize;
 
 /// Largest message the hub puts in a guest's buffer (Linux's buffers are 512 bytes).
 pub const MAX_BUFFER: u32 = 512;
+
+/// Names one link may have announced at a time. Further announcements are refused (logged,
+/// counted as dropped): a guest announcing without end would otherwise grow the hub and flood
+/// every guest its names are offered to.
+pub const MAX_NAMES_PER_LINK: usize = 1024;
+
+/// How long messages wait for a guest that takes none of them before the hub gives up on it
+/// (see [`Hub::set_pending_timeout`]).
+pub const DEFAULT_PENDING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Name-service events of one link logged in full before the log thins out to every 1000th
+/// (a guest can announce and withdraw at line rate).
+const NS_LOG_LINES: u64 = 100;
+
+/// Whether the `n`th report of one kind is logged: the first `first`, then every 1000th.
+fn worth_logging(n: u64, first: u64) -> bool {
+    n <= first || n.is_multiple_of(1000)
+}
 
 /// Signals a guest that a queue has news (the vhost-user call eventfd).
 pub trait Notifier: Send + Sync {
@@ -180,6 +201,8 @@ pub struct LinkStats {
     pub ups: u64,
     /// Times the guest broke the ring protocol.
     pub protocol_errors: u64,
+    /// Malformed descriptor chains from this guest (each returned used with length 0).
+    pub bad_chains: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +231,14 @@ struct Link {
     reverse: HashMap<(LinkId, u32), u32>,
     announced: Vec<(Vec<u8>, u32)>,
     pending: VecDeque<Pending>,
+    /// Messages sent into this link (its engine's count) when last looked at, and since when
+    /// that count has not moved while messages waited: how long it has taken nothing.
+    progress: (u64, Instant),
+    /// The hub gave up on this link: it took no message for the pending timeout. Messages for
+    /// it are not queued (dropped when it has no free buffer) until it takes one again.
+    stalled: bool,
+    /// Malformed chains of its transport already counted.
+    bad_chains_seen: u64,
 }
 
 #[derive(Debug, Default)]
@@ -220,6 +251,10 @@ struct Slot {
     broken: Option<[VringLayout; 2]>,
     stats: LinkStats,
     drop_reports: u64,
+    /// Log reports of malformed chains, of other link errors and of name-service events.
+    bad_reports: u64,
+    error_reports: u64,
+    ns_reports: u64,
 }
 
 /// The hub: every guest's link and the routes between them.
@@ -228,6 +263,9 @@ pub struct Hub {
     topology: Topology,
     slots: Vec<Slot>,
     incarnations: u64,
+    pending_timeout: Duration,
+    /// Someone calls [`tick`](Self::tick) periodically.
+    clock_claimed: bool,
 }
 
 impl Hub {
@@ -247,6 +285,98 @@ impl Hub {
             topology,
             slots,
             incarnations: 0,
+            pending_timeout: DEFAULT_PENDING_TIMEOUT,
+            clock_claimed: false,
+        }
+    }
+
+    /// Returns `true` once: the caller is to call [`tick`](Self::tick) every 100 ms or so
+    /// for as long as it uses the hub (`serve_guest` does, on a thread of its own).
+    pub fn claim_clock(&mut self) -> bool {
+        !std::mem::replace(&mut self.clock_claimed, true)
+    }
+
+    /// Sets how long messages may wait for a guest that takes none of them. After that the
+    /// hub gives up on it: what waits is dropped (counted against the senders, who get their
+    /// buffers back), and messages for it are dropped instead of queued until it takes one
+    /// again. A guest that reads slowly but steadily never hits it. Checked at every
+    /// [`tick`](Self::tick) and kick.
+    pub fn set_pending_timeout(&mut self, timeout: Duration) {
+        self.pending_timeout = timeout;
+    }
+
+    /// Housekeeping, to call every 100 ms or so (`serve_guest` does): gives up on guests
+    /// that took nothing for the pending timeout, and accounts malformed chains.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        for id in 0..self.slots.len() {
+            let Some(link) = self.slots[id].link.as_mut() else {
+                continue;
+            };
+            if link.pending.is_empty() {
+                continue;
+            }
+            // Anything sent into the link (a queued message, an announcement) is progress.
+            let sent = link.engine.as_ref().map_or(0, |e| e.stats().sent);
+            if sent != link.progress.0 {
+                link.progress = (sent, now);
+            } else {
+                let waited = now.duration_since(link.progress.1);
+                if waited >= self.pending_timeout {
+                    self.give_up_on(id, waited);
+                }
+            }
+        }
+        self.account_bad_chains();
+    }
+
+    /// Drops what waits for guest `id`, which took nothing for `waited`.
+    fn give_up_on(&mut self, id: LinkId, waited: Duration) {
+        let Some(link) = self.slots[id].link.as_mut() else {
+            return;
+        };
+        link.stalled = true;
+        let pending = std::mem::take(&mut link.pending);
+        let dropped = pending.len();
+        for p in pending {
+            self.slots[p.from].stats.dropped += 1;
+            release_held(&mut self.slots, p.from, p.from_incarnation, p.held);
+        }
+        let slot = &self.slots[id];
+        log::warn!(
+            "{} {}: took no message for {waited:.1?}: {dropped} message(s) waiting for it dropped, \
+             their senders' buffers returned; messages for it are dropped while it takes none",
+            slot.kind,
+            slot.name
+        );
+    }
+
+    /// Counts (and logs, rate-limited) the malformed chains each link's transport returned.
+    fn account_bad_chains(&mut self) {
+        for slot in &mut self.slots {
+            let Some(link) = slot.link.as_mut() else {
+                continue;
+            };
+            let Some(LinkTransport::Device(t)) = link.engine.as_ref().map(|e| e.transport()) else {
+                continue;
+            };
+            let (total, last) = (t.bad_chains(), t.last_bad_chain());
+            let new = total.saturating_sub(link.bad_chains_seen);
+            link.bad_chains_seen = total;
+            if new == 0 {
+                continue;
+            }
+            slot.stats.bad_chains += new;
+            slot.bad_reports += 1;
+            if worth_logging(slot.bad_reports, 10) {
+                let why = last.map(|e| e.to_string()).unwrap_or_default();
+                log::warn!(
+                    "{} {}: {new} malformed descriptor chain(s) returned unused ({why}; {} so far)",
+                    slot.kind,
+                    slot.name,
+                    slot.stats.bad_chains
+                );
+            }
         }
     }
 
@@ -263,6 +393,13 @@ impl Hub {
     /// Whether a guest's link is up.
     pub fn is_up(&self, id: LinkId) -> bool {
         self.slots.get(id).is_some_and(|s| s.link.is_some())
+    }
+
+    /// Whether a guest broke the ring protocol on its current rings: its link is down and its
+    /// kicks are ignored until it resets the device or sets up new rings (virtio's
+    /// DEVICE_NEEDS_RESET, which vhost-user cannot signal).
+    pub fn is_broken(&self, id: LinkId) -> bool {
+        self.slots.get(id).is_some_and(|s| s.broken.is_some())
     }
 
     /// Messages waiting for a guest's buffers.
@@ -283,6 +420,7 @@ impl Hub {
         info: RingsInfo,
         notifier: &Arc<dyn Notifier>,
     ) -> Option<[u16; 2]> {
+        self.tick();
         let slot = self.slots.get_mut(id)?;
         if slot.broken == Some(info.rings) {
             return None;
@@ -308,10 +446,16 @@ impl Hub {
                 && let LinkTransport::Device(t) = engine.transport_mut()
                 && let Err(e) = t.set_memory(mem.clone())
             {
+                // Serving on from the old table would read memory the guest gave up: the
+                // rings are gone, as much a protocol error as a ring outside memory at setup.
                 log::error!(
-                    "guest {}: rings outside its new memory table: {e}",
+                    "guest {}: rings outside its new memory table ({e}); its link is down until it resets the device",
                     self.slots[id].name
                 );
+                self.slots[id].stats.protocol_errors += 1;
+                self.link_down(id, "rings outside the new memory table");
+                self.slots[id].broken = Some(info.rings);
+                return None;
             }
         }
         self.process(id, info.rings);
@@ -377,6 +521,10 @@ impl Hub {
         name_service: bool,
     ) {
         self.link_down(id, "re-attached");
+        // A fresh device: whatever the previous one broke is forgotten.
+        if let Some(slot) = self.slots.get_mut(id) {
+            slot.broken = None;
+        }
         let mem = transport.memory().clone();
         let rings = [transport.layout().rx_ring, transport.layout().tx_ring];
         let config = Config {
@@ -396,6 +544,7 @@ impl Hub {
     /// Handles a notification on an attached link (the remote kicked): delivers what it sent
     /// and what waits for it.
     pub fn service_attached(&mut self, id: LinkId) {
+        self.tick();
         let Some(rings) = self
             .slots
             .get(id)
@@ -418,6 +567,7 @@ impl Hub {
         self.incarnations += 1;
         let slot = &mut self.slots[id];
         slot.stats.ups += 1;
+        slot.ns_reports = 0;
         log::info!(
             "{} {}: link up (name service {})",
             slot.kind,
@@ -446,6 +596,9 @@ impl Hub {
             reverse: HashMap::new(),
             announced: Vec::new(),
             pending: VecDeque::new(),
+            progress: (0, Instant::now()),
+            stalled: false,
+            bad_chains_seen: 0,
         });
         // Names the other links announced that this one may see.
         let offers: Vec<(LinkId, Vec<u8>, u32)> = self
@@ -517,26 +670,64 @@ impl Hub {
             topology: &self.topology,
             slots: &mut self.slots,
             me: id,
+            broken: Vec::new(),
         };
         let result = engine.poll(&mut router);
+        let broken = std::mem::take(&mut router.broken);
         if let Some(link) = self.slots[id].link.as_mut() {
             link.engine = Some(engine);
+        }
+        self.account_bad_chains();
+        // Receivers whose rings turned out broken while messages were copied into them.
+        for (to, e) in broken {
+            self.break_link(to, &e);
         }
         match result {
             Ok(_) => {}
             Err(RpmsgError::Link(e)) => {
-                log::error!(
-                    "guest {}: broke the virtio ring protocol ({e}); its link is down until it resets the device",
-                    self.slots[id].name
-                );
-                self.slots[id].stats.protocol_errors += 1;
-                self.link_down(id, "ring protocol error");
-                self.slots[id].broken = Some(rings);
+                if self.slots[id]
+                    .link
+                    .as_ref()
+                    .is_some_and(|l| l.rings == rings)
+                {
+                    self.break_link(id, &e);
+                }
                 return;
             }
-            Err(e) => log::warn!("guest {}: {e}", self.slots[id].name),
+            Err(e) => {
+                // Not a ring error, but it can repeat at every kick: rate-limited.
+                let slot = &mut self.slots[id];
+                slot.error_reports += 1;
+                if worth_logging(slot.error_reports, 10) {
+                    log::warn!(
+                        "{} {}: {e} ({} so far)",
+                        slot.kind,
+                        slot.name,
+                        slot.error_reports
+                    );
+                }
+            }
         }
         self.drain(id);
+        self.account_bad_chains();
+    }
+
+    /// Guest `id` broke the ring protocol: its link goes down, and stays down (its kicks
+    /// ignored) until it sets up new rings, by a device reset or otherwise. virtio would have
+    /// the device set DEVICE_NEEDS_RESET, which vhost-user cannot carry.
+    fn break_link(&mut self, id: LinkId, e: &LinkError) {
+        let Some(rings) = self.slots[id].link.as_ref().map(|l| l.rings) else {
+            return;
+        };
+        let slot = &mut self.slots[id];
+        log::error!(
+            "{} {}: broke the virtio ring protocol ({e}); its link is down until it resets the device",
+            slot.kind,
+            slot.name
+        );
+        slot.stats.protocol_errors += 1;
+        self.link_down(id, "ring protocol error");
+        self.slots[id].broken = Some(rings);
     }
 
     /// Sends what waits for guest `id`, in order, while it has buffers.
@@ -580,6 +771,10 @@ impl Hub {
                 self.slots[p.from].stats.dropped += 1;
             }
             release_held(&mut self.slots, p.from, p.from_incarnation, p.held);
+            if let Err(RpmsgError::Link(e @ LinkError::Vring(_))) = sent {
+                self.break_link(id, &e);
+                return;
+            }
         }
     }
 }
@@ -626,14 +821,14 @@ fn offer(slots: &mut [Slot], from: LinkId, name: &[u8], addr: u32, to: LinkId) {
             link.nat.insert(proxy, Target::Guest { link: from, addr });
             link.reverse.insert((from, addr), proxy);
             log::debug!(
-                "{} -> {}: \"{}\" at {addr:#x} offered as {proxy:#x}",
+                "{} -> {}: {:?} at {addr:#x} offered as {proxy:#x}",
                 slots[from].name,
                 slots[to].name,
                 String::from_utf8_lossy(name)
             );
         }
         Err(e) => log::warn!(
-            "guest {}: cannot offer \"{}\": {e}",
+            "guest {}: cannot offer {:?}: {e}",
             slots[to].name,
             String::from_utf8_lossy(name)
         ),
@@ -662,6 +857,9 @@ struct Router<'a> {
     topology: &'a Topology,
     slots: &'a mut Vec<Slot>,
     me: LinkId,
+    /// Receivers found breaking the ring protocol while sending to them: their links go down
+    /// once the poll is over.
+    broken: Vec<(LinkId, LinkError)>,
 }
 
 impl Router<'_> {
@@ -721,8 +919,28 @@ impl Router<'_> {
             }
         };
         match sent {
-            Ok(_) => true,
+            Ok(_) => {
+                // It takes messages again.
+                link.stalled = false;
+                true
+            }
+            Err(RpmsgError::NoBuffer) if link.stalled => {
+                let name = self.slots[to].name.clone();
+                self.report_drop(format_args!(
+                    "message for guest {name} not delivered: it takes no messages"
+                ));
+                false
+            }
             Err(RpmsgError::NoBuffer) => {
+                if link.pending.is_empty() {
+                    // Start the clock of the pending timeout.
+                    let sent = if to == me {
+                        rpmsg.stats().sent
+                    } else {
+                        link.engine.as_ref().map_or(0, |e| e.stats().sent)
+                    };
+                    link.progress = (sent, Instant::now());
+                }
                 let held = rpmsg.hold_rx(msg);
                 link.pending.push_back(Pending {
                     from: me,
@@ -737,6 +955,11 @@ impl Router<'_> {
             Err(e) => {
                 let name = self.slots[to].name.clone();
                 self.report_drop(format_args!("message for guest {name} not delivered: {e}"));
+                if let RpmsgError::Link(e @ LinkError::Vring(_)) = e {
+                    // Its receive ring is broken (a ring error is always the receiver's):
+                    // the link goes down instead of failing every message sent to it.
+                    self.broken.push((to, e));
+                }
                 false
             }
         }
@@ -746,6 +969,15 @@ impl Router<'_> {
 impl Handler<LinkTransport> for Router<'_> {
     fn on_message(&mut self, rpmsg: &mut LinkEngine, msg: &mut Received) {
         let me = self.me;
+        if msg.src == ADDR_ANY {
+            // No reply could ever reach it, and the receiver's answers would be dropped
+            // against the receiver's count: refuse it here, against the sender's.
+            self.report_drop(format_args!(
+                "message to {:#x} with source address ANY",
+                msg.dst
+            ));
+            return;
+        }
         let Some(target) = self.slots[me]
             .link
             .as_ref()
@@ -783,16 +1015,36 @@ impl Handler<LinkTransport> for Router<'_> {
         let my_name = self.slots[me].name.clone();
         match event {
             NsEvent::Created { name, addr, .. } => {
+                // Names are the guest's bytes: logged escaped ({:?}), so a name cannot forge
+                // log lines or drive a terminal.
+                let shown = String::from_utf8_lossy(name);
+                if name.is_empty() || addr == ADDR_ANY || addr == NS_ADDR {
+                    // Nothing could be offered under it, or no message could reach it.
+                    self.report_drop(format_args!(
+                        "announcement of {shown:?} at {addr:#x} ignored: not a usable name and address"
+                    ));
+                    return;
+                }
                 let Some(link) = self.slots[me].link.as_mut() else {
                     return;
                 };
                 if !link.announced.iter().any(|(n, a)| n == name && *a == addr) {
+                    if link.announced.len() >= MAX_NAMES_PER_LINK {
+                        self.report_drop(format_args!(
+                            "announces more than {MAX_NAMES_PER_LINK} names: {shown:?} at {addr:#x} ignored"
+                        ));
+                        return;
+                    }
                     link.announced.push((name.to_vec(), addr));
                 }
-                log::info!(
-                    "guest {my_name}: announced \"{}\" at {addr:#x}",
-                    String::from_utf8_lossy(name)
-                );
+                let slot = &mut self.slots[me];
+                slot.ns_reports += 1;
+                if worth_logging(slot.ns_reports, NS_LOG_LINES) {
+                    log::info!(
+                        "guest {my_name}: announced {shown:?} at {addr:#x} ({} name-service event(s))",
+                        slot.ns_reports
+                    );
+                }
                 for other in 0..self.slots.len() {
                     if other != me
                         && self
@@ -808,10 +1060,15 @@ impl Handler<LinkTransport> for Router<'_> {
                     return;
                 };
                 link.announced.retain(|(n, a)| !(n == name && *a == addr));
-                log::info!(
-                    "guest {my_name}: withdrew \"{}\" at {addr:#x}",
-                    String::from_utf8_lossy(name)
-                );
+                let slot = &mut self.slots[me];
+                slot.ns_reports += 1;
+                if worth_logging(slot.ns_reports, NS_LOG_LINES) {
+                    log::info!(
+                        "guest {my_name}: withdrew {:?} at {addr:#x} ({} name-service event(s))",
+                        String::from_utf8_lossy(name),
+                        slot.ns_reports
+                    );
+                }
                 for other in 0..self.slots.len() {
                     if other != me {
                         withdraw(self.slots, me, addr, other);

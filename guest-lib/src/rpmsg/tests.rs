@@ -170,6 +170,68 @@ fn announce_bind_and_echo_both_ways() {
 }
 
 #[test]
+fn busy_poll_never_notifies_in_either_direction() {
+    // Both sides busy-polling, and each side alone: the other side is asked through the rings
+    // not to notify, so no notification at all goes either way.
+    for event_idx in [false, true] {
+        for (host_busy, remote_busy) in [(true, true), (true, false), (false, true)] {
+            let (mut host, mut remote, hk, rk) = pair_with(8, BufferConfig::default(), event_idx);
+            assert!(!host.transport().busy_poll() && !remote.transport().busy_poll());
+            host.transport_mut().set_busy_poll(host_busy).unwrap();
+            remote.transport_mut().set_busy_poll(remote_busy).unwrap();
+            assert_eq!(host.transport().busy_poll(), host_busy);
+            assert_eq!(remote.transport().busy_poll(), remote_busy);
+            let r_ept = remote.create_ept(CHANNEL, ADDR_ANY, ADDR_ANY).unwrap();
+            let mut h = Recorder::default();
+            assert_eq!(
+                host.poll(&mut h).unwrap(),
+                1,
+                "the announcement, found by polling"
+            );
+            let h_ept = host.create_ept(CHANNEL, ADDR_ANY, 1024).unwrap();
+            let mut r = Recorder {
+                echo: true,
+                ..Default::default()
+            };
+            // Windows of up to 4 messages, past a wrap of the 16-bit ring indices.
+            let mut sent = 0u32;
+            while sent < 70_000 {
+                let window = 1 + sent % 4;
+                for k in 0..window {
+                    host.send(h_ept, &(sent + k).to_le_bytes()).unwrap();
+                }
+                sent += window;
+                assert_eq!(remote.poll(&mut r).unwrap(), window as usize);
+                assert_eq!(host.poll(&mut h).unwrap(), window as usize);
+                r.messages.clear();
+            }
+            assert_eq!(h.messages.len(), sent as usize);
+            assert_eq!(h.messages.last().unwrap().2, (sent - 1).to_le_bytes());
+            let none = [0, 0];
+            assert_eq!(
+                (hk.kicks.get(), rk.kicks.get()),
+                (none, none),
+                "event_idx {event_idx}, busy {host_busy}/{remote_busy}"
+            );
+            // Back to the default: notifications flow again.
+            host.transport_mut().set_busy_poll(false).unwrap();
+            remote.transport_mut().set_busy_poll(false).unwrap();
+            host.send(h_ept, b"after").unwrap();
+            assert!(
+                hk.kicks.get()[TX_QUEUE as usize] > 0,
+                "the host kicks again"
+            );
+            assert_eq!(remote.poll(&mut r).unwrap(), 1);
+            assert!(
+                rk.kicks.get()[RX_QUEUE as usize] > 0,
+                "the remote interrupts again"
+            );
+            assert_eq!(remote.endpoint(r_ept).unwrap().dest(), 1024);
+        }
+    }
+}
+
+#[test]
 fn addresses_are_lowest_free_and_checked() {
     let (mut host, _remote, _, _) = pair();
     let a = host.create_ept(b"", ADDR_ANY, ADDR_ANY).unwrap();

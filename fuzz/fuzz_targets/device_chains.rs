@@ -1,0 +1,243 @@
+//! The device role over guest memory the fuzzer writes: rings, descriptors, buffers and the
+//! driver's indices are all hostile, and the driver keeps writing while the device works.
+//!
+//! Part one drives a `DeviceQueue` directly: every chain it hands out has 1 to MAX_SEGMENTS
+//! non-empty segments inside memory and a head below the queue size; every error is an
+//! error, never a panic. Part two runs the engine in the device role (`DeviceTransport`
+//! under `Rpmsg`, as the hub and remote firmware do): polls, echoes, held buffers, sends,
+//! zero-copy and announcements. Neither may panic or loop (libFuzzer's timeout catches a
+//! loop).
+//!
+//! Input: a header (flags, both ring layouts, where each ring resumes), a count of op bytes,
+//! the op bytes, then the memory image (8 KiB; what is missing is zero).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vamp_rpmsg::mem::{HeapMemory, SharedMemory};
+use vamp_rpmsg::rpmsg::{Config, Handler, HeldRx, Received, Rpmsg};
+use vamp_rpmsg::transport::{DeviceTransport, Environment, Transport};
+use vamp_rpmsg::vring::{DeviceQueue, MAX_SEGMENTS, PopError, VringLayout};
+use vamp_rpmsg::wire::{ADDR_ANY, Endian};
+
+const MEM: u64 = 8192;
+
+/// Bytes of the input, read front to back; missing ones read as zero.
+struct Bytes<'a>(&'a [u8]);
+
+impl<'a> Bytes<'a> {
+    fn u8(&mut self) -> u8 {
+        let Some((&b, rest)) = self.0.split_first() else {
+            return 0;
+        };
+        self.0 = rest;
+        b
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (head, rest) = self.0.split_at(n.min(self.0.len()));
+        self.0 = rest;
+        head
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A ring layout, mostly inside memory (sizes 1 to 32).
+fn layout(b: &mut Bytes) -> Option<VringLayout> {
+    let size = 1u16 << (b.u8() % 6);
+    let mut addr = |align: u64| (u64::from(b.u16()) % (MEM + 512)) & !(align - 1);
+    let (desc, avail, used) = (addr(16), addr(2), addr(4));
+    VringLayout::new(size, desc, avail, used).ok()
+}
+
+/// The driver writes somewhere while the device works.
+fn poke(mem: &HeapMemory, ops: &mut Bytes) {
+    let at = u64::from(ops.u16()) % MEM;
+    match ops.u8() % 3 {
+        0 => {
+            let _ = mem.store_u16(at & !1, ops.u16());
+        }
+        1 => {
+            let _ = mem.store_u32(at & !3, ops.u32());
+        }
+        _ => {
+            let n = usize::from(ops.u8() % 32);
+            let _ = mem.write(at, ops.take(n));
+        }
+    }
+}
+
+#[derive(Default)]
+struct Env {
+    now: u64,
+}
+
+impl Environment for Env {
+    fn notify(&mut self, _queue: u16) {}
+    fn now_us(&mut self) -> u64 {
+        self.now += 1000;
+        self.now
+    }
+}
+
+/// Echoes odd-first-byte messages, holds even ones.
+#[derive(Default)]
+struct Echo {
+    held: Vec<HeldRx>,
+}
+
+impl<T: Transport> Handler<T> for Echo {
+    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
+        let data = rpmsg.payload(msg).unwrap_or_default();
+        if data.first().is_some_and(|b| b & 1 == 1) {
+            let _ = rpmsg.trysendto(msg.ept, msg.src, &data);
+        } else if self.held.len() < 8 {
+            self.held.push(rpmsg.hold_rx(msg));
+        }
+    }
+}
+
+fn queue(image: &[u8], ring: VringLayout, endian: Endian, event_idx: bool, at: u16, ops: &[u8]) {
+    let mem = HeapMemory::new(MEM as usize, 0);
+    mem.write(0, image).expect("image fits");
+    let Ok(mut q) = DeviceQueue::new(&mem, ring, endian, event_idx, at) else {
+        return;
+    };
+    let mut ops = Bytes(ops);
+    let mut taken = Vec::new();
+    while !ops.is_empty() {
+        match ops.u8() % 5 {
+            0 => match q.pop(&mem) {
+                Ok(Some(chain)) => {
+                    assert!(chain.head < ring.size);
+                    let segments = chain.segments();
+                    assert!(!segments.is_empty() && segments.len() <= MAX_SEGMENTS);
+                    for s in segments {
+                        assert!(s.len > 0);
+                        assert!(mem.region(s.addr, s.len as usize).is_some());
+                    }
+                    taken.push(chain.head);
+                }
+                Ok(None) => {}
+                Err(PopError {
+                    head: Some(head), ..
+                }) => {
+                    assert!(head < ring.size);
+                    let _ = q.push_used(&mem, head, 0);
+                }
+                Err(PopError { head: None, .. }) => {}
+            },
+            1 => {
+                if let Some(head) = taken.pop() {
+                    let _ = q.push_used(&mem, head, ops.u32());
+                }
+            }
+            2 => poke(&mem, &mut ops),
+            3 => {
+                let _ = (q.should_notify(&mem), q.has_avail(&mem), q.next_avail());
+            }
+            _ => {
+                let _ = if ops.u8() & 1 == 0 {
+                    q.enable_kicks(&mem).map(|_| ())
+                } else {
+                    q.disable_kicks(&mem)
+                };
+            }
+        }
+    }
+}
+
+fn engine(image: &[u8], rings: [VringLayout; 2], at: [u16; 2], flags: u8, ops: &[u8]) {
+    let mem = HeapMemory::new(MEM as usize, 0);
+    mem.write(0, image).expect("image fits");
+    let endian = if flags & 4 == 0 {
+        Endian::Little
+    } else {
+        Endian::Big
+    };
+    let Ok(t) =
+        DeviceTransport::resume(&mem, Env::default(), rings, at, endian, flags & 1 != 0, 512)
+    else {
+        return;
+    };
+    let config = Config {
+        name_service: flags & 2 != 0,
+        send_timeout_us: 0,
+        bind_on_first_message: flags & 8 != 0,
+    };
+    let mut rpmsg = Rpmsg::new(t, config);
+    let _ = rpmsg.create_ept(b"fuzz", 1024, ADDR_ANY);
+    let _ = rpmsg.create_ept(b"", 1025, 1024);
+    let mut echo = Echo::default();
+    let mut ops = Bytes(ops);
+    while !ops.is_empty() {
+        match ops.u8() % 7 {
+            0 => {
+                let _ = rpmsg.poll(&mut echo);
+            }
+            1 => poke(&mem, &mut ops),
+            2 => {
+                for held in echo.held.drain(..) {
+                    let _ = rpmsg.release_rx(held);
+                }
+            }
+            3 => {
+                let dst = ops.u32();
+                let n = usize::from(ops.u16() % 600);
+                let _ = rpmsg.send_offchannel_raw(1024, dst, &vec![0x5a; n], false);
+            }
+            4 => {
+                if let Ok(tx) = rpmsg.get_tx_payload_buffer(false) {
+                    let n = usize::from(ops.u16() % 600);
+                    let _ = tx.payload_address();
+                    let _ = rpmsg.write_tx_payload(&tx, 0, &vec![0xa5; n.min(tx.capacity())]);
+                    if ops.u8() & 1 == 0 {
+                        let _ = rpmsg.send_offchannel_nocopy(1024, ops.u32(), tx, n);
+                    } else {
+                        rpmsg.release_tx_buffer(tx);
+                    }
+                }
+            }
+            5 => {
+                if let Some(id) = rpmsg.endpoint_by_addr(1024) {
+                    let _ = rpmsg.destroy_ept(id);
+                } else {
+                    let _ = rpmsg.create_ept(b"fuzz", 1024, ADDR_ANY);
+                }
+            }
+            _ => {
+                let _ = rpmsg.flush_announcements();
+                let _ = rpmsg.transport_mut().flush();
+            }
+        }
+        assert_eq!(rpmsg.held_rx_count(), echo.held.len());
+    }
+    for held in echo.held.drain(..) {
+        let _ = rpmsg.release_rx(held);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut b = Bytes(data);
+    let flags = b.u8();
+    let (Some(vq0), Some(vq1)) = (layout(&mut b), layout(&mut b)) else {
+        return;
+    };
+    let at = [b.u16(), b.u16()];
+    let n = usize::from(b.u8()) * 2;
+    let ops = b.take(n);
+    let image = b.take(MEM as usize);
+    let endian = if flags & 4 == 0 {
+        Endian::Little
+    } else {
+        Endian::Big
+    };
+    queue(image, vq1, endian, flags & 1 != 0, at[1], ops);
+    engine(image, [vq0, vq1], at, flags, ops);
+});
