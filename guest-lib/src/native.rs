@@ -278,6 +278,10 @@ impl Environment for SocketEnv {
     fn now_us(&mut self) -> u64 {
         self.start.elapsed().as_micros() as u64
     }
+
+    fn peer_gone(&mut self) -> bool {
+        self.peer_gone
+    }
 }
 
 /// The engine of the host (driver) side of a native link.

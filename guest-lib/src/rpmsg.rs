@@ -47,6 +47,8 @@ pub enum Error {
     NoBuffer,
     /// No transmit buffer came free before the send timeout.
     Timeout,
+    /// The peer is gone (its environment says so): nothing will ever come free.
+    PeerGone,
     /// The payload does not fit in one buffer; it was not sent.
     TooLarge {
         /// Payload bytes asked for.
@@ -86,6 +88,7 @@ impl core::fmt::Display for Error {
             Error::NameTooLong => write!(f, "name longer than 31 bytes"),
             Error::NoBuffer => write!(f, "no transmit buffer free"),
             Error::Timeout => write!(f, "timed out waiting for a transmit buffer"),
+            Error::PeerGone => write!(f, "the peer is gone"),
             Error::TooLarge { len, max } => {
                 write!(f, "payload of {len} bytes exceeds the {max} a buffer takes")
             }
@@ -749,6 +752,9 @@ impl<T: Transport> Rpmsg<T> {
                 Err(e) => break Err(e.into()),
             }
             let env = self.transport.environment();
+            if env.peer_gone() {
+                break Err(Error::PeerGone);
+            }
             let now = env.now_us();
             if now >= deadline {
                 break Err(Error::Timeout);

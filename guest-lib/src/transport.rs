@@ -36,6 +36,13 @@ pub trait Environment {
 
     /// A monotonic clock in microseconds, used to bound blocking sends.
     fn now_us(&mut self) -> u64;
+
+    /// Whether the peer is gone for good (its process exited, its VM crashed): a blocking
+    /// send then fails at once with [`PeerGone`](crate::rpmsg::Error::PeerGone) instead of
+    /// waiting out its bound. The default never knows.
+    fn peer_gone(&mut self) -> bool {
+        false
+    }
 }
 
 /// One rpmsg buffer handed out by a transport.

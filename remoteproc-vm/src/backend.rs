@@ -54,6 +54,12 @@ pub trait Doorbell: Send + Sync {
     /// Waits up to `timeout` for the remote to notify the host (any ring), or to stop.
     /// Returns `true` if something arrived.
     fn wait(&self, timeout: std::time::Duration) -> bool;
+
+    /// Whether the remote has stopped running (crashed or exited): nothing it owes the host
+    /// will come any more. The default never knows.
+    fn stopped(&self) -> bool {
+        false
+    }
 }
 
 /// The platform under one remote.

@@ -125,6 +125,10 @@ impl Shared {
 pub struct KvmDoorbell(Arc<Shared>);
 
 impl Doorbell for KvmDoorbell {
+    fn stopped(&self) -> bool {
+        self.0.vcpu_done.load(Ordering::SeqCst)
+    }
+
     fn ring(&self, _notifyid: u32) {
         let mut side = self.0.remote.lock().unwrap_or_else(|p| p.into_inner());
         side.pending = true;

@@ -323,6 +323,10 @@ impl Environment for RemoteEnv {
     fn now_us(&mut self) -> u64 {
         self.epoch.elapsed().as_micros() as u64
     }
+
+    fn peer_gone(&mut self) -> bool {
+        self.doorbell.stopped()
+    }
 }
 
 /// The host's rpmsg engine on a remote's vdev (driver role).
