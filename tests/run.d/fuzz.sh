@@ -36,7 +36,7 @@ if command -v objcopy >/dev/null 2>&1; then
         if [ ! -e "$seeds/$name" ] && objcopy --strip-all "$elf" "$seeds/$name" 2>/dev/null; then
             echo "fuzz: seeded elf_loader with $elf (stripped)"
         fi
-    done < <(find fuzz/target target -path '*/images-target/release/*' -maxdepth 8 -type f \
+    done < <(find fuzz/target target -maxdepth 8 -path '*/images-target/release/*' -type f \
         -perm -u+x 2>/dev/null | sort -u | head -n 3)
 else
     echo "fuzz: no objcopy: the ELF loader starts without firmware seeds"
