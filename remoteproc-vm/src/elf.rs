@@ -855,8 +855,22 @@ fn locate_table(
         .filter(|s| s.is_loaded())
         .find(|s| s.offset <= offset && s.offset.checked_add(s.filesz).is_some_and(|se| end <= se))
         .ok_or(ElfError::ResourceTableNotLoaded { offset, size })?;
+    // `inspect` does not validate segment addresses (`load` does): a segment whose physical
+    // range wraps must not wrap the table's address too (found by fuzz/elf_loader).
+    let into_segment = offset - seg.offset;
+    let addr = seg
+        .paddr
+        .checked_add(into_segment)
+        .filter(|a| a.checked_add(size).is_some())
+        .ok_or(ElfError::AddressOverflow {
+            index: seg.index,
+            what: "resource table address",
+            start: seg.paddr,
+            size: into_segment.saturating_add(size),
+            bits: 64,
+        })?;
     Ok(ResourceTableLocation {
-        addr: seg.paddr + (offset - seg.offset),
+        addr,
         section_addr: section.addr,
         size,
         file_offset: offset,
@@ -1178,6 +1192,63 @@ mod tests {
             inspect(&mut MemoryImage::new(&ident[..])),
             Err(ElfError::UnsupportedEncoding(9))
         ));
+    }
+
+    /// An ELF64 image with one loadable segment at physical `paddr` that holds, at file offset
+    /// 0x80, a 16-byte `.resource_table`.
+    fn table_in_segment_at(paddr: u64) -> Vec<u8> {
+        let mut b = vec![0u8; 0xb0 + 3 * 64];
+        let put = |b: &mut Vec<u8>, at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+        put(&mut b, 0, b"\x7fELF\x02\x01\x01");
+        put(&mut b, 16, &2u16.to_le_bytes()); // ET_EXEC
+        put(&mut b, 18, &62u16.to_le_bytes()); // EM_X86_64
+        put(&mut b, 20, &1u32.to_le_bytes());
+        put(&mut b, 32, &64u64.to_le_bytes()); // e_phoff
+        put(&mut b, 40, &0xb0u64.to_le_bytes()); // e_shoff
+        for (at, v) in [(52, 64u16), (54, 56), (56, 1), (58, 64), (60, 3), (62, 2)] {
+            put(&mut b, at, &v.to_le_bytes());
+        }
+        // PT_LOAD, R, file 0..0xb0 at `paddr`.
+        put(&mut b, 64, &1u32.to_le_bytes());
+        put(&mut b, 68, &4u32.to_le_bytes());
+        for (at, v) in [(80, paddr), (88, paddr), (96, 0xb0), (104, 0xb0), (112, 1)] {
+            put(&mut b, at, &u64::to_le_bytes(v));
+        }
+        put(&mut b, 0x80, &1u32.to_le_bytes()); // table: ver 1, no entries
+        put(&mut b, 0x90, b"\0.resource_table\0.shstrtab\0");
+        // Section 1: .resource_table (PROGBITS, ALLOC); section 2: .shstrtab.
+        let sh = |i: usize| 0xb0 + 64 * i;
+        for (i, name, kind, flags, offset, size) in [
+            (1, 1u32, 1u32, 2u64, 0x80u64, 16u64),
+            (2, 17, 3, 0, 0x90, 27),
+        ] {
+            put(&mut b, sh(i), &name.to_le_bytes());
+            put(&mut b, sh(i) + 4, &kind.to_le_bytes());
+            put(&mut b, sh(i) + 8, &flags.to_le_bytes());
+            put(&mut b, sh(i) + 24, &offset.to_le_bytes());
+            put(&mut b, sh(i) + 32, &size.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn a_table_in_a_segment_that_wraps_the_address_space_is_refused() {
+        // Regression (fuzz/elf_loader): the table's address overflowed (a panic in debug
+        // builds, a wrapped address otherwise).
+        let ok = inspect(&mut MemoryImage::new(table_in_segment_at(0x10_0000))).unwrap();
+        assert_eq!(ok.resource_table.map(|t| t.addr), Some(0x10_0080));
+        for paddr in [u64::MAX - 0x10, u64::MAX - 0x80 - 8] {
+            let image = table_in_segment_at(paddr);
+            for err in [
+                inspect(&mut MemoryImage::new(&image[..])).unwrap_err(),
+                inspect(&mut StreamImage::new(&image[..])).unwrap_err(),
+            ] {
+                assert!(
+                    matches!(err, ElfError::AddressOverflow { index: 0, .. }),
+                    "{paddr:#x}: {err}"
+                );
+            }
+        }
     }
 
     #[test]
