@@ -600,6 +600,7 @@ pub fn run_peer(args: &[String]) -> Result<(), String> {
         "native" => peer_native(rest),
         "hub-memory" => peer_hub_memory(rest),
         "hub-guest" => peer_hub_guest(rest),
+        "hub-full-rings" => peer_hub_full_rings(rest),
         other => Err(format!("bench-peer: unknown kind {other:?}")),
     }
 }
@@ -1801,6 +1802,26 @@ fn hub_full_rings(plan: &Plan, guests: usize, forward: bool, size: usize) -> Res
         }
     }
     Ok(hub_time.as_nanos() as f64 / msgs.max(1) as f64)
+}
+
+/// `vamp bench-peer hub-full-rings GUESTS echo|forward SIZE MSGS`: the full-ring hub
+/// measurement alone, for profiling it (`valgrind --tool=callgrind`, `perf record`).
+fn peer_hub_full_rings(args: &[String]) -> Res<()> {
+    let guests: usize = arg(args, 0, "guest count")?;
+    let forward = match args.get(1).map(String::as_str) {
+        Some("echo") => false,
+        Some("forward") => true,
+        _ => return Err("bench-peer hub-full-rings: say echo or forward".into()),
+    };
+    let size: usize = arg(args, 2, "message size")?;
+    let msgs: usize = arg(args, 3, "message count")?;
+    let plan = Plan {
+        full_ring_msgs: msgs,
+        ..Plan::counts(true)
+    };
+    let ns = hub_full_rings(&plan, guests, forward, size)?;
+    println!("{ns:.1} ns per message");
+    Ok(())
 }
 
 // ----- hub memory per guest (in a child process, so nothing else is in its heap) -------------

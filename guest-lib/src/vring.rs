@@ -13,6 +13,8 @@
 use crate::mem::{MemError, SharedMemory, full_barrier, read_barrier, write_barrier};
 use crate::wire::Endian;
 use alloc::vec::Vec;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
 
 /// Descriptor continues in `next`.
 pub const VRING_DESC_F_NEXT: u16 = 1;
@@ -203,34 +205,6 @@ impl VringLayout {
         6 + 8 * self.size as u64
     }
 
-    fn desc_addr(&self, i: u16) -> u64 {
-        self.desc + DESC_SIZE * i as u64
-    }
-    fn avail_flags(&self) -> u64 {
-        self.avail
-    }
-    fn avail_idx(&self) -> u64 {
-        self.avail + 2
-    }
-    fn avail_ring(&self, slot: u16) -> u64 {
-        self.avail + 4 + 2 * (slot & (self.size - 1)) as u64
-    }
-    fn used_event(&self) -> u64 {
-        self.avail + 4 + 2 * self.size as u64
-    }
-    fn used_flags(&self) -> u64 {
-        self.used
-    }
-    fn used_idx(&self) -> u64 {
-        self.used + 2
-    }
-    fn used_ring(&self, slot: u16) -> u64 {
-        self.used + 4 + 8 * (slot & (self.size - 1)) as u64
-    }
-    fn avail_event(&self) -> u64 {
-        self.used + 4 + 8 * self.size as u64
-    }
-
     /// Checks that the whole ring lies inside `mem`.
     pub fn check<M: SharedMemory + ?Sized>(&self, mem: &M) -> Result<(), VringError> {
         for (addr, len) in [
@@ -293,18 +267,193 @@ impl Chain {
     }
 }
 
-fn read_desc<M: SharedMemory + ?Sized>(
-    mem: &M,
-    layout: &VringLayout,
+/// One part of a ring (descriptor table, available ring or used ring) looked up once for an
+/// operation: its accesses are then offsets checked against the part's length, instead of one
+/// lookup in the memory each (the lookups were a quarter of the hub's time per message).
+struct Area<'m> {
+    addr: u64,
+    ptr: NonNull<u8>,
+    len: usize,
     endian: Endian,
+    _mem: PhantomData<&'m ()>,
+}
+
+impl<'m> Area<'m> {
+    /// The `len` bytes at `addr`, whose host address must be aligned to `align` (the widest
+    /// field in the part), as every field offset within a part is a multiple of its size.
+    fn get<M: SharedMemory + ?Sized>(
+        mem: &'m M,
+        addr: u64,
+        len: u64,
+        align: usize,
+        endian: Endian,
+    ) -> Result<Self, MemError> {
+        let err = MemError {
+            addr,
+            len: len as usize,
+        };
+        let ptr = mem.region(addr, len as usize).ok_or(err)?;
+        if !(ptr.as_ptr() as usize).is_multiple_of(align) {
+            return Err(err);
+        }
+        Ok(Area {
+            addr,
+            ptr,
+            len: len as usize,
+            endian,
+            _mem: PhantomData,
+        })
+    }
+
+    /// A pointer to the `size` bytes at `off`, checked against the part and for alignment.
+    #[inline]
+    fn at(&self, off: u64, size: usize) -> Result<*mut u8, MemError> {
+        let off = off as usize;
+        if off.checked_add(size).is_none_or(|end| end > self.len) || !off.is_multiple_of(size) {
+            return Err(MemError {
+                addr: self.addr.wrapping_add(off as u64),
+                len: size,
+            });
+        }
+        // SAFETY: `off + size <= len`, and `region` promised `len` bytes at `ptr`.
+        Ok(unsafe { self.ptr.as_ptr().add(off) })
+    }
+
+    #[inline]
+    fn u16(&self, off: u64) -> Result<u16, MemError> {
+        let p = self.at(off, 2)?;
+        // SAFETY: `at` checked range and alignment (the base is aligned at `get`); the memory
+        // stays mapped while `'m` borrows it. Volatile: the peer writes it concurrently.
+        Ok(self
+            .endian
+            .from_raw_u16(unsafe { p.cast::<u16>().read_volatile() }))
+    }
+
+    #[inline]
+    fn u32(&self, off: u64) -> Result<u32, MemError> {
+        let p = self.at(off, 4)?;
+        // SAFETY: as in `u16`.
+        Ok(self
+            .endian
+            .from_raw_u32(unsafe { p.cast::<u32>().read_volatile() }))
+    }
+
+    #[inline]
+    fn u64(&self, off: u64) -> Result<u64, MemError> {
+        let p = self.at(off, 8)?;
+        // SAFETY: as in `u16`.
+        Ok(self
+            .endian
+            .from_raw_u64(unsafe { p.cast::<u64>().read_volatile() }))
+    }
+
+    #[inline]
+    fn set_u16(&self, off: u64, v: u16) -> Result<(), MemError> {
+        let p = self.at(off, 2)?;
+        // SAFETY: as in `u16`.
+        unsafe { p.cast::<u16>().write_volatile(self.endian.to_raw_u16(v)) };
+        Ok(())
+    }
+
+    #[inline]
+    fn set_u32(&self, off: u64, v: u32) -> Result<(), MemError> {
+        let p = self.at(off, 4)?;
+        // SAFETY: as in `u16`.
+        unsafe { p.cast::<u32>().write_volatile(self.endian.to_raw_u32(v)) };
+        Ok(())
+    }
+
+    #[inline]
+    fn set_u64(&self, off: u64, v: u64) -> Result<(), MemError> {
+        let p = self.at(off, 8)?;
+        // SAFETY: as in `u16`.
+        unsafe { p.cast::<u64>().write_volatile(self.endian.to_raw_u64(v)) };
+        Ok(())
+    }
+}
+
+impl VringLayout {
+    fn desc_area<'m, M: SharedMemory + ?Sized>(
+        &self,
+        mem: &'m M,
+        endian: Endian,
+    ) -> Result<Area<'m>, MemError> {
+        Area::get(mem, self.desc, self.desc_bytes(), 8, endian)
+    }
+
+    fn avail_area<'m, M: SharedMemory + ?Sized>(
+        &self,
+        mem: &'m M,
+        endian: Endian,
+    ) -> Result<Area<'m>, MemError> {
+        Area::get(mem, self.avail, self.avail_bytes(), 2, endian)
+    }
+
+    fn used_area<'m, M: SharedMemory + ?Sized>(
+        &self,
+        mem: &'m M,
+        endian: Endian,
+    ) -> Result<Area<'m>, MemError> {
+        Area::get(mem, self.used, self.used_bytes(), 4, endian)
+    }
+}
+
+/// Offsets within the parts of a ring.
+const AVAIL_FLAGS: u64 = 0;
+const AVAIL_IDX: u64 = 2;
+const USED_FLAGS: u64 = 0;
+const USED_IDX: u64 = 2;
+
+impl VringLayout {
+    fn desc_off(&self, i: u16) -> u64 {
+        DESC_SIZE * i as u64
+    }
+    fn avail_ring_off(&self, slot: u16) -> u64 {
+        4 + 2 * (slot & (self.size - 1)) as u64
+    }
+    fn used_event_off(&self) -> u64 {
+        4 + 2 * self.size as u64
+    }
+    fn used_ring_off(&self, slot: u16) -> u64 {
+        4 + 8 * (slot & (self.size - 1)) as u64
+    }
+    fn avail_event_off(&self) -> u64 {
+        4 + 8 * self.size as u64
+    }
+}
+
+/// Absolute addresses of ring fields, for tests that play the peer by hand.
+#[cfg(test)]
+impl VringLayout {
+    fn desc_addr(&self, i: u16) -> u64 {
+        self.desc + self.desc_off(i)
+    }
+    fn avail_idx(&self) -> u64 {
+        self.avail + AVAIL_IDX
+    }
+    fn avail_ring(&self, slot: u16) -> u64 {
+        self.avail + self.avail_ring_off(slot)
+    }
+    fn used_idx(&self) -> u64 {
+        self.used + USED_IDX
+    }
+    fn used_ring(&self, slot: u16) -> u64 {
+        self.used + self.used_ring_off(slot)
+    }
+}
+
+fn read_desc(
+    desc: &Area<'_>,
+    layout: &VringLayout,
     i: u16,
 ) -> Result<(u64, u32, u16, u16), VringError> {
-    let at = layout.desc_addr(i);
-    let addr = endian.from_raw_u64(mem.load_u64(at)?);
-    let len = endian.from_raw_u32(mem.load_u32(at + 8)?);
-    let flags = endian.from_raw_u16(mem.load_u16(at + 12)?);
-    let next = endian.from_raw_u16(mem.load_u16(at + 14)?);
-    Ok((addr, len, flags, next))
+    let at = layout.desc_off(i);
+    Ok((
+        desc.u64(at)?,
+        desc.u32(at + 8)?,
+        desc.u16(at + 12)?,
+        desc.u16(at + 14)?,
+    ))
 }
 
 /// The driver side of one queue: owns descriptors, posts buffers, reclaims used ones.
@@ -384,22 +533,23 @@ impl DriverQueue {
             return Err(VringError::BadUsedId(token));
         }
         let id = *self.free.last().ok_or(VringError::Full)?;
-        let e = self.endian;
-        let at = self.layout.desc_addr(id);
-        mem.store_u64(at, e.to_raw_u64(addr))?;
-        mem.store_u32(at + 8, e.to_raw_u32(len))?;
+        let desc = self.layout.desc_area(mem, self.endian)?;
+        let avail = self.layout.avail_area(mem, self.endian)?;
+        let at = self.layout.desc_off(id);
+        desc.set_u64(at, addr)?;
+        desc.set_u32(at + 8, len)?;
         let flags = if device_writable {
             VRING_DESC_F_WRITE
         } else {
             0
         };
-        mem.store_u16(at + 12, e.to_raw_u16(flags))?;
-        mem.store_u16(at + 14, 0)?;
-        mem.store_u16(self.layout.avail_ring(self.avail_idx), e.to_raw_u16(id))?;
+        desc.set_u16(at + 12, flags)?;
+        desc.set_u16(at + 14, 0)?;
+        avail.set_u16(self.layout.avail_ring_off(self.avail_idx), id)?;
         // The descriptor and the ring entry must be visible before the index that publishes them.
         write_barrier();
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.store_u16(self.layout.avail_idx(), e.to_raw_u16(self.avail_idx))?;
+        avail.set_u16(AVAIL_IDX, self.avail_idx)?;
         self.free.pop();
         self.in_flight[id as usize] = token + 1;
         self.num_in_flight += 1;
@@ -416,12 +566,12 @@ impl DriverQueue {
         if old == new {
             return Ok(false);
         }
-        let e = self.endian;
+        let used = self.layout.used_area(mem, self.endian)?;
         if self.event_idx {
-            let event = e.from_raw_u16(mem.load_u16(self.layout.avail_event())?);
+            let event = used.u16(self.layout.avail_event_off())?;
             Ok(need_event(event, new, old))
         } else {
-            let flags = e.from_raw_u16(mem.load_u16(self.layout.used_flags())?);
+            let flags = used.u16(USED_FLAGS)?;
             Ok(flags & VRING_USED_F_NO_NOTIFY == 0)
         }
     }
@@ -431,8 +581,8 @@ impl DriverQueue {
         &mut self,
         mem: &M,
     ) -> Result<Option<(u32, u32)>, VringError> {
-        let e = self.endian;
-        let used_idx = e.from_raw_u16(mem.load_u16(self.layout.used_idx())?);
+        let used = self.layout.used_area(mem, self.endian)?;
+        let used_idx = used.u16(USED_IDX)?;
         let pending = used_idx.wrapping_sub(self.last_used);
         if pending == 0 {
             return Ok(None);
@@ -442,9 +592,9 @@ impl DriverQueue {
         }
         // Read the entry only after seeing the index that published it.
         read_barrier();
-        let at = self.layout.used_ring(self.last_used);
-        let id = e.from_raw_u32(mem.load_u32(at)?);
-        let len = e.from_raw_u32(mem.load_u32(at + 4)?);
+        let at = self.layout.used_ring_off(self.last_used);
+        let id = used.u32(at)?;
+        let len = used.u32(at + 4)?;
         if id >= self.layout.size as u32 || self.in_flight[id as usize] == 0 {
             return Err(VringError::BadUsedId(id));
         }
@@ -453,23 +603,24 @@ impl DriverQueue {
         self.num_in_flight -= 1;
         self.free.push(id as u16);
         self.last_used = self.last_used.wrapping_add(1);
-        if self.event_idx && self.interrupts {
-            // Ask for an interrupt at the next used entry.
-            mem.store_u16(self.layout.used_event(), e.to_raw_u16(self.last_used))?;
-        } else if self.event_idx && self.suppressed {
-            // Keep the event out of the device's reach.
-            let far = self.last_used.wrapping_add(UNREACHABLE_EVENT);
-            mem.store_u16(self.layout.used_event(), e.to_raw_u16(far))?;
+        if self.event_idx && (self.interrupts || self.suppressed) {
+            let event = if self.interrupts {
+                // Ask for an interrupt at the next used entry.
+                self.last_used
+            } else {
+                // Keep the event out of the device's reach.
+                self.last_used.wrapping_add(UNREACHABLE_EVENT)
+            };
+            let avail = self.layout.avail_area(mem, self.endian)?;
+            avail.set_u16(self.layout.used_event_off(), event)?;
         }
         Ok(Some((token, len)))
     }
 
     /// Whether used buffers are waiting.
     pub fn has_used<M: SharedMemory + ?Sized>(&self, mem: &M) -> Result<bool, VringError> {
-        let used_idx = self
-            .endian
-            .from_raw_u16(mem.load_u16(self.layout.used_idx())?);
-        Ok(used_idx != self.last_used)
+        let used = self.layout.used_area(mem, self.endian)?;
+        Ok(used.u16(USED_IDX)? != self.last_used)
     }
 
     /// Asks the device to interrupt us when it uses a buffer. Returns whether used buffers
@@ -478,13 +629,13 @@ impl DriverQueue {
         &mut self,
         mem: &M,
     ) -> Result<bool, VringError> {
-        let e = self.endian;
         self.interrupts = true;
         self.suppressed = false;
+        let avail = self.layout.avail_area(mem, self.endian)?;
         if self.event_idx {
-            mem.store_u16(self.layout.used_event(), e.to_raw_u16(self.last_used))?;
+            avail.set_u16(self.layout.used_event_off(), self.last_used)?;
         }
-        mem.store_u16(self.layout.avail_flags(), 0)?;
+        avail.set_u16(AVAIL_FLAGS, 0)?;
         full_barrier();
         self.has_used(mem)
     }
@@ -494,16 +645,13 @@ impl DriverQueue {
         &mut self,
         mem: &M,
     ) -> Result<(), VringError> {
-        let e = self.endian;
         self.interrupts = false;
-        mem.store_u16(
-            self.layout.avail_flags(),
-            e.to_raw_u16(VRING_AVAIL_F_NO_INTERRUPT),
-        )?;
+        let avail = self.layout.avail_area(mem, self.endian)?;
+        avail.set_u16(AVAIL_FLAGS, VRING_AVAIL_F_NO_INTERRUPT)?;
         if self.event_idx {
             // Put the event just behind us: it is only crossed after a full wrap.
             let far = self.last_used.wrapping_sub(1);
-            mem.store_u16(self.layout.used_event(), e.to_raw_u16(far))?;
+            avail.set_u16(self.layout.used_event_off(), far)?;
         }
         Ok(())
     }
@@ -523,7 +671,8 @@ impl DriverQueue {
             self.disable_interrupts(mem)?;
             if self.event_idx {
                 let far = self.last_used.wrapping_add(UNREACHABLE_EVENT);
-                mem.store_u16(self.layout.used_event(), self.endian.to_raw_u16(far))?;
+                let avail = self.layout.avail_area(mem, self.endian)?;
+                avail.set_u16(self.layout.used_event_off(), far)?;
             }
         }
         Ok(())
@@ -583,10 +732,8 @@ impl DeviceQueue {
 
     /// Whether the driver has published chains we have not taken.
     pub fn has_avail<M: SharedMemory + ?Sized>(&self, mem: &M) -> Result<bool, VringError> {
-        let idx = self
-            .endian
-            .from_raw_u16(mem.load_u16(self.layout.avail_idx())?);
-        Ok(idx != self.last_avail)
+        let avail = self.layout.avail_area(mem, self.endian)?;
+        Ok(avail.u16(AVAIL_IDX)? != self.last_avail)
     }
 
     /// Takes the next available chain, if any.
@@ -595,11 +742,11 @@ impl DeviceQueue {
     /// error carries it back through [`PopError`] so the caller can return it used with length
     /// 0 and the ring keeps moving.
     pub fn pop<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<Option<Chain>, PopError> {
-        let e = self.endian;
-        let avail_idx = e.from_raw_u16(
-            mem.load_u16(self.layout.avail_idx())
-                .map_err(PopError::fatal)?,
-        );
+        let avail = self
+            .layout
+            .avail_area(mem, self.endian)
+            .map_err(PopError::fatal)?;
+        let avail_idx = avail.u16(AVAIL_IDX).map_err(PopError::fatal)?;
         let pending = avail_idx.wrapping_sub(self.last_avail);
         if pending == 0 {
             return Ok(None);
@@ -612,10 +759,9 @@ impl DeviceQueue {
         }
         // Read the ring entry and the descriptors only after the index that published them.
         read_barrier();
-        let head = e.from_raw_u16(
-            mem.load_u16(self.layout.avail_ring(self.last_avail))
-                .map_err(PopError::fatal)?,
-        );
+        let head = avail
+            .u16(self.layout.avail_ring_off(self.last_avail))
+            .map_err(PopError::fatal)?;
         if head >= self.layout.size {
             return Err(PopError::fatal(VringError::BadDescriptorIndex(head)));
         }
@@ -628,7 +774,9 @@ impl DeviceQueue {
             } else {
                 self.last_avail
             };
-            mem.store_u16(self.layout.avail_event(), e.to_raw_u16(event))
+            self.layout
+                .used_area(mem, self.endian)
+                .and_then(|used| used.set_u16(self.layout.avail_event_off(), event))
                 .map_err(PopError::fatal)?;
         }
         self.walk(mem, head).map(Some).map_err(|error| PopError {
@@ -638,6 +786,7 @@ impl DeviceQueue {
     }
 
     fn walk<M: SharedMemory + ?Sized>(&self, mem: &M, head: u16) -> Result<Chain, VringError> {
+        let desc = self.layout.desc_area(mem, self.endian)?;
         let mut segments = [Segment::default(); MAX_SEGMENTS];
         let mut count = 0usize;
         let mut writable = None;
@@ -646,7 +795,7 @@ impl DeviceQueue {
             if count == MAX_SEGMENTS {
                 return Err(VringError::ChainTooLong);
             }
-            let (addr, len, flags, next) = read_desc(mem, &self.layout, self.endian, i)?;
+            let (addr, len, flags, next) = read_desc(&desc, &self.layout, i)?;
             if flags & VRING_DESC_F_INDIRECT != 0 {
                 return Err(VringError::Indirect);
             }
@@ -688,14 +837,14 @@ impl DeviceQueue {
         head: u16,
         len: u32,
     ) -> Result<(), VringError> {
-        let e = self.endian;
-        let at = self.layout.used_ring(self.used_idx);
-        mem.store_u32(at, e.to_raw_u32(head as u32))?;
-        mem.store_u32(at + 4, e.to_raw_u32(len))?;
+        let used = self.layout.used_area(mem, self.endian)?;
+        let at = self.layout.used_ring_off(self.used_idx);
+        used.set_u32(at, head as u32)?;
+        used.set_u32(at + 4, len)?;
         // The entry (and the data written into the buffer) before the index.
         write_barrier();
         self.used_idx = self.used_idx.wrapping_add(1);
-        mem.store_u16(self.layout.used_idx(), e.to_raw_u16(self.used_idx))?;
+        used.set_u16(USED_IDX, self.used_idx)?;
         Ok(())
     }
 
@@ -708,12 +857,12 @@ impl DeviceQueue {
         if old == new {
             return Ok(false);
         }
-        let e = self.endian;
+        let avail = self.layout.avail_area(mem, self.endian)?;
         if self.event_idx {
-            let event = e.from_raw_u16(mem.load_u16(self.layout.used_event())?);
+            let event = avail.u16(self.layout.used_event_off())?;
             Ok(need_event(event, new, old))
         } else {
-            let flags = e.from_raw_u16(mem.load_u16(self.layout.avail_flags())?);
+            let flags = avail.u16(AVAIL_FLAGS)?;
             Ok(flags & VRING_AVAIL_F_NO_INTERRUPT == 0)
         }
     }
@@ -721,12 +870,12 @@ impl DeviceQueue {
     /// Asks the driver to kick us when it makes buffers available. Returns whether some are
     /// already there (then process them instead of sleeping).
     pub fn enable_kicks<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, VringError> {
-        let e = self.endian;
         self.suppressed = false;
+        let used = self.layout.used_area(mem, self.endian)?;
         if self.event_idx {
-            mem.store_u16(self.layout.avail_event(), e.to_raw_u16(self.last_avail))?;
+            used.set_u16(self.layout.avail_event_off(), self.last_avail)?;
         } else {
-            mem.store_u16(self.layout.used_flags(), 0)?;
+            used.set_u16(USED_FLAGS, 0)?;
         }
         full_barrier();
         self.has_avail(mem)
@@ -735,10 +884,8 @@ impl DeviceQueue {
     /// Asks the driver not to kick us (a hint).
     pub fn disable_kicks<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<(), VringError> {
         if !self.event_idx {
-            mem.store_u16(
-                self.layout.used_flags(),
-                self.endian.to_raw_u16(VRING_USED_F_NO_NOTIFY),
-            )?;
+            let used = self.layout.used_area(mem, self.endian)?;
+            used.set_u16(USED_FLAGS, VRING_USED_F_NO_NOTIFY)?;
         }
         Ok(())
     }
@@ -754,15 +901,12 @@ impl DeviceQueue {
     ) -> Result<(), VringError> {
         self.suppressed = on;
         if on {
-            let e = self.endian;
+            let used = self.layout.used_area(mem, self.endian)?;
             if self.event_idx {
                 let far = self.last_avail.wrapping_add(UNREACHABLE_EVENT);
-                mem.store_u16(self.layout.avail_event(), e.to_raw_u16(far))?;
+                used.set_u16(self.layout.avail_event_off(), far)?;
             } else {
-                mem.store_u16(
-                    self.layout.used_flags(),
-                    e.to_raw_u16(VRING_USED_F_NO_NOTIFY),
-                )?;
+                used.set_u16(USED_FLAGS, VRING_USED_F_NO_NOTIFY)?;
             }
         }
         Ok(())

@@ -35,7 +35,7 @@ use vamp_rpmsg::transport::{
     Buffer, DeviceTransport, DriverTransport, Environment, LinkError, Transport,
 };
 use vamp_rpmsg::vring::VringLayout;
-use vamp_rpmsg::wire::{ADDR_ANY, Endian, NS_ADDR};
+use vamp_rpmsg::wire::{ADDR_ANY, Endian, NS_ADDR, RESERVED_ADDRESSES};
 
 /// Index of a guest in the topology (and of its link).
 pub type LinkId = usize;
@@ -211,6 +211,44 @@ enum Target {
     Guest { link: LinkId, addr: u32 },
 }
 
+/// Where each hub address of one link leads. The hub's engine allocates every one of these
+/// addresses itself (services, announced proxies, reply proxies: all `ADDR_ANY`, so the lowest
+/// free from 1024 up), which keeps them dense: a vector indexed by address serves the lookup
+/// every message needs without hashing.
+#[derive(Debug, Default)]
+struct Routes(Vec<Option<Target>>);
+
+impl Routes {
+    fn index(addr: u32) -> Option<usize> {
+        addr.checked_sub(RESERVED_ADDRESSES).map(|i| i as usize)
+    }
+
+    fn get(&self, addr: u32) -> Option<Target> {
+        self.0.get(Self::index(addr)?).copied().flatten()
+    }
+
+    fn insert(&mut self, addr: u32, target: Target) {
+        let Some(i) = Self::index(addr) else {
+            // The engine never hands out a reserved address for ADDR_ANY.
+            log::error!("hub address {addr:#x} is reserved: route to {target:?} not kept");
+            return;
+        };
+        if i >= self.0.len() {
+            self.0.resize(i + 1, None);
+        }
+        self.0[i] = Some(target);
+    }
+
+    fn remove(&mut self, addr: u32) {
+        if let Some(slot) = Self::index(addr).and_then(|i| self.0.get_mut(i)) {
+            *slot = None;
+        }
+        while self.0.last() == Some(&None) {
+            self.0.pop();
+        }
+    }
+}
+
 /// A message for a guest that had no free buffer, holding its sender's buffer.
 #[derive(Debug)]
 struct Pending {
@@ -227,7 +265,7 @@ struct Link {
     mem: GuestRam,
     rings: [VringLayout; 2],
     incarnation: u64,
-    nat: HashMap<u32, Target>,
+    nat: Routes,
     reverse: HashMap<(LinkId, u32), u32>,
     announced: Vec<(Vec<u8>, u32)>,
     pending: VecDeque<Pending>,
@@ -575,7 +613,7 @@ impl Hub {
             if config.name_service { "on" } else { "off" }
         );
         let mut engine = Rpmsg::new(transport, config);
-        let mut nat = HashMap::new();
+        let mut nat = Routes::default();
         // Host services this link may see.
         let name = slot.name.clone();
         for (index, spec) in self.topology.services_for(&name) {
@@ -843,7 +881,7 @@ fn withdraw(slots: &mut [Slot], from: LinkId, addr: u32, to: LinkId) {
     let Some(proxy) = link.reverse.remove(&(from, addr)) else {
         return;
     };
-    link.nat.remove(&proxy);
+    link.nat.remove(proxy);
     if let Some(engine) = link.engine.as_mut()
         && let Some(ept) = engine.endpoint_by_addr(proxy)
         && let Err(e) = engine.destroy_ept(ept)
@@ -981,7 +1019,7 @@ impl Handler<LinkTransport> for Router<'_> {
         let Some(target) = self.slots[me]
             .link
             .as_ref()
-            .and_then(|l| l.nat.get(&msg.dst).copied())
+            .and_then(|l| l.nat.get(msg.dst))
         else {
             self.report_drop(format_args!(
                 "message to {:#x}, which leads nowhere",
