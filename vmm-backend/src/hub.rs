@@ -48,6 +48,14 @@ pub const MAX_BUFFER: u32 = 512;
 /// every guest its names are offered to.
 pub const MAX_NAMES_PER_LINK: usize = 1024;
 
+/// Addresses of one guest that another guest's link may know it by: its announced names
+/// ([`MAX_NAMES_PER_LINK`]) plus this many source addresses it sent from. Messages from further
+/// new source addresses are dropped (logged): without a bound, a guest sending from ever new
+/// addresses would make the hub create endpoints in the receiver's link without end. Linux and
+/// OpenAMP hand out the lowest free address, so a real guest uses few.
+pub const MAX_REPLY_PROXIES_PER_SOURCE: usize = 4096;
+const MAX_PROXIES_PER_SOURCE: usize = MAX_NAMES_PER_LINK + MAX_REPLY_PROXIES_PER_SOURCE;
+
 /// How long messages wait for a guest that takes none of them before the hub gives up on it
 /// (see [`Hub::set_pending_timeout`]).
 pub const DEFAULT_PENDING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -267,6 +275,9 @@ struct Link {
     incarnation: u64,
     nat: Routes,
     reverse: HashMap<(LinkId, u32), u32>,
+    /// Entries of `reverse` per source link: bounds what one guest can make the hub create
+    /// in another guest's link by sending from ever new addresses.
+    proxies_per_source: HashMap<LinkId, usize>,
     announced: Vec<(Vec<u8>, u32)>,
     pending: VecDeque<Pending>,
     /// Messages sent into this link (its engine's count) when last looked at, and since when
@@ -632,6 +643,7 @@ impl Hub {
             incarnation: self.incarnations,
             nat,
             reverse: HashMap::new(),
+            proxies_per_source: HashMap::new(),
             announced: Vec::new(),
             pending: VecDeque::new(),
             progress: (0, Instant::now()),
@@ -857,7 +869,9 @@ fn offer(slots: &mut [Slot], from: LinkId, name: &[u8], addr: u32, to: LinkId) {
         Ok(ept) => {
             let proxy = engine.endpoint(ept).map_or(ADDR_ANY, |e| e.addr());
             link.nat.insert(proxy, Target::Guest { link: from, addr });
-            link.reverse.insert((from, addr), proxy);
+            if link.reverse.insert((from, addr), proxy).is_none() {
+                *link.proxies_per_source.entry(from).or_default() += 1;
+            }
             log::debug!(
                 "{} -> {}: {:?} at {addr:#x} offered as {proxy:#x}",
                 slots[from].name,
@@ -881,6 +895,9 @@ fn withdraw(slots: &mut [Slot], from: LinkId, addr: u32, to: LinkId) {
     let Some(proxy) = link.reverse.remove(&(from, addr)) else {
         return;
     };
+    if let Some(n) = link.proxies_per_source.get_mut(&from) {
+        *n = n.saturating_sub(1);
+    }
     link.nat.remove(proxy);
     if let Some(engine) = link.engine.as_mut()
         && let Some(ept) = engine.endpoint_by_addr(proxy)
@@ -916,17 +933,32 @@ impl Router<'_> {
     }
 
     /// The hub address in link `to` that stands for (`from`, `addr`), made on first use.
-    fn reply_proxy(&mut self, to: LinkId, from: LinkId, addr: u32) -> Option<u32> {
-        let link = self.slots[to].link.as_mut()?;
+    fn reply_proxy(&mut self, to: LinkId, from: LinkId, addr: u32) -> Result<u32, &'static str> {
+        let link = self.slots[to]
+            .link
+            .as_mut()
+            .ok_or("the destination is not connected")?;
         if let Some(&p) = link.reverse.get(&(from, addr)) {
-            return Some(p);
+            return Ok(p);
         }
-        let engine = link.engine.as_mut()?;
-        let ept = engine.create_ept(b"", ADDR_ANY, ADDR_ANY).ok()?;
-        let proxy = engine.endpoint(ept)?.addr();
+        if link.proxies_per_source.get(&from).copied().unwrap_or(0) >= MAX_PROXIES_PER_SOURCE {
+            return Err("the sender uses too many source addresses towards it");
+        }
+        let engine = link
+            .engine
+            .as_mut()
+            .ok_or("the destination is not connected")?;
+        let ept = engine
+            .create_ept(b"", ADDR_ANY, ADDR_ANY)
+            .map_err(|_| "no address left in the destination's link")?;
+        let proxy = engine
+            .endpoint(ept)
+            .ok_or("no address left in the destination's link")?
+            .addr();
         link.nat.insert(proxy, Target::Guest { link: from, addr });
         link.reverse.insert((from, addr), proxy);
-        Some(proxy)
+        *link.proxies_per_source.entry(from).or_default() += 1;
+        Ok(proxy)
     }
 
     /// Copies `msg` (in this guest's memory) into link `to` as src -> dst, or queues it.
@@ -1036,10 +1068,16 @@ impl Handler<LinkTransport> for Router<'_> {
                 }
             },
             Target::Guest { link: to, addr } => {
-                let Some(src) = self.reply_proxy(to, me, msg.src) else {
-                    let name = self.slots[to].name.clone();
-                    self.report_drop(format_args!("guest {name} is not connected"));
-                    return;
+                let src = match self.reply_proxy(to, me, msg.src) {
+                    Ok(src) => src,
+                    Err(why) => {
+                        let name = self.slots[to].name.clone();
+                        self.report_drop(format_args!(
+                            "message from {:#x} for guest {name} not delivered: {why}",
+                            msg.src
+                        ));
+                        return;
+                    }
                 };
                 if self.forward(rpmsg, msg, to, src, addr) {
                     self.slots[me].stats.forwarded += 1;

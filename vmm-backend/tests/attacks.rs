@@ -36,7 +36,7 @@ use vamp_rpmsg::wire::{ADDR_ANY, Endian, HEADER_LEN, NS_ADDR, encode_header};
 use vamp_vmm_backend::backend::{lock_hub, serve_guest};
 use vamp_vmm_backend::config::Topology;
 use vamp_vmm_backend::frontend::{GuestMemory, GuestOptions, NativeGuest};
-use vamp_vmm_backend::hub::{Hub, LinkStats};
+use vamp_vmm_backend::hub::{Hub, LinkStats, MAX_NAMES_PER_LINK, MAX_REPLY_PROXIES_PER_SOURCE};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 
 /// How long any one wait may take before the test fails.
@@ -1748,6 +1748,68 @@ fn attack_spoofed_source_addresses() {
     assert_eq!(s.stats(CAROL).dropped, 0);
     // A source of ANY can never be answered: the hub refuses it.
     expect_log(&["mallory-spoof", "source address"]);
+    s.finish();
+}
+
+#[test]
+fn attack_sending_from_ever_new_source_addresses() {
+    let mut s = Scene::new("mallory-sources");
+    let mut carol = Helper::connect(&s.hub, CAROL);
+    carol
+        .g
+        .rpmsg()
+        .create_ept(b"c-svc", ADDR_ANY, ADDR_ANY)
+        .unwrap();
+    s.evil
+        .pump("c-svc at the attacker", |i| i.announced("c-svc").is_some());
+    let c_svc = s.evil.inbox.announced("c-svc").unwrap();
+    // Each new source address would need a new hub address in carol's link to reply to.
+    let cap = MAX_NAMES_PER_LINK + MAX_REPLY_PROXIES_PER_SOURCE;
+    let total = cap + 300;
+    let first_src = 0x10000u32;
+    let mut sent = 0;
+    while sent < total {
+        let batch = (total - sent).min(64);
+        for k in sent..sent + batch {
+            s.evil
+                .g
+                .rpmsg()
+                .send_offchannel_raw(first_src + k as u32, c_svc, &(k as u32).to_le_bytes(), true)
+                .unwrap();
+        }
+        sent += batch;
+        let want = sent.min(cap);
+        carol.pump("the attacker's messages", |i| i.messages.len() >= want);
+    }
+    let hub = &s.hub;
+    wait_until("the messages beyond the bound to be dropped", || {
+        hub.stats(EVIL).dropped == (total - cap) as u64
+    });
+    expect_log(&["mallory-sources", "too many source addresses"]);
+    // carol got the first `cap`, each from a hub address of her own link, all distinct.
+    assert_eq!(carol.inbox.messages.len(), cap);
+    let mut srcs: Vec<u32> = carol.inbox.messages.iter().map(|m| m.1).collect();
+    srcs.sort();
+    srcs.dedup();
+    assert_eq!(srcs.len(), cap);
+    // An address the hub already knows still gets through, and carol's answer comes back.
+    s.evil
+        .g
+        .rpmsg()
+        .send_offchannel_raw(first_src, c_svc, b"known", true)
+        .unwrap();
+    carol.pump("the known source", |i| {
+        i.messages.iter().any(|m| m.3 == b"known")
+    });
+    let &(c_ept, proxy, _, _) = carol.inbox.messages.back().unwrap();
+    carol.g.rpmsg().sendto(c_ept, proxy, b"answer").unwrap();
+    let _ = s.evil.g.rpmsg().create_ept(b"", first_src, ADDR_ANY);
+    s.evil.pump("carol's answer", |i| {
+        i.messages
+            .iter()
+            .any(|m| m.3 == b"answer" && m.2 == first_src)
+    });
+    assert_eq!(s.stats(CAROL).dropped, 0);
     s.finish();
 }
 
