@@ -692,6 +692,7 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
 
     /// Pops a chain, returning malformed ones (and ones shorter than `min_len`) at once so the
     /// ring keeps moving; counts them in `bad` and records why in `last`.
+    #[inline]
     fn pop_good(
         queue: &mut DeviceQueue,
         mem: &M,
@@ -746,6 +747,7 @@ impl<M: SharedMemory, E: Environment> Transport for DeviceTransport<M, E> {
         None
     }
 
+    #[inline]
     fn take_tx(&mut self) -> Result<Option<Buffer>, LinkError> {
         if let Some(b) = self.spare_tx.pop() {
             return Ok(Some(b));
@@ -776,6 +778,7 @@ impl<M: SharedMemory, E: Environment> Transport for DeviceTransport<M, E> {
         self.spare_tx.push(buf);
     }
 
+    #[inline]
     fn take_rx(&mut self) -> Result<Option<Buffer>, LinkError> {
         let chain = Self::pop_good(
             &mut self.rx,

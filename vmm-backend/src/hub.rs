@@ -721,11 +721,17 @@ impl Hub {
             slots: &mut self.slots,
             me: id,
             broken: Vec::new(),
+            batched: Vec::new(),
         };
         let result = engine.poll(&mut router);
         let broken = std::mem::take(&mut router.broken);
+        let batched = std::mem::take(&mut router.batched);
         if let Some(link) = self.slots[id].link.as_mut() {
             link.engine = Some(engine);
+        }
+        // One notification decision per receiver for everything this poll copied into it.
+        for to in batched {
+            self.end_batch(to);
         }
         self.account_bad_chains();
         // Receivers whose rings turned out broken while messages were copied into them.
@@ -780,8 +786,33 @@ impl Hub {
         self.slots[id].broken = Some(rings);
     }
 
+    /// Closes the batch of sends into link `id` (see [`Rpmsg::begin_batch`]).
+    fn end_batch(&mut self, id: LinkId) {
+        let Some(engine) = self.slots[id].link.as_mut().and_then(|l| l.engine.as_mut()) else {
+            return;
+        };
+        match engine.end_batch() {
+            Ok(()) => {}
+            Err(RpmsgError::Link(e @ LinkError::Vring(_))) => self.break_link(id, &e),
+            Err(e) => log::warn!(
+                "{} {}: notifying it failed: {e}",
+                self.slots[id].kind,
+                self.slots[id].name
+            ),
+        }
+    }
+
     /// Sends what waits for guest `id`, in order, while it has buffers.
     fn drain(&mut self, id: LinkId) {
+        let Some(engine) = self.slots[id].link.as_mut().and_then(|l| l.engine.as_mut()) else {
+            return;
+        };
+        engine.begin_batch();
+        self.drain_batched(id);
+        self.end_batch(id);
+    }
+
+    fn drain_batched(&mut self, id: LinkId) {
         loop {
             let Some(link) = self.slots[id].link.as_ref() else {
                 return;
@@ -915,6 +946,8 @@ struct Router<'a> {
     /// Receivers found breaking the ring protocol while sending to them: their links go down
     /// once the poll is over.
     broken: Vec<(LinkId, LinkError)>,
+    /// Other links this poll sent into, each in a batch that closes once the poll is over.
+    batched: Vec<LinkId>,
 }
 
 impl Router<'_> {
@@ -984,7 +1017,13 @@ impl Router<'_> {
             rpmsg.send_copy_from(src, dst, &from_mem, &payload, false)
         } else {
             match link.engine.as_mut() {
-                Some(engine) => engine.send_copy_from(src, dst, &from_mem, &payload, false),
+                Some(engine) => {
+                    if !self.batched.contains(&to) {
+                        engine.begin_batch();
+                        self.batched.push(to);
+                    }
+                    engine.send_copy_from(src, dst, &from_mem, &payload, false)
+                }
                 None => Err(RpmsgError::InvalidEndpoint),
             }
         };

@@ -703,3 +703,47 @@ proptest! {
         prop_assert_eq!(&*to_host.borrow(), &sent_r);
     }
 }
+
+#[test]
+fn a_batch_notifies_once_at_its_end() {
+    for event_idx in [false, true] {
+        let (mut host, mut remote, hk, _) = pair_with(8, BufferConfig::default(), event_idx);
+        remote.create_ept(CHANNEL, ADDR_ANY, ADDR_ANY).unwrap();
+        let mut h = Recorder::default();
+        host.poll(&mut h).unwrap();
+        let h_ept = host.create_ept(CHANNEL, ADDR_ANY, 1024).unwrap();
+        let kicks = |k: &TestEnv| k.kicks.get()[TX_QUEUE as usize];
+        // Outside a batch the first send kicks at once.
+        host.send(h_ept, b"alone").unwrap();
+        assert_eq!(kicks(&hk), 1, "event_idx {event_idx}");
+        let mut r = Recorder::default();
+        assert_eq!(remote.poll(&mut r).unwrap(), 1);
+        // Inside one, sends are published (the remote finds them by polling) but nobody is
+        // kicked until the batch closes, and then once.
+        host.begin_batch();
+        for k in 0..3u8 {
+            host.send(h_ept, &[k]).unwrap();
+        }
+        assert_eq!(kicks(&hk), 1, "event_idx {event_idx}");
+        host.begin_batch();
+        host.send(h_ept, b"nested").unwrap();
+        host.end_batch().unwrap();
+        assert_eq!(kicks(&hk), 1, "the outer batch is still open");
+        host.end_batch().unwrap();
+        assert_eq!(kicks(&hk), 2, "event_idx {event_idx}");
+        assert_eq!(remote.poll(&mut r).unwrap(), 4);
+        // A blocking send that finds no buffer kicks before it waits, batch or not: the
+        // remote must hear of what is queued before it can give a buffer back.
+        host.begin_batch();
+        let mut sent = 0;
+        while host.trysend(h_ept, b"fill").is_ok() {
+            sent += 1;
+        }
+        assert!(sent > 0);
+        assert_eq!(kicks(&hk), 2);
+        assert_eq!(host.send(h_ept, b"one more"), Err(Error::Timeout));
+        assert_eq!(kicks(&hk), 3, "event_idx {event_idx}");
+        host.end_batch().unwrap();
+        assert_eq!(remote.poll(&mut r).unwrap(), sent);
+    }
+}
