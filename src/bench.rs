@@ -601,6 +601,7 @@ pub fn run_peer(args: &[String]) -> Result<(), String> {
         "hub-memory" => peer_hub_memory(rest),
         "hub-guest" => peer_hub_guest(rest),
         "hub-full-rings" => peer_hub_full_rings(rest),
+        "native-rows" => peer_native_rows(rest),
         other => Err(format!("bench-peer: unknown kind {other:?}")),
     }
 }
@@ -1292,6 +1293,30 @@ fn native_rows(plan: &Plan, remote_cpu: usize, busy: bool) -> [Res<Fig>; 2] {
         return [Err(e.clone()), Err(e)];
     }
     figs
+}
+
+/// `vamp bench-peer native-rows notify|busy`: the native link's rows alone (this process on
+/// CPU 0, the remote on CPU 1), for profiling the engine.
+fn peer_native_rows(args: &[String]) -> Res<()> {
+    let busy = match args.first().map(String::as_str) {
+        Some("notify") => false,
+        Some("busy") => true,
+        _ => return Err("bench-peer native-rows: say notify or busy".into()),
+    };
+    let allowed = allowed_cpus();
+    pin(allowed[0]);
+    let plan = Plan::new(false);
+    for (fig, size) in native_rows(&plan, *allowed.last().unwrap_or(&0), busy)
+        .into_iter()
+        .zip(SIZES)
+    {
+        let f = fig?;
+        println!(
+            "{size} B: rtt p50 {:.0} ns, p99 {:.0} ns; {:.0} ns per message windowed",
+            f.lat.p50_ns, f.lat.p99_ns, f.tput.ns_per_msg
+        );
+    }
+    Ok(())
 }
 
 /// Endpoint counts of the endpoint scale.

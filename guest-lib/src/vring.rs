@@ -318,58 +318,39 @@ impl<'m> Area<'m> {
         // SAFETY: `off + size <= len`, and `region` promised `len` bytes at `ptr`.
         Ok(unsafe { self.ptr.as_ptr().add(off) })
     }
+}
 
-    #[inline]
-    fn u16(&self, off: u64) -> Result<u16, MemError> {
-        let p = self.at(off, 2)?;
-        // SAFETY: `at` checked range and alignment (the base is aligned at `get`); the memory
-        // stays mapped while `'m` borrows it. Volatile: the peer writes it concurrently.
-        Ok(self
-            .endian
-            .from_raw_u16(unsafe { p.cast::<u16>().read_volatile() }))
-    }
+/// The typed accessors of [`Area`]: a load and a store per field width, in the ring's byte
+/// order.
+macro_rules! area_accessors {
+    ($($ty:ty: $load:ident, $store:ident, $from:ident, $to:ident;)*) => {
+        impl Area<'_> {
+            $(
+                #[inline]
+                fn $load(&self, off: u64) -> Result<$ty, MemError> {
+                    let p = self.at(off, core::mem::size_of::<$ty>())?;
+                    // SAFETY: `at` checked range and alignment (the base is aligned at `get`);
+                    // the memory stays mapped while `'m` borrows it. Volatile: the peer writes
+                    // it concurrently.
+                    Ok(self.endian.$from(unsafe { p.cast::<$ty>().read_volatile() }))
+                }
 
-    #[inline]
-    fn u32(&self, off: u64) -> Result<u32, MemError> {
-        let p = self.at(off, 4)?;
-        // SAFETY: as in `u16`.
-        Ok(self
-            .endian
-            .from_raw_u32(unsafe { p.cast::<u32>().read_volatile() }))
-    }
+                #[inline]
+                fn $store(&self, off: u64, v: $ty) -> Result<(), MemError> {
+                    let p = self.at(off, core::mem::size_of::<$ty>())?;
+                    // SAFETY: as for the load.
+                    unsafe { p.cast::<$ty>().write_volatile(self.endian.$to(v)) };
+                    Ok(())
+                }
+            )*
+        }
+    };
+}
 
-    #[inline]
-    fn u64(&self, off: u64) -> Result<u64, MemError> {
-        let p = self.at(off, 8)?;
-        // SAFETY: as in `u16`.
-        Ok(self
-            .endian
-            .from_raw_u64(unsafe { p.cast::<u64>().read_volatile() }))
-    }
-
-    #[inline]
-    fn set_u16(&self, off: u64, v: u16) -> Result<(), MemError> {
-        let p = self.at(off, 2)?;
-        // SAFETY: as in `u16`.
-        unsafe { p.cast::<u16>().write_volatile(self.endian.to_raw_u16(v)) };
-        Ok(())
-    }
-
-    #[inline]
-    fn set_u32(&self, off: u64, v: u32) -> Result<(), MemError> {
-        let p = self.at(off, 4)?;
-        // SAFETY: as in `u16`.
-        unsafe { p.cast::<u32>().write_volatile(self.endian.to_raw_u32(v)) };
-        Ok(())
-    }
-
-    #[inline]
-    fn set_u64(&self, off: u64, v: u64) -> Result<(), MemError> {
-        let p = self.at(off, 8)?;
-        // SAFETY: as in `u16`.
-        unsafe { p.cast::<u64>().write_volatile(self.endian.to_raw_u64(v)) };
-        Ok(())
-    }
+area_accessors! {
+    u16: u16, set_u16, from_raw_u16, to_raw_u16;
+    u32: u32, set_u32, from_raw_u32, to_raw_u32;
+    u64: u64, set_u64, from_raw_u64, to_raw_u64;
 }
 
 impl VringLayout {
@@ -467,6 +448,10 @@ pub struct DriverQueue {
     endian: Endian,
     event_idx: bool,
     free: Vec<u16>,
+    /// What we last wrote into each descriptor (address, length, flags). Reposting a buffer at
+    /// the descriptor it had leaves the descriptor alone: rewriting equal values would still
+    /// take the cache line back from the device's CPU, which then misses on it again.
+    written: Vec<(u64, u32, u16)>,
     /// token + 1 for descriptors in flight, 0 for free ones.
     in_flight: Vec<u32>,
     num_in_flight: u16,
@@ -496,6 +481,7 @@ impl DriverQueue {
             endian,
             event_idx,
             free: (0..layout.size).rev().collect(),
+            written: alloc::vec![(0, 0, 0); layout.size as usize],
             in_flight: alloc::vec![0; layout.size as usize],
             num_in_flight: 0,
             avail_idx: 0,
@@ -537,15 +523,18 @@ impl DriverQueue {
         let desc = self.layout.desc_area(mem, self.endian)?;
         let avail = self.layout.avail_area(mem, self.endian)?;
         let at = self.layout.desc_off(id);
-        desc.set_u64(at, addr)?;
-        desc.set_u32(at + 8, len)?;
         let flags = if device_writable {
             VRING_DESC_F_WRITE
         } else {
             0
         };
-        desc.set_u16(at + 12, flags)?;
-        desc.set_u16(at + 14, 0)?;
+        if self.written[id as usize] != (addr, len, flags) {
+            desc.set_u64(at, addr)?;
+            desc.set_u32(at + 8, len)?;
+            desc.set_u16(at + 12, flags)?;
+            // `next` is 0 from `new` on and never written otherwise.
+            self.written[id as usize] = (addr, len, flags);
+        }
         avail.set_u16(self.layout.avail_ring_off(self.avail_idx), id)?;
         // The descriptor and the ring entry must be visible before the index that publishes them.
         write_barrier();
