@@ -423,6 +423,28 @@ impl VringLayout {
     }
 }
 
+/// Whether the peer wants to hear that our index moved from `old` to `new`: with EVENT_IDX,
+/// whether the move crossed its event index (at `event_off` in `area`); without, whether its
+/// flags word (the start of `area`) lacks `suppress_flag`. Nothing moved: no.
+fn peer_wants_notice(
+    area: &Area<'_>,
+    event_off: Option<u64>,
+    suppress_flag: u16,
+    old: u16,
+    new: u16,
+) -> Result<bool, MemError> {
+    if old == new {
+        return Ok(false);
+    }
+    // Our index store must be visible before we read the peer's suppression state, or both
+    // sides could decide that the other needs no notification.
+    full_barrier();
+    match event_off {
+        Some(off) => Ok(need_event(area.u16(off)?, new, old)),
+        None => Ok(area.u16(0)? & suppress_flag == 0),
+    }
+}
+
 #[inline(always)]
 fn read_desc(
     desc: &Area<'_>,
@@ -548,22 +570,17 @@ impl DriverQueue {
 
     /// Whether the device must be kicked for what was added since the last call.
     pub fn should_kick<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, VringError> {
-        // Our index store must be visible before we read the device's suppression state.
-        full_barrier();
-        let old = self.kicked_idx;
-        let new = self.avail_idx;
-        self.kicked_idx = new;
-        if old == new {
-            return Ok(false);
-        }
+        let old = core::mem::replace(&mut self.kicked_idx, self.avail_idx);
+        // The device's suppression state lives in the used ring.
         let used = self.layout.used_area(mem, self.endian)?;
-        if self.event_idx {
-            let event = used.u16(self.layout.avail_event_off())?;
-            Ok(need_event(event, new, old))
-        } else {
-            let flags = used.u16(USED_FLAGS)?;
-            Ok(flags & VRING_USED_F_NO_NOTIFY == 0)
-        }
+        let event = self.layout.avail_event_off();
+        Ok(peer_wants_notice(
+            &used,
+            self.event_idx.then_some(event),
+            VRING_USED_F_NO_NOTIFY,
+            old,
+            self.avail_idx,
+        )?)
     }
 
     /// Takes one used buffer: its token and the length the device reports.
@@ -844,21 +861,17 @@ impl DeviceQueue {
 
     /// Whether the driver wants an interrupt for what was used since the last call.
     pub fn should_notify<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, VringError> {
-        full_barrier();
-        let old = self.signalled_used;
-        let new = self.used_idx;
-        self.signalled_used = new;
-        if old == new {
-            return Ok(false);
-        }
+        let old = core::mem::replace(&mut self.signalled_used, self.used_idx);
+        // The driver's suppression state lives in the available ring.
         let avail = self.layout.avail_area(mem, self.endian)?;
-        if self.event_idx {
-            let event = avail.u16(self.layout.used_event_off())?;
-            Ok(need_event(event, new, old))
-        } else {
-            let flags = avail.u16(AVAIL_FLAGS)?;
-            Ok(flags & VRING_AVAIL_F_NO_INTERRUPT == 0)
-        }
+        let event = self.layout.used_event_off();
+        Ok(peer_wants_notice(
+            &avail,
+            self.event_idx.then_some(event),
+            VRING_AVAIL_F_NO_INTERRUPT,
+            old,
+            self.used_idx,
+        )?)
     }
 
     /// Asks the driver to kick us when it makes buffers available. Returns whether some are
