@@ -1295,8 +1295,8 @@ fn native_rows(plan: &Plan, remote_cpu: usize, busy: bool) -> [Res<Fig>; 2] {
     figs
 }
 
-/// `vamp bench-peer native-rows notify|busy`: the native link's rows alone (this process on
-/// CPU 0, the remote on CPU 1), for profiling the engine.
+/// `vamp bench-peer native-rows notify|busy [same-cpu]`: the native link's rows alone (this
+/// process on CPU 0, the remote on CPU 1 or also on 0), for profiling the engine.
 fn peer_native_rows(args: &[String]) -> Res<()> {
     let busy = match args.first().map(String::as_str) {
         Some("notify") => false,
@@ -1305,8 +1305,12 @@ fn peer_native_rows(args: &[String]) -> Res<()> {
     };
     let allowed = allowed_cpus();
     pin(allowed[0]);
+    let remote_cpu = match args.get(1).map(String::as_str) {
+        Some("same-cpu") => allowed[0],
+        _ => *allowed.last().unwrap_or(&0),
+    };
     let plan = Plan::new(false);
-    for (fig, size) in native_rows(&plan, *allowed.last().unwrap_or(&0), busy)
+    for (fig, size) in native_rows(&plan, remote_cpu, busy)
         .into_iter()
         .zip(SIZES)
     {
