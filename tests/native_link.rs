@@ -1,6 +1,6 @@
 //! The native-Linux link between two real processes, one in each role.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use vamp_rpmsg::native;
 
@@ -8,11 +8,25 @@ fn vamp() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vamp"))
 }
 
-fn paths_args(cmd: &mut Command, paths: &native::NativePaths) {
-    cmd.arg("--shm")
+/// `vamp native --role ROLE ARGS --shm … --socket …` on `paths`.
+fn native_cmd(role: &str, args: &[&str], paths: &native::NativePaths) -> Command {
+    let mut cmd = vamp();
+    cmd.args(["native", "--role", role])
+        .args(args)
+        .arg("--shm")
         .arg(&paths.shm)
         .arg("--socket")
         .arg(&paths.socket);
+    cmd
+}
+
+/// A remote process on `paths` that waits up to 60 s for its host, its output captured.
+fn spawn_remote(paths: &native::NativePaths) -> Child {
+    native_cmd("remote", &["--timeout", "60"], paths)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -26,27 +40,10 @@ fn text(o: &Output) -> String {
 #[test]
 fn host_and_remote_processes_exchange_echoes() {
     let paths = native::private_paths("it-echo");
-    let mut remote = vamp();
-    remote.args(["native", "--role", "remote", "--timeout", "60"]);
-    paths_args(&mut remote, &paths);
-    let remote = remote
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let remote = spawn_remote(&paths);
+    let host = native_cmd("host", &["--ping", "1000", "--timeout", "60"], &paths)
+        .output()
         .unwrap();
-
-    let mut host = vamp();
-    host.args([
-        "native",
-        "--role",
-        "host",
-        "--ping",
-        "1000",
-        "--timeout",
-        "60",
-    ]);
-    paths_args(&mut host, &paths);
-    let host = host.output().unwrap();
     let remote = remote.wait_with_output().unwrap();
     native::cleanup(&paths);
 
@@ -60,14 +57,7 @@ fn host_and_remote_processes_exchange_echoes() {
 #[test]
 fn remote_notices_a_host_that_dies() {
     let paths = native::private_paths("it-dies");
-    let mut remote = vamp();
-    remote.args(["native", "--role", "remote", "--timeout", "60"]);
-    paths_args(&mut remote, &paths);
-    let remote = remote
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let remote = spawn_remote(&paths);
     // A host that connects, brings the link up, and exits without a shutdown message.
     let host = native::start_host(&paths, Duration::from_secs(30)).unwrap();
     drop(host);
@@ -85,10 +75,9 @@ fn remote_notices_a_host_that_dies() {
 fn host_reports_a_missing_remote_clearly() {
     let paths = native::private_paths("it-missing");
     let start = Instant::now();
-    let mut host = vamp();
-    host.args(["native", "--role", "host", "--ping", "1", "--timeout", "1"]);
-    paths_args(&mut host, &paths);
-    let out = host.output().unwrap();
+    let out = native_cmd("host", &["--ping", "1", "--timeout", "1"], &paths)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(
         text(&out).contains("connect to kick socket"),

@@ -13,40 +13,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use vamp_fuzz::{Bytes, Echo, Env, Flags};
 use vamp_rpmsg::mem::{HeapMemory, SharedMemory};
-use vamp_rpmsg::rpmsg::{Config, Handler, HeldRx, Received, Rpmsg};
-use vamp_rpmsg::transport::{DeviceTransport, Environment, Transport};
+use vamp_rpmsg::rpmsg::Rpmsg;
+use vamp_rpmsg::transport::{DeviceTransport, Transport};
 use vamp_rpmsg::vring::{DeviceQueue, MAX_SEGMENTS, PopError, VringLayout};
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
 
 const MEM: u64 = 8192;
-
-/// Bytes of the input, read front to back; missing ones read as zero.
-struct Bytes<'a>(&'a [u8]);
-
-impl<'a> Bytes<'a> {
-    fn u8(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else {
-            return 0;
-        };
-        self.0 = rest;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn take(&mut self, n: usize) -> &'a [u8] {
-        let (head, rest) = self.0.split_at(n.min(self.0.len()));
-        self.0 = rest;
-        head
-    }
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
 
 /// A ring layout, mostly inside memory (sizes 1 to 32).
 fn layout(b: &mut Bytes) -> Option<VringLayout> {
@@ -69,36 +43,6 @@ fn poke(mem: &HeapMemory, ops: &mut Bytes) {
         _ => {
             let n = usize::from(ops.u8() % 32);
             let _ = mem.write(at, ops.take(n));
-        }
-    }
-}
-
-#[derive(Default)]
-struct Env {
-    now: u64,
-}
-
-impl Environment for Env {
-    fn notify(&mut self, _queue: u16) {}
-    fn now_us(&mut self) -> u64 {
-        self.now += 1000;
-        self.now
-    }
-}
-
-/// Echoes odd-first-byte messages, holds even ones.
-#[derive(Default)]
-struct Echo {
-    held: Vec<HeldRx>,
-}
-
-impl<T: Transport> Handler<T> for Echo {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
-        let data = rpmsg.payload(msg).unwrap_or_default();
-        if data.first().is_some_and(|b| b & 1 == 1) {
-            let _ = rpmsg.trysendto(msg.ept, msg.src, &data);
-        } else if self.held.len() < 8 {
-            self.held.push(rpmsg.hold_rx(msg));
         }
     }
 }
@@ -153,25 +97,15 @@ fn queue(image: &[u8], ring: VringLayout, endian: Endian, event_idx: bool, at: u
     }
 }
 
-fn engine(image: &[u8], rings: [VringLayout; 2], at: [u16; 2], flags: u8, ops: &[u8]) {
+fn engine(image: &[u8], rings: [VringLayout; 2], at: [u16; 2], flags: Flags, ops: &[u8]) {
     let mem = HeapMemory::new(MEM as usize, 0);
     mem.write(0, image).expect("image fits");
-    let endian = if flags & 4 == 0 {
-        Endian::Little
-    } else {
-        Endian::Big
-    };
-    let Ok(t) =
-        DeviceTransport::resume(&mem, Env::default(), rings, at, endian, flags & 1 != 0, 512)
+    let (endian, event_idx) = (flags.endian(), flags.event_idx());
+    let Ok(t) = DeviceTransport::resume(&mem, Env::default(), rings, at, endian, event_idx, 512)
     else {
         return;
     };
-    let config = Config {
-        name_service: flags & 2 != 0,
-        send_timeout_us: 0,
-        bind_on_first_message: flags & 8 != 0,
-    };
-    let mut rpmsg = Rpmsg::new(t, config);
+    let mut rpmsg = Rpmsg::new(t, flags.config());
     let _ = rpmsg.create_ept(b"fuzz", 1024, ADDR_ANY);
     let _ = rpmsg.create_ept(b"", 1025, 1024);
     let mut echo = Echo::default();
@@ -182,11 +116,7 @@ fn engine(image: &[u8], rings: [VringLayout; 2], at: [u16; 2], flags: u8, ops: &
                 let _ = rpmsg.poll(&mut echo);
             }
             1 => poke(&mem, &mut ops),
-            2 => {
-                for held in echo.held.drain(..) {
-                    let _ = rpmsg.release_rx(held);
-                }
-            }
+            2 => echo.release_all(&mut rpmsg),
             3 => {
                 let dst = ops.u32();
                 let n = usize::from(ops.u16() % 600);
@@ -218,14 +148,12 @@ fn engine(image: &[u8], rings: [VringLayout; 2], at: [u16; 2], flags: u8, ops: &
         }
         assert_eq!(rpmsg.held_rx_count(), echo.held.len());
     }
-    for held in echo.held.drain(..) {
-        let _ = rpmsg.release_rx(held);
-    }
+    echo.release_all(&mut rpmsg);
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut b = Bytes(data);
-    let flags = b.u8();
+    let flags = Flags(b.u8());
     let (Some(vq0), Some(vq1)) = (layout(&mut b), layout(&mut b)) else {
         return;
     };
@@ -233,11 +161,6 @@ fuzz_target!(|data: &[u8]| {
     let n = usize::from(b.u8()) * 2;
     let ops = b.take(n);
     let image = b.take(MEM as usize);
-    let endian = if flags & 4 == 0 {
-        Endian::Little
-    } else {
-        Endian::Big
-    };
-    queue(image, vq1, endian, flags & 1 != 0, at[1], ops);
+    queue(image, vq1, flags.endian(), flags.event_idx(), at[1], ops);
     engine(image, [vq0, vq1], at, flags, ops);
 });

@@ -12,39 +12,14 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeSet;
+use vamp_fuzz::{Bytes, Echo, Env, Flags};
 use vamp_rpmsg::mem::{HeapMemory, SharedMemory};
-use vamp_rpmsg::rpmsg::{Config, Handler, HeldRx, Received, Rpmsg};
-use vamp_rpmsg::transport::{BufferConfig, DriverLayout, DriverTransport, Environment, Transport};
+use vamp_rpmsg::rpmsg::Rpmsg;
+use vamp_rpmsg::transport::{BufferConfig, DriverLayout, DriverTransport};
 use vamp_rpmsg::vring::{DriverQueue, VringLayout};
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
 
 const MEM: u64 = 64 << 10;
-
-struct Bytes<'a>(&'a [u8]);
-
-impl<'a> Bytes<'a> {
-    fn u8(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else {
-            return 0;
-        };
-        self.0 = rest;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn take(&mut self, n: usize) -> &'a [u8] {
-        let (head, rest) = self.0.split_at(n.min(self.0.len()));
-        self.0 = rest;
-        head
-    }
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
 
 /// What a device does to a used ring: completes an entry (id, length) and publishes it, or
 /// writes any of the ring's words.
@@ -111,47 +86,14 @@ fn queue(ring: VringLayout, endian: Endian, event_idx: bool, ops: &[u8]) {
     }
 }
 
-#[derive(Default)]
-struct Env {
-    now: u64,
-}
-
-impl Environment for Env {
-    fn notify(&mut self, _queue: u16) {}
-    fn now_us(&mut self) -> u64 {
-        self.now += 1000;
-        self.now
-    }
-}
-
-#[derive(Default)]
-struct Echo {
-    held: Vec<HeldRx>,
-}
-
-impl<T: Transport> Handler<T> for Echo {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
-        let data = rpmsg.payload(msg).unwrap_or_default();
-        if data.first().is_some_and(|b| b & 1 == 1) {
-            let _ = rpmsg.trysendto(msg.ept, msg.src, &data);
-        } else if self.held.len() < 8 {
-            self.held.push(rpmsg.hold_rx(msg));
-        }
-    }
-}
-
-fn engine(layout: DriverLayout, endian: Endian, flags: u8, ops: &[u8]) {
+fn engine(layout: DriverLayout, flags: Flags, ops: &[u8]) {
     let mem = HeapMemory::new(MEM as usize, 0);
-    let event_idx = flags & 1 != 0;
-    let Ok(t) = DriverTransport::new(&mem, Env::default(), layout, endian, event_idx) else {
+    let endian = flags.endian();
+    let Ok(t) = DriverTransport::new(&mem, Env::default(), layout, endian, flags.event_idx())
+    else {
         return;
     };
-    let config = Config {
-        name_service: flags & 2 != 0,
-        send_timeout_us: 0,
-        bind_on_first_message: flags & 8 != 0,
-    };
-    let mut rpmsg = Rpmsg::new(t, config);
+    let mut rpmsg = Rpmsg::new(t, flags.config());
     let _ = rpmsg.create_ept(b"fuzz", 1024, ADDR_ANY);
     let mut echo = Echo::default();
     let mut ops = Bytes(ops);
@@ -162,11 +104,7 @@ fn engine(layout: DriverLayout, endian: Endian, flags: u8, ops: &[u8]) {
             }
             1 => device_writes(&mem, &layout.rx_ring, endian, &mut ops),
             2 => device_writes(&mem, &layout.tx_ring, endian, &mut ops),
-            3 => {
-                for held in echo.held.drain(..) {
-                    let _ = rpmsg.release_rx(held);
-                }
-            }
+            3 => echo.release_all(&mut rpmsg),
             4 => {
                 let n = usize::from(ops.u16() % 600);
                 let _ = rpmsg.send_offchannel_raw(1024, ops.u32(), &vec![0x33; n], false);
@@ -180,26 +118,19 @@ fn engine(layout: DriverLayout, endian: Endian, flags: u8, ops: &[u8]) {
         }
         assert_eq!(rpmsg.held_rx_count(), echo.held.len());
     }
-    for held in echo.held.drain(..) {
-        let _ = rpmsg.release_rx(held);
-    }
+    echo.release_all(&mut rpmsg);
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut b = Bytes(data);
-    let flags = b.u8();
+    let flags = Flags(b.u8());
     let size = 1u16 << (b.u8() % 6);
-    let endian = if flags & 4 == 0 {
-        Endian::Little
-    } else {
-        Endian::Big
-    };
     let sizes = [b.u8(), b.u8()].map(|s| 16 + 16 * u32::from(s % 32));
     let n = usize::from(b.u16() % 2048);
     let ops = b.take(n);
     let rx_ring = VringLayout::legacy(0x0, size, 64).expect("valid");
     let tx_ring = VringLayout::legacy(0x1000, size, 64).expect("valid");
-    queue(tx_ring, endian, flags & 1 != 0, ops);
+    queue(tx_ring, flags.endian(), flags.event_idx(), ops);
     let layout = DriverLayout {
         rx_ring,
         tx_ring,
@@ -210,5 +141,5 @@ fuzz_target!(|data: &[u8]| {
             r2h_buf_size: sizes[1],
         },
     };
-    engine(layout, endian, flags, ops);
+    engine(layout, flags, ops);
 });

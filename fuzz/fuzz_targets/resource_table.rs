@@ -27,27 +27,27 @@ enum Fields {
     Unknown,
 }
 
+/// Reads every field of a carveout or devmem `$m` (two view types with one layout); gives
+/// what a rebuild must keep.
+macro_rules! memory_fields {
+    ($rtype:expr, $m:expr) => {{
+        let m = &$m;
+        let _ = (m.rtype(), m.reserved(), m.is_empty());
+        Fields::Memory(
+            $rtype,
+            [m.da(), m.pa(), m.len(), m.flags()],
+            m.name().to_vec(),
+        )
+    }};
+}
+
 /// Reads every field of `entry` (and formats it); returns what a rebuild must keep.
 fn fields(entry: &Resource<&[u8]>) -> Fields {
     let _ = format!("{entry:?}");
     let rtype = entry.rtype();
     match entry {
-        Resource::Carveout(c) => {
-            let _ = (c.rtype(), c.reserved(), c.is_empty());
-            Fields::Memory(
-                rtype,
-                [c.da(), c.pa(), c.len(), c.flags()],
-                c.name().to_vec(),
-            )
-        }
-        Resource::Devmem(d) => {
-            let _ = (d.rtype(), d.reserved(), d.is_empty());
-            Fields::Memory(
-                rtype,
-                [d.da(), d.pa(), d.len(), d.flags()],
-                d.name().to_vec(),
-            )
-        }
+        Resource::Carveout(c) => memory_fields!(rtype, c),
+        Resource::Devmem(d) => memory_fields!(rtype, d),
         Resource::Trace(t) => {
             let _ = (t.rtype(), t.reserved(), t.is_empty());
             Fields::Trace([t.da(), t.len()], t.name().to_vec())

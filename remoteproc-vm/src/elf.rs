@@ -549,6 +549,39 @@ impl Header {
             Endianness::Big => Endian::Big,
         }
     }
+
+    /// What [`inspect`] tells of an image with this header and what was read after it.
+    fn info(
+        &self,
+        segments: Vec<Segment>,
+        program_headers: usize,
+        sections: &Sections,
+        resource_table: Option<ResourceTableLocation>,
+    ) -> ElfInfo {
+        ElfInfo {
+            class: self.class,
+            endian: self.wire_endian(),
+            machine: self.machine,
+            file_type: self.file_type,
+            entry: self.entry,
+            segments,
+            program_headers,
+            sections: sections.headers.len(),
+            resource_table,
+        }
+    }
+
+    /// The first `count` section headers in `bytes`, read in this file's class and byte order.
+    fn parse_sections(&self, bytes: &[u8], count: usize) -> Result<Vec<Section>, ElfError> {
+        match self.class {
+            ElfClass::Elf32 => {
+                parse_sections::<elf::FileHeader32<Endianness>>(bytes, count, self.endian)
+            }
+            ElfClass::Elf64 => {
+                parse_sections::<elf::FileHeader64<Endianness>>(bytes, count, self.endian)
+            }
+        }
+    }
 }
 
 fn header_fields<H: FileHeader<Endian = Endianness>>(
@@ -639,13 +672,23 @@ struct Section {
     info: u32,
 }
 
+/// The first `count` headers in `bytes`; `what` names them if they do not fit.
+fn header_table<'a, T: pod::Pod>(
+    bytes: &'a [u8],
+    count: usize,
+    what: &str,
+) -> Result<&'a [T], ElfError> {
+    pod::slice_from_bytes::<T>(bytes, count)
+        .map(|(headers, _)| headers)
+        .map_err(|_| ElfError::BadHeader(format!("{what} do not fit")))
+}
+
 fn parse_sections<H: FileHeader<Endian = Endianness>>(
     bytes: &[u8],
     count: usize,
     e: Endianness,
 ) -> Result<Vec<Section>, ElfError> {
-    let (shdrs, _) = pod::slice_from_bytes::<H::SectionHeader>(bytes, count)
-        .map_err(|_| ElfError::BadHeader("section headers do not fit".into()))?;
+    let shdrs = header_table::<H::SectionHeader>(bytes, count, "section headers")?;
     Ok(shdrs
         .iter()
         .map(|s| Section {
@@ -665,8 +708,7 @@ fn parse_segments<H: FileHeader<Endian = Endianness>>(
     count: usize,
     e: Endianness,
 ) -> Result<Vec<Segment>, ElfError> {
-    let (phdrs, _) = pod::slice_from_bytes::<H::ProgramHeader>(bytes, count)
-        .map_err(|_| ElfError::BadHeader("program headers do not fit".into()))?;
+    let phdrs = header_table::<H::ProgramHeader>(bytes, count, "program headers")?;
     Ok(phdrs
         .iter()
         .enumerate()
@@ -719,11 +761,7 @@ fn read_section0<S: ImageStore + ?Sized>(
         )));
     }
     let bytes = r.read_vec(h.shoff, h.shdr_size(), "section headers")?;
-    let s = match h.class {
-        ElfClass::Elf32 => parse_sections::<elf::FileHeader32<Endianness>>(&bytes, 1, h.endian)?,
-        ElfClass::Elf64 => parse_sections::<elf::FileHeader64<Endianness>>(&bytes, 1, h.endian)?,
-    };
-    Ok(s.first().copied())
+    Ok(h.parse_sections(&bytes, 1)?.first().copied())
 }
 
 fn read_segments<S: ImageStore + ?Sized>(
@@ -785,10 +823,7 @@ fn read_section_headers<S: ImageStore + ?Sized>(
         what: "section headers",
         count,
     })?;
-    let headers = match h.class {
-        ElfClass::Elf32 => parse_sections::<elf::FileHeader32<Endianness>>(&bytes, n, h.endian)?,
-        ElfClass::Elf64 => parse_sections::<elf::FileHeader64<Endianness>>(&bytes, n, h.endian)?,
-    };
+    let headers = h.parse_sections(&bytes, n)?;
     let names = match elf::SymbolSection(h.shstrndx) {
         elf::SHN_UNDEF => None,
         elf::SHN_XINDEX => Some(s0.link as usize),
@@ -980,17 +1015,7 @@ fn read_info<S: ImageStore + ?Sized>(
         _ => None,
     };
     Ok((
-        ElfInfo {
-            class: h.class,
-            endian: h.wire_endian(),
-            machine: h.machine,
-            file_type: h.file_type,
-            entry: h.entry,
-            segments,
-            program_headers,
-            sections: sections.headers.len(),
-            resource_table,
-        },
+        h.info(segments, program_headers, &sections, resource_table),
         bytes,
     ))
 }
@@ -1151,17 +1176,7 @@ where
         }
     }
     Ok(LoadedImage {
-        info: ElfInfo {
-            class: h.class,
-            endian: h.wire_endian(),
-            machine: h.machine,
-            file_type: h.file_type,
-            entry: h.entry,
-            segments,
-            program_headers,
-            sections: sections.headers.len(),
-            resource_table,
-        },
+        info: h.info(segments, program_headers, &sections, resource_table),
         copied,
         zeroed,
     })

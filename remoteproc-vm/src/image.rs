@@ -35,33 +35,29 @@ pub trait ImageStore {
     }
 }
 
-impl<S: ImageStore + ?Sized> ImageStore for &mut S {
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        (**self).read_at(offset, buf)
-    }
+/// Makes a pointer to a store (`$ptr`, generic over the store `S`) a store: every call goes
+/// to the store it points at.
+macro_rules! forward_to_pointee {
+    ($($ptr:ty),*) => {
+        $(
+            impl<S: ImageStore + ?Sized> ImageStore for $ptr {
+                fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+                    (**self).read_at(offset, buf)
+                }
 
-    fn len(&self) -> Option<u64> {
-        (**self).len()
-    }
+                fn len(&self) -> Option<u64> {
+                    (**self).len()
+                }
 
-    fn sequential(&self) -> bool {
-        (**self).sequential()
-    }
+                fn sequential(&self) -> bool {
+                    (**self).sequential()
+                }
+            }
+        )*
+    };
 }
 
-impl<S: ImageStore + ?Sized> ImageStore for Box<S> {
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        (**self).read_at(offset, buf)
-    }
-
-    fn len(&self) -> Option<u64> {
-        (**self).len()
-    }
-
-    fn sequential(&self) -> bool {
-        (**self).sequential()
-    }
-}
+forward_to_pointee!(&mut S, Box<S>);
 
 fn eof(offset: u64, want: usize, len: u64) -> io::Error {
     io::Error::new(

@@ -154,6 +154,23 @@ fn hex_bytes(b: &[u8], max: usize) -> String {
     s.join(" ")
 }
 
+/// Describes a carveout or devmem entry `$m` (two view types with one layout) as `$kind`
+/// followed by every field.
+macro_rules! memory_entry {
+    ($kind:literal, $m:expr) => {{
+        let m = &$m;
+        format!(
+            concat!($kind, " {} da {} pa {} len {:#x} flags {:#x} reserved {}"),
+            name(m.name()),
+            addr(m.da()),
+            addr(m.pa()),
+            m.len(),
+            m.flags(),
+            m.reserved()
+        )
+    }};
+}
+
 /// Describes a resource table, every field of every entry.
 pub fn describe_table(bytes: &[u8], endian: Endian) -> String {
     let mut o = String::new();
@@ -180,28 +197,10 @@ pub fn describe_table(bytes: &[u8], endian: Endian) -> String {
         };
         match e {
             Resource::Carveout(c) => {
-                let _ = writeln!(
-                    o,
-                    "  [{i}] at {at:#x}: carveout {} da {} pa {} len {:#x} flags {:#x} reserved {}",
-                    name(c.name()),
-                    addr(c.da()),
-                    addr(c.pa()),
-                    c.len(),
-                    c.flags(),
-                    c.reserved()
-                );
+                let _ = writeln!(o, "  [{i}] at {at:#x}: {}", memory_entry!("carveout", c));
             }
             Resource::Devmem(d) => {
-                let _ = writeln!(
-                    o,
-                    "  [{i}] at {at:#x}: devmem {} da {} pa {} len {:#x} flags {:#x} reserved {}",
-                    name(d.name()),
-                    addr(d.da()),
-                    addr(d.pa()),
-                    d.len(),
-                    d.flags(),
-                    d.reserved()
-                );
+                let _ = writeln!(o, "  [{i}] at {at:#x}: {}", memory_entry!("devmem", d));
             }
             Resource::Trace(t) => {
                 let _ = writeln!(

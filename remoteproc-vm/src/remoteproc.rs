@@ -65,6 +65,13 @@ use vamp_rpmsg::wire::resource_table::{
 pub const VIRTIO_RPMSG_F_NS: u32 = 1 << 0;
 /// Alignment of a buffer pool the host allocates.
 pub const POOL_ALIGN: u64 = 4096;
+/// The states an image may be loaded in: offline, ready (the loaded image is replaced) or
+/// stopped.
+const LOADABLE: [RemoteState; 3] = [
+    RemoteState::Offline,
+    RemoteState::Ready,
+    RemoteState::Stopped,
+];
 
 /// Where a remote is in its life. See the [module documentation](self) for the mapping to
 /// OpenAMP and Linux.
@@ -520,14 +527,7 @@ impl<B: RemoteBackend> Remoteproc<B> {
         &mut self,
         store: &mut S,
     ) -> Result<&LoadedImage, LifecycleError> {
-        self.check(
-            "load",
-            &[
-                RemoteState::Offline,
-                RemoteState::Ready,
-                RemoteState::Stopped,
-            ],
-        )?;
+        self.check("load", &LOADABLE)?;
         self.source = None;
         self.load_inner(store)
     }
@@ -535,14 +535,7 @@ impl<B: RemoteBackend> Remoteproc<B> {
     /// Loads the image `source` names and remembers it, so that [`recover`](Self::recover)
     /// (and [`ManagedRemote::start`]) can load it again.
     pub fn load_source(&mut self, source: ImageSource) -> Result<&LoadedImage, LifecycleError> {
-        self.check(
-            "load",
-            &[
-                RemoteState::Offline,
-                RemoteState::Ready,
-                RemoteState::Stopped,
-            ],
-        )?;
+        self.check("load", &LOADABLE)?;
         let mut store = source.open().map_err(|e| LifecycleError::Image {
             what: source.describe(),
             source: e,

@@ -3,8 +3,10 @@
 //! Each guest has its own socket and daemon thread; all of them share one [`Hub`] behind a
 //! mutex, which moves messages between their rings.
 
+use crate::control::{Control, ResetNotice};
 use crate::guest_memory::{GuestMemoryMap, GuestRam};
 use crate::hub::{Hub, LinkId, Notifier, RingsInfo};
+use crate::sandbox::{self, ThreadKind};
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -36,15 +38,25 @@ pub fn lock_hub(hub: &Mutex<Hub>) -> std::sync::MutexGuard<'_, Hub> {
     hub.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-struct VringNotifier(Vec<VringRwLock>);
+struct VringNotifier {
+    vrings: Vec<VringRwLock>,
+    /// Woken when the hub breaks the guest's link (see [`crate::control`]).
+    reset_notice: Option<Arc<ResetNotice>>,
+}
 
 impl Notifier for VringNotifier {
     fn notify(&self, queue: u16) {
-        if let Some(vring) = self.0.get(queue as usize) {
+        if let Some(vring) = self.vrings.get(queue as usize) {
             // The call fd is replaced by SET_VRING_CALL: the vring always signals the current one.
             if let Err(e) = vring.signal_used_queue() {
                 log::debug!("signalling queue {queue} failed: {e}");
             }
+        }
+    }
+
+    fn needs_reset(&self) {
+        if let Some(notice) = &self.reset_notice {
+            notice.wake();
         }
     }
 }
@@ -58,6 +70,29 @@ pub struct RpmsgBackend {
     acked_features: u64,
     event_idx: bool,
     vrings: Option<(Vec<VringRwLock>, Arc<dyn Notifier>)>,
+    /// Told when the hub breaks this guest's link (see [`crate::control`]).
+    reset_notice: Option<Arc<ResetNotice>>,
+    /// Exit-event consumers given to vhost-user-backend: it registers each with its epoll by
+    /// raw descriptor and never closes it (0.24), so they are closed when this backend (one per
+    /// connection) is dropped. Without this every connection leaked an eventfd.
+    exit_consumers: Mutex<Vec<std::os::fd::RawFd>>,
+}
+
+impl Drop for RpmsgBackend {
+    fn drop(&mut self) {
+        let fds = self
+            .exit_consumers
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner());
+        for fd in fds.drain(..) {
+            // SAFETY: `fd` came from `EventConsumer::into_raw_fd` in vhost-user-backend, which
+            // owns it from then on but never closes it; its epoll handler, the only user, holds
+            // this backend, so it is gone now and nothing else closes or uses the descriptor.
+            unsafe {
+                libc::close(fd);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for RpmsgBackend {
@@ -80,7 +115,14 @@ impl RpmsgBackend {
             acked_features: 0,
             event_idx: false,
             vrings: None,
+            reset_notice: None,
+            exit_consumers: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Wakes `notice` whenever a kick finds this guest's link broken (DEVICE_NEEDS_RESET).
+    pub fn set_reset_notice(&mut self, notice: Arc<ResetNotice>) {
+        self.reset_notice = Some(notice);
     }
 
     fn rings_info(&self, vrings: &[VringRwLock]) -> Option<RingsInfo> {
@@ -171,7 +213,12 @@ impl VhostUserBackendMut for RpmsgBackend {
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         // Without an exit event the daemon cannot stop its worker thread when the frontend
         // disconnects, and serving the next connection would wait for it forever.
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
+        self.exit_consumers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(std::os::fd::AsRawFd::as_raw_fd(&consumer));
+        Some((consumer, notifier))
     }
 
     fn stop_vring(&mut self, _queue_index: u32) -> io::Result<()> {
@@ -189,6 +236,9 @@ impl VhostUserBackendMut for RpmsgBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        // The first event on this worker thread, before any guest memory is read: vhost-user-
+        // backend has no other hook on its worker threads (see crate::sandbox).
+        sandbox::enter(ThreadKind::Worker);
         if device_event as usize >= NUM_QUEUES {
             return Err(io::Error::other(format!("unexpected event {device_event}")));
         }
@@ -196,7 +246,10 @@ impl VhostUserBackendMut for RpmsgBackend {
             return Ok(());
         };
         if self.vrings.is_none() {
-            let notifier: Arc<dyn Notifier> = Arc::new(VringNotifier(vrings.to_vec()));
+            let notifier: Arc<dyn Notifier> = Arc::new(VringNotifier {
+                vrings: vrings.to_vec(),
+                reset_notice: self.reset_notice.clone(),
+            });
             self.vrings = Some((vrings.to_vec(), notifier));
         }
         let Some(info) = self.rings_info(vrings) else {
@@ -208,6 +261,8 @@ impl VhostUserBackendMut for RpmsgBackend {
             .as_ref()
             .map(|(_, n)| n.clone())
             .expect("set above");
+        // A break, found here or on another guest's thread, reaches the control thread through
+        // the notifier's `needs_reset`.
         let at = lock_hub(&self.hub).service(self.id, &ram, info, &notifier);
         if let Some(at) = at {
             Self::record(vrings, at);
@@ -225,6 +280,7 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub fn spawn_clock(hub: &Arc<Mutex<Hub>>) {
     let hub = Arc::downgrade(hub);
     let clock = move || {
+        sandbox::enter(ThreadKind::Clock);
         while let Some(hub) = hub.upgrade() {
             lock_hub(&hub).tick();
             drop(hub);
@@ -253,20 +309,37 @@ pub fn serve_guest(
     if lock_hub(&hub).claim_clock() {
         spawn_clock(&hub);
     }
-    let mut listener =
+    let listener =
         Listener::new(socket, true).map_err(vhost_user_backend::Error::CreateBackendListener)?;
+    let notice = Arc::new(ResetNotice::new().map_err(vhost_user_backend::Error::StartDaemon)?);
     loop {
-        let backend = Arc::new(RwLock::new(RpmsgBackend::new(hub.clone(), id)));
+        let mut backend = RpmsgBackend::new(hub.clone(), id);
+        backend.set_reset_notice(notice.clone());
+        let backend = Arc::new(RwLock::new(backend));
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(format!("vhost-user-rpmsg-{name}"), backend, mem)?;
         log::info!(
             "guest {name}: waiting for a frontend on {}",
             socket.display()
         );
-        let result = daemon.start(&mut listener).and_then(|()| daemon.wait());
+        // The frontend talks to the daemon through a control thread, which adds device status
+        // and the backend channel (crate::control).
+        let mut control = None;
+        let result = accept(&listener).and_then(|frontend| {
+            let started = Control::start(
+                frontend,
+                |path| daemon.start_client(path),
+                hub.clone(),
+                id,
+                notice.clone(),
+            );
+            control = Some(started.map_err(vhost_user_backend::Error::StartDaemon)?);
+            daemon.wait()
+        });
         // Dropping the daemon stops and joins its worker threads: only then can no late kick
         // of the old connection bring the link back up.
         drop(daemon);
+        drop(control);
         lock_hub(&hub).stop(id, "the frontend disconnected");
         match result {
             Ok(()) => log::info!("guest {name}: frontend disconnected"),
@@ -274,6 +347,23 @@ pub fn serve_guest(
                 vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
             )) => log::info!("guest {name}: frontend disconnected"),
             Err(e) => log::warn!("guest {name}: connection ended: {e}"),
+        }
+    }
+}
+
+/// The next frontend connection on `listener`.
+fn accept(
+    listener: &Listener,
+) -> Result<std::os::unix::net::UnixStream, vhost_user_backend::Error> {
+    loop {
+        match listener.accept() {
+            Ok(Some(stream)) => return Ok(stream),
+            Ok(None) => continue,
+            Err(e) => {
+                // Out of file descriptors or the like: do not spin.
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(vhost_user_backend::Error::CreateBackendListener(e));
+            }
         }
     }
 }

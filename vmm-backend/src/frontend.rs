@@ -16,14 +16,23 @@
 //! `SET_VRING_ADDR`, `SET_VRING_CALL`, `SET_VRING_KICK`, and `SET_VRING_ENABLE` for both
 //! queues when protocol features were negotiated. The rings are initialised before their
 //! addresses are sent, so the backend never sees garbage.
+//!
+//! When the backend offers them, the guest also negotiates `VHOST_USER_PROTOCOL_F_STATUS`
+//! (it sets the device status as a driver does: ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK
+//! once started, 0 to reset, and reads it back with `GET_STATUS`) and
+//! `VHOST_USER_PROTOCOL_F_BACKEND_REQ` (a backend channel on which the backend's
+//! configuration-change notices arrive). A backend that sets DEVICE_NEEDS_RESET is seen with
+//! [`NativeGuest::needs_reset`]; [`NativeGuest::reset`] answers it.
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use vamp_rpmsg::mem::{RawMemory, SharedMemory};
@@ -34,8 +43,10 @@ use vamp_rpmsg::transport::{
 };
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::Endian;
-use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::vhost_user::message::{FrontendReq, VhostUserHeaderFlag, VhostUserProtocolFeatures};
+use vhost::vhost_user::{
+    Frontend, FrontendReqHandler, HandlerResult, VhostUserFrontend, VhostUserFrontendReqHandler,
+};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EFD_CLOEXEC, EFD_NONBLOCK, EventFd};
 
@@ -49,6 +60,24 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Features the backend must offer.
 pub const REQUIRED_FEATURES: u64 = VIRTIO_RPMSG_F_NS | VIRTIO_F_VERSION_1;
+
+/// Device status bits (virtio 1.x, 2.1).
+pub mod status {
+    /// The guest noticed the device.
+    pub const ACKNOWLEDGE: u8 = 0x01;
+    /// The guest knows how to drive it.
+    pub const DRIVER: u8 = 0x02;
+    /// The driver is ready.
+    pub const DRIVER_OK: u8 = 0x04;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u8 = 0x08;
+    /// The device hit an error it cannot recover from: the driver must reset it.
+    pub const DEVICE_NEEDS_RESET: u8 = 0x40;
+    /// The driver gave up on the device.
+    pub const FAILED: u8 = 0x80;
+    /// What a started native guest sets.
+    pub const STARTED: u8 = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
+}
 
 /// An rpmsg device has two queues: vq 0 (driver receives) and vq 1 (driver transmits).
 const NUM_QUEUES: usize = 2;
@@ -105,6 +134,14 @@ pub enum FrontendError {
     /// The engine could not set up or use the rings.
     #[error("rpmsg link: {0}")]
     Link(#[from] LinkError),
+    /// A device-status request (`SET_STATUS`, `GET_STATUS`) failed or was answered wrongly.
+    #[error("vhost-user {step}: {source}")]
+    Status {
+        /// The request.
+        step: &'static str,
+        /// What went wrong.
+        source: io::Error,
+    },
 }
 
 fn protocol(step: &'static str) -> impl FnOnce(vhost::Error) -> FrontendError {
@@ -360,6 +397,26 @@ impl Environment for GuestEnv {
     }
 }
 
+/// Counts the backend's configuration-change notices.
+#[derive(Debug, Default)]
+struct ConfigChanges(AtomicU64);
+
+impl VhostUserFrontendReqHandler for ConfigChanges {
+    fn handle_config_change(&self) -> HandlerResult<u64> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(0)
+    }
+}
+
+/// A descriptor number, lent to a call that wants `AsRawFd`.
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
 /// A guest played by this process: a vhost-user connection, its RAM, and vamp's engine in the
 /// driver role over the device's two vrings.
 pub struct NativeGuest {
@@ -370,6 +427,11 @@ pub struct NativeGuest {
     offered: u64,
     acked: u64,
     protocol: VhostUserProtocolFeatures,
+    /// Our end of the backend channel (with BACKEND_REQ).
+    channel: Option<FrontendReqHandler<ConfigChanges>>,
+    config_changes: Arc<ConfigChanges>,
+    /// Notices [`NativeGuest::wait_config_change`] has reported.
+    config_changes_waited: u64,
     rpmsg: GuestRpmsg,
 }
 
@@ -415,8 +477,12 @@ impl NativeGuest {
                 .get_protocol_features()
                 .map_err(protocol("GET_PROTOCOL_FEATURES"))?;
             // rpmsg has no config space and one queue pair: all we want is acknowledged
-            // requests, so a backend's refusal surfaces as an error here.
-            protocol_acked = offered_protocol & VhostUserProtocolFeatures::REPLY_ACK;
+            // requests, so a backend's refusal surfaces as an error here, the device status
+            // and the backend channel, for DEVICE_NEEDS_RESET.
+            protocol_acked = offered_protocol
+                & (VhostUserProtocolFeatures::REPLY_ACK
+                    | VhostUserProtocolFeatures::STATUS
+                    | VhostUserProtocolFeatures::BACKEND_REQ);
             frontend
                 .set_protocol_features(protocol_acked)
                 .map_err(protocol("SET_PROTOCOL_FEATURES"))?;
@@ -425,9 +491,21 @@ impl NativeGuest {
             }
         }
         frontend.set_owner().map_err(protocol("SET_OWNER"))?;
+        let config_changes = Arc::new(ConfigChanges::default());
+        let mut channel = None;
+        if protocol_acked.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+            let mut handler = FrontendReqHandler::new(config_changes.clone())
+                .map_err(|e| protocol("backend channel")(e.into()))?;
+            handler
+                .set_reply_ack_flag(protocol_acked.contains(VhostUserProtocolFeatures::REPLY_ACK));
+            frontend
+                .set_backend_request_fd(&Fd(handler.get_tx_raw_fd()))
+                .map_err(protocol("SET_BACKEND_REQ_FD"))?;
+            channel = Some(handler);
+        }
 
         let rpmsg = start(&mut frontend, &mem, layout, acked, event_idx)?;
-        Ok(NativeGuest {
+        let mut guest = NativeGuest {
             frontend,
             mem,
             layout,
@@ -435,8 +513,13 @@ impl NativeGuest {
             offered,
             acked,
             protocol: protocol_acked,
+            channel,
+            config_changes,
+            config_changes_waited: 0,
             rpmsg,
-        })
+        };
+        guest.set_status(status::STARTED)?;
+        Ok(guest)
     }
 
     /// The engine: create endpoints, send, receive.
@@ -493,12 +576,15 @@ impl NativeGuest {
         &mut self.frontend
     }
 
-    /// Restarts the device as a guest whose driver re-probes: disables and stops both rings
-    /// (`SET_VRING_ENABLE 0`, `GET_VRING_BASE`), then sets everything up again from scratch
-    /// with fresh rings, buffers, eventfds and engine (endpoints are gone).
+    /// Restarts the device as a guest whose driver re-probes: writes status 0 (with
+    /// `VHOST_USER_PROTOCOL_F_STATUS`), disables and stops both rings (`SET_VRING_ENABLE 0`,
+    /// `GET_VRING_BASE`), then sets everything up again from scratch with fresh rings,
+    /// buffers, eventfds and engine (endpoints are gone), and sets the status of a started
+    /// device. This is what a driver does when the device reports DEVICE_NEEDS_RESET.
     ///
     /// On error the guest is stopped and should be dropped.
     pub fn reset(&mut self) -> Result<(), FrontendError> {
+        self.set_status(0)?;
         if self.acked & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             for q in 0..NUM_QUEUES {
                 self.frontend
@@ -518,13 +604,159 @@ impl NativeGuest {
             self.acked,
             self.event_idx,
         )?;
+        self.set_status(status::STARTED)
+    }
+
+    /// The device status (`GET_STATUS`), or `None` when the backend does not offer
+    /// `VHOST_USER_PROTOCOL_F_STATUS`.
+    pub fn status(&mut self) -> Result<Option<u8>, FrontendError> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::STATUS) {
+            return Ok(None);
+        }
+        let step = "GET_STATUS";
+        let mut sock = self.control_socket(step)?;
+        let code = u32::from(FrontendReq::GET_STATUS);
+        send_raw(&mut sock, code, 0, None).map_err(status_error(step))?;
+        let value = recv_u64_reply(&mut sock, code).map_err(status_error(step))?;
+        u8::try_from(value)
+            .map(Some)
+            .map_err(|_| status_error(step)(invalid_reply(format!("status {value:#x}"))))
+    }
+
+    /// Whether the backend set DEVICE_NEEDS_RESET (always `false` without
+    /// `VHOST_USER_PROTOCOL_F_STATUS`). The driver's answer is [`reset`](Self::reset).
+    pub fn needs_reset(&mut self) -> Result<bool, FrontendError> {
+        Ok(self
+            .status()?
+            .is_some_and(|s| s & status::DEVICE_NEEDS_RESET != 0))
+    }
+
+    /// Configuration-change notices received on the backend channel so far (handling any
+    /// that wait; 0 without `VHOST_USER_PROTOCOL_F_BACKEND_REQ`).
+    pub fn config_changes(&mut self) -> Result<u64, FrontendError> {
+        while self.handle_channel(Duration::ZERO)? {}
+        Ok(self.config_changes.0.load(Ordering::SeqCst))
+    }
+
+    /// Waits up to `timeout` for a configuration-change notice that no earlier call
+    /// reported (one that came before this call counts); returns whether there was one.
+    pub fn wait_config_change(&mut self, timeout: Duration) -> Result<bool, FrontendError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let total = self.config_changes()?;
+            if total != self.config_changes_waited {
+                self.config_changes_waited = total;
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            self.handle_channel(left)?;
+        }
+    }
+
+    /// Handles one message on the backend channel if one arrives within `timeout`.
+    fn handle_channel(&mut self, timeout: Duration) -> Result<bool, FrontendError> {
+        let Some(channel) = self.channel.as_mut() else {
+            if !timeout.is_zero() {
+                std::thread::sleep(timeout);
+            }
+            return Ok(false);
+        };
+        let mut fd = libc::pollfd {
+            fd: channel.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd, living across the call.
+        let ready = unsafe { libc::poll(&mut fd, 1, ms) };
+        if ready <= 0 {
+            return Ok(false);
+        }
+        channel
+            .handle_request()
+            .map_err(|e| protocol("backend channel")(e.into()))?;
+        Ok(true)
+    }
+
+    /// `SET_STATUS`, when the backend offers it.
+    fn set_status(&mut self, value: u8) -> Result<(), FrontendError> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::STATUS) {
+            return Ok(());
+        }
+        let step = "SET_STATUS";
+        let ack = self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+        let mut sock = self.control_socket(step)?;
+        let code = u32::from(FrontendReq::SET_STATUS);
+        let flags = if ack {
+            VhostUserHeaderFlag::NEED_REPLY.bits()
+        } else {
+            0
+        };
+        send_raw(&mut sock, code, flags, Some(u64::from(value))).map_err(status_error(step))?;
+        if ack {
+            let result = recv_u64_reply(&mut sock, code).map_err(status_error(step))?;
+            if result != 0 {
+                return Err(status_error(step)(invalid_reply(format!(
+                    "refused ({result:#x})"
+                ))));
+            }
+        }
         Ok(())
+    }
+
+    /// The vhost-user socket, for the requests vhost's `Frontend` has no method for. Used
+    /// between two of its calls, so no reply of its own is pending.
+    fn control_socket(&self, step: &'static str) -> Result<UnixStream, FrontendError> {
+        // SAFETY: the descriptor is the frontend's socket, open for as long as
+        // `self.frontend` lives, which outlives this borrow; it is only duplicated.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.frontend.as_raw_fd()) };
+        fd.try_clone_to_owned()
+            .map(UnixStream::from)
+            .map_err(status_error(step))
     }
 
     /// Closes the connection (the backend sees the guest go away).
     pub fn disconnect(self) {
         drop(self);
     }
+}
+
+fn status_error(step: &'static str) -> impl FnOnce(io::Error) -> FrontendError {
+    move |source| FrontendError::Status { step, source }
+}
+
+fn invalid_reply(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// Sends a vhost-user request of version 1 with an optional u64 body.
+fn send_raw(sock: &mut UnixStream, code: u32, flags: u32, body: Option<u64>) -> io::Result<()> {
+    let mut bytes = Vec::with_capacity(20);
+    bytes.extend_from_slice(&code.to_le_bytes());
+    bytes.extend_from_slice(&(0x1 | flags).to_le_bytes());
+    let size: u32 = if body.is_some() { 8 } else { 0 };
+    bytes.extend_from_slice(&size.to_le_bytes());
+    if let Some(v) = body {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    sock.write_all(&bytes)
+}
+
+/// Reads the reply to request `code`: a u64.
+fn recv_u64_reply(sock: &mut UnixStream, code: u32) -> io::Result<u64> {
+    let mut reply = [0u8; 20];
+    sock.read_exact(&mut reply)?;
+    let word = |i: usize| u32::from_le_bytes(reply[i..i + 4].try_into().expect("4 bytes"));
+    let (request, flags, size) = (word(0), word(4), word(8));
+    if request != code || flags & VhostUserHeaderFlag::REPLY.bits() == 0 || size != 8 {
+        return Err(invalid_reply(format!(
+            "reply {request} flags {flags:#x} size {size} to request {code}"
+        )));
+    }
+    Ok(u64::from_le_bytes(reply[12..].try_into().expect("8 bytes")))
 }
 
 /// Connects to `path`, retrying while nobody listens yet.

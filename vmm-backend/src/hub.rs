@@ -73,6 +73,11 @@ fn worth_logging(n: u64, first: u64) -> bool {
 pub trait Notifier: Send + Sync {
     /// Interrupts the guest for `queue`.
     fn notify(&self, queue: u16);
+
+    /// The guest broke the ring protocol: its link is down until it resets the device (virtio's
+    /// DEVICE_NEEDS_RESET). Called once per break, with the hub locked: only signal here. The
+    /// default does nothing.
+    fn needs_reset(&self) {}
 }
 
 /// The environment of a link's engine: interrupts go to the guest's call eventfds.
@@ -290,6 +295,16 @@ struct Link {
     bad_chains_seen: u64,
 }
 
+/// A guest's [`Notifier`], kept by its slot.
+#[derive(Clone)]
+struct SlotNotifier(Arc<dyn Notifier>);
+
+impl std::fmt::Debug for SlotNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlotNotifier")
+    }
+}
+
 #[derive(Debug, Default)]
 struct Slot {
     /// "guest" or "remote", for log lines.
@@ -298,6 +313,8 @@ struct Slot {
     link: Option<Link>,
     /// Rings on which the guest broke the protocol: ignored until it sets up new ones.
     broken: Option<[VringLayout; 2]>,
+    /// Where the guest's interrupts go (set when its link comes up): told of a break.
+    notifier: Option<SlotNotifier>,
     stats: LinkStats,
     drop_reports: u64,
     /// Log reports of malformed chains, of other link errors and of name-service events.
@@ -446,7 +463,7 @@ impl Hub {
 
     /// Whether a guest broke the ring protocol on its current rings: its link is down and its
     /// kicks are ignored until it resets the device or sets up new rings (virtio's
-    /// DEVICE_NEEDS_RESET, which vhost-user cannot signal).
+    /// DEVICE_NEEDS_RESET: the guest's [`Notifier::needs_reset`] was told).
     pub fn is_broken(&self, id: LinkId) -> bool {
         self.slots.get(id).is_some_and(|s| s.broken.is_some())
     }
@@ -478,13 +495,14 @@ impl Hub {
         let rebuild = slot.link.as_ref().is_none_or(|l| l.rings != info.rings);
         if rebuild {
             self.link_down(id, "the guest set up new rings");
+            self.slots[id].notifier = Some(SlotNotifier(notifier.clone()));
             if let Err(e) = self.link_up(id, mem, info, notifier) {
                 log::error!(
                     "guest {}: cannot attach to its rings: {e}",
                     self.slots[id].name
                 );
-                self.slots[id].broken = Some(info.rings);
                 self.slots[id].stats.protocol_errors += 1;
+                self.mark_broken(id, info.rings);
                 return None;
             }
         } else if let Some(link) = self.slots[id].link.as_mut()
@@ -503,7 +521,7 @@ impl Hub {
                 );
                 self.slots[id].stats.protocol_errors += 1;
                 self.link_down(id, "rings outside the new memory table");
-                self.slots[id].broken = Some(info.rings);
+                self.mark_broken(id, info.rings);
                 return None;
             }
         }
@@ -769,8 +787,8 @@ impl Hub {
     }
 
     /// Guest `id` broke the ring protocol: its link goes down, and stays down (its kicks
-    /// ignored) until it sets up new rings, by a device reset or otherwise. virtio would have
-    /// the device set DEVICE_NEEDS_RESET, which vhost-user cannot carry.
+    /// ignored) until it sets up new rings, by a device reset or otherwise. Its notifier hears of it
+    /// ([`Notifier::needs_reset`]): virtio's DEVICE_NEEDS_RESET.
     fn break_link(&mut self, id: LinkId, e: &LinkError) {
         let Some(rings) = self.slots[id].link.as_ref().map(|l| l.rings) else {
             return;
@@ -783,7 +801,7 @@ impl Hub {
         );
         slot.stats.protocol_errors += 1;
         self.link_down(id, "ring protocol error");
-        self.slots[id].broken = Some(rings);
+        self.mark_broken(id, rings);
     }
 
     /// Closes the batch of sends into link `id` (see [`Rpmsg::begin_batch`]).
@@ -799,6 +817,15 @@ impl Hub {
                 self.slots[id].kind,
                 self.slots[id].name
             ),
+        }
+    }
+
+    /// Marks guest `id`'s `rings` broken and tells its notifier (DEVICE_NEEDS_RESET).
+    fn mark_broken(&mut self, id: LinkId, rings: [VringLayout; 2]) {
+        let slot = &mut self.slots[id];
+        slot.broken = Some(rings);
+        if let Some(n) = &slot.notifier {
+            n.0.needs_reset();
         }
     }
 

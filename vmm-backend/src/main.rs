@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use vamp_vmm_backend::backend::serve_guest;
 use vamp_vmm_backend::config::Topology;
 use vamp_vmm_backend::hub::Hub;
+use vamp_vmm_backend::sandbox::{self, Policy, Violation};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,6 +29,27 @@ struct Args {
     /// Host echo service announced to every guest under NAME (repeatable).
     #[arg(long = "echo", value_name = "NAME")]
     echo: Vec<String>,
+    /// Serve without the seccomp sandbox of the threads that touch guest memory.
+    #[arg(long)]
+    no_sandbox: bool,
+    /// What a sandboxed thread's forbidden system call does: `refuse` (it fails with EPERM
+    /// and is logged; the default) or `kill` (the whole process dies with SIGSYS).
+    #[arg(long, value_name = "ACTION", default_value = "refuse", value_parser = ["refuse", "kill"], conflicts_with = "no_sandbox")]
+    sandbox_violation: String,
+}
+
+/// The sandbox policy the arguments ask for, checked to work on this machine.
+fn sandbox_policy(args: &Args) -> Result<Policy, String> {
+    if args.no_sandbox {
+        return Ok(Policy::Off);
+    }
+    let violation = match args.sandbox_violation.as_str() {
+        "kill" => Violation::Kill,
+        _ => Violation::Refuse,
+    };
+    sandbox::check(violation)
+        .map_err(|e| format!("{e} (--no-sandbox serves without the sandbox)"))?;
+    Ok(Policy::On(violation))
 }
 
 fn topology(args: &Args) -> Result<Topology, vamp_vmm_backend::config::ConfigError> {
@@ -91,6 +113,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match sandbox_policy(&args) {
+        Ok(policy) => {
+            sandbox::set_policy(policy);
+            match policy {
+                Policy::Off => log::warn!("sandbox off: the vring workers run unconfined"),
+                Policy::On(v) => log::info!(
+                    "sandbox on: vring workers and the hub's clock are confined by seccomp \
+                     (forbidden calls: {})",
+                    if v == Violation::Kill {
+                        "kill the process"
+                    } else {
+                        "fail with EPERM"
+                    }
+                ),
+            }
+        }
+        Err(e) => {
+            eprintln!("vhost-user-rpmsg: sandbox: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let sockets: Vec<PathBuf> = topology.guests.iter().map(|g| g.socket.clone()).collect();
     handle_signals(sockets.clone());
     let guest_count = topology.guests.len();

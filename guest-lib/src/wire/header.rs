@@ -1,41 +1,37 @@
+use super::view::{Field, getters, setters, view};
 use super::{Endian, WireError, check_len};
 
 /// Length of the rpmsg header that precedes every payload.
 pub const HEADER_LEN: usize = 16;
 
 mod field {
-    pub const SRC: usize = 0;
-    pub const DST: usize = 4;
-    pub const RESERVED: usize = 8;
-    pub const LEN: usize = 12;
-    pub const FLAGS: usize = 14;
+    use super::Field;
+
+    pub const SRC: Field<u32> = Field::at(0);
+    pub const DST: Field<u32> = Field::at(4);
+    pub const RESERVED: Field<u32> = Field::at(8);
+    pub const LEN: Field<u16> = Field::at(12);
+    pub const FLAGS: Field<u16> = Field::at(14);
 }
 
-/// A view of an rpmsg message: `u32 src, u32 dst, u32 reserved, u16 len, u16 flags`, then
-/// `len` payload bytes.
-///
-/// The payload length comes from `len`, never from the buffer or descriptor length: OpenAMP
-/// reports the whole buffer as used, Linux 16 + payload.
-#[derive(Debug, Clone, Copy)]
-pub struct RpmsgHeader<T: AsRef<[u8]>> {
-    buffer: T,
-    endian: Endian,
+view! {
+    /// A view of an rpmsg message: `u32 src, u32 dst, u32 reserved, u16 len, u16 flags`, then
+    /// `len` payload bytes.
+    ///
+    /// The payload length comes from `len`, never from the buffer or descriptor length: OpenAMP
+    /// reports the whole buffer as used, Linux 16 + payload.
+    #[derive(Debug, Clone, Copy)]
+    pub struct RpmsgHeader;
+
+    /// Wraps `buffer` without checks: header fields past the end of a short buffer read as 0,
+    /// but the payload accessors may panic. Prefer [`new_checked`](Self::new_checked).
+    fn new_unchecked;
+
+    /// Wraps `buffer` after checking that it holds the header and the `len` payload bytes.
+    fn new_checked;
 }
 
 impl<T: AsRef<[u8]>> RpmsgHeader<T> {
-    /// Wraps `buffer` without checks: accessors may panic on a short buffer. Prefer
-    /// [`new_checked`](Self::new_checked).
-    pub const fn new_unchecked(buffer: T, endian: Endian) -> Self {
-        RpmsgHeader { buffer, endian }
-    }
-
-    /// Wraps `buffer` after checking that it holds the header and the `len` payload bytes.
-    pub fn new_checked(buffer: T, endian: Endian) -> Result<Self, WireError> {
-        let view = Self::new_unchecked(buffer, endian);
-        view.check()?;
-        Ok(view)
-    }
-
     /// Checks that the buffer holds the header and the payload `len` announces.
     pub fn check(&self) -> Result<(), WireError> {
         let buf = self.buffer.as_ref();
@@ -43,34 +39,17 @@ impl<T: AsRef<[u8]>> RpmsgHeader<T> {
         check_len(buf, HEADER_LEN + self.len() as usize)
     }
 
-    fn u32_at(&self, at: usize) -> u32 {
-        let b = self.buffer.as_ref();
-        self.endian.u32([b[at], b[at + 1], b[at + 2], b[at + 3]])
-    }
-
-    fn u16_at(&self, at: usize) -> u16 {
-        let b = self.buffer.as_ref();
-        self.endian.u16([b[at], b[at + 1]])
-    }
-
-    /// Source address.
-    pub fn src(&self) -> u32 {
-        self.u32_at(field::SRC)
-    }
-
-    /// Destination address.
-    pub fn dst(&self) -> u32 {
-        self.u32_at(field::DST)
-    }
-
-    /// Reserved word (senders write 0).
-    pub fn reserved(&self) -> u32 {
-        self.u32_at(field::RESERVED)
-    }
-
-    /// Payload length.
-    pub fn len(&self) -> u16 {
-        self.u16_at(field::LEN)
+    getters! {
+        /// Source address.
+        src: u32 = field::SRC;
+        /// Destination address.
+        dst: u32 = field::DST;
+        /// Reserved word (senders write 0).
+        reserved: u32 = field::RESERVED;
+        /// Payload length.
+        len: u16 = field::LEN;
+        /// Flags (senders write 0).
+        flags: u16 = field::FLAGS;
     }
 
     /// Whether the payload is empty.
@@ -78,55 +57,29 @@ impl<T: AsRef<[u8]>> RpmsgHeader<T> {
         self.len() == 0
     }
 
-    /// Flags (senders write 0).
-    pub fn flags(&self) -> u16 {
-        self.u16_at(field::FLAGS)
-    }
-
     /// The payload: `len` bytes after the header.
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..HEADER_LEN + self.len() as usize]
     }
-
-    /// Gives back the wrapped buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> RpmsgHeader<T> {
-    fn set_u32(&mut self, at: usize, v: u32) {
-        let bytes = self.endian.u32_bytes(v);
-        self.buffer.as_mut()[at..at + 4].copy_from_slice(&bytes);
-    }
-
-    fn set_u16(&mut self, at: usize, v: u16) {
-        let bytes = self.endian.u16_bytes(v);
-        self.buffer.as_mut()[at..at + 2].copy_from_slice(&bytes);
-    }
-
-    /// Sets the source address.
-    pub fn set_src(&mut self, v: u32) {
-        self.set_u32(field::SRC, v)
-    }
-
-    /// Sets the destination address.
-    pub fn set_dst(&mut self, v: u32) {
-        self.set_u32(field::DST, v)
-    }
-
-    /// Sets the payload length.
-    pub fn set_len(&mut self, v: u16) {
-        self.set_u16(field::LEN, v)
+    setters! {
+        /// Sets the source address.
+        set_src(v: u32) = field::SRC;
+        /// Sets the destination address.
+        set_dst(v: u32) = field::DST;
+        /// Sets the payload length.
+        set_len(v: u16) = field::LEN;
     }
 
     /// Writes a whole header (reserved and flags 0) into the first 16 bytes.
     pub fn emit(&mut self, src: u32, dst: u32, len: u16) {
         self.set_src(src);
         self.set_dst(dst);
-        self.set_u32(field::RESERVED, 0);
+        field::RESERVED.set(self.buffer.as_mut(), self.endian, 0);
         self.set_len(len);
-        self.set_u16(field::FLAGS, 0);
+        field::FLAGS.set(self.buffer.as_mut(), self.endian, 0);
     }
 
     /// The payload, writable.

@@ -9,6 +9,7 @@ mod endian;
 mod header;
 mod name_service;
 pub mod resource_table;
+mod view;
 
 pub use endian::Endian;
 pub use header::{HEADER_LEN, RpmsgHeader, encode_header};

@@ -1,3 +1,4 @@
+use super::view::{Field, until_nul};
 use super::{Endian, WireError, check_len};
 
 /// The fixed address of the name service on every rpmsg device.
@@ -6,6 +7,13 @@ pub const NS_ADDR: u32 = 53;
 pub const NS_NAME_LEN: usize = 32;
 /// Exact payload length of a name-service message. Linux drops any other length.
 pub const NS_MSG_LEN: usize = 40;
+
+mod field {
+    use super::Field;
+
+    pub const ADDR: Field<u32> = Field::at(32);
+    pub const FLAGS: Field<u32> = Field::at(36);
+}
 
 /// What a name-service message announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +51,8 @@ impl NameServiceMsg {
     /// Builds a message; the name is cut to 31 bytes.
     pub fn new(name: &[u8], addr: u32, flags: NsFlags) -> Self {
         let mut field = [0u8; NS_NAME_LEN];
-        let n = name
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(name.len())
-            .min(NS_NAME_LEN - 1);
+        let name = until_nul(name);
+        let n = name.len().min(NS_NAME_LEN - 1);
         field[..n].copy_from_slice(&name[..n]);
         NameServiceMsg {
             name: field,
@@ -66,15 +71,7 @@ impl NameServiceMsg {
         name.copy_from_slice(&payload[..NS_NAME_LEN]);
         // Force termination, as Linux does, so the name never runs into the address.
         name[NS_NAME_LEN - 1] = 0;
-        let word = |at: usize| {
-            endian.u32([
-                payload[at],
-                payload[at + 1],
-                payload[at + 2],
-                payload[at + 3],
-            ])
-        };
-        let flags = match word(36) {
+        let flags = match field::FLAGS.get(payload, endian) {
             0 => NsFlags::Create,
             1 => NsFlags::Destroy,
             _ => {
@@ -85,19 +82,14 @@ impl NameServiceMsg {
         };
         Ok(NameServiceMsg {
             name,
-            addr: word(32),
+            addr: field::ADDR.get(payload, endian),
             flags,
         })
     }
 
     /// The name's bytes, up to (not including) the first NUL.
     pub fn name(&self) -> &[u8] {
-        let n = self
-            .name
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(NS_NAME_LEN);
-        &self.name[..n]
+        until_nul(&self.name)
     }
 
     /// The raw 32-byte name field.
@@ -109,8 +101,8 @@ impl NameServiceMsg {
     pub fn encode(&self, endian: Endian) -> [u8; NS_MSG_LEN] {
         let mut out = [0u8; NS_MSG_LEN];
         out[..NS_NAME_LEN].copy_from_slice(&self.name);
-        out[32..36].copy_from_slice(&endian.u32_bytes(self.addr));
-        out[36..40].copy_from_slice(&endian.u32_bytes(self.flags.bits()));
+        field::ADDR.set(&mut out, endian, self.addr);
+        field::FLAGS.set(&mut out, endian, self.flags.bits());
         out
     }
 }

@@ -37,6 +37,7 @@
 use core::fmt;
 use core::iter::FusedIterator;
 
+use super::view::{Field, Word, getters, setters, until_nul, view};
 use super::{Endian, WireError, check_len};
 
 /// Resource type: a physically contiguous memory region the host must allocate or map.
@@ -104,79 +105,77 @@ pub const fn is_standard_type(rtype: u32) -> bool {
 }
 
 mod field {
+    use super::Field;
+
     // Table header.
-    pub const VER: usize = 0;
-    pub const NUM: usize = 4;
-    pub const RESERVED: usize = 8;
+    pub const VER: Field<u32> = Field::at(0);
+    pub const NUM: Field<u32> = Field::at(4);
+    pub const RESERVED: [Field<u32>; 2] = [Field::at(8), Field::at(12)];
     pub const OFFSETS: usize = 16;
     // Every entry.
-    pub const TYPE: usize = 0;
+    pub const TYPE: Field<u32> = Field::at(0);
     // Carveout and devmem.
-    pub const MEM_DA: usize = 4;
-    pub const MEM_PA: usize = 8;
-    pub const MEM_LEN: usize = 12;
-    pub const MEM_FLAGS: usize = 16;
-    pub const MEM_RESERVED: usize = 20;
+    pub const MEM_DA: Field<u32> = Field::at(4);
+    pub const MEM_PA: Field<u32> = Field::at(8);
+    pub const MEM_LEN: Field<u32> = Field::at(12);
+    pub const MEM_FLAGS: Field<u32> = Field::at(16);
+    pub const MEM_RESERVED: Field<u32> = Field::at(20);
     pub const MEM_NAME: usize = 24;
     // Trace.
-    pub const TRACE_DA: usize = 4;
-    pub const TRACE_LEN: usize = 8;
-    pub const TRACE_RESERVED: usize = 12;
+    pub const TRACE_DA: Field<u32> = Field::at(4);
+    pub const TRACE_LEN: Field<u32> = Field::at(8);
+    pub const TRACE_RESERVED: Field<u32> = Field::at(12);
     pub const TRACE_NAME: usize = 16;
     // Vdev.
-    pub const VDEV_ID: usize = 4;
-    pub const VDEV_NOTIFYID: usize = 8;
-    pub const VDEV_DFEATURES: usize = 12;
-    pub const VDEV_GFEATURES: usize = 16;
-    pub const VDEV_CONFIG_LEN: usize = 20;
-    pub const VDEV_STATUS: usize = 24;
-    pub const VDEV_NUM_VRINGS: usize = 25;
-    pub const VDEV_RESERVED: usize = 26;
+    pub const VDEV_ID: Field<u32> = Field::at(4);
+    pub const VDEV_NOTIFYID: Field<u32> = Field::at(8);
+    pub const VDEV_DFEATURES: Field<u32> = Field::at(12);
+    pub const VDEV_GFEATURES: Field<u32> = Field::at(16);
+    pub const VDEV_CONFIG_LEN: Field<u32> = Field::at(20);
+    pub const VDEV_STATUS: Field<u8> = Field::at(24);
+    pub const VDEV_NUM_VRINGS: Field<u8> = Field::at(25);
+    pub const VDEV_RESERVED: [Field<u8>; 2] = [Field::at(26), Field::at(27)];
     pub const VDEV_VRINGS: usize = 28;
     // Vring entry, relative to its start.
-    pub const VRING_DA: usize = 0;
-    pub const VRING_ALIGN: usize = 4;
-    pub const VRING_NUM: usize = 8;
-    pub const VRING_NOTIFYID: usize = 12;
-    pub const VRING_RESERVED: usize = 16;
+    pub const VRING_DA: Field<u32> = Field::at(0);
+    pub const VRING_ALIGN: Field<u32> = Field::at(4);
+    pub const VRING_NUM: Field<u32> = Field::at(8);
+    pub const VRING_NOTIFYID: Field<u32> = Field::at(12);
+    pub const VRING_RESERVED: Field<u32> = Field::at(16);
 }
 
-// Byte helpers. They never panic: bytes that are missing read as 0 and writes to them are
-// dropped. Checked views never reach those cases.
-
-fn read_u32(buf: &[u8], at: usize, endian: Endian) -> u32 {
-    match at.checked_add(4).and_then(|end| buf.get(at..end)) {
-        Some(&[a, b, c, d]) => endian.u32([a, b, c, d]),
-        _ => 0,
-    }
-}
-
-fn write_u32(buf: &mut [u8], at: usize, endian: Endian, v: u32) {
-    if let Some(dst) = at.checked_add(4).and_then(|end| buf.get_mut(at..end)) {
-        dst.copy_from_slice(&endian.u32_bytes(v));
-    }
-}
-
-fn read_u8(buf: &[u8], at: usize) -> u8 {
-    buf.get(at).copied().unwrap_or(0)
-}
-
-fn write_u8(buf: &mut [u8], at: usize, v: u8) {
-    if let Some(b) = buf.get_mut(at) {
-        *b = v;
-    }
-}
+// Fields are read and written through `Field`, which never panics: bytes that are missing
+// read as 0 and writes to them are dropped. Checked views never reach those cases.
 
 /// The name at `at`: its bytes up to the first NUL, at most [`RSC_NAME_LEN`].
 fn name_at(buf: &[u8], at: usize) -> &[u8] {
     let rest = buf.get(at..).unwrap_or(&[]);
-    let field = rest.get(..RSC_NAME_LEN).unwrap_or(rest);
-    let n = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    field.get(..n).unwrap_or(&[])
+    until_nul(rest.get(..RSC_NAME_LEN).unwrap_or(rest))
 }
 
 fn to_usize(v: u32) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// Slot `i` of the table's offset array, unless its offset overflows.
+fn offset_slot(i: usize) -> Option<Field<u32>> {
+    Some(Field::at(i.checked_mul(4)?.checked_add(field::OFFSETS)?))
+}
+
+/// Checks that an entry's bytes hold `len` bytes and that its `type` word is `rtype`; fails
+/// with `Malformed(not)` if the type is another.
+fn check_entry(
+    buf: &[u8],
+    endian: Endian,
+    len: usize,
+    rtype: u32,
+    not: &'static str,
+) -> Result<(), WireError> {
+    check_len(buf, len)?;
+    if field::TYPE.get(buf, endian) != rtype {
+        return Err(WireError::Malformed(not));
+    }
+    Ok(())
 }
 
 /// Checks that `end` (computed in u64 so it cannot overflow) lies within `available` bytes.
@@ -212,101 +211,91 @@ impl fmt::Debug for NameDebug<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Carveout and devmem
+// Carveout, devmem and trace
 
-macro_rules! memory_entry {
-    ($(#[$doc:meta])* $name:ident, $rtype:expr, $len:expr, $what:literal) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy)]
-        pub struct $name<T: AsRef<[u8]>> {
-            buffer: T,
-            endian: Endian,
+/// Declares the view of a fixed-size entry with a name (carveout, devmem, trace): the struct,
+/// its constructors, `check` (the length and the `type` word), `rtype` and `name`.
+macro_rules! named_entry {
+    (
+        $(#[$doc:meta])*
+        $name:ident: $rtype:ident, $len:ident, $what:literal, name at $name_field:expr
+    ) => {
+        view! {
+            $(#[$doc])*
+            #[derive(Clone, Copy)]
+            pub struct $name;
+
+            /// Wraps the entry's bytes (starting at its `type` word) without checks. Accessors
+            /// never panic: fields past the end of a short buffer read as 0, the name as empty.
+            fn new_unchecked;
+
+            /// Wraps the entry's bytes after [`check`](Self::check).
+            fn new_checked;
         }
 
         impl<T: AsRef<[u8]>> $name<T> {
-            /// Wraps the entry's bytes (starting at its `type` word) without checks. Accessors
-            /// never panic: fields past the end of a short buffer read as 0, the name as empty.
-            pub const fn new_unchecked(buffer: T, endian: Endian) -> Self {
-                $name { buffer, endian }
-            }
-
-            /// Wraps the entry's bytes after [`check`](Self::check).
-            pub fn new_checked(buffer: T, endian: Endian) -> Result<Self, WireError> {
-                let view = Self::new_unchecked(buffer, endian);
-                view.check()?;
-                Ok(view)
-            }
-
             #[doc = concat!(
-                "Checks that the buffer holds a whole entry and that its type is ", $what, "."
+                "Checks that the buffer holds a whole entry and that its type is [`",
+                stringify!($rtype),
+                "`]."
             )]
             pub fn check(&self) -> Result<(), WireError> {
-                check_len(self.buffer.as_ref(), $len)?;
-                if self.rtype() != $rtype {
-                    return Err(WireError::Malformed(concat!("resource entry is not ", $what)));
-                }
-                Ok(())
+                check_entry(
+                    self.buffer.as_ref(),
+                    self.endian,
+                    $len,
+                    $rtype,
+                    concat!("resource entry is not ", $what),
+                )
             }
 
-            fn u32_at(&self, at: usize) -> u32 {
-                read_u32(self.buffer.as_ref(), at, self.endian)
+            getters! {
+                /// The entry's `type` word.
+                rtype: u32 = field::TYPE;
             }
 
-            /// The entry's `type` word.
-            pub fn rtype(&self) -> u32 {
-                self.u32_at(field::TYPE)
+            /// The name: bytes up to the first NUL, never more than [`RSC_NAME_LEN`].
+            pub fn name(&self) -> &[u8] {
+                name_at(self.buffer.as_ref(), $name_field)
             }
+        }
+    };
+}
 
-            /// Device address (as the remote sees the region), or [`FW_RSC_ADDR_ANY`].
-            pub fn da(&self) -> u32 {
-                self.u32_at(field::MEM_DA)
-            }
+/// Declares a carveout or devmem view: the two entries share one layout.
+macro_rules! memory_entry {
+    ($(#[$doc:meta])* $name:ident: $rtype:ident, $len:ident, $what:literal) => {
+        named_entry! {
+            $(#[$doc])*
+            $name: $rtype, $len, $what, name at field::MEM_NAME
+        }
 
-            /// Physical address, or [`FW_RSC_ADDR_ANY`].
-            pub fn pa(&self) -> u32 {
-                self.u32_at(field::MEM_PA)
-            }
-
-            /// Length of the region in bytes.
-            pub fn len(&self) -> u32 {
-                self.u32_at(field::MEM_LEN)
+        impl<T: AsRef<[u8]>> $name<T> {
+            getters! {
+                /// Device address (as the remote sees the region), or [`FW_RSC_ADDR_ANY`].
+                da: u32 = field::MEM_DA;
+                /// Physical address, or [`FW_RSC_ADDR_ANY`].
+                pa: u32 = field::MEM_PA;
+                /// Length of the region in bytes.
+                len: u32 = field::MEM_LEN;
+                /// IOMMU protection flags.
+                flags: u32 = field::MEM_FLAGS;
+                /// Reserved word (firmware writes 0).
+                reserved: u32 = field::MEM_RESERVED;
             }
 
             /// Whether the region is empty (`len` is 0).
             pub fn is_empty(&self) -> bool {
                 self.len() == 0
             }
-
-            /// IOMMU protection flags.
-            pub fn flags(&self) -> u32 {
-                self.u32_at(field::MEM_FLAGS)
-            }
-
-            /// Reserved word (firmware writes 0).
-            pub fn reserved(&self) -> u32 {
-                self.u32_at(field::MEM_RESERVED)
-            }
-
-            /// The name: bytes up to the first NUL, never more than [`RSC_NAME_LEN`].
-            pub fn name(&self) -> &[u8] {
-                name_at(self.buffer.as_ref(), field::MEM_NAME)
-            }
-
-            /// Gives back the wrapped buffer.
-            pub fn into_inner(self) -> T {
-                self.buffer
-            }
         }
 
         impl<T: AsRef<[u8]> + AsMut<[u8]>> $name<T> {
-            /// Sets the device address (the host does, for a [`FW_RSC_ADDR_ANY`] request).
-            pub fn set_da(&mut self, da: u32) {
-                write_u32(self.buffer.as_mut(), field::MEM_DA, self.endian, da)
-            }
-
-            /// Sets the physical address (the host does, once it allocated the region).
-            pub fn set_pa(&mut self, pa: u32) {
-                write_u32(self.buffer.as_mut(), field::MEM_PA, self.endian, pa)
+            setters! {
+                /// Sets the device address (the host does, for a [`FW_RSC_ADDR_ANY`] request).
+                set_da(da: u32) = field::MEM_DA;
+                /// Sets the physical address (the host does, once it allocated the region).
+                set_pa(pa: u32) = field::MEM_PA;
             }
         }
 
@@ -325,98 +314,40 @@ macro_rules! memory_entry {
     };
 }
 
-memory_entry!(
+memory_entry! {
     /// A carveout entry ([`RSC_CARVEOUT`]): `type, da, pa, len, flags, reserved, name[32]`.
     ///
     /// The firmware asks for a contiguous region; with `da` or `pa` set to
     /// [`FW_RSC_ADDR_ANY`] the host allocates it and writes the addresses back.
-    Carveout,
-    RSC_CARVEOUT,
-    CARVEOUT_LEN,
-    "a carveout"
-);
+    Carveout: RSC_CARVEOUT, CARVEOUT_LEN, "a carveout"
+}
 
-memory_entry!(
+memory_entry! {
     /// A devmem entry ([`RSC_DEVMEM`]): `type, da, pa, len, flags, reserved, name[32]`.
     ///
     /// The firmware asks the host to map the peripheral at `pa` to `da` in its IOMMU.
-    Devmem,
-    RSC_DEVMEM,
-    DEVMEM_LEN,
-    "a devmem"
-);
+    Devmem: RSC_DEVMEM, DEVMEM_LEN, "a devmem"
+}
 
-// ---------------------------------------------------------------------------------------------
-// Trace
-
-/// A trace entry ([`RSC_TRACE`]): `type, da, len, reserved, name[32]`, a log buffer the remote
-/// writes and the host may read.
-#[derive(Clone, Copy)]
-pub struct Trace<T: AsRef<[u8]>> {
-    buffer: T,
-    endian: Endian,
+named_entry! {
+    /// A trace entry ([`RSC_TRACE`]): `type, da, len, reserved, name[32]`, a log buffer the
+    /// remote writes and the host may read.
+    Trace: RSC_TRACE, TRACE_LEN, "a trace", name at field::TRACE_NAME
 }
 
 impl<T: AsRef<[u8]>> Trace<T> {
-    /// Wraps the entry's bytes (starting at its `type` word) without checks. Accessors never
-    /// panic: fields past the end of a short buffer read as 0, the name as empty.
-    pub const fn new_unchecked(buffer: T, endian: Endian) -> Self {
-        Trace { buffer, endian }
-    }
-
-    /// Wraps the entry's bytes after [`check`](Self::check).
-    pub fn new_checked(buffer: T, endian: Endian) -> Result<Self, WireError> {
-        let view = Self::new_unchecked(buffer, endian);
-        view.check()?;
-        Ok(view)
-    }
-
-    /// Checks that the buffer holds a whole entry and that its type is [`RSC_TRACE`].
-    pub fn check(&self) -> Result<(), WireError> {
-        check_len(self.buffer.as_ref(), TRACE_LEN)?;
-        if self.rtype() != RSC_TRACE {
-            return Err(WireError::Malformed("resource entry is not a trace"));
-        }
-        Ok(())
-    }
-
-    fn u32_at(&self, at: usize) -> u32 {
-        read_u32(self.buffer.as_ref(), at, self.endian)
-    }
-
-    /// The entry's `type` word.
-    pub fn rtype(&self) -> u32 {
-        self.u32_at(field::TYPE)
-    }
-
-    /// Device address of the trace buffer.
-    pub fn da(&self) -> u32 {
-        self.u32_at(field::TRACE_DA)
-    }
-
-    /// Length of the trace buffer in bytes.
-    pub fn len(&self) -> u32 {
-        self.u32_at(field::TRACE_LEN)
+    getters! {
+        /// Device address of the trace buffer.
+        da: u32 = field::TRACE_DA;
+        /// Length of the trace buffer in bytes.
+        len: u32 = field::TRACE_LEN;
+        /// Reserved word (firmware writes 0).
+        reserved: u32 = field::TRACE_RESERVED;
     }
 
     /// Whether the trace buffer is empty (`len` is 0).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Reserved word (firmware writes 0).
-    pub fn reserved(&self) -> u32 {
-        self.u32_at(field::TRACE_RESERVED)
-    }
-
-    /// The name: bytes up to the first NUL, never more than [`RSC_NAME_LEN`].
-    pub fn name(&self) -> &[u8] {
-        name_at(self.buffer.as_ref(), field::TRACE_NAME)
-    }
-
-    /// Gives back the wrapped buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 }
 
@@ -462,41 +393,37 @@ pub struct VdevVringSpec {
     pub notifyid: u32,
 }
 
-/// A vdev entry ([`RSC_VDEV`]): the virtio header of a device shared with the remote.
-///
-/// `type, id, notifyid, dfeatures, gfeatures, config_len, u8 status, u8 num_of_vrings,
-/// u8 reserved[2]`, then `num_of_vrings` [vring entries](VdevVring), then `config_len` bytes
-/// of config space. The host writes `gfeatures` (negotiated features), `status` and any
-/// vring or notify id it allocates.
-#[derive(Clone, Copy)]
-pub struct Vdev<T: AsRef<[u8]>> {
-    buffer: T,
-    endian: Endian,
-}
+view! {
+    /// A vdev entry ([`RSC_VDEV`]): the virtio header of a device shared with the remote.
+    ///
+    /// `type, id, notifyid, dfeatures, gfeatures, config_len, u8 status, u8 num_of_vrings,
+    /// u8 reserved[2]`, then `num_of_vrings` [vring entries](VdevVring), then `config_len`
+    /// bytes of config space. The host writes `gfeatures` (negotiated features), `status` and
+    /// any vring or notify id it allocates.
+    #[derive(Clone, Copy)]
+    pub struct Vdev;
 
-impl<T: AsRef<[u8]>> Vdev<T> {
     /// Wraps the entry's bytes (starting at its `type` word) without checks. Accessors never
     /// panic: fields past the end of a short buffer read as 0, vrings past it are absent and
     /// the config space is cut short.
-    pub const fn new_unchecked(buffer: T, endian: Endian) -> Self {
-        Vdev { buffer, endian }
-    }
+    fn new_unchecked;
 
     /// Wraps the entry's bytes after [`check`](Self::check).
-    pub fn new_checked(buffer: T, endian: Endian) -> Result<Self, WireError> {
-        let view = Self::new_unchecked(buffer, endian);
-        view.check()?;
-        Ok(view)
-    }
+    fn new_checked;
+}
 
+impl<T: AsRef<[u8]>> Vdev<T> {
     /// Checks that the type is [`RSC_VDEV`] and that the buffer holds the fixed part, every
     /// vring and the whole config space.
     pub fn check(&self) -> Result<(), WireError> {
         let buf = self.buffer.as_ref();
-        check_len(buf, VDEV_LEN)?;
-        if self.rtype() != RSC_VDEV {
-            return Err(WireError::Malformed("resource entry is not a vdev"));
-        }
+        check_entry(
+            buf,
+            self.endian,
+            VDEV_LEN,
+            RSC_VDEV,
+            "resource entry is not a vdev",
+        )?;
         end_within(
             buf.len(),
             vdev_extent(self.num_of_vrings(), self.config_len()),
@@ -504,57 +431,28 @@ impl<T: AsRef<[u8]>> Vdev<T> {
         Ok(())
     }
 
-    fn u32_at(&self, at: usize) -> u32 {
-        read_u32(self.buffer.as_ref(), at, self.endian)
-    }
-
-    /// The entry's `type` word.
-    pub fn rtype(&self) -> u32 {
-        self.u32_at(field::TYPE)
-    }
-
-    /// Virtio device id ([`VIRTIO_ID_RPMSG`] for rpmsg).
-    pub fn id(&self) -> u32 {
-        self.u32_at(field::VDEV_ID)
-    }
-
-    /// Notify id for status and feature changes of the whole device.
-    pub fn notifyid(&self) -> u32 {
-        self.u32_at(field::VDEV_NOTIFYID)
-    }
-
-    /// Device features the firmware offers (for rpmsg, bit 0 is `VIRTIO_RPMSG_F_NS`).
-    pub fn dfeatures(&self) -> u32 {
-        self.u32_at(field::VDEV_DFEATURES)
-    }
-
-    /// Features the host accepted (written by the host).
-    pub fn gfeatures(&self) -> u32 {
-        self.u32_at(field::VDEV_GFEATURES)
-    }
-
-    /// Length of the config space that follows the vrings.
-    pub fn config_len(&self) -> u32 {
-        self.u32_at(field::VDEV_CONFIG_LEN)
-    }
-
-    /// Virtio status (the `STATUS_*` bits, written by the host).
-    pub fn status(&self) -> u8 {
-        read_u8(self.buffer.as_ref(), field::VDEV_STATUS)
-    }
-
-    /// Number of vring entries that follow the fixed part.
-    pub fn num_of_vrings(&self) -> u8 {
-        read_u8(self.buffer.as_ref(), field::VDEV_NUM_VRINGS)
+    getters! {
+        /// The entry's `type` word.
+        rtype: u32 = field::TYPE;
+        /// Virtio device id ([`VIRTIO_ID_RPMSG`] for rpmsg).
+        id: u32 = field::VDEV_ID;
+        /// Notify id for status and feature changes of the whole device.
+        notifyid: u32 = field::VDEV_NOTIFYID;
+        /// Device features the firmware offers (for rpmsg, bit 0 is `VIRTIO_RPMSG_F_NS`).
+        dfeatures: u32 = field::VDEV_DFEATURES;
+        /// Features the host accepted (written by the host).
+        gfeatures: u32 = field::VDEV_GFEATURES;
+        /// Length of the config space that follows the vrings.
+        config_len: u32 = field::VDEV_CONFIG_LEN;
+        /// Virtio status (the `STATUS_*` bits, written by the host).
+        status: u8 = field::VDEV_STATUS;
+        /// Number of vring entries that follow the fixed part.
+        num_of_vrings: u8 = field::VDEV_NUM_VRINGS;
     }
 
     /// The two reserved bytes (firmware writes 0).
     pub fn reserved(&self) -> [u8; 2] {
-        let buf = self.buffer.as_ref();
-        [
-            read_u8(buf, field::VDEV_RESERVED),
-            read_u8(buf, field::VDEV_RESERVED + 1),
-        ]
+        field::VDEV_RESERVED.map(|f| f.get(self.buffer.as_ref(), self.endian))
     }
 
     /// Where vring `i` starts, if `i < num_of_vrings` and the buffer holds it.
@@ -571,12 +469,13 @@ impl<T: AsRef<[u8]>> Vdev<T> {
     /// Vring `i`, or `None` if `i >= num_of_vrings` (or the buffer is cut short).
     pub fn vring(&self, i: usize) -> Option<VdevVring> {
         let at = self.vring_start(i).ok()?;
+        let word = |f: Field<u32>| f.shifted(at).get(self.buffer.as_ref(), self.endian);
         Some(VdevVring {
-            da: self.u32_at(at + field::VRING_DA),
-            align: self.u32_at(at + field::VRING_ALIGN),
-            num: self.u32_at(at + field::VRING_NUM),
-            notifyid: self.u32_at(at + field::VRING_NOTIFYID),
-            reserved: self.u32_at(at + field::VRING_RESERVED),
+            da: word(field::VRING_DA),
+            align: word(field::VRING_ALIGN),
+            num: word(field::VRING_NUM),
+            notifyid: word(field::VRING_NOTIFYID),
+            reserved: word(field::VRING_RESERVED),
         })
     }
 
@@ -603,45 +502,33 @@ impl<T: AsRef<[u8]>> Vdev<T> {
     pub fn entry_len(&self) -> usize {
         usize::try_from(vdev_extent(self.num_of_vrings(), self.config_len())).unwrap_or(usize::MAX)
     }
-
-    /// Gives back the wrapped buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Vdev<T> {
-    fn set_u32(&mut self, at: usize, v: u32) {
-        write_u32(self.buffer.as_mut(), at, self.endian, v)
+    setters! {
+        /// Sets the device's notify id.
+        set_notifyid(notifyid: u32) = field::VDEV_NOTIFYID;
+        /// Sets the negotiated features (the host's side of feature negotiation).
+        set_gfeatures(gfeatures: u32) = field::VDEV_GFEATURES;
+        /// Sets the virtio status byte.
+        set_status(status: u8) = field::VDEV_STATUS;
     }
 
-    /// Sets the device's notify id.
-    pub fn set_notifyid(&mut self, notifyid: u32) {
-        self.set_u32(field::VDEV_NOTIFYID, notifyid)
-    }
-
-    /// Sets the negotiated features (the host's side of feature negotiation).
-    pub fn set_gfeatures(&mut self, gfeatures: u32) {
-        self.set_u32(field::VDEV_GFEATURES, gfeatures)
-    }
-
-    /// Sets the virtio status byte.
-    pub fn set_status(&mut self, status: u8) {
-        write_u8(self.buffer.as_mut(), field::VDEV_STATUS, status)
+    /// Writes `word` of vring `i`. Fails if there is no vring `i`.
+    fn set_vring_word(&mut self, i: usize, word: Field<u32>, v: u32) -> Result<(), WireError> {
+        let at = self.vring_start(i)?;
+        word.shifted(at).set(self.buffer.as_mut(), self.endian, v);
+        Ok(())
     }
 
     /// Sets the device address of vring `i`. Fails if there is no vring `i`.
     pub fn set_vring_da(&mut self, i: usize, da: u32) -> Result<(), WireError> {
-        let at = self.vring_start(i)?;
-        self.set_u32(at + field::VRING_DA, da);
-        Ok(())
+        self.set_vring_word(i, field::VRING_DA, da)
     }
 
     /// Sets the notify id of vring `i`. Fails if there is no vring `i`.
     pub fn set_vring_notifyid(&mut self, i: usize, notifyid: u32) -> Result<(), WireError> {
-        let at = self.vring_start(i)?;
-        self.set_u32(at + field::VRING_NOTIFYID, notifyid);
-        Ok(())
+        self.set_vring_word(i, field::VRING_NOTIFYID, notifyid)
     }
 
     /// The config space, writable.
@@ -791,31 +678,24 @@ impl Span {
 // ---------------------------------------------------------------------------------------------
 // ResourceTable
 
-/// A view of a whole resource table: header, offset array and entries.
-///
-/// Once [`new_checked`](Self::new_checked) succeeded every [`entry`](Self::entry) is `Ok`.
-/// All methods are panic-free whatever the bytes, even on a view made with
-/// [`new_unchecked`](Self::new_unchecked): header fields of a buffer too short to hold them
-/// read as 0 and entries that do not fit give an error.
-#[derive(Debug, Clone, Copy)]
-pub struct ResourceTable<T: AsRef<[u8]>> {
-    buffer: T,
-    endian: Endian,
+view! {
+    /// A view of a whole resource table: header, offset array and entries.
+    ///
+    /// Once [`new_checked`](Self::new_checked) succeeded every [`entry`](Self::entry) is `Ok`.
+    /// All methods are panic-free whatever the bytes, even on a view made with
+    /// [`new_unchecked`](Self::new_unchecked): header fields of a buffer too short to hold them
+    /// read as 0 and entries that do not fit give an error.
+    #[derive(Debug, Clone, Copy)]
+    pub struct ResourceTable;
+
+    /// Wraps `buffer` without checks.
+    fn new_unchecked;
+
+    /// Wraps `buffer` after [`check`](Self::check).
+    fn new_checked;
 }
 
 impl<T: AsRef<[u8]>> ResourceTable<T> {
-    /// Wraps `buffer` without checks.
-    pub const fn new_unchecked(buffer: T, endian: Endian) -> Self {
-        ResourceTable { buffer, endian }
-    }
-
-    /// Wraps `buffer` after [`check`](Self::check).
-    pub fn new_checked(buffer: T, endian: Endian) -> Result<Self, WireError> {
-        let view = Self::new_unchecked(buffer, endian);
-        view.check()?;
-        Ok(view)
-    }
-
     /// Validates the table:
     /// - the 16-byte header is there and `ver` is 1 (nonzero `reserved` words are tolerated);
     /// - the `num` offsets fit in the buffer;
@@ -841,32 +721,25 @@ impl<T: AsRef<[u8]>> ResourceTable<T> {
         Ok(())
     }
 
-    fn u32_at(&self, at: usize) -> u32 {
-        read_u32(self.buffer.as_ref(), at, self.endian)
-    }
-
     /// The byte order the table is read in.
     pub fn endian(&self) -> Endian {
         self.endian
     }
 
-    /// The `ver` field (1 in a valid table).
-    pub fn version(&self) -> u32 {
-        self.u32_at(field::VER)
+    getters! {
+        /// The `ver` field (1 in a valid table).
+        version: u32 = field::VER;
     }
 
     /// The `num` field: how many entries the offset array lists.
     pub fn num_entries(&self) -> usize {
-        to_usize(self.u32_at(field::NUM))
+        to_usize(field::NUM.get(self.buffer.as_ref(), self.endian))
     }
 
     /// The two reserved header words (firmware writes 0; Linux and OpenAMP refuse a table
     /// where they are not, this parser does not).
     pub fn reserved(&self) -> [u32; 2] {
-        [
-            self.u32_at(field::RESERVED),
-            self.u32_at(field::RESERVED + 4),
-        ]
+        field::RESERVED.map(|f| f.get(self.buffer.as_ref(), self.endian))
     }
 
     /// Offset of entry `i` from the start of the table, or `None` if `i >= num` or the
@@ -875,16 +748,16 @@ impl<T: AsRef<[u8]>> ResourceTable<T> {
         if i >= self.num_entries() {
             return None;
         }
-        let at = i.checked_mul(4)?.checked_add(field::OFFSETS)?;
-        check_len(self.buffer.as_ref(), at.checked_add(4)?).ok()?;
-        Some(to_usize(self.u32_at(at)))
+        offset_slot(i)?
+            .read(self.buffer.as_ref(), self.endian)
+            .map(to_usize)
     }
 
     /// End of the offset array, checked against the buffer.
     fn header_end(&self) -> Result<usize, WireError> {
         let buf = self.buffer.as_ref();
         check_len(buf, TABLE_HEADER_LEN)?;
-        let num = u64::from(self.u32_at(field::NUM));
+        let num = u64::from(field::NUM.get(buf, self.endian));
         // At most 16 + 4 * (2^32 - 1): no overflow in u64.
         end_within(buf.len(), TABLE_HEADER_LEN as u64 + 4 * num)
     }
@@ -904,7 +777,7 @@ impl<T: AsRef<[u8]>> ResourceTable<T> {
         }
         let start64 = start as u64;
         end_within(buf.len(), start64 + ENTRY_HEADER_LEN as u64)?;
-        let rtype = read_u32(buf, start, self.endian);
+        let rtype = field::TYPE.shifted(start).get(buf, self.endian);
         let fixed = match rtype {
             RSC_CARVEOUT => CARVEOUT_LEN,
             RSC_DEVMEM => DEVMEM_LEN,
@@ -915,8 +788,8 @@ impl<T: AsRef<[u8]>> ResourceTable<T> {
         let mut end = end_within(buf.len(), start64 + fixed as u64)?;
         let type_end = end;
         if rtype == RSC_VDEV {
-            let num_of_vrings = read_u8(buf, start + field::VDEV_NUM_VRINGS);
-            let config_len = read_u32(buf, start + field::VDEV_CONFIG_LEN, self.endian);
+            let num_of_vrings = field::VDEV_NUM_VRINGS.shifted(start).get(buf, self.endian);
+            let config_len = field::VDEV_CONFIG_LEN.shifted(start).get(buf, self.endian);
             end = end_within(buf.len(), start64 + vdev_extent(num_of_vrings, config_len))?;
         } else if is_vendor_type(rtype) && resolve_vendor {
             // An entry that starts inside this one's type word leaves it an empty body.
@@ -1018,11 +891,6 @@ impl<T: AsRef<[u8]>> ResourceTable<T> {
             .enumerate()
             .filter_map(|(i, e)| e.ok().filter(|e| e.rtype() == rtype).map(|_| i))
             .nth(nth)
-    }
-
-    /// Gives back the wrapped buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 }
 
@@ -1156,8 +1024,8 @@ impl<'a> ResourceTableBuilder<'a> {
             max,
         })?;
         header.fill(0);
-        write_u32(header, field::VER, endian, RSC_TABLE_VERSION);
-        write_u32(header, field::NUM, endian, num);
+        field::VER.set(header, endian, RSC_TABLE_VERSION);
+        field::NUM.set(header, endian, num);
         Ok(ResourceTableBuilder {
             buf,
             endian,
@@ -1203,20 +1071,18 @@ impl<'a> ResourceTableBuilder<'a> {
             .get_mut(start..end)
             .ok_or(WireError::TooLarge { len: end, max })?;
         entry.fill(0);
-        write_u32(entry, field::TYPE, self.endian, rtype);
-        write_u32(
-            self.buf,
-            field::OFFSETS + 4 * self.added,
-            self.endian,
-            offset,
-        );
+        field::TYPE.set(entry, self.endian, rtype);
+        if let Some(slot) = offset_slot(self.added) {
+            slot.set(self.buf, self.endian, offset);
+        }
         self.added += 1;
         self.pos = end;
         Ok(start)
     }
 
-    fn put_u32(&mut self, at: usize, v: u32) {
-        write_u32(self.buf, at, self.endian, v)
+    /// Writes `field` of the entry (or vring) that starts at `at`.
+    fn put<W: Word>(&mut self, at: usize, field: Field<W>, v: W) {
+        field.shifted(at).set(self.buf, self.endian, v)
     }
 
     fn put_bytes(&mut self, at: usize, bytes: &[u8]) {
@@ -1246,10 +1112,10 @@ impl<'a> ResourceTableBuilder<'a> {
     ) -> Result<usize, WireError> {
         Self::check_name(name)?;
         let at = self.begin(rtype, CARVEOUT_LEN)?;
-        self.put_u32(at + field::MEM_DA, da);
-        self.put_u32(at + field::MEM_PA, pa);
-        self.put_u32(at + field::MEM_LEN, len);
-        self.put_u32(at + field::MEM_FLAGS, flags);
+        self.put(at, field::MEM_DA, da);
+        self.put(at, field::MEM_PA, pa);
+        self.put(at, field::MEM_LEN, len);
+        self.put(at, field::MEM_FLAGS, flags);
         self.put_bytes(at + field::MEM_NAME, name);
         Ok(at)
     }
@@ -1285,8 +1151,8 @@ impl<'a> ResourceTableBuilder<'a> {
     pub fn add_trace(&mut self, da: u32, len: u32, name: &[u8]) -> Result<usize, WireError> {
         Self::check_name(name)?;
         let at = self.begin(RSC_TRACE, TRACE_LEN)?;
-        self.put_u32(at + field::TRACE_DA, da);
-        self.put_u32(at + field::TRACE_LEN, len);
+        self.put(at, field::TRACE_DA, da);
+        self.put(at, field::TRACE_LEN, len);
         self.put_bytes(at + field::TRACE_NAME, name);
         Ok(at)
     }
@@ -1317,17 +1183,17 @@ impl<'a> ResourceTableBuilder<'a> {
             }
         })?;
         let at = self.begin(RSC_VDEV, entry_len)?;
-        self.put_u32(at + field::VDEV_ID, id);
-        self.put_u32(at + field::VDEV_NOTIFYID, notifyid);
-        self.put_u32(at + field::VDEV_DFEATURES, dfeatures);
-        self.put_u32(at + field::VDEV_CONFIG_LEN, config_len);
-        write_u8(self.buf, at + field::VDEV_NUM_VRINGS, num_of_vrings);
+        self.put(at, field::VDEV_ID, id);
+        self.put(at, field::VDEV_NOTIFYID, notifyid);
+        self.put(at, field::VDEV_DFEATURES, dfeatures);
+        self.put(at, field::VDEV_CONFIG_LEN, config_len);
+        self.put(at, field::VDEV_NUM_VRINGS, num_of_vrings);
         let mut ring = at + field::VDEV_VRINGS;
         for v in vrings {
-            self.put_u32(ring + field::VRING_DA, v.da);
-            self.put_u32(ring + field::VRING_ALIGN, v.align);
-            self.put_u32(ring + field::VRING_NUM, v.num);
-            self.put_u32(ring + field::VRING_NOTIFYID, v.notifyid);
+            self.put(ring, field::VRING_DA, v.da);
+            self.put(ring, field::VRING_ALIGN, v.align);
+            self.put(ring, field::VRING_NUM, v.num);
+            self.put(ring, field::VRING_NOTIFYID, v.notifyid);
             ring += VRING_ENTRY_LEN;
         }
         self.put_bytes(ring, config);
@@ -2175,31 +2041,17 @@ mod tests {
         let b = mixed_table(Endian::Little);
         let t = ResourceTable::new_checked(&b[..], Endian::Little).unwrap();
         let text: Vec<_> = t.entries().map(|r| format!("{:?}", r.unwrap())).collect();
-        assert!(
-            text[0].contains("Carveout") && text[0].contains("\"ddr\""),
-            "{}",
-            text[0]
-        );
-        assert!(
-            text[1].contains("Vendor") && text[1].contains("300"),
-            "{}",
-            text[1]
-        );
-        assert!(
-            text[2].contains("Trace") && text[2].contains("\"trace\""),
-            "{}",
-            text[2]
-        );
-        assert!(
-            text[3].contains("Vdev") && text[3].contains("notifyid: 2"),
-            "{}",
-            text[3]
-        );
-        assert!(
-            text[4].contains("Devmem") && text[4].contains("0xa0000000"),
-            "{}",
-            text[4]
-        );
+        let want = [
+            ["Carveout", "\"ddr\""],
+            ["Vendor", "300"],
+            ["Trace", "\"trace\""],
+            ["Vdev", "notifyid: 2"],
+            ["Devmem", "0xa0000000"],
+        ];
+        assert_eq!(text.len(), want.len());
+        for (text, want) in text.iter().zip(want) {
+            assert!(want.iter().all(|w| text.contains(w)), "{text}");
+        }
     }
 
     // -----------------------------------------------------------------------------------------

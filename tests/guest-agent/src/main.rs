@@ -48,9 +48,10 @@ Commands:
       --announced: only one whose channel the remote announced (name service), not one of ours
   wait-gone --dev /dev/rpmsgN [--timeout-ms 10000]
       wait until that endpoint device is gone (e.g. its channel was withdrawn)
-  wait-channel --name NAME [--src ADDR] [--dst ADDR] [--timeout-ms 10000]
+  wait-channel --name NAME [--src ADDR] [--dst ADDR] [--gone] [--timeout-ms 10000]
       wait for an rpmsg channel NAME in /sys/bus/rpmsg/devices (a name-service announcement
-      of the remote makes one, with src -1); prints its dst address (0x hex)
+      of the remote makes one, with src -1); prints its dst address (0x hex).
+      --gone: wait until no such channel is left instead (withdrawn, or its device removed)
   create-ept --ctrl /dev/rpmsg_ctrlN --name NAME --dst ADDR [--src ADDR]
       create an endpoint device and leave it; prints its path
   create-dev --ctrl /dev/rpmsg_ctrlN --name NAME --src ADDR [--dst any] [--timeout-ms 5000]
@@ -657,10 +658,11 @@ fn scan_channels() -> Vec<Channel> {
 }
 
 fn wait_channel(args: &[String]) -> Res<String> {
-    let mut o = Opts::parse(args, &[])?;
+    let mut o = Opts::parse(args, &["gone"])?;
     let name = o.get("name").ok_or("wait-channel needs --name")?;
     let src = o.addr("src")?;
     let dst = o.addr("dst")?;
+    let gone = o.flag("gone");
     let timeout = Duration::from_millis(o.num("timeout-ms", 10_000)?);
     o.finish()?;
     let t0 = Instant::now();
@@ -670,6 +672,27 @@ fn wait_channel(args: &[String]) -> Res<String> {
                 && src.is_none_or(|a| c.src == Some(a))
                 && dst.is_none_or(|a| c.dst == Some(a))
         });
+        if gone {
+            match hit {
+                None => {
+                    return Ok(format!(
+                        "wait-channel: no channel {name:?} after {} ms",
+                        t0.elapsed().as_millis()
+                    ));
+                }
+                Some(c) if t0.elapsed() >= timeout => {
+                    return Err(format!(
+                        "channel {} still there after {} ms",
+                        c.path.display(),
+                        timeout.as_millis()
+                    ));
+                }
+                Some(_) => {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            }
+        }
         if let Some(c) = hit {
             let dst = c
                 .dst

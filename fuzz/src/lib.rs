@@ -1,0 +1,115 @@
+//! What the fuzz targets share: reading an input front to back, the flags byte that sets up
+//! an engine, and the environment and handler the engine runs with.
+
+use vamp_rpmsg::rpmsg::{Config, Handler, HeldRx, Received, Rpmsg};
+use vamp_rpmsg::transport::{Environment, Transport};
+use vamp_rpmsg::wire::Endian;
+
+/// Bytes of the input, read front to back; missing ones read as zero.
+#[derive(Debug)]
+pub struct Bytes<'a>(pub &'a [u8]);
+
+impl<'a> Bytes<'a> {
+    /// The next byte.
+    pub fn u8(&mut self) -> u8 {
+        let Some((&b, rest)) = self.0.split_first() else {
+            return 0;
+        };
+        self.0 = rest;
+        b
+    }
+
+    /// The next two bytes, little-endian.
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+
+    /// The next four bytes, little-endian.
+    pub fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+
+    /// The next `n` bytes, or as many as are left.
+    pub fn take(&mut self, n: usize) -> &'a [u8] {
+        let (head, rest) = self.0.split_at(n.min(self.0.len()));
+        self.0 = rest;
+        head
+    }
+
+    /// Whether every byte was read.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The flags byte of an engine target's input: bit 0 EVENT_IDX, bit 1 the name service, bit 2
+/// big-endian, bit 3 binding an endpoint to the source of its first message.
+#[derive(Debug, Clone, Copy)]
+pub struct Flags(pub u8);
+
+impl Flags {
+    /// Whether the rings use EVENT_IDX.
+    pub fn event_idx(self) -> bool {
+        self.0 & 1 != 0
+    }
+
+    /// The link's byte order.
+    pub fn endian(self) -> Endian {
+        if self.0 & 4 == 0 {
+            Endian::Little
+        } else {
+            Endian::Big
+        }
+    }
+
+    /// The engine's configuration (sends never wait).
+    pub fn config(self) -> Config {
+        Config {
+            name_service: self.0 & 2 != 0,
+            send_timeout_us: 0,
+            bind_on_first_message: self.0 & 8 != 0,
+        }
+    }
+}
+
+/// An environment whose kicks go nowhere and whose clock moves 1 ms a reading.
+#[derive(Debug, Default)]
+pub struct Env {
+    now: u64,
+}
+
+impl Environment for Env {
+    fn notify(&mut self, _queue: u16) {}
+
+    fn now_us(&mut self) -> u64 {
+        self.now += 1000;
+        self.now
+    }
+}
+
+/// Echoes messages whose first byte is odd, holds the others (up to 8 at a time).
+#[derive(Debug, Default)]
+pub struct Echo {
+    /// The buffers held.
+    pub held: Vec<HeldRx>,
+}
+
+impl Echo {
+    /// Hands every held buffer back to the engine.
+    pub fn release_all<T: Transport>(&mut self, rpmsg: &mut Rpmsg<T>) {
+        for held in self.held.drain(..) {
+            let _ = rpmsg.release_rx(held);
+        }
+    }
+}
+
+impl<T: Transport> Handler<T> for Echo {
+    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
+        let data = rpmsg.payload(msg).unwrap_or_default();
+        if data.first().is_some_and(|b| b & 1 == 1) {
+            let _ = rpmsg.trysendto(msg.ept, msg.src, &data);
+        } else if self.held.len() < 8 {
+            self.held.push(rpmsg.hold_rx(msg));
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! The seccomp sandbox of the threads that touch guest memory (vamp_vmm_backend::sandbox).
+//!
+//! - a thread under the filter can make the calls on its list and is refused the others, in
+//!   the way chosen: `EPERM` plus a count and a log line (`Refuse`), or the process killed by
+//!   SIGSYS (`Kill`, in a child process);
+//! - the hub serves real traffic with its workers and clock confined (checked from outside,
+//!   in /proc: `Seccomp: 2`), in this process and in the `vhost-user-rpmsg` binary, with
+//!   nothing refused; `--no-sandbox` leaves them unconfined.
+//!
+//! The tests share process-wide counters and the policy: they run one at a time.
+
+use std::collections::VecDeque;
+use std::io::Read as _;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use vamp_rpmsg::mem::SharedMemory;
+use vamp_rpmsg::rpmsg::{EptId, Handler, NsEvent, Received, Rpmsg};
+use vamp_rpmsg::transport::Transport;
+use vamp_rpmsg::wire::ADDR_ANY;
+use vamp_vmm_backend::backend::{lock_hub, serve_guest};
+use vamp_vmm_backend::config::Topology;
+use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
+use vamp_vmm_backend::hub::Hub;
+use vamp_vmm_backend::sandbox::{self, Policy, ThreadKind, Violation};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn errno(rc: libc::c_long) -> i32 {
+    if rc >= 0 {
+        return 0;
+    }
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+type Seen = Vec<(&'static str, i32)>;
+
+/// Runs `body` on a thread confined as `kind` (refusing); returns what it saw once the
+/// thread has exited (so thread exit works under the filter too).
+fn run_confined(kind: ThreadKind, body: impl FnOnce() -> Seen + Send + 'static) -> Seen {
+    std::thread::spawn(move || {
+        assert!(!sandbox::is_confined());
+        sandbox::install(kind, Violation::Refuse).unwrap();
+        assert!(sandbox::is_confined());
+        body()
+    })
+    .join()
+    .expect("the confined thread ran to its end and exited")
+}
+
+#[test]
+fn a_confined_worker_is_refused_what_is_not_on_its_list_and_keeps_the_rest() {
+    let _serial = serial();
+    let refused_before = sandbox::refusals();
+    // Made before the filter goes in, as vhost-user-backend makes a worker's eventfds.
+    let kick = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let results = run_confined(ThreadKind::Worker, move || {
+        let mut seen = Vec::new();
+        // Allowed: eventfd traffic (kicks and interrupts), memory, locks, time, closing.
+        seen.push((
+            "write eventfd",
+            kick.write(3)
+                .err()
+                .map_or(0, |e| e.raw_os_error().unwrap_or(-1)),
+        ));
+        seen.push((
+            "read eventfd",
+            kick.read()
+                .map_or_else(|e| e.raw_os_error().unwrap_or(-1), |n| (n != 3) as i32),
+        ));
+        let v: Vec<u8> = vec![7; 4 << 20]; // a big block: mmap, then munmap
+        seen.push(("big allocation", i32::from(v[12345] != 7)));
+        drop(v);
+        let m = Mutex::new(1);
+        *m.lock().unwrap() += 1;
+        let _ = Instant::now();
+        drop(kick);
+        // Refused: new descriptors, files, sockets, programs, executable memory, signals to
+        // other processes.
+        // SAFETY: plain system calls with valid or null pointers; only their results are
+        // looked at.
+        unsafe {
+            let rc = libc::syscall(libc::SYS_eventfd2, 0, 0);
+            seen.push(("eventfd2", errno(rc)));
+            let rc = libc::syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                c"/etc/passwd".as_ptr(),
+                libc::O_RDONLY,
+            );
+            seen.push(("openat", errno(rc)));
+            let rc = libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0);
+            seen.push(("socket", errno(rc)));
+            let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null::<libc::c_char>()];
+            let rc = libc::syscall(
+                libc::SYS_execve,
+                c"/bin/true".as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+            );
+            seen.push(("execve", errno(rc)));
+            let rc = libc::syscall(
+                libc::SYS_mmap,
+                std::ptr::null_mut::<libc::c_void>(),
+                4096usize,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            seen.push(("mmap PROT_EXEC", errno(rc)));
+            let rc = libc::syscall(libc::SYS_tgkill, 1, 1, 0);
+            seen.push(("tgkill pid 1", errno(rc)));
+        }
+        seen
+    });
+    let refused_now = sandbox::refusals() - refused_before;
+    let expect = |call: &str, want: i32| {
+        let got = results.iter().find(|(c, _)| *c == call).map(|(_, e)| *e);
+        assert_eq!(got, Some(want), "{call}: {results:?}");
+    };
+    for call in ["write eventfd", "read eventfd", "big allocation"] {
+        expect(call, 0);
+    }
+    let refused = [
+        "eventfd2",
+        "openat",
+        "socket",
+        "execve",
+        "mmap PROT_EXEC",
+        "tgkill pid 1",
+    ];
+    for call in refused {
+        expect(call, libc::EPERM);
+    }
+    assert_eq!(
+        refused_now,
+        refused.len() as u64,
+        "each refusal counted once, nothing else refused: {results:?}"
+    );
+    assert_eq!(sandbox::last_refused(), Some(libc::SYS_tgkill));
+}
+
+#[test]
+fn a_confined_clock_may_sleep_but_not_wait_on_epoll() {
+    let _serial = serial();
+    let before = sandbox::refusals();
+    let results = run_confined(ThreadKind::Clock, || {
+        std::thread::sleep(Duration::from_millis(5));
+        // SAFETY: epoll_create1 takes no pointers.
+        let rc = unsafe { libc::syscall(libc::SYS_epoll_create1, 0) };
+        vec![("epoll_create1", errno(rc))]
+    });
+    assert_eq!(results, [("epoll_create1", libc::EPERM)]);
+    assert_eq!(sandbox::refusals() - before, 1);
+}
+
+/// Not a test on its own: the child process of the next test (it kills itself).
+#[test]
+#[ignore = "run by with_kill_a_forbidden_call_kills_the_whole_process in a child process"]
+fn kill_child() {
+    if std::env::var_os("VAMP_SANDBOX_KILL_CHILD").is_none() {
+        return;
+    }
+    std::thread::spawn(|| {
+        sandbox::install(ThreadKind::Worker, Violation::Kill).unwrap();
+        // SAFETY: socket takes no pointers.
+        unsafe { libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0) };
+        eprintln!("still alive after a forbidden call");
+    })
+    .join()
+    .unwrap();
+    std::process::exit(0);
+}
+
+#[test]
+fn with_kill_a_forbidden_call_kills_the_whole_process() {
+    let _serial = serial();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "kill_child", "--ignored", "--nocapture"])
+        .env("VAMP_SANDBOX_KILL_CHILD", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSYS),
+        "{:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("still alive"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Real traffic.
+
+/// Seccomp modes (0 none, 2 filter) of this process's threads named `name`.
+fn seccomp_modes(pid: u32, name: &str) -> Vec<u32> {
+    let mut modes = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return modes;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        if let Some(mode) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            modes.push(mode);
+        }
+    }
+    modes
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    messages: VecDeque<(EptId, u32, Vec<u8>)>,
+    created: Vec<(Vec<u8>, u32)>,
+    echo: bool,
+}
+
+impl<T: Transport> Handler<T> for Inbox {
+    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
+        let data = rpmsg.payload(msg).unwrap();
+        if self.echo {
+            rpmsg.sendto(msg.ept, msg.src, &data).unwrap();
+        } else {
+            self.messages.push_back((msg.ept, msg.src, data));
+        }
+    }
+    fn on_name_service(&mut self, _: &mut Rpmsg<T>, e: NsEvent<'_>) {
+        if let NsEvent::Created { name, addr, .. } = e {
+            self.created.push((name.to_vec(), addr));
+        }
+    }
+}
+
+fn announced(inbox: &Inbox, name: &str) -> Option<u32> {
+    inbox
+        .created
+        .iter()
+        .rev()
+        .find(|(n, _)| n == name.as_bytes())
+        .map(|(_, a)| *a)
+}
+
+fn pump(g: &mut NativeGuest, inbox: &mut Inbox, what: &str, done: impl Fn(&Inbox) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        g.poll(inbox).unwrap();
+        if done(inbox) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        g.wait(Duration::from_millis(20));
+    }
+}
+
+/// Traffic through a hub serving `sockets[0]` and `sockets[1]` (with an echo service "echo"
+/// and the second guest's "b-svc" offered to the first): echoes of every size, forwarding
+/// both ways, a ring broken and reset, a reconnect.
+fn traffic(sockets: &[PathBuf]) {
+    let opts = GuestOptions::default();
+    let mut a = NativeGuest::connect(&sockets[0], opts).unwrap();
+    let mut b = NativeGuest::connect(&sockets[1], opts).unwrap();
+    let (mut ai, mut bi) = (
+        Inbox::default(),
+        Inbox {
+            echo: true,
+            ..Default::default()
+        },
+    );
+    b.rpmsg().create_ept(b"b-svc", ADDR_ANY, ADDR_ANY).unwrap();
+    pump(&mut b, &mut bi, "b's link", |_| true);
+    pump(&mut a, &mut ai, "echo and b-svc", |i| {
+        announced(i, "echo").is_some() && announced(i, "b-svc").is_some()
+    });
+    let echo = a
+        .rpmsg()
+        .create_ept(b"", ADDR_ANY, announced(&ai, "echo").unwrap())
+        .unwrap();
+    let to_b = a
+        .rpmsg()
+        .create_ept(b"", ADDR_ANY, announced(&ai, "b-svc").unwrap())
+        .unwrap();
+    for i in 0..600u32 {
+        let msg: Vec<u8> = (0..1 + i as usize % 496)
+            .map(|k| (k as u32 ^ i) as u8)
+            .collect();
+        let ept = if i % 2 == 0 { echo } else { to_b };
+        a.rpmsg().send(ept, &msg).unwrap();
+        let deadline = Instant::now() + WAIT;
+        while ai.messages.is_empty() {
+            b.poll(&mut bi).unwrap();
+            a.poll(&mut ai).unwrap();
+            assert!(Instant::now() < deadline, "message {i} never came back");
+            a.wait(Duration::from_millis(1));
+        }
+        assert_eq!(ai.messages.pop_front().unwrap().2, msg);
+    }
+    // A ring protocol violation (logged by the worker), then a reset.
+    let tx = a.layout().tx_ring;
+    let idx = u16::from_le(a.memory().load_u16(tx.avail + 2).unwrap());
+    fence(Ordering::SeqCst);
+    a.memory()
+        .store_u16(tx.avail + 2, idx.wrapping_add(tx.size + 1).to_le())
+        .unwrap();
+    a.rpmsg().transport_mut().environment().notify(1);
+    assert!(a.wait_config_change(WAIT).unwrap());
+    a.reset().unwrap();
+    // And a reconnect.
+    drop(a);
+    let mut a = NativeGuest::connect(&sockets[0], opts).unwrap();
+    let mut ai = Inbox::default();
+    pump(&mut a, &mut ai, "echo after reconnecting", |i| {
+        announced(i, "echo").is_some()
+    });
+    let echo = a
+        .rpmsg()
+        .create_ept(b"", ADDR_ANY, announced(&ai, "echo").unwrap())
+        .unwrap();
+    a.rpmsg().send(echo, b"again").unwrap();
+    pump(&mut a, &mut ai, "the last echo", |i| !i.messages.is_empty());
+}
+
+const TOPOLOGY: &str = r#"
+[[guest]]
+name = "a"
+socket = "{dir}/a.sock"
+[[guest]]
+name = "b"
+socket = "{dir}/b.sock"
+[[service]]
+type = "echo"
+name = "echo"
+[[channel]]
+from = "b"
+to = ["a"]
+names = ["b-svc"]
+"#;
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(tag: &str) -> TempDir {
+    let dir = std::env::temp_dir().join(format!("vamp-sandbox-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
+}
+
+#[test]
+fn the_hub_serves_traffic_with_its_workers_and_clock_confined() {
+    let _serial = serial();
+    assert_eq!(
+        sandbox::policy(),
+        Policy::On(Violation::Refuse),
+        "on by default"
+    );
+    let (installs, refusals) = (sandbox::installs(), sandbox::refusals());
+    let dir = temp_dir("lib");
+    let topology = Topology::parse(&TOPOLOGY.replace("{dir}", dir.0.to_str().unwrap())).unwrap();
+    let sockets: Vec<PathBuf> = topology.guests.iter().map(|g| g.socket.clone()).collect();
+    let hub = Arc::new(Mutex::new(Hub::new(topology)));
+    for (id, socket) in sockets.iter().enumerate() {
+        let (hub, socket) = (hub.clone(), socket.clone());
+        std::thread::spawn(move || serve_guest(hub, id, &socket));
+    }
+    // Connected guests keep their workers: look at them mid-traffic.
+    let opts = GuestOptions::default();
+    let mut a = NativeGuest::connect(&sockets[0], opts).unwrap();
+    let mut ai = Inbox::default();
+    pump(&mut a, &mut ai, "echo", |i| announced(i, "echo").is_some());
+    // The worker confined itself at its first event, the clock when it started (which, on a
+    // loaded machine, may be a moment after the hub started).
+    let pid = std::process::id();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let workers = seccomp_modes(pid, "vring_worker");
+        let clock = seccomp_modes(pid, "vamp-hub-clock");
+        if workers.contains(&2) && clock.contains(&2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a's vring worker and the hub's clock confined: workers {workers:?}, clock {clock:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(a);
+    traffic(&sockets);
+    assert!(
+        sandbox::installs() >= installs + 3,
+        "workers and the clock installed their filters"
+    );
+    assert_eq!(
+        sandbox::refusals(),
+        refusals,
+        "nothing legitimate was refused"
+    );
+    assert!(lock_hub(&hub).stats(0).served >= 300);
+}
+
+// ---------------------------------------------------------------------------------------
+// The binary.
+
+struct Backend {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Backend {
+    fn start(dir: &Path, extra: &[&str]) -> (Backend, Vec<PathBuf>) {
+        let base = dir.join("g.sock");
+        let log = dir.join("backend.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_vhost-user-rpmsg"))
+            .arg("--socket-path")
+            .arg(&base)
+            .args(["--socket-count", "2", "--echo", "echo"])
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let sockets: Vec<PathBuf> = (0..2)
+            .map(|i| PathBuf::from(format!("{}{i}", base.display())))
+            .collect();
+        let deadline = Instant::now() + WAIT;
+        while !sockets.iter().all(|s| s.exists()) {
+            assert!(Instant::now() < deadline, "sockets never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (Backend { child, log }, sockets)
+    }
+
+    fn log(&self) -> String {
+        let mut s = String::new();
+        let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two guests of the binary (the second offers nothing by name, so "b-svc" is reached
+/// through the all-to-all topology), the same traffic as in process.
+fn binary_traffic(extra: &[&str]) -> (Vec<u32>, String) {
+    let dir = temp_dir(&format!("bin{}", extra.len()));
+    let (backend, sockets) = Backend::start(&dir.0, extra);
+    let opts = GuestOptions::default();
+    let mut a = NativeGuest::connect(&sockets[0], opts).unwrap();
+    let mut ai = Inbox::default();
+    pump(&mut a, &mut ai, "echo", |i| announced(i, "echo").is_some());
+    let modes = seccomp_modes(backend.child.id(), "vring_worker");
+    drop(a);
+    traffic(&sockets);
+    let log = backend.log();
+    if std::env::var_os("SHOWLOG").is_some() {
+        eprintln!("{log}");
+    }
+    (modes, log)
+}
+
+#[test]
+fn the_binary_confines_its_workers_and_refuses_nothing_legitimate() {
+    let _serial = serial();
+    let (modes, log) = binary_traffic(&[]);
+    assert!(
+        modes.contains(&2),
+        "a confined vring worker: {modes:?}\n{log}"
+    );
+    assert!(log.contains("sandbox on"), "{log}");
+    assert!(!log.contains("refused system call"), "{log}");
+    assert!(
+        log.contains("DEVICE_NEEDS_RESET"),
+        "the break was reported: {log}"
+    );
+}
+
+#[test]
+fn the_binary_without_sandbox_leaves_them_unconfined() {
+    let _serial = serial();
+    let (modes, log) = binary_traffic(&["--no-sandbox"]);
+    assert!(!modes.is_empty(), "{log}");
+    assert!(modes.iter().all(|&m| m == 0), "{modes:?}\n{log}");
+    assert!(log.contains("sandbox off"), "{log}");
+}
+
+#[test]
+fn bad_sandbox_arguments_are_refused_with_reasons() {
+    let bin = env!("CARGO_BIN_EXE_vhost-user-rpmsg");
+    let out = Command::new(bin)
+        .args([
+            "--socket-path",
+            "/nonexistent/x.sock",
+            "--sandbox-violation",
+            "maybe",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("possible values: refuse, kill"), "{err}");
+    let out = Command::new(bin)
+        .args(["--socket-path", "/nonexistent/x.sock", "--no-sandbox"])
+        .args(["--sandbox-violation", "kill"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot be used with"), "{err}");
+}
