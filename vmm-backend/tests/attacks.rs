@@ -837,6 +837,15 @@ impl Scene {
         assert!(!hub.is_up(EVIL));
         assert_eq!(hub.stats(EVIL).protocol_errors, errors_before + 1);
         expect_log(&[&hub.evil, "broke the virtio ring protocol"]);
+        // The frontend is told, as virtio says: DEVICE_NEEDS_RESET and a config-change notice.
+        assert!(
+            self.evil.g.wait_config_change(WAIT).unwrap(),
+            "a config-change notice"
+        );
+        assert!(
+            self.evil.g.needs_reset().unwrap(),
+            "DEVICE_NEEDS_RESET in the status"
+        );
         // Kicks on the broken rings are ignored.
         self.evil.kick(TXQ);
         self.evil.kick(RXQ);
@@ -845,6 +854,7 @@ impl Scene {
         let ups = self.stats(EVIL).ups;
         self.evil.reset();
         assert!(self.hub.is_up(EVIL) && !self.hub.is_broken(EVIL));
+        assert!(!self.evil.g.needs_reset().unwrap(), "the reset cleared it");
         assert_eq!(self.stats(EVIL).ups, ups + 1);
         self.evil.roundtrip(0x5e7);
     }
