@@ -1310,10 +1310,7 @@ fn peer_native_rows(args: &[String]) -> Res<()> {
         _ => *allowed.last().unwrap_or(&0),
     };
     let plan = Plan::new(false);
-    for (fig, size) in native_rows(&plan, remote_cpu, busy)
-        .into_iter()
-        .zip(SIZES)
-    {
+    for (fig, size) in native_rows(&plan, remote_cpu, busy).into_iter().zip(SIZES) {
         let f = fig?;
         println!(
             "{size} B: rtt p50 {:.0} ns, p99 {:.0} ns; {:.0} ns per message windowed",
@@ -1949,12 +1946,16 @@ mod kvm {
         pub addr: u32,
     }
 
-    /// Boots the echo firmware with its vCPU on `vcpu_cpu`; times every step from
-    /// `KvmRemote::new` to the first announcement.
-    pub(super) fn boot(vcpu_cpu: usize, my_cpu: usize) -> Res<Remote> {
+    /// Boots the echo firmware with its vCPU on `vcpu_cpu`, in busy-poll mode (both sides)
+    /// if `busy`; times every step from `KvmRemote::new` to the first announcement.
+    pub(super) fn boot(vcpu_cpu: usize, my_cpu: usize, busy: bool) -> Res<Remote> {
         let image = vamp_remoteproc::images::builtin("echo").ok_or("no built-in echo image")?;
         let t0 = Instant::now();
-        let backend = KvmRemote::new(KvmOptions::default()).map_err(|e| e.to_string())?;
+        let options = KvmOptions {
+            busy_poll: busy,
+            ..KvmOptions::default()
+        };
+        let backend = KvmRemote::new(options).map_err(|e| e.to_string())?;
         let created = t0.elapsed();
         let mut rp = Remoteproc::new(backend);
         rp.load(&mut MemoryImage::new(image))
@@ -1968,7 +1969,13 @@ mod kvm {
         let mut rpmsg = rp
             .create_virtio(0, BufferConfig::default())
             .map_err(|e| e.to_string())?;
-        let addr = find_name(&mut rpmsg, FIRMWARE_CHANNEL, false)?;
+        if busy {
+            rpmsg
+                .transport_mut()
+                .set_busy_poll(true)
+                .map_err(|e| format!("busy-poll mode: {e}"))?;
+        }
+        let addr = find_name(&mut rpmsg, FIRMWARE_CHANNEL, busy)?;
         let announced = t0.elapsed();
         Ok(Remote {
             rp,
@@ -1981,6 +1988,14 @@ mod kvm {
     }
 
     impl Remote {
+        /// Notifications in either direction so far: the host's rings, the remote's kicks
+        /// (taken from the doorbell here: the busy host never waits for them) and its waits.
+        pub(super) fn notifications(&mut self) -> u64 {
+            self.rp.doorbell().wait(Duration::ZERO);
+            let s = self.rp.backend().stats();
+            s.rings + s.kicks_taken + s.wait_exits
+        }
+
         pub(super) fn stop(mut self, ept: Option<EptId>) {
             if let Some(ept) = ept {
                 let _ = self
@@ -1995,41 +2010,43 @@ mod kvm {
     }
 }
 
-fn kvm_rows(plan: &Plan, cpus: Cpus) -> ([Res<Fig>; 2], Res<StartFig>) {
+/// Notify figures, busy-poll figures, start time.
+type KvmRows = ([Res<Fig>; 2], [Res<Fig>; 2], Res<StartFig>);
+
+/// The KVM rows: notify (on the first of the start-time runs), busy-poll (one more remote, in
+/// busy-poll mode from its start; only with two CPUs) and the start time.
+fn kvm_rows(plan: &Plan, cpus: Cpus, two_cpus: bool) -> KvmRows {
+    let fail = |e: String| -> KvmRows {
+        (
+            [Err(e.clone()), Err(e.clone())],
+            [Err(e.clone()), Err(e.clone())],
+            Err(e),
+        )
+    };
     if let Err(e) = vamp_remoteproc::kvm::kvm_available() {
-        let e = format!("not measured: no KVM here ({e})");
-        return ([Err(e.clone()), Err(e.clone())], Err(e));
+        return fail(format!("not measured: no KVM here ({e})"));
     }
     let mut starts = Vec::new();
     let mut figs = None;
     for run in 0..plan.start_runs.max(1) {
-        let mut remote = match kvm::boot(cpus.b, cpus.a) {
+        let remote = match kvm::boot(cpus.b, cpus.a, false) {
             Ok(r) => r,
-            Err(e) => {
-                let e = format!("KVM remote: {e}");
-                return ([Err(e.clone()), Err(e.clone())], Err(e));
-            }
+            Err(e) => return fail(format!("KVM remote: {e}")),
         };
         starts.push((remote.created, remote.loaded, remote.announced));
         if run == 0 {
-            let addr = remote.addr;
-            match remote
-                .rpmsg
-                .create_ept(FIRMWARE_CHANNEL.as_bytes(), ADDR_ANY, addr)
-            {
-                Ok(ept) => {
-                    figs = Some(measure(&mut remote.rpmsg, (ept, addr), false, plan));
-                    remote.stop(Some(ept));
-                }
-                Err(e) => {
-                    figs = Some([Err(rerr(e)), Err(rerr(e))]);
-                    remote.stop(None);
-                }
-            }
+            figs = Some(kvm_measure(remote, false, plan));
         } else {
             remote.stop(None);
         }
     }
+    let busy_figs = busy_only(two_cpus, || match kvm::boot(cpus.b, cpus.a, true) {
+        Ok(remote) => kvm_measure(remote, true, plan),
+        Err(e) => {
+            let e = format!("KVM remote (busy-poll): {e}");
+            [Err(e.clone()), Err(e)]
+        }
+    });
     let med = |f: &dyn Fn(&(Duration, Duration, Duration)) -> Duration| {
         let mut v: Vec<f64> = starts.iter().map(|s| f(s).as_nanos() as f64).collect();
         v.sort_by(f64::total_cmp);
@@ -2048,8 +2065,35 @@ fn kvm_rows(plan: &Plan, cpus: Cpus) -> ([Res<Fig>; 2], Res<StartFig>) {
     };
     (
         figs.unwrap_or_else(|| [Err("not run".into()), Err("not run".into())]),
+        busy_figs,
         Ok(start),
     )
+}
+
+/// Round trips and throughput to a booted echo remote, then stops it. Busy-poll rows must not
+/// notify at all, in either direction.
+fn kvm_measure(mut remote: kvm::Remote, busy: bool, plan: &Plan) -> [Res<Fig>; 2] {
+    let addr = remote.addr;
+    match remote
+        .rpmsg
+        .create_ept(FIRMWARE_CHANNEL.as_bytes(), ADDR_ANY, addr)
+    {
+        Ok(ept) => {
+            let before = remote.notifications();
+            let figs = measure(&mut remote.rpmsg, (ept, addr), busy, plan);
+            let notified = remote.notifications() - before;
+            remote.stop(Some(ept));
+            if busy {
+                check_quiet(figs, notified)
+            } else {
+                figs
+            }
+        }
+        Err(e) => {
+            remote.stop(None);
+            [Err(rerr(e)), Err(rerr(e))]
+        }
+    }
 }
 
 /// Remote start time, medians over runs.
@@ -2441,7 +2485,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     );
 
     let kvm_place = format!("host CPU {}, vCPU CPU {}", cpus.a, cpus.b);
-    let (figs, start) = kvm_rows(&plan, cpus);
+    let (figs, busy_figs, start) = kvm_rows(&plan, cpus, two_cpus);
     r.push_links(
         "kvm",
         "host -> KVM remote (echo firmware)",
@@ -2450,14 +2494,12 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
         figs,
         nf2,
     );
-    let why = "not measured: the echo firmware has no polling mode (it sleeps on its wait port \
-               until the host rings the doorbell)";
     r.push_links(
         "kvm",
         "host -> KVM remote (echo firmware)",
         true,
         &kvm_place,
-        [Err(why.into()), Err(why.into())],
+        busy_figs,
         spin,
     );
     r.start = Some(start);
@@ -2602,7 +2644,7 @@ fn evaluate_targets(r: &mut Report) {
     // Busy-poll.
     let mut lines = Vec::new();
     let mut ok = true;
-    for key in ["native", "hub_echo", "guest_hub_guest"] {
+    for key in ["native", "hub_echo", "guest_hub_guest", "kvm"] {
         if let Some(l) = link(r, key, "busy-poll", 16, true)
             && let Some(x) = l.lat_ratio()
         {

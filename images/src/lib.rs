@@ -16,15 +16,31 @@
 //!
 //! Anything else (a fault, `hlt`, touching memory outside RAM) stops the VM and the host
 //! reports the remote as crashed.
+//!
+//! # How the firmware waits
+//!
+//! The standard resource table carries the vamp platform entry (a vendor entry, type
+//! [`RSC_VAMP_PLATFORM`]; its layout is documented with the host, in
+//! `remoteproc-vm/src/kvm.rs`). The host writes into it, before the firmware starts, how the
+//! firmware is to wait for work, and [`serve`] does so:
+//!
+//! - **notify**: after its last message the firmware keeps polling its rings, with the host's
+//!   kicks off, for the spin window the host chose; then it turns kicks on, looks once more,
+//!   and sleeps on the wait port. A wait costs an exit to the host's VMM and a new `KVM_RUN`,
+//!   which a message that comes within the window does not pay.
+//! - **busy-poll**: the engine's busy-poll mode: the firmware spins on its rings, never
+//!   waits and never kicks, and counts up the entry's heartbeat so that the host's watchdog
+//!   still sees it alive.
 #![no_std]
 
 extern crate alloc;
 
 use core::fmt::Write;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use vamp_rpmsg::mem::RawMemory;
-use vamp_rpmsg::rpmsg::{Config, Rpmsg};
-use vamp_rpmsg::transport::{DeviceTransport, Environment};
+use vamp_rpmsg::rpmsg::{Config, Error, Handler, Rpmsg};
+use vamp_rpmsg::transport::{DeviceTransport, Environment, Transport};
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::Endian;
 
@@ -277,16 +293,48 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 
 // ----- resource table ------------------------------------------------------------------------
 
+/// Entries of the standard resource table.
+const RSC_ENTRIES: usize = 4;
+/// Offset (in words) of the carveout entry, after the header and its entry offsets.
+const CARVEOUT_AT: usize = 4 + RSC_ENTRIES;
+/// Offset (in words) of the vdev entry.
+const VDEV_AT: usize = CARVEOUT_AT + 14;
+/// Offset (in words) of the trace entry.
+const TRACE_AT: usize = VDEV_AT + 7 + 10;
+/// Offset (in words) of the platform entry (its type word).
+const PLATFORM_AT: usize = TRACE_AT + 12;
 /// Words of the standard rpmsg resource table below.
-pub const RSC_WORDS: usize = 4 + 3 + 14 + 7 + 10 + 12 + 12;
+pub const RSC_WORDS: usize = PLATFORM_AT + 1 + 8;
+
+/// Resource type of the vamp platform entry (the host's `RSC_VAMP_PLATFORM`: the first vendor
+/// type).
+pub const RSC_VAMP_PLATFORM: u32 = 128;
+/// First word of the platform entry's body: "vamp".
+pub const PLATFORM_MAGIC: u32 = u32::from_le_bytes(*b"vamp");
+/// The platform entry's layout version.
+pub const PLATFORM_VERSION: u32 = 1;
+/// Feature: this firmware can busy-poll.
+pub const PLATFORM_F_BUSY_POLL: u32 = 1 << 0;
+/// Feature: this firmware polls for the host's spin window before it waits.
+pub const PLATFORM_F_WAIT_SPIN: u32 = 1 << 1;
+/// Mode the host writes: busy-poll.
+pub const PLATFORM_MODE_BUSY_POLL: u32 = 1 << 0;
+// Words of the platform entry's body (after the type word).
+const PLATFORM_FEATURES: usize = 2;
+const PLATFORM_MODE: usize = 3;
+const PLATFORM_SPIN_US: usize = 4;
+const PLATFORM_TSC_KHZ: usize = 5;
+const PLATFORM_HEARTBEAT: usize = 6;
 
 /// The resource table: one rpmsg vdev whose rings the host places (FW_RSC_ADDR_ANY), a
-/// carveout for the host's buffer pool, and the trace buffer. The host writes addresses and
-/// the vdev status into it while the firmware runs, hence the interior mutability.
+/// carveout for the host's buffer pool, the trace buffer, and the vamp platform entry. The
+/// host writes addresses, the vdev status and the platform words into it while the firmware
+/// runs, hence the interior mutability.
 #[repr(C, align(8))]
 pub struct ResourceTable(core::cell::UnsafeCell<[u32; RSC_WORDS]>);
 
-// SAFETY: the firmware only reads it (volatile); the host writes it.
+// SAFETY: every access is a volatile load or store of one aligned word; the host writes the
+// words it owns, the firmware (single-threaded) only the heartbeat.
 unsafe impl Sync for ResourceTable {}
 
 /// Vring entries per ring.
@@ -295,8 +343,6 @@ pub const VRING_NUM: u32 = 256;
 pub const VRING_ALIGN: u32 = 0x1000;
 /// Notify ids of vq 0 and vq 1.
 pub const NOTIFY_IDS: [u32; 2] = [0, 1];
-/// Offset (in words) of the vdev entry.
-const VDEV_AT: usize = 4 + 3 + 14;
 
 const fn name_words(name: &[u8]) -> [u32; 8] {
     let mut w = [0u32; 8];
@@ -320,14 +366,15 @@ impl ResourceTable {
     pub const fn new() -> Self {
         const ANY: u32 = 0xffff_ffff;
         let mut w = [0u32; RSC_WORDS];
-        // Header: ver 1, 3 entries, reserved, offsets.
+        // Header: ver 1, entries, reserved, offsets.
         w[0] = 1;
-        w[1] = 3;
-        w[4] = (7 * 4) as u32; // carveout
-        w[5] = (VDEV_AT * 4) as u32; // vdev
-        w[6] = ((VDEV_AT + 7 + 10) * 4) as u32; // trace
+        w[1] = RSC_ENTRIES as u32;
+        w[4] = (CARVEOUT_AT * 4) as u32;
+        w[5] = (VDEV_AT * 4) as u32;
+        w[6] = (TRACE_AT * 4) as u32;
+        w[7] = (PLATFORM_AT * 4) as u32;
         // Carveout: type 0, da ANY, pa ANY, len, flags, reserved, name.
-        let c = 7;
+        let c = CARVEOUT_AT;
         w[c] = 0;
         w[c + 1] = ANY;
         w[c + 2] = ANY;
@@ -355,7 +402,7 @@ impl ResourceTable {
             r += 1;
         }
         // Trace: type 2, da, len, reserved, name.
-        let t = VDEV_AT + 7 + 10;
+        let t = TRACE_AT;
         w[t] = 2;
         w[t + 1] = ANY;
         w[t + 2] = TRACE_LEN as u32;
@@ -365,6 +412,12 @@ impl ResourceTable {
             w[t + 4 + i] = n[i];
             i += 1;
         }
+        // Platform: type, magic, version, features; the host's words and the heartbeat 0.
+        let p = PLATFORM_AT;
+        w[p] = RSC_VAMP_PLATFORM;
+        w[p + 1] = PLATFORM_MAGIC;
+        w[p + 2] = PLATFORM_VERSION;
+        w[p + 1 + PLATFORM_FEATURES] = PLATFORM_F_BUSY_POLL | PLATFORM_F_WAIT_SPIN;
         ResourceTable(core::cell::UnsafeCell::new(w))
     }
 
@@ -386,7 +439,7 @@ impl ResourceTable {
 
     /// Where the host placed the trace buffer, and its length.
     pub fn trace_area(&self) -> (u32, u32) {
-        let t = VDEV_AT + 7 + 10;
+        let t = TRACE_AT;
         (self.word(t + 1), self.word(t + 2))
     }
 
@@ -394,6 +447,41 @@ impl ResourceTable {
     pub fn vring(&self, i: usize) -> (u32, u32, u32) {
         let at = VDEV_AT + 7 + 5 * i;
         (self.word(at), self.word(at + 1), self.word(at + 2))
+    }
+
+    fn platform(&self, i: usize) -> u32 {
+        u32::from_le(self.word(PLATFORM_AT + 1 + i))
+    }
+
+    /// Whether the host asked for busy-poll mode.
+    pub fn busy_poll(&self) -> bool {
+        self.platform(PLATFORM_MODE) & PLATFORM_MODE_BUSY_POLL != 0
+    }
+
+    /// How long (microseconds) to keep polling after the last message before waiting, in
+    /// notify mode.
+    pub fn wait_spin_us(&self) -> u32 {
+        self.platform(PLATFORM_SPIN_US)
+    }
+
+    /// The TSC frequency the host gave, in kHz (0: unknown).
+    pub fn tsc_khz(&self) -> u32 {
+        self.platform(PLATFORM_TSC_KHZ)
+    }
+
+    /// Counts the platform entry's heartbeat up: a sign of life the host's watchdog reads.
+    pub fn beat(&self) {
+        let at = PLATFORM_AT + 1 + PLATFORM_HEARTBEAT;
+        let next = u32::from_le(self.word(at)).wrapping_add(1);
+        // SAFETY: `at` is below RSC_WORDS; the heartbeat word is the firmware's to write (the
+        // host only reads it), and the table is ours for the whole run.
+        unsafe {
+            self.0
+                .get()
+                .cast::<u32>()
+                .add(at)
+                .write_volatile(next.to_le())
+        };
     }
 }
 
@@ -420,6 +508,25 @@ macro_rules! resource_table {
 #[derive(Debug, Default)]
 pub struct FirmwareEnv;
 
+/// TSC ticks per millisecond (the host's figure; 1 GHz until it is known).
+static TSC_KHZ: AtomicU64 = AtomicU64::new(1_000_000);
+/// The table [`connect`] was given: where the heartbeat is.
+static TABLE: AtomicPtr<ResourceTable> = AtomicPtr::new(core::ptr::null_mut());
+
+fn tsc() -> u64 {
+    // SAFETY: rdtsc has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Counts the heartbeat up, once [`connect`] knows the table.
+fn beat() {
+    let table = TABLE.load(Ordering::Relaxed);
+    if !table.is_null() {
+        // SAFETY: the pointer came from the `&'static ResourceTable` given to `connect`.
+        unsafe { (*table).beat() };
+    }
+}
+
 impl Environment for FirmwareEnv {
     fn notify(&mut self, queue: u16) {
         out32(KICK_PORT, NOTIFY_IDS[queue as usize & 1]);
@@ -431,9 +538,12 @@ impl Environment for FirmwareEnv {
     }
 
     fn now_us(&mut self) -> u64 {
-        // Only bounds blocking sends; the TSC at a nominal 1 GHz is close enough.
-        // SAFETY: rdtsc has no side effects.
-        unsafe { core::arch::x86_64::_rdtsc() / 1000 }
+        // The engine reads the clock while it waits for a buffer (in busy-poll mode, spinning,
+        // with no exit the host would see): a sign of life.
+        beat();
+        let (t, khz) = (tsc(), TSC_KHZ.load(Ordering::Relaxed));
+        // In two steps: `t * 1000` would overflow after some months of host uptime.
+        t / khz * 1000 + t % khz * 1000 / khz
     }
 }
 
@@ -449,11 +559,19 @@ pub fn ram() -> RawMemory {
     unsafe { RawMemory::new(NonNull::new_unchecked(4096 as *mut u8), size - 4096, 4096) }
 }
 
-/// Waits for the host to bring the vdev up (DRIVER_OK), then attaches to its rings.
-pub fn connect(table: &ResourceTable) -> FirmwareRpmsg {
+/// Waits for the host to bring the vdev up (DRIVER_OK), then attaches to its rings in the mode
+/// the host chose (see [`serve`]).
+pub fn connect(table: &'static ResourceTable) -> FirmwareRpmsg {
     while table.vdev_status() & 4 == 0 {
         out32(WAIT_PORT, 0);
     }
+    if table.tsc_khz() != 0 {
+        TSC_KHZ.store(u64::from(table.tsc_khz()), Ordering::Relaxed);
+    }
+    TABLE.store(
+        (table as *const ResourceTable).cast_mut(),
+        Ordering::Relaxed,
+    );
     let mem = ram();
     let ring = |i| {
         let (da, align, num) = table.vring(i);
@@ -467,19 +585,84 @@ pub fn connect(table: &ResourceTable) -> FirmwareRpmsg {
         println!("firmware: vrings outside RAM");
         exit(2);
     }
-    let transport =
-        match DeviceTransport::new(mem, FirmwareEnv, vq0, vq1, Endian::NATIVE, false, 512) {
-            Ok(t) => t,
-            Err(e) => {
-                println!("firmware: cannot attach to the rings: {e}");
-                exit(2)
+    let attached = DeviceTransport::new(mem, FirmwareEnv, vq0, vq1, Endian::NATIVE, false, 512)
+        .and_then(|mut t| {
+            if table.busy_poll() {
+                t.set_busy_poll(true)?;
+            } else {
+                // No kicks for buffers the host posts on vq 0 while there are buffers: the
+                // engine asks for them when it runs out (as Linux asks for transmit
+                // interrupts only while a sender waits).
+                t.want_tx_notifications(false)?;
             }
-        };
+            Ok(t)
+        });
+    let transport = match attached {
+        Ok(t) => t,
+        Err(e) => {
+            println!("firmware: cannot attach to the rings: {e}");
+            exit(2)
+        }
+    };
     let config = Config {
         name_service: table.vdev_gfeatures() & 1 != 0,
         ..Config::default()
     };
     Rpmsg::new(transport, config)
+}
+
+/// The firmware's event loop: handles what arrives until `done` says so, waiting as the host
+/// chose (see the crate docs: busy-poll, or notify with a spin window before each wait).
+pub fn serve<H: Handler<DeviceTransport<RawMemory, FirmwareEnv>>>(
+    table: &ResourceTable,
+    rpmsg: &mut FirmwareRpmsg,
+    handler: &mut H,
+    mut done: impl FnMut(&H) -> bool,
+) -> Result<(), Error> {
+    let busy = rpmsg.transport().busy_poll();
+    let window = u64::from(table.wait_spin_us()) * TSC_KHZ.load(Ordering::Relaxed) / 1000;
+    // When the last message came (TSC), while the window is open; None: closed.
+    let mut last_work: Option<u64> = None;
+    // Whether the host's kicks for new messages (vq 1) are on: they are after `connect`.
+    let mut kicks = true;
+    loop {
+        let handled = rpmsg.poll(handler)?;
+        if done(handler) {
+            break;
+        }
+        if handled > 0 {
+            if !busy && window > 0 {
+                last_work = Some(tsc());
+            }
+            continue;
+        }
+        if busy {
+            table.beat();
+            core::hint::spin_loop();
+            continue;
+        }
+        if let Some(t) = last_work {
+            if tsc().wrapping_sub(t) < window {
+                if kicks {
+                    // Polling: the host need not ring.
+                    rpmsg.transport_mut().want_rx_notifications(false)?;
+                    kicks = false;
+                }
+                core::hint::spin_loop();
+                continue;
+            }
+            last_work = None;
+        }
+        if !kicks {
+            kicks = true;
+            // Kicks on again, then one more look: a message may have come in between.
+            if rpmsg.transport_mut().want_rx_notifications(true)? {
+                continue;
+            }
+        }
+        out32(WAIT_PORT, 0);
+    }
+    Ok(())
 }
 
 /// The precompiled `alloc` refers to the unwinding personality; firmware aborts on panic and

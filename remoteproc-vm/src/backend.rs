@@ -87,6 +87,20 @@ pub trait RemoteBackend {
         )))
     }
 
+    /// Handles a vendor resource entry whose body (the bytes after its type word, up to the
+    /// next entry) lies at device address `da`. What the backend writes into `body` goes back
+    /// to remote memory with the rest of the table: how a host tells a remote something at
+    /// load time. The default hands the body to [`vendor_resource`](Self::vendor_resource).
+    fn vendor_resource_at(
+        &mut self,
+        rtype: u32,
+        da: u64,
+        body: &mut [u8],
+    ) -> Result<(), BackendError> {
+        let _ = da;
+        self.vendor_resource(rtype, body)
+    }
+
     /// Starts the remote at `entry`.
     fn start(&mut self, entry: u64) -> Result<(), BackendError>;
 

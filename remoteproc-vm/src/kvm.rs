@@ -12,13 +12,50 @@
 //!   user space), wait (0x504), console (0x508), exit (0x50c).
 //! - A fault (no IDT: a triple fault), `hlt`, an access outside RAM, or no sign of life for
 //!   the watchdog period stops the VM and the remote is reported crashed.
+//!
+//! # The platform entry: how the firmware waits
+//!
+//! A firmware that declares the vamp platform entry in its resource table (a vendor entry,
+//! [`RSC_VAMP_PLATFORM`], laid out below) is told by the host, at load and again at start,
+//! how to wait for work; the host handles the entry as Linux's remoteproc drivers handle their
+//! vendor resources, and the firmware reads it once the vdev is up (DRIVER_OK):
+//!
+//! - **notify** (the default): the firmware keeps polling its rings for
+//!   [`KvmOptions::wait_spin`] after its last message, with the host's kicks off, then turns
+//!   them on and sleeps on the wait port. This is KVM's halt-polling done by the firmware: a
+//!   wait costs an exit to this process and a new `KVM_RUN` (about 30 us on a software
+//!   hypervisor, where loading and putting the vCPU traps to the outer hypervisor), so a
+//!   message that comes within the window is taken without one.
+//! - **busy-poll** ([`KvmOptions::busy_poll`]): the firmware turns its engine's busy-poll mode
+//!   on and spins on its rings: no wait-port exits and no kicks at all. The host's engine must
+//!   busy-poll too (`DriverTransport::set_busy_poll`), as no notification will come. Without
+//!   exits the watchdog has no sign of life but the entry's heartbeat, which the firmware
+//!   counts up while it spins.
+//!
+//! The entry's body (after its type word), little-endian u32 words:
+//!
+//! | offset | written by | meaning |
+//! | --- | --- | --- |
+//! | 0 | firmware | [`PLATFORM_MAGIC`] ("vamp") |
+//! | 4 | firmware | [`PLATFORM_VERSION`] |
+//! | 8 | firmware | features: [`PLATFORM_F_BUSY_POLL`], [`PLATFORM_F_WAIT_SPIN`] |
+//! | 12 | host | mode: [`PLATFORM_MODE_BUSY_POLL`] or 0 (notify) |
+//! | 16 | host | spin window before a wait, microseconds |
+//! | 20 | host | TSC frequency in kHz (0: unknown), the firmware's clock |
+//! | 24 | firmware | heartbeat, counted up while it polls |
+//! | 28 | - | reserved, 0 |
+//!
+//! Everything the firmware writes is untrusted: the host reads the magic, version and features
+//! once and the heartbeat only to compare it with its last value.
 
 use crate::backend::{BackendError, Doorbell, Exit, RemoteBackend};
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuExit, VcpuFd, VmFd};
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vamp_rpmsg::guest_ram::GuestRam;
@@ -40,6 +77,33 @@ pub const HOST_RESERVED: u64 = 0x10_0000;
 pub const DEFAULT_MEMORY: u64 = 16 << 20;
 /// Default watchdog: a remote that neither waits nor kicks for this long is declared hung.
 pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(5);
+/// Default spin window of a notify-mode firmware before it waits (see the module docs).
+pub const DEFAULT_WAIT_SPIN: Duration = Duration::from_micros(50);
+/// Longest spin window the host asks for.
+pub const MAX_WAIT_SPIN: Duration = Duration::from_millis(10);
+
+/// Resource entry type of the vamp platform entry: the first vendor type (Linux's
+/// `RSC_VENDOR_START`).
+pub const RSC_VAMP_PLATFORM: u32 = 128;
+/// Bytes of the platform entry's body (after the type word).
+pub const PLATFORM_BODY_LEN: usize = 32;
+/// First word of the platform entry's body: "vamp".
+pub const PLATFORM_MAGIC: u32 = u32::from_le_bytes(*b"vamp");
+/// The platform entry's layout version.
+pub const PLATFORM_VERSION: u32 = 1;
+/// Feature: the firmware can busy-poll.
+pub const PLATFORM_F_BUSY_POLL: u32 = 1 << 0;
+/// Feature: the firmware polls for the host's spin window before it waits.
+pub const PLATFORM_F_WAIT_SPIN: u32 = 1 << 1;
+/// Mode: busy-poll (no waits, no kicks).
+pub const PLATFORM_MODE_BUSY_POLL: u32 = 1 << 0;
+const PLATFORM_AT_MAGIC: usize = 0;
+const PLATFORM_AT_VERSION: usize = 4;
+const PLATFORM_AT_FEATURES: usize = 8;
+const PLATFORM_AT_MODE: usize = 12;
+const PLATFORM_AT_SPIN_US: usize = 16;
+const PLATFORM_AT_TSC_KHZ: usize = 20;
+const PLATFORM_AT_HEARTBEAT: usize = 24;
 
 const PML4: u64 = 0x1000;
 const PDPT: u64 = 0x2000;
@@ -58,8 +122,16 @@ const TSS_SEL: u16 = 0x40;
 pub struct KvmOptions {
     /// Bytes of RAM (a multiple of 2 MiB, at most 1 GiB).
     pub memory: u64,
-    /// How long the remote may go without waiting or kicking before it counts as hung.
+    /// How long the remote may go without waiting or kicking (or, busy-polling, without
+    /// counting up its heartbeat) before it counts as hung.
     pub watchdog: Duration,
+    /// Busy-poll mode (off by default): the firmware spins on its rings and never waits or
+    /// kicks; the host's engine must spin too. Needs a firmware with the platform entry (see
+    /// the module docs): [`start`](RemoteBackend::start) fails otherwise.
+    pub busy_poll: bool,
+    /// In notify mode, how long the firmware keeps polling its rings after its last message
+    /// before it sleeps on the wait port (zero: at once; at most [`MAX_WAIT_SPIN`]).
+    pub wait_spin: Duration,
 }
 
 impl Default for KvmOptions {
@@ -67,8 +139,43 @@ impl Default for KvmOptions {
         KvmOptions {
             memory: DEFAULT_MEMORY,
             watchdog: DEFAULT_WATCHDOG,
+            busy_poll: false,
+            wait_spin: DEFAULT_WAIT_SPIN,
         }
     }
+}
+
+/// Where the firmware's platform entry is, and what it can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlatformEntry {
+    /// Device address of the entry's body.
+    pub da: u64,
+    /// The features the firmware declared (`PLATFORM_F_*`).
+    pub features: u32,
+}
+
+/// Counters of one KVM remote, from its creation: how often each side was notified and how
+/// often the vCPU left the guest. Take two and subtract to count a stretch of work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvmStats {
+    /// Exits of the vCPU to this process (`KVM_RUN` returning): wait, console and exit-port
+    /// writes, and signals.
+    pub vmm_exits: u64,
+    /// Writes to the wait port.
+    pub wait_exits: u64,
+    /// Waits in which the vCPU thread went to sleep (nothing had rung since the last wait).
+    pub sleeps: u64,
+    /// Host notifications ([`Doorbell::ring`]).
+    pub rings: u64,
+    /// Rings that had to wake the sleeping vCPU thread.
+    pub wakeups: u64,
+    /// Notifications the host took from the doorbell ([`Doorbell::wait`]): the remote's kicks,
+    /// and one when it stops.
+    pub kicks_taken: u64,
+    /// KVM's count of the vCPU's exits of every kind: port I/O (kicks, handled in the kernel
+    /// by the ioeventfd, included), but also every host interrupt and preemption while the
+    /// guest runs. `None` where the kernel has no binary statistics (before Linux 5.14).
+    pub kvm_exits: Option<u64>,
 }
 
 /// Whether KVM can be used here: `Err` says why not.
@@ -78,19 +185,33 @@ pub fn kvm_available() -> Result<(), String> {
         .map_err(|e| format!("/dev/kvm not usable: {e}"))
 }
 
+/// The host-to-remote doorbell is a futex word: nothing new (and the vCPU thread is not asleep),
+const BELL_IDLE: u32 = 0;
+/// the host rang since the remote last waited,
+const BELL_RUNG: u32 = 1;
+/// or the vCPU thread sleeps on the word (only a ring that sees this makes a system call).
+const BELL_SLEEPING: u32 = 2;
+
+/// Longest sleep of a wait: the firmware looks at its rings at least this often.
+const WAIT_TIMEOUT: Duration = Duration::from_millis(50);
+
 #[derive(Debug, Default)]
-struct RemoteSide {
-    /// The host rang the doorbell since the remote last waited.
-    pending: bool,
-    /// The host wants the vCPU to stop.
-    stop: bool,
+struct Counters {
+    vmm_exits: AtomicU64,
+    wait_exits: AtomicU64,
+    sleeps: AtomicU64,
+    rings: AtomicU64,
+    wakeups: AtomicU64,
+    kicks_taken: AtomicU64,
 }
 
 /// State shared by the host, the vCPU thread and the watchdog.
 #[derive(Debug)]
 struct Shared {
-    remote: Mutex<RemoteSide>,
-    remote_cv: Condvar,
+    /// The doorbell word (`BELL_*`).
+    bell: AtomicU32,
+    /// The host wants the vCPU to stop.
+    stop: AtomicBool,
     /// Written by the firmware's kick (ioeventfd) and by the vCPU thread when it stops.
     from_remote: EventFd,
     exit: Mutex<Option<Exit>>,
@@ -101,9 +222,102 @@ struct Shared {
     /// Microseconds since `epoch` of the remote's last sign of life.
     heartbeat_us: AtomicU64,
     epoch: Instant,
+    /// Device address of the firmware's heartbeat word in its platform entry (0: none).
+    heartbeat_at: AtomicU64,
+    counters: Counters,
+}
+
+/// Wakes threads sleeping on `word` (at most `n`).
+fn futex_wake(word: &AtomicU32, n: i32) {
+    // SAFETY: FUTEX_WAKE only reads the address of a live AtomicU32; no memory is written.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            n,
+        )
+    };
+}
+
+/// Sleeps while `word` holds `expected`, at most `timeout` (or until a signal).
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: the word is a live AtomicU32 and `ts` a valid timespec for the call; the kernel
+    // only compares the word with `expected` and sleeps.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            &ts as *const libc::timespec,
+        )
+    };
 }
 
 impl Shared {
+    fn new(from_remote: EventFd) -> Self {
+        Shared {
+            bell: AtomicU32::new(BELL_IDLE),
+            stop: AtomicBool::new(false),
+            from_remote,
+            exit: Mutex::new(None),
+            running: AtomicBool::new(false),
+            vcpu_done: AtomicBool::new(false),
+            console: Mutex::new(Vec::new()),
+            heartbeat_us: AtomicU64::new(0),
+            epoch: Instant::now(),
+            heartbeat_at: AtomicU64::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Rings the doorbell: the vCPU's next wait returns at once, and a sleeping one wakes.
+    /// Returns whether the vCPU thread had to be woken.
+    fn wake_vcpu(&self) -> bool {
+        // A plain load first: while the remote is busy the word stays RUNG, and a ring costs
+        // no write to a line the vCPU thread also uses.
+        if self.bell.load(Ordering::Acquire) == BELL_RUNG {
+            return false;
+        }
+        if self.bell.swap(BELL_RUNG, Ordering::AcqRel) == BELL_SLEEPING {
+            futex_wake(&self.bell, 1);
+            return true;
+        }
+        false
+    }
+
+    /// The wait port: returns at once if the host rang since the last wait (or wants the vCPU
+    /// to stop), else sleeps until it does, at most [`WAIT_TIMEOUT`].
+    fn wait_for_ring(&self) {
+        if self.bell.swap(BELL_IDLE, Ordering::AcqRel) == BELL_RUNG
+            || self.stop.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        // A ring between the swap and here turns the word RUNG and this fails: no sleep.
+        if self
+            .bell
+            .compare_exchange(
+                BELL_IDLE,
+                BELL_SLEEPING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            self.counters.sleeps.fetch_add(1, Ordering::Relaxed);
+            futex_wait(&self.bell, BELL_SLEEPING, WAIT_TIMEOUT);
+        }
+        // Woken, timed out or interrupted: whatever rang is taken (the firmware looks at its
+        // rings next).
+        self.bell.store(BELL_IDLE, Ordering::Release);
+    }
+
     fn alive(&self) {
         self.heartbeat_us
             .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -118,6 +332,12 @@ impl Shared {
         // Wake whoever waits for the remote.
         let _ = self.from_remote.write(1);
     }
+
+    /// Asks the vCPU thread to stop and wakes it if it sleeps on the wait port.
+    fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake_vcpu();
+    }
 }
 
 /// The doorbell of a KVM remote.
@@ -130,25 +350,99 @@ impl Doorbell for KvmDoorbell {
     }
 
     fn ring(&self, _notifyid: u32) {
-        let mut side = self.0.remote.lock().unwrap_or_else(|p| p.into_inner());
-        side.pending = true;
-        self.0.remote_cv.notify_all();
+        self.0.counters.rings.fetch_add(1, Ordering::Relaxed);
+        if self.0.wake_vcpu() {
+            self.0.counters.wakeups.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn wait(&self, timeout: Duration) -> bool {
+        // A kick may be there already: one read, no poll.
+        if self.take_kicks() {
+            return true;
+        }
+        if timeout.is_zero() {
+            return false;
+        }
         let mut pfd = libc::pollfd {
             fd: self.0.from_remote.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // Round up: a wait of 100 us must not become a poll that returns at once.
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
         // SAFETY: `pfd` is a valid pollfd for the call; count 1 matches.
         let ready = unsafe { libc::poll(&mut pfd, 1, ms) } > 0;
-        if ready && self.0.from_remote.read().is_ok() {
-            self.0.alive();
-            return true;
+        ready && self.take_kicks()
+    }
+}
+
+impl KvmDoorbell {
+    /// Takes what the remote signalled (non-blocking); whether there was anything.
+    fn take_kicks(&self) -> bool {
+        match self.0.from_remote.read() {
+            Ok(n) => {
+                self.0.counters.kicks_taken.fetch_add(n, Ordering::Relaxed);
+                self.0.alive();
+                true
+            }
+            Err(_) => false,
         }
-        false
+    }
+}
+
+/// KVM's binary statistics of the vCPU (`KVM_GET_STATS_FD`, Linux 5.14 and later): where the
+/// `exits` counter is in its file. (Its `io_exits` is no help: kvm_pvm does not count port I/O
+/// there.)
+#[derive(Debug)]
+struct VcpuStats {
+    file: File,
+    exits: u64,
+}
+
+/// `KVM_GET_STATS_FD`: `_IO(KVMIO, 0xce)`.
+const KVM_GET_STATS_FD: libc::c_ulong = 0xae << 8 | 0xce;
+
+impl VcpuStats {
+    fn open(vcpu: &VcpuFd) -> Option<Self> {
+        // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new file descriptor (or -1)
+        // on a live vCPU descriptor; nothing of ours is written.
+        let fd = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_GET_STATS_FD as _) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let mut header = [0u8; 24];
+        file.read_exact_at(&mut header, 0).ok()?;
+        let word = |b: &[u8], i: usize| -> Option<u32> {
+            Some(u32::from_ne_bytes(b.get(i..i + 4)?.try_into().ok()?))
+        };
+        let name_size = word(&header, 4)? as usize;
+        let count = word(&header, 8)? as usize;
+        let desc_at = u64::from(word(&header, 16)?);
+        let data_at = u64::from(word(&header, 20)?);
+        // Descriptors: flags u32, exponent i16, size u16, offset u32, bucket u32, name.
+        let desc_len = 16 + name_size;
+        if name_size > 4096 || count > 4096 {
+            return None;
+        }
+        let mut descs = vec![0u8; desc_len * count];
+        file.read_exact_at(&mut descs, desc_at).ok()?;
+        let find = |wanted: &str| {
+            descs.chunks_exact(desc_len).find_map(|d| {
+                let name = d[16..].split(|&b| b == 0).next()?;
+                (name == wanted.as_bytes()).then(|| data_at + u64::from(word(d, 8).unwrap_or(0)))
+            })
+        };
+        let exits = find("exits")?;
+        Some(VcpuStats { file, exits })
+    }
+
+    fn exits(&self) -> Option<u64> {
+        let mut v = [0u8; 8];
+        self.file.read_exact_at(&mut v, self.exits).ok()?;
+        Some(u64::from_ne_bytes(v))
     }
 }
 
@@ -162,6 +456,13 @@ pub struct KvmRemote {
     watchdog: Duration,
     /// Allocations grow down from the top of RAM to this floor.
     alloc_top: u64,
+    busy_poll: bool,
+    wait_spin: Duration,
+    /// TSC frequency of the vCPU in kHz (0: unknown), for the firmware's clock.
+    tsc_khz: u32,
+    /// The loaded firmware's platform entry.
+    platform: Option<PlatformEntry>,
+    stats: Option<VcpuStats>,
     shared: Arc<Shared>,
     vcpu_thread: Option<JoinHandle<VcpuFd>>,
     watchdog_thread: Option<JoinHandle<()>>,
@@ -224,17 +525,9 @@ impl KvmRemote {
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(io("read supported CPUID"))?;
         vcpu.set_cpuid2(&cpuid).map_err(io("set CPUID"))?;
-        let shared = Arc::new(Shared {
-            remote: Mutex::new(RemoteSide::default()),
-            remote_cv: Condvar::new(),
-            from_remote,
-            exit: Mutex::new(None),
-            running: AtomicBool::new(false),
-            vcpu_done: AtomicBool::new(false),
-            console: Mutex::new(Vec::new()),
-            heartbeat_us: AtomicU64::new(0),
-            epoch: Instant::now(),
-        });
+        let tsc_khz = vcpu.get_tsc_khz().unwrap_or(0);
+        let stats = VcpuStats::open(&vcpu);
+        let shared = Arc::new(Shared::new(from_remote));
         Ok(KvmRemote {
             _kvm: kvm,
             _vm: vm,
@@ -243,6 +536,11 @@ impl KvmRemote {
             memory,
             watchdog: options.watchdog,
             alloc_top: memory,
+            busy_poll: options.busy_poll,
+            wait_spin: options.wait_spin.min(MAX_WAIT_SPIN),
+            tsc_khz,
+            platform: None,
+            stats,
             shared,
             vcpu_thread: None,
             watchdog_thread: None,
@@ -252,6 +550,50 @@ impl KvmRemote {
     /// Bytes of RAM.
     pub fn memory_size(&self) -> u64 {
         self.memory
+    }
+
+    /// Chooses busy-poll or notify mode (see [`KvmOptions::busy_poll`]) for the next start.
+    pub fn set_busy_poll(&mut self, on: bool) {
+        self.busy_poll = on;
+    }
+
+    /// Whether the remote is (or will be started) in busy-poll mode.
+    pub fn busy_poll(&self) -> bool {
+        self.busy_poll
+    }
+
+    /// The loaded firmware's platform entry, if it has one.
+    pub fn platform(&self) -> Option<PlatformEntry> {
+        self.platform
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> KvmStats {
+        let c = &self.shared.counters;
+        KvmStats {
+            vmm_exits: c.vmm_exits.load(Ordering::Relaxed),
+            wait_exits: c.wait_exits.load(Ordering::Relaxed),
+            sleeps: c.sleeps.load(Ordering::Relaxed),
+            rings: c.rings.load(Ordering::Relaxed),
+            wakeups: c.wakeups.load(Ordering::Relaxed),
+            kicks_taken: c.kicks_taken.load(Ordering::Relaxed),
+            kvm_exits: self.stats.as_ref().and_then(VcpuStats::exits),
+        }
+    }
+
+    /// The host's words of the platform entry: mode, spin window, TSC frequency.
+    fn platform_words(&self) -> [(usize, u32); 3] {
+        let mode = if self.busy_poll {
+            PLATFORM_MODE_BUSY_POLL
+        } else {
+            0
+        };
+        let spin_us = self.wait_spin.as_micros().min(u128::from(u32::MAX)) as u32;
+        [
+            (PLATFORM_AT_MODE, mode),
+            (PLATFORM_AT_SPIN_US, spin_us),
+            (PLATFORM_AT_TSC_KHZ, self.tsc_khz),
+        ]
     }
 
     /// Writes the page tables, GDT and TSS below 1 MiB.
@@ -400,24 +742,19 @@ fn install_kick_handler() {
 fn run_vcpu(mut vcpu: VcpuFd, shared: Arc<Shared>) -> VcpuFd {
     shared.alive();
     loop {
-        if shared.remote.lock().unwrap_or_else(|p| p.into_inner()).stop {
+        if shared.stop.load(Ordering::SeqCst) {
             break;
         }
-        let exit = match vcpu.run() {
+        let ran = vcpu.run();
+        shared.counters.vmm_exits.fetch_add(1, Ordering::Relaxed);
+        let exit = match ran {
             Ok(VcpuExit::IoOut(port, data)) => {
                 let value = data.iter().rev().fold(0u32, |v, &b| (v << 8) | b as u32);
                 match port {
                     WAIT_PORT => {
                         shared.alive();
-                        let mut side = shared.remote.lock().unwrap_or_else(|p| p.into_inner());
-                        if !side.pending && !side.stop {
-                            side = shared
-                                .remote_cv
-                                .wait_timeout(side, Duration::from_millis(50))
-                                .unwrap_or_else(|p| p.into_inner())
-                                .0;
-                        }
-                        side.pending = false;
+                        shared.counters.wait_exits.fetch_add(1, Ordering::Relaxed);
+                        shared.wait_for_ring();
                         None
                     }
                     CONSOLE_PORT => {
@@ -472,34 +809,45 @@ fn run_vcpu(mut vcpu: VcpuFd, shared: Arc<Shared>) -> VcpuFd {
     vcpu
 }
 
-/// Watches a running vCPU: a remote that neither waits nor kicks for `watchdog` is hung; a hung
-/// remote or a stop request pulls the vCPU thread out of KVM_RUN with a signal.
-fn watch(shared: &Shared, watchdog: Duration, vcpu_thread: libc::pthread_t) {
+/// Watches a running vCPU: a remote that neither waits nor kicks (nor, busy-polling, counts up
+/// its heartbeat) for `watchdog` is hung; a hung remote or a stop request pulls the vCPU thread
+/// out of KVM_RUN with a signal.
+fn watch(shared: &Shared, ram: &GuestRam, watchdog: Duration, vcpu_thread: libc::pthread_t) {
+    let mut last_beat = None;
     while !shared.vcpu_done.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(20));
+        // The firmware's heartbeat (untrusted: only ever compared with its last value).
+        let at = shared.heartbeat_at.load(Ordering::Relaxed);
+        if at != 0 {
+            let mut word = [0u8; 4];
+            let beat = ram.read(at, &mut word).ok().map(|()| word);
+            if beat.is_some() && beat != last_beat {
+                if last_beat.is_some() {
+                    shared.alive();
+                }
+                last_beat = beat;
+            }
+        }
         let idle_us = (shared.epoch.elapsed().as_micros() as u64)
             .saturating_sub(shared.heartbeat_us.load(Ordering::Relaxed));
-        let mut side = shared.remote.lock().unwrap_or_else(|p| p.into_inner());
-        if idle_us > watchdog.as_micros() as u64 && !side.stop {
-            // Record the verdict first: the vCPU thread's own "stopped" must not replace it.
-            side.stop = true;
-            drop(side);
+        let stopping = shared.stop.load(Ordering::SeqCst);
+        if idle_us > watchdog.as_micros() as u64 && !stopping {
+            // Record the verdict before asking the vCPU to stop: its own "stopped by the host"
+            // must not replace it.
             shared.finish(Exit::Crashed(format!(
                 "watchdog: no sign of life for {} ms",
                 idle_us / 1000
             )));
-        } else if !side.stop {
+            shared.request_stop();
+        } else if !stopping {
             continue;
-        } else {
-            // The vCPU thread needs this lock to notice the stop: never hold it while waiting.
-            drop(side);
         }
         // The vCPU may be between two KVM_RUN calls when a signal lands: repeat until it is out.
         while !shared.vcpu_done.load(Ordering::SeqCst) {
             // SAFETY: signals a thread we started and have not joined (the owner joins it only
             // after this thread ends); the handler does nothing.
             unsafe { libc::pthread_kill(vcpu_thread, kick_signal()) };
-            shared.remote_cv.notify_all();
+            shared.wake_vcpu();
             std::thread::sleep(Duration::from_millis(2));
         }
         return;
@@ -540,7 +888,66 @@ impl RemoteBackend for KvmRemote {
         Ok(start)
     }
 
+    /// Handles the vamp platform entry ([`RSC_VAMP_PLATFORM`]): checks what the firmware
+    /// declared and writes the host's words (mode, spin window, TSC frequency) into the body,
+    /// which goes back to remote memory with the table. Other vendor types are unsupported.
+    fn vendor_resource_at(
+        &mut self,
+        rtype: u32,
+        da: u64,
+        body: &mut [u8],
+    ) -> Result<(), BackendError> {
+        if rtype != RSC_VAMP_PLATFORM {
+            return Err(BackendError::Unsupported(format!(
+                "vendor resource type {rtype}"
+            )));
+        }
+        let word = |b: &[u8], at: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+        };
+        if word(body, PLATFORM_AT_MAGIC) != Some(PLATFORM_MAGIC) {
+            return Err(BackendError::Unsupported(format!(
+                "vendor resource type {rtype} is not a vamp platform entry (no magic)"
+            )));
+        }
+        let version = word(body, PLATFORM_AT_VERSION).unwrap_or(0);
+        if version != PLATFORM_VERSION || body.len() < PLATFORM_BODY_LEN {
+            return Err(BackendError::Unsupported(format!(
+                "vamp platform entry version {version} of {} bytes (this host knows version \
+                 {PLATFORM_VERSION}, {PLATFORM_BODY_LEN} bytes)",
+                body.len()
+            )));
+        }
+        let features = word(body, PLATFORM_AT_FEATURES).unwrap_or(0);
+        for (at, value) in self.platform_words() {
+            body[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        }
+        body[PLATFORM_AT_HEARTBEAT..PLATFORM_AT_HEARTBEAT + 4].fill(0);
+        self.platform = Some(PlatformEntry { da, features });
+        Ok(())
+    }
+
     fn start(&mut self, entry: u64) -> Result<(), BackendError> {
+        if self.vcpu.is_none() {
+            return Err(BackendError::Other("the remote is already running".into()));
+        }
+        let can_poll = self
+            .platform
+            .is_some_and(|p| p.features & PLATFORM_F_BUSY_POLL != 0);
+        if self.busy_poll && !can_poll {
+            return Err(BackendError::Unsupported(
+                "busy-poll mode needs a firmware whose vamp platform entry says it can busy-poll"
+                    .into(),
+            ));
+        }
+        // The mode may have changed since the load: write the host's words again.
+        if let Some(p) = self.platform {
+            for (at, value) in self.platform_words() {
+                self.ram
+                    .write(p.da + at as u64, &value.to_le_bytes())
+                    .map_err(|e| BackendError::Other(format!("platform entry: {e}")))?;
+            }
+        }
         let Some(vcpu) = self.vcpu.take() else {
             return Err(BackendError::Other("the remote is already running".into()));
         };
@@ -553,7 +960,13 @@ impl RemoteBackend for KvmRemote {
         }
         install_kick_handler();
         *self.shared.exit.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        *self.shared.remote.lock().unwrap_or_else(|p| p.into_inner()) = RemoteSide::default();
+        self.shared.stop.store(false, Ordering::SeqCst);
+        self.shared.bell.store(BELL_IDLE, Ordering::SeqCst);
+        self.shared.heartbeat_at.store(
+            self.platform
+                .map_or(0, |p| p.da + PLATFORM_AT_HEARTBEAT as u64),
+            Ordering::SeqCst,
+        );
         self.shared.running.store(true, Ordering::SeqCst);
         self.shared.vcpu_done.store(false, Ordering::SeqCst);
         let shared = self.shared.clone();
@@ -573,10 +986,11 @@ impl RemoteBackend for KvmRemote {
         // a stop request pulls the vCPU out of KVM_RUN the same way.
         let shared = self.shared.clone();
         let watchdog = self.watchdog;
+        let ram = self.ram.clone();
         self.watchdog_thread = Some(
             std::thread::Builder::new()
                 .name("remote-watchdog".into())
-                .spawn(move || watch(&shared, watchdog, pthread))
+                .spawn(move || watch(&shared, &ram, watchdog, pthread))
                 .map_err(|e| BackendError::Io {
                     what: "start the watchdog",
                     source: e,
@@ -586,11 +1000,7 @@ impl RemoteBackend for KvmRemote {
     }
 
     fn stop(&mut self) -> Result<(), BackendError> {
-        {
-            let mut side = self.shared.remote.lock().unwrap_or_else(|p| p.into_inner());
-            side.stop = true;
-            self.shared.remote_cv.notify_all();
-        }
+        self.shared.request_stop();
         if let Some(t) = self.watchdog_thread.take() {
             let _ = t.join();
         }
@@ -601,6 +1011,9 @@ impl RemoteBackend for KvmRemote {
             }
         }
         self.alloc_top = self.memory;
+        // The next load handles the resource table (and any platform entry) again.
+        self.platform = None;
+        self.shared.heartbeat_at.store(0, Ordering::SeqCst);
         Ok(())
     }
 
@@ -662,6 +1075,54 @@ mod tests {
             }
         }
         header.e_entry(endian)
+    }
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared::new(EventFd::new(EFD_NONBLOCK).unwrap()))
+    }
+
+    #[test]
+    fn a_ring_before_the_wait_is_not_lost() {
+        let s = shared();
+        assert!(!s.wake_vcpu(), "nobody sleeps: no wake-up");
+        assert!(!s.wake_vcpu(), "rung twice: still none");
+        s.wait_for_ring();
+        assert_eq!(s.counters.sleeps.load(Ordering::SeqCst), 0);
+        assert_eq!(s.bell.load(Ordering::SeqCst), BELL_IDLE);
+        s.request_stop();
+        s.wait_for_ring();
+        assert_eq!(
+            s.counters.sleeps.load(Ordering::SeqCst),
+            0,
+            "stopping: no sleep"
+        );
+    }
+
+    #[test]
+    fn a_ring_wakes_a_sleeping_vcpu() {
+        let s = shared();
+        let waiter = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                // Until one wait is ended by a ring, not by its timeout.
+                while s.counters.wakeups.load(Ordering::SeqCst) == 0 {
+                    s.wait_for_ring();
+                }
+            })
+        };
+        loop {
+            while s.bell.load(Ordering::SeqCst) != BELL_SLEEPING {
+                std::thread::yield_now();
+            }
+            // The wait may time out between the load and the ring: then try again.
+            if s.wake_vcpu() {
+                s.counters.wakeups.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+        }
+        waiter.join().unwrap();
+        assert!(s.counters.sleeps.load(Ordering::SeqCst) >= 1);
+        assert_eq!(s.bell.load(Ordering::SeqCst), BELL_IDLE);
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //! - **vdev**: every vring at `FW_RSC_ADDR_ANY` gets `VringLayout::legacy_bytes(num, align)`
 //!   bytes aligned to `align` (zeroed); fixed vrings are used as given (they must lie in
 //!   memory). Notify ids of `FW_RSC_ADDR_ANY` get the lowest id not used in the table.
-//! - **vendor** (128..=512): handed to [`RemoteBackend::vendor_resource`]; `Unsupported` is
-//!   skipped with a warning (as Linux does), other errors fail.
+//! - **vendor** (128..=512): handed to [`RemoteBackend::vendor_resource_at`] (which may write
+//!   into the body); `Unsupported` is skipped with a warning (as Linux does), other errors fail.
 //!
 //! Order: vendor entries, fixed carveouts and devmem first (table order), then every
 //! allocation (table order), so a backend never sees a `map` after an `alloc` of the same
@@ -439,9 +439,15 @@ pub fn handle_resources<B: RemoteBackend + ?Sized>(
                     mapped,
                 });
             }
-            Resource::Vendor { rtype, body, .. } => {
+            Resource::Vendor {
+                rtype,
+                offset,
+                body,
+            } => {
                 let len = body.len();
-                let handled = match backend.vendor_resource(rtype, body) {
+                // The body starts after the type word.
+                let da = table_addr + offset as u64 + 4;
+                let handled = match backend.vendor_resource_at(rtype, da, body) {
                     Ok(()) => true,
                     Err(BackendError::Unsupported(why)) => {
                         log::warn!("resource entry {index}: vendor type {rtype} skipped: {why}");

@@ -1,9 +1,13 @@
 //! The lifecycle over the KVM backend with the built-in firmware (skipped without /dev/kvm):
-//! load, start, rpmsg echo through the vdev, crash, recover, exit.
+//! load, start, rpmsg echo through the vdev, crash, recover, exit; how the firmware waits
+//! (busy-poll, the spin window of notify mode) and what that costs in exits.
 
 use std::time::{Duration, Instant};
+use vamp_remoteproc::backend::RemoteBackend;
 use vamp_remoteproc::image::ImageSource;
-use vamp_remoteproc::kvm::{KvmOptions, KvmRemote, kvm_available};
+use vamp_remoteproc::kvm::{
+    KvmOptions, KvmRemote, KvmStats, PLATFORM_F_BUSY_POLL, PLATFORM_F_WAIT_SPIN, kvm_available,
+};
 use vamp_remoteproc::remoteproc::{RemoteEvent, RemoteRpmsg, RemoteState, Remoteproc};
 use vamp_rpmsg::mem::SharedMemory;
 use vamp_rpmsg::rpmsg::{EptId, Handler, NsEvent, Received, Rpmsg};
@@ -28,14 +32,36 @@ impl<T: Transport> Handler<T> for Host {
 }
 
 fn remote(image: &str) -> Option<Remoteproc<KvmRemote>> {
+    remote_with(image, KvmOptions::default())
+}
+
+/// The tests that count exits or spin take turns: the spinning remotes of other tests would
+/// compete for this machine's CPUs and stretch the gaps these tests count.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn remote_with(image: &str, options: KvmOptions) -> Option<Remoteproc<KvmRemote>> {
     if let Err(e) = kvm_available() {
         eprintln!("skipped: {e}");
         return None;
     }
     let bytes = vamp_remoteproc::images::builtin(image)?;
-    let mut rp = Remoteproc::new(KvmRemote::new(KvmOptions::default()).unwrap());
+    let mut rp = Remoteproc::new(KvmRemote::new(options).unwrap());
     rp.load_source(ImageSource::Static(bytes)).unwrap();
     Some(rp)
+}
+
+/// Waits for the remote (on the doorbell), or spins a little when busy-polling: no
+/// notification will come.
+fn idle<M: SharedMemory>(host: &mut RemoteRpmsg<M>) {
+    if host.transport().busy_poll() {
+        std::thread::yield_now();
+    } else {
+        host.transport_mut().environment().wait(10_000);
+    }
 }
 
 /// Waits for `channel`, binds to it.
@@ -47,7 +73,7 @@ fn bind<M: SharedMemory>(host: &mut RemoteRpmsg<M>, h: &mut Host, channel: &[u8]
             return host.create_ept(channel, ADDR_ANY, *addr).unwrap();
         }
         assert!(Instant::now() < deadline, "{channel:?} never announced");
-        host.transport_mut().environment().wait(10_000);
+        idle(host);
     }
 }
 
@@ -60,7 +86,7 @@ fn echo<M: SharedMemory>(host: &mut RemoteRpmsg<M>, h: &mut Host, ept: EptId, co
             assert!(Instant::now() < deadline, "no echo of message {i}");
             host.poll(h).unwrap();
             if h.messages.is_empty() {
-                host.transport_mut().environment().wait(10_000);
+                idle(host);
             }
         }
         assert_eq!(h.messages.pop().unwrap(), msg);
@@ -117,4 +143,224 @@ fn crash_recover_and_exit() {
     host.send(ept, b"exit").unwrap();
     assert_eq!(wait_event(&mut rp), RemoteEvent::Exited(3));
     assert_eq!(rp.state(), RemoteState::Stopped);
+}
+
+/// Starts the echo firmware in busy-poll mode (both sides) and binds to its channel.
+fn busy_echo_remote(
+    options: KvmOptions,
+) -> Option<(
+    Remoteproc<KvmRemote>,
+    RemoteRpmsg<vamp_rpmsg::guest_ram::GuestRam>,
+    Host,
+    EptId,
+)> {
+    let mut rp = remote_with(
+        "echo",
+        KvmOptions {
+            busy_poll: true,
+            ..options
+        },
+    )?;
+    let platform = rp
+        .backend()
+        .platform()
+        .expect("the echo firmware has a platform entry");
+    assert_ne!(platform.features & PLATFORM_F_BUSY_POLL, 0);
+    rp.start().unwrap();
+    let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
+    host.transport_mut().set_busy_poll(true).unwrap();
+    let mut h = Host::default();
+    let ept = bind(&mut host, &mut h, b"rpmsg-openamp-demo-channel");
+    Some((rp, host, h, ept))
+}
+
+fn delta(before: &KvmStats, after: &KvmStats) -> [u64; 5] {
+    [
+        after.vmm_exits - before.vmm_exits,
+        after.wait_exits - before.wait_exits,
+        after.rings - before.rings,
+        after.kicks_taken - before.kicks_taken,
+        after.sleeps - before.sleeps,
+    ]
+}
+
+/// Busy-poll mode, chosen by the host before start (written into the firmware's platform
+/// entry): the echo firmware spins on its rings, and a thousand echoes cost no exit to the
+/// VMM, no wait, no kick from the remote and no ring from the host.
+#[test]
+fn busy_poll_echoes_without_exits() {
+    let _turn = one_at_a_time();
+    const N: u32 = 2000;
+    let Some((mut rp, mut host, mut h, ept)) = busy_echo_remote(KvmOptions::default()) else {
+        return;
+    };
+    echo(&mut host, &mut h, ept, 10);
+    let doorbell = rp.doorbell();
+    // Whatever the start-up signalled (announcements are sent before the firmware polls).
+    doorbell.wait(Duration::ZERO);
+    let before = rp.backend().stats();
+    let host_kicks = host.transport_mut().env_mut().kicks();
+    echo(&mut host, &mut h, ept, N);
+    // A kick from the remote would be waiting in the doorbell: the busy host never took one.
+    let kicked = doorbell.wait(Duration::ZERO);
+    let after = rp.backend().stats();
+    let [vmm_exits, waits, rings, kicks, _] = delta(&before, &after);
+    assert_eq!(
+        (vmm_exits, waits, rings, kicks, kicked),
+        (0, 0, 0, 0, false),
+        "exits to the VMM, waits, host rings, remote kicks while busy-polling: {after:?}"
+    );
+    assert_eq!(host.transport_mut().env_mut().kicks(), host_kicks);
+    // (KVM's own exit count is no help here: it also counts every host interrupt and
+    // preemption of the spinning vCPU, hundreds or thousands on a busy machine.)
+    assert_eq!(rp.poll(), RemoteEvent::Idle);
+    rp.shutdown().unwrap();
+}
+
+/// The same firmware in notify mode does exit: the host rings for every message and the
+/// firmware kicks for every echo. What makes the test above able to fail.
+#[test]
+fn notify_mode_rings_and_kicks() {
+    let _turn = one_at_a_time();
+    const N: u32 = 200;
+    let Some(mut rp) = remote_with(
+        "echo",
+        KvmOptions {
+            wait_spin: Duration::ZERO,
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    rp.start().unwrap();
+    let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
+    let mut h = Host::default();
+    let ept = bind(&mut host, &mut h, b"rpmsg-openamp-demo-channel");
+    echo(&mut host, &mut h, ept, 10);
+    let before = rp.backend().stats();
+    echo(&mut host, &mut h, ept, N);
+    let after = rp.backend().stats();
+    let [_, _, rings, kicks, _] = delta(&before, &after);
+    assert!(rings >= u64::from(N), "{rings} rings for {N} messages");
+    assert!(
+        kicks >= u64::from(N) / 2,
+        "{kicks} kicks taken for {N} echoes"
+    );
+    // Every kick is an exit (handled in the kernel, by the ioeventfd).
+    if let (Some(a), Some(b)) = (before.kvm_exits, after.kvm_exits) {
+        assert!(b - a >= kicks, "{} KVM exits for {kicks} kicks", b - a);
+    }
+    rp.shutdown().unwrap();
+}
+
+/// Notify mode with a spin window: while the host answers within the window, the firmware
+/// takes each message without sleeping on the wait port (and the host need not ring).
+#[test]
+fn notify_mode_spins_before_it_waits() {
+    let _turn = one_at_a_time();
+    const N: u32 = 200;
+    let Some(mut rp) = remote_with(
+        "echo",
+        KvmOptions {
+            wait_spin: Duration::from_millis(10),
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    let platform = rp.backend().platform().expect("platform entry");
+    assert_ne!(platform.features & PLATFORM_F_WAIT_SPIN, 0);
+    rp.start().unwrap();
+    let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
+    let mut h = Host::default();
+    let ept = bind(&mut host, &mut h, b"rpmsg-openamp-demo-channel");
+    echo(&mut host, &mut h, ept, 10);
+    let before = rp.backend().stats();
+    echo(&mut host, &mut h, ept, N);
+    let after = rp.backend().stats();
+    let [_, waits, _, kicks, _] = delta(&before, &after);
+    // The host sleeps for every echo, so the firmware still kicks each one.
+    assert!(
+        kicks >= u64::from(N) / 2,
+        "{kicks} kicks taken for {N} echoes"
+    );
+    // Without the window it waits after nearly every echo; with it, only when the host took
+    // longer than 10 ms (descheduled on a busy machine).
+    assert!(
+        waits < u64::from(N) / 2,
+        "{waits} waits for {N} echoes within a 10 ms window"
+    );
+    rp.shutdown().unwrap();
+}
+
+/// A busy-polling remote never exits, yet its heartbeat keeps the watchdog content while it
+/// idles; a handler that hangs (no heartbeat) is still caught.
+#[test]
+fn busy_poll_heartbeat_and_watchdog() {
+    let _turn = one_at_a_time();
+    let options = KvmOptions {
+        watchdog: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let Some((mut rp, mut host, mut h, ept)) = busy_echo_remote(options) else {
+        return;
+    };
+    let exits = rp.backend().stats().vmm_exits;
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        rp.poll(),
+        RemoteEvent::Idle,
+        "console: {:?}",
+        rp.take_console()
+    );
+    assert_eq!(
+        rp.backend().stats().vmm_exits,
+        exits,
+        "the idle remote exited"
+    );
+    echo(&mut host, &mut h, ept, 10);
+    rp.shutdown().unwrap();
+
+    let Some(mut rp) = remote_with(
+        "fault",
+        KvmOptions {
+            busy_poll: true,
+            ..options
+        },
+    ) else {
+        return;
+    };
+    rp.start().unwrap();
+    let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
+    host.transport_mut().set_busy_poll(true).unwrap();
+    let mut h = Host::default();
+    let ept = bind(&mut host, &mut h, b"vamp-fault");
+    echo(&mut host, &mut h, ept, 3);
+    host.send(ept, b"hang").unwrap();
+    match wait_event(&mut rp) {
+        RemoteEvent::Crashed(why) => assert!(why.contains("watchdog"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Busy-poll needs a firmware that says it can: a remote without the platform entry is not
+/// started in that mode (it would sleep on its wait port while the host spins).
+#[test]
+fn busy_poll_needs_the_platform_entry() {
+    if let Err(e) = kvm_available() {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let mut remote = KvmRemote::new(KvmOptions {
+        busy_poll: true,
+        ..Default::default()
+    })
+    .unwrap();
+    // `jmp $`: no resource table at all.
+    remote.memory().write(0x10_0000, &[0xeb, 0xfe]).unwrap();
+    let err = remote.start(0x10_0000).unwrap_err();
+    assert!(err.to_string().contains("busy-poll"), "{err}");
+    remote.set_busy_poll(false);
+    remote.start(0x10_0000).unwrap();
+    remote.stop().unwrap();
 }

@@ -69,14 +69,9 @@ fn main() -> u32 {
         }
     }
     trace(table, "echo: channels announced");
-    while !echo.shutdown {
-        if let Err(e) = rpmsg.poll(&mut echo) {
-            println!("echo: link failed: {e}");
-            return 1;
-        }
-        if !echo.shutdown {
-            vamp_firmware::out32(vamp_firmware::WAIT_PORT, 0);
-        }
+    if let Err(e) = vamp_firmware::serve(table, &mut rpmsg, &mut echo, |e| e.shutdown) {
+        println!("echo: link failed: {e}");
+        return 1;
     }
     for id in echo.channels.into_iter().flatten() {
         let _ = rpmsg.destroy_ept(id);

@@ -55,11 +55,11 @@ fn main() -> u32 {
         println!("fault: {e}");
         return 1;
     }
-    loop {
-        if let Err(e) = rpmsg.poll(&mut Faulty) {
+    match vamp_firmware::serve(table, &mut rpmsg, &mut Faulty, |_| false) {
+        Ok(()) => 0,
+        Err(e) => {
             println!("fault: link failed: {e}");
-            return 1;
+            1
         }
-        vamp_firmware::out32(vamp_firmware::WAIT_PORT, 0);
     }
 }

@@ -121,14 +121,9 @@ fn main() -> u32 {
     m.channel = rpmsg
         .create_ept(b"rpmsg-openamp-demo-channel", ADDR_ANY, ADDR_ANY)
         .ok();
-    while !m.shutdown {
-        if let Err(e) = rpmsg.poll(&mut m) {
-            println!("matrix: link failed: {e}");
-            return 1;
-        }
-        if !m.shutdown {
-            vamp_firmware::out32(vamp_firmware::WAIT_PORT, 0);
-        }
+    if let Err(e) = vamp_firmware::serve(table, &mut rpmsg, &mut m, |m| m.shutdown) {
+        println!("matrix: link failed: {e}");
+        return 1;
     }
     trace(table, "matrix: shutdown");
     0
