@@ -31,7 +31,7 @@ use vamp_rpmsg::native::{self, NativePaths};
 use vamp_rpmsg::rpmsg::{Config, EptId, Error as RpmsgError, Handler, NsEvent, Received, Rpmsg};
 use vamp_rpmsg::transport::{BufferConfig, DriverTransport, Environment, Transport};
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
-use vamp_vmm_backend::backend::{lock_hub, serve_guest};
+use vamp_vmm_backend::backend::{hub_lock_counts, lock_hub, serve_guest};
 use vamp_vmm_backend::config::{ChannelSpec, GuestSpec, ServiceKind, ServiceSpec, Topology};
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
 use vamp_vmm_backend::hub::{Hub, Notifier, RingsInfo};
@@ -602,6 +602,25 @@ pub fn run_peer(args: &[String]) -> Result<(), String> {
         "hub-guest" => peer_hub_guest(rest),
         "hub-full-rings" => peer_hub_full_rings(rest),
         "native-rows" => peer_native_rows(rest),
+        "hub-echo-busy" => {
+            let allowed = allowed_cpus();
+            pin(allowed[0]);
+            let cpus = Cpus {
+                a: allowed[0],
+                b: *allowed.last().unwrap_or(&0),
+            };
+            for (fig, size) in hub_echo_busy(&Plan::new(false), cpus)
+                .into_iter()
+                .zip(SIZES)
+            {
+                let f = fig?;
+                println!(
+                    "{size} B: rtt p50 {:.0} ns; {:.0} ns per message windowed",
+                    f.lat.p50_ns, f.tput.ns_per_msg
+                );
+            }
+            Ok(())
+        }
         other => Err(format!("bench-peer: unknown kind {other:?}")),
     }
 }
@@ -1481,7 +1500,7 @@ fn guest_to_guest_notify(plan: &Plan, cpus: Cpus) -> [Res<Fig>; 2] {
 /// Per-message cost with `guests` guests all echoing through the hub at once (16 bytes,
 /// windowed, notifications): the wall time of all of them over the messages of all of them,
 /// and the CPU time of this process (guests and hub) per message.
-fn guest_scale(plan: &Plan, cpus: Cpus, guests: usize) -> Res<(Tput, f64)> {
+fn guest_scale(plan: &Plan, cpus: Cpus, guests: usize) -> Res<(Tput, f64, LockCounts)> {
     let hub = start_vhost_hub(guests, false, cpus.b)?;
     let per_guest = (plan.scale_msgs / guests).max(plan.window);
     let window = 16;
@@ -1518,9 +1537,9 @@ fn guest_scale(plan: &Plan, cpus: Cpus, guests: usize) -> Res<(Tput, f64)> {
         })
         .collect();
     ready.wait();
-    let (start, cpu0) = (Instant::now(), cpu_time_ns());
+    let (start, cpu0, locks0) = (Instant::now(), cpu_time_ns(), hub_lock_counts());
     done.wait();
-    let (took, cpu) = (start.elapsed(), cpu_time_ns() - cpu0);
+    let (took, cpu, locks1) = (start.elapsed(), cpu_time_ns() - cpu0, hub_lock_counts());
     // Each guest's throughput() runs a warm-up before its timed bursts; the wall time covers
     // both, so both count.
     let mut total = 0;
@@ -1534,7 +1553,19 @@ fn guest_scale(plan: &Plan, cpus: Cpus, guests: usize) -> Res<(Tput, f64)> {
             n: total,
         },
         cpu / total as f64,
+        LockCounts {
+            taken: locks1.0 - locks0.0,
+            waited: locks1.1 - locks0.1,
+        },
     ))
+}
+
+/// How often the hub's lock, which all guests share, was taken while guests echoed, and how
+/// often a thread found it held by another and had to wait.
+#[derive(Debug, Clone, Copy)]
+struct LockCounts {
+    taken: u64,
+    waited: u64,
 }
 
 // ----- guests driven in memory, for the hub's busy-poll rows and its own cost -------------------
@@ -2140,6 +2171,8 @@ struct ScaleRow {
     fig: Res<Tput>,
     /// CPU time of this process per message, where that is the cost that matters.
     cpu_ns: Option<f64>,
+    /// The hub's lock while guests echoed (guest rows only).
+    locks: Option<LockCounts>,
 }
 
 #[derive(Debug)]
@@ -2530,6 +2563,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
         r.guests.push(ScaleRow {
             count: guests,
             cpu_ns: fig.as_ref().ok().map(|f| f.1),
+            locks: fig.as_ref().ok().map(|f| f.2),
             fig: fig.map(|f| f.0),
         });
     }
@@ -2547,6 +2581,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
             count: count as usize,
             fig,
             cpu_ns: None,
+            locks: None,
         });
     }
     r.memory = Some(hub_memory(&plan));
@@ -2916,13 +2951,21 @@ fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Duration) -> S
         for row in rows {
             match &row.fig {
                 Ok(t) => {
-                    let cpu = row.cpu_ns.map_or(String::new(), |c| {
+                    let mut cpu = row.cpu_ns.map_or(String::new(), |c| {
                         format!(
                             "; CPU {} per message {:>7}",
                             fmt_ns(c),
                             fmt_ratio(cpu_ratio(rows, row))
                         )
                     });
+                    if let Some(l) = row.locks {
+                        let _ = write!(
+                            cpu,
+                            "; hub lock taken {} times, {:.1}% of them waited",
+                            l.taken,
+                            100.0 * l.waited as f64 / l.taken.max(1) as f64
+                        );
+                    }
                     let _ = writeln!(
                         o,
                         "    {:>6}: wall {:>8} per message ({} msgs/s) {:>7}{cpu}",
@@ -3127,6 +3170,11 @@ fn to_json(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Duration) -> 
                         ("ratio_to_1", opt_num(scale_ratio(rows, row))),
                         ("cpu_ns_per_msg", opt_num(row.cpu_ns)),
                         ("cpu_ratio_to_1", opt_num(cpu_ratio(rows, row))),
+                        ("hub_lock_taken", opt_num(row.locks.map(|l| l.taken as f64))),
+                        (
+                            "hub_lock_waited",
+                            opt_num(row.locks.map(|l| l.waited as f64)),
+                        ),
                     ]),
                     Err(e) => obj([(what, num(row.count as f64)), ("error", err_json(e))]),
                 })

@@ -25,6 +25,10 @@ use hashbrown::HashMap;
 /// Default bound on a blocking send waiting for a free buffer (Linux waits 15 s).
 pub const DEFAULT_SEND_TIMEOUT_US: u64 = 15_000_000;
 
+/// Sends and buffer returns after which a batch makes its notification decision anyway (see
+/// [`Rpmsg::begin_batch`]).
+const BATCH_LIMIT: u32 = 32;
+
 /// Dynamic addresses tracked for lowest-free allocation: 1024 .. 1024 + this.
 const DYNAMIC_ADDRESSES: u32 = 1 << 20;
 
@@ -391,6 +395,8 @@ pub struct Rpmsg<T: Transport> {
     /// Open batches ([`begin_batch`](Self::begin_batch)): while any is open, sends and
     /// releases publish their buffers but leave the notification decision to the batch's end.
     batches: u32,
+    /// Sends and releases since the last notification decision, while batched.
+    batched_ops: u32,
     stats: Stats,
 }
 
@@ -408,6 +414,7 @@ impl<T: Transport> Rpmsg<T> {
             pending_ns: VecDeque::new(),
             held_rx: 0,
             batches: 0,
+            batched_ops: 0,
             stats: Stats::default(),
         }
     }
@@ -983,6 +990,8 @@ impl<T: Transport> Rpmsg<T> {
             while let Some(buf) = self.transport.take_rx()? {
                 count += 1;
                 self.dispatch(buf, handler)?;
+                // Returning the buffer counts too, even when the handler sent nothing.
+                self.flush_unless_batched()?;
             }
             self.flush_announcements()
         })();
@@ -998,7 +1007,8 @@ impl<T: Transport> Rpmsg<T> {
 
     /// Opens a batch: until the matching [`end_batch`](Self::end_batch), sends and buffer
     /// releases publish their buffers at once but make no notification decision; `end_batch`
-    /// makes one for all of them (with EVENT_IDX, at most one interrupt for the batch). Saves
+    /// makes one for all of them (with EVENT_IDX, at most one interrupt for the batch; a long batch
+    /// decides every 32 sends and returns, so that a busy peer cannot stretch it without end). Saves
     /// a memory barrier and a look at the peer's event index per message. [`poll`](Self::poll)
     /// batches what its handler sends by itself; this is for sends into this engine made while
     /// another one polls (the hub, forwarding between links). A blocking send that has to wait
@@ -1015,9 +1025,17 @@ impl<T: Transport> Rpmsg<T> {
     }
 
     fn flush_unless_batched(&mut self) -> Result<(), Error> {
-        if self.batches == 0 {
-            self.transport.flush()?;
+        if self.batches > 0 {
+            // A batch is bounded: a peer that keeps the rings busy could otherwise keep one
+            // poll going for ever, and a decision over more than half the index space is
+            // meaningless (EVENT_IDX compares 16-bit distances).
+            self.batched_ops += 1;
+            if self.batched_ops < BATCH_LIMIT {
+                return Ok(());
+            }
         }
+        self.batched_ops = 0;
+        self.transport.flush()?;
         Ok(())
     }
 

@@ -656,8 +656,12 @@ impl DriverQueue {
         let avail = self.layout.avail_area(mem, self.endian)?;
         avail.set_u16(AVAIL_FLAGS, VRING_AVAIL_F_NO_INTERRUPT)?;
         if self.event_idx {
-            // Put the event just behind us: it is only crossed after a full wrap.
-            let far = self.last_used.wrapping_sub(1);
+            // Park the event half the index space ahead of us. Just behind us is not out of
+            // reach: the device decides over everything it used since its last decision, and
+            // that can start before the entries we already took (a busy-polling driver takes
+            // them as soon as they are published), so an event just behind us fell inside its
+            // window and drew interrupts nobody asked for.
+            let far = self.last_used.wrapping_add(UNREACHABLE_EVENT);
             avail.set_u16(self.layout.used_event_off(), far)?;
         }
         Ok(())
@@ -1003,6 +1007,23 @@ mod tests {
             assert_eq!(d.pop_used(&mem).unwrap(), None);
             assert_eq!(d.free_count(), 4);
         }
+    }
+
+    #[test]
+    fn disabled_interrupts_stay_off_when_the_device_decides_late() {
+        // The device uses two buffers and decides about interrupts only after the driver has
+        // already taken both and turned interrupts off: no interrupt may follow.
+        let (mem, mut d, mut v) = pair(8, true);
+        d.add(&mem, 0x8000, 64, true, 0).unwrap();
+        d.add(&mem, 0x8040, 64, true, 1).unwrap();
+        for _ in 0..2 {
+            let c = v.pop(&mem).unwrap().unwrap();
+            v.push_used(&mem, c.head, 16).unwrap();
+        }
+        assert!(d.pop_used(&mem).unwrap().is_some());
+        assert!(d.pop_used(&mem).unwrap().is_some());
+        d.disable_interrupts(&mem).unwrap();
+        assert!(!v.should_notify(&mem).unwrap());
     }
 
     #[test]

@@ -747,3 +747,26 @@ fn a_batch_notifies_once_at_its_end() {
         assert_eq!(remote.poll(&mut r).unwrap(), sent);
     }
 }
+
+#[test]
+fn a_long_batch_decides_every_32_messages() {
+    let (mut host, mut remote, hk, _) = pair_with(64, BufferConfig::default(), false);
+    remote.create_ept(CHANNEL, ADDR_ANY, ADDR_ANY).unwrap();
+    let mut h = Recorder::default();
+    host.poll(&mut h).unwrap();
+    let h_ept = host.create_ept(CHANNEL, ADDR_ANY, 1024).unwrap();
+    let kicks = |k: &TestEnv| k.kicks.get()[TX_QUEUE as usize];
+    host.begin_batch();
+    for k in 0..31u8 {
+        host.send(h_ept, &[k]).unwrap();
+    }
+    assert_eq!(kicks(&hk), 0);
+    host.send(h_ept, b"32nd").unwrap();
+    assert_eq!(kicks(&hk), 1, "the 32nd send decides");
+    for k in 0..10u8 {
+        host.send(h_ept, &[k]).unwrap();
+    }
+    assert_eq!(kicks(&hk), 1);
+    host.end_batch().unwrap();
+    assert_eq!(kicks(&hk), 2);
+}
