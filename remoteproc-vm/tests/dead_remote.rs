@@ -1,32 +1,16 @@
 //! A send to a remote that died returns an error at once, never silence and never the whole
 //! send timeout (skipped without /dev/kvm).
 
+mod common;
+
+use common::{HostRecorder, wait_announced};
 use std::time::{Duration, Instant};
 use vamp_remoteproc::image::ImageSource;
 use vamp_remoteproc::kvm::{KvmOptions, KvmRemote, kvm_available};
 use vamp_remoteproc::remoteproc::{RemoteEvent, Remoteproc};
-use vamp_rpmsg::rpmsg::{Error, Handler, NsEvent, Received, Rpmsg};
-use vamp_rpmsg::transport::{BufferConfig, Transport};
+use vamp_rpmsg::rpmsg::Error;
+use vamp_rpmsg::transport::BufferConfig;
 use vamp_rpmsg::wire::ADDR_ANY;
-
-#[derive(Default)]
-struct Host {
-    channel: Option<u32>,
-}
-
-impl<T: Transport> Handler<T> for Host {
-    fn on_message(&mut self, _: &mut Rpmsg<T>, _: &mut Received) {}
-    fn on_name_service(&mut self, _: &mut Rpmsg<T>, e: NsEvent<'_>) {
-        if let NsEvent::Created {
-            name: b"vamp-fault",
-            addr,
-            ..
-        } = e
-        {
-            self.channel = Some(addr);
-        }
-    }
-}
 
 #[test]
 fn sends_to_a_crashed_remote_fail_at_once() {
@@ -41,14 +25,10 @@ fn sends_to_a_crashed_remote_fail_at_once() {
     .unwrap();
     rp.start().unwrap();
     let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
-    let mut h = Host::default();
+    let mut h = HostRecorder::default();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while h.channel.is_none() {
-        host.poll(&mut h).unwrap();
-        assert!(Instant::now() < deadline, "vamp-fault never announced");
-        host.transport_mut().environment().wait(10_000);
-    }
-    let ept = host.create_ept(b"", ADDR_ANY, h.channel.unwrap()).unwrap();
+    let channel = wait_announced(&mut host, &mut h, b"vamp-fault", deadline).unwrap();
+    let ept = host.create_ept(b"", ADDR_ANY, channel).unwrap();
     host.send(ept, b"crash").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -2,6 +2,9 @@
 //! load, start, rpmsg echo through the vdev, crash, recover, exit; how the firmware waits
 //! (busy-poll, the spin window of notify mode) and what that costs in exits.
 
+mod common;
+
+use common::{HostRecorder, connect, idle};
 use std::time::{Duration, Instant};
 use vamp_remoteproc::backend::RemoteBackend;
 use vamp_remoteproc::image::ImageSource;
@@ -10,26 +13,10 @@ use vamp_remoteproc::kvm::{
 };
 use vamp_remoteproc::remoteproc::{RemoteEvent, RemoteRpmsg, RemoteState, Remoteproc};
 use vamp_rpmsg::mem::SharedMemory;
-use vamp_rpmsg::rpmsg::{EptId, Handler, NsEvent, Received, Rpmsg};
-use vamp_rpmsg::transport::{BufferConfig, Transport};
-use vamp_rpmsg::wire::ADDR_ANY;
+use vamp_rpmsg::rpmsg::EptId;
 
-#[derive(Default)]
-struct Host {
-    announced: Vec<(Vec<u8>, u32)>,
-    messages: Vec<Vec<u8>>,
-}
-
-impl<T: Transport> Handler<T> for Host {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
-        self.messages.push(rpmsg.payload(msg).unwrap());
-    }
-    fn on_name_service(&mut self, _: &mut Rpmsg<T>, e: NsEvent<'_>) {
-        if let NsEvent::Created { name, addr, .. } = e {
-            self.announced.push((name.to_vec(), addr));
-        }
-    }
-}
+/// The echo firmware's channel.
+const DEMO: &[u8] = b"rpmsg-openamp-demo-channel";
 
 fn remote(image: &str) -> Option<Remoteproc<KvmRemote>> {
     remote_with(image, KvmOptions::default())
@@ -54,30 +41,7 @@ fn remote_with(image: &str, options: KvmOptions) -> Option<Remoteproc<KvmRemote>
     Some(rp)
 }
 
-/// Waits for the remote (on the doorbell), or spins a little when busy-polling: no
-/// notification will come.
-fn idle<M: SharedMemory>(host: &mut RemoteRpmsg<M>) {
-    if host.transport().busy_poll() {
-        std::thread::yield_now();
-    } else {
-        host.transport_mut().environment().wait(10_000);
-    }
-}
-
-/// Waits for `channel`, binds to it.
-fn bind<M: SharedMemory>(host: &mut RemoteRpmsg<M>, h: &mut Host, channel: &[u8]) -> EptId {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        host.poll(h).unwrap();
-        if let Some((_, addr)) = h.announced.iter().find(|(n, _)| n == channel) {
-            return host.create_ept(channel, ADDR_ANY, *addr).unwrap();
-        }
-        assert!(Instant::now() < deadline, "{channel:?} never announced");
-        idle(host);
-    }
-}
-
-fn echo<M: SharedMemory>(host: &mut RemoteRpmsg<M>, h: &mut Host, ept: EptId, count: u32) {
+fn echo<M: SharedMemory>(host: &mut RemoteRpmsg<M>, h: &mut HostRecorder, ept: EptId, count: u32) {
     let deadline = Instant::now() + Duration::from_secs(20);
     for i in 0..count {
         let msg = format!("echo {i}").into_bytes();
@@ -89,7 +53,7 @@ fn echo<M: SharedMemory>(host: &mut RemoteRpmsg<M>, h: &mut Host, ept: EptId, co
                 idle(host);
             }
         }
-        assert_eq!(h.messages.pop().unwrap(), msg);
+        assert_eq!(h.messages.pop().unwrap().1, msg);
     }
 }
 
@@ -109,9 +73,7 @@ fn wait_event(rp: &mut Remoteproc<KvmRemote>) -> RemoteEvent {
 fn echo_firmware_in_a_micro_vm() {
     let Some(mut rp) = remote("echo") else { return };
     rp.start().unwrap();
-    let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
-    let mut h = Host::default();
-    let ept = bind(&mut host, &mut h, b"rpmsg-openamp-demo-channel");
+    let (mut host, mut h, ept) = connect(&mut rp, false, DEMO);
     echo(&mut host, &mut h, ept, 100);
     assert!(rp.trace(0).unwrap().contains("echo:"), "{:?}", rp.trace(0));
     assert_eq!(rp.poll(), RemoteEvent::Idle);
@@ -125,9 +87,7 @@ fn crash_recover_and_exit() {
         return;
     };
     rp.start().unwrap();
-    let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
-    let mut h = Host::default();
-    let ept = bind(&mut host, &mut h, b"vamp-fault");
+    let (mut host, mut h, ept) = connect(&mut rp, false, b"vamp-fault");
     echo(&mut host, &mut h, ept, 10);
     host.send(ept, b"crash").unwrap();
     assert!(matches!(wait_event(&mut rp), RemoteEvent::Crashed(_)));
@@ -136,9 +96,7 @@ fn crash_recover_and_exit() {
 
     rp.recover().unwrap();
     assert_eq!((rp.state(), rp.restarts()), (RemoteState::Running, 1));
-    let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
-    let mut h = Host::default();
-    let ept = bind(&mut host, &mut h, b"vamp-fault");
+    let (mut host, mut h, ept) = connect(&mut rp, false, b"vamp-fault");
     echo(&mut host, &mut h, ept, 10);
     host.send(ept, b"exit").unwrap();
     assert_eq!(wait_event(&mut rp), RemoteEvent::Exited(3));
@@ -151,7 +109,7 @@ fn busy_echo_remote(
 ) -> Option<(
     Remoteproc<KvmRemote>,
     RemoteRpmsg<vamp_rpmsg::guest_ram::GuestRam>,
-    Host,
+    HostRecorder,
     EptId,
 )> {
     let mut rp = remote_with(
@@ -167,11 +125,22 @@ fn busy_echo_remote(
         .expect("the echo firmware has a platform entry");
     assert_ne!(platform.features & PLATFORM_F_BUSY_POLL, 0);
     rp.start().unwrap();
-    let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
-    host.transport_mut().set_busy_poll(true).unwrap();
-    let mut h = Host::default();
-    let ept = bind(&mut host, &mut h, b"rpmsg-openamp-demo-channel");
+    let (host, h, ept) = connect(&mut rp, true, DEMO);
     Some((rp, host, h, ept))
+}
+
+/// The backend's figures before and after `n` echoes (sent after 10 that warm up).
+fn stats_around_echoes<M: SharedMemory>(
+    rp: &Remoteproc<KvmRemote>,
+    host: &mut RemoteRpmsg<M>,
+    h: &mut HostRecorder,
+    ept: EptId,
+    n: u32,
+) -> (KvmStats, KvmStats) {
+    echo(host, h, ept, 10);
+    let before = rp.backend().stats();
+    echo(host, h, ept, n);
+    (before, rp.backend().stats())
 }
 
 fn delta(before: &KvmStats, after: &KvmStats) -> [u64; 5] {
@@ -233,13 +202,8 @@ fn notify_mode_rings_and_kicks() {
         return;
     };
     rp.start().unwrap();
-    let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
-    let mut h = Host::default();
-    let ept = bind(&mut host, &mut h, b"rpmsg-openamp-demo-channel");
-    echo(&mut host, &mut h, ept, 10);
-    let before = rp.backend().stats();
-    echo(&mut host, &mut h, ept, N);
-    let after = rp.backend().stats();
+    let (mut host, mut h, ept) = connect(&mut rp, false, DEMO);
+    let (before, after) = stats_around_echoes(&rp, &mut host, &mut h, ept, N);
     let [_, _, rings, kicks, _] = delta(&before, &after);
     assert!(rings >= u64::from(N), "{rings} rings for {N} messages");
     assert!(
@@ -271,13 +235,8 @@ fn notify_mode_spins_before_it_waits() {
     let platform = rp.backend().platform().expect("platform entry");
     assert_ne!(platform.features & PLATFORM_F_WAIT_SPIN, 0);
     rp.start().unwrap();
-    let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
-    let mut h = Host::default();
-    let ept = bind(&mut host, &mut h, b"rpmsg-openamp-demo-channel");
-    echo(&mut host, &mut h, ept, 10);
-    let before = rp.backend().stats();
-    echo(&mut host, &mut h, ept, N);
-    let after = rp.backend().stats();
+    let (mut host, mut h, ept) = connect(&mut rp, false, DEMO);
+    let (before, after) = stats_around_echoes(&rp, &mut host, &mut h, ept, N);
     let [_, waits, _, kicks, _] = delta(&before, &after);
     // The host sleeps for every echo, so the firmware still kicks each one.
     assert!(
@@ -331,10 +290,7 @@ fn busy_poll_heartbeat_and_watchdog() {
         return;
     };
     rp.start().unwrap();
-    let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
-    host.transport_mut().set_busy_poll(true).unwrap();
-    let mut h = Host::default();
-    let ept = bind(&mut host, &mut h, b"vamp-fault");
+    let (mut host, mut h, ept) = connect(&mut rp, true, b"vamp-fault");
     echo(&mut host, &mut h, ept, 3);
     host.send(ept, b"hang").unwrap();
     match wait_event(&mut rp) {

@@ -2,13 +2,13 @@
 //! `{ u32 size; u32 elements[6][6] }` in one message, their product back (skipped without
 //! /dev/kvm).
 
+mod common;
+
+use common::{CHANNEL, connect, idle};
 use std::time::{Duration, Instant};
 use vamp_remoteproc::image::ImageSource;
 use vamp_remoteproc::kvm::{KvmOptions, KvmRemote, kvm_available};
 use vamp_remoteproc::remoteproc::Remoteproc;
-use vamp_rpmsg::rpmsg::{Handler, NsEvent, Received, Rpmsg};
-use vamp_rpmsg::transport::{BufferConfig, Transport};
-use vamp_rpmsg::wire::ADDR_ANY;
 
 const N: usize = 6;
 
@@ -20,28 +20,6 @@ fn encode(size: u32, m: &[[u32; N]; N]) -> Vec<u8> {
         }
     }
     out
-}
-
-#[derive(Default)]
-struct Host {
-    channel: Option<u32>,
-    replies: Vec<Vec<u8>>,
-}
-
-impl<T: Transport> Handler<T> for Host {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
-        self.replies.push(rpmsg.payload(msg).unwrap());
-    }
-    fn on_name_service(&mut self, _: &mut Rpmsg<T>, e: NsEvent<'_>) {
-        if let NsEvent::Created {
-            name: b"rpmsg-openamp-demo-channel",
-            addr,
-            ..
-        } = e
-        {
-            self.channel = Some(addr);
-        }
-    }
 }
 
 #[test]
@@ -56,20 +34,7 @@ fn matrix_remote_multiplies() {
     ))
     .unwrap();
     rp.start().unwrap();
-    let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
-    let mut h = Host::default();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while h.channel.is_none() {
-        host.poll(&mut h).unwrap();
-        assert!(
-            Instant::now() < deadline,
-            "the matrix channel was never announced"
-        );
-        host.transport_mut().environment().wait(10_000);
-    }
-    let ept = host
-        .create_ept(b"rpmsg-openamp-demo-channel", ADDR_ANY, h.channel.unwrap())
-        .unwrap();
+    let (mut host, mut h, ept) = connect(&mut rp, false, CHANNEL);
     for round in 0..50u32 {
         let size = 1 + round % N as u32;
         let mut a = [[0u32; N]; N];
@@ -90,12 +55,12 @@ fn matrix_remote_multiplies() {
         msg.extend(encode(size, &b));
         host.send(ept, &msg).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while h.replies.is_empty() {
+        while h.messages.is_empty() {
             host.poll(&mut h).unwrap();
             assert!(Instant::now() < deadline, "no product for round {round}");
-            host.transport_mut().environment().wait(10_000);
+            idle(&mut host);
         }
-        assert_eq!(h.replies.remove(0), encode(size, &want), "round {round}");
+        assert_eq!(h.messages.remove(0).1, encode(size, &want), "round {round}");
     }
     // A message that is not two matrices gets no answer; the remote keeps working.
     host.send(ept, b"garbage").unwrap();

@@ -18,6 +18,9 @@
 //!
 //! `VAMP_ATTACK_LOG=1 cargo test attack` prints the hub's log as the tests run.
 
+mod common;
+
+use common::{Guest, Inbox, RXQ, TXQ, WAIT, pump};
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::os::unix::net::UnixStream;
@@ -33,14 +36,11 @@ use vamp_rpmsg::vring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VringLayout,
 };
 use vamp_rpmsg::wire::{ADDR_ANY, Endian, HEADER_LEN, NS_ADDR, encode_header};
-use vamp_vmm_backend::backend::{lock_hub, serve_guest};
-use vamp_vmm_backend::config::Topology;
+use vamp_vmm_backend::backend::lock_hub;
 use vamp_vmm_backend::frontend::{GuestMemory, GuestOptions, NativeGuest};
-use vamp_vmm_backend::hub::{Hub, LinkStats, MAX_NAMES_PER_LINK, MAX_REPLY_PROXIES_PER_SOURCE};
+use vamp_vmm_backend::hub::{LinkStats, MAX_NAMES_PER_LINK, MAX_REPLY_PROXIES_PER_SOURCE};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 
-/// How long any one wait may take before the test fails.
-const WAIT: Duration = Duration::from_secs(10);
 /// Round trips the traffic pair must complete after each attack, within [`WAIT`].
 const AFTER_ATTACK: u64 = 2000;
 /// How long the hub lets messages wait for a guest that takes none, in these tests.
@@ -50,9 +50,6 @@ const ALICE: usize = 0;
 const BOB: usize = 1;
 const CAROL: usize = 2;
 const EVIL: usize = 3;
-/// Queue numbers: vq 0 carries messages to the guest, vq 1 messages from it.
-const RXQ: u16 = 0;
-const TXQ: u16 = 1;
 
 /// alice offers "a-svc" to bob (and to the attacker, for the attacks that need to reach a
 /// good guest); carol offers "c-svc" to the attacker; the attacker's "m-svc" is offered to
@@ -165,63 +162,32 @@ fn expect_log(needles: &[&str]) -> String {
 // ---------------------------------------------------------------------------------------
 // The hub.
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
+/// The hub of [`TOPOLOGY`], and the attacker's name in it.
 struct TestHub {
-    hub: Arc<Mutex<Hub>>,
-    sockets: Vec<PathBuf>,
+    base: common::TestHub,
     evil: String,
-    _dir: TempDir,
 }
 
 impl TestHub {
     /// A hub for [`TOPOLOGY`] with the attacker called `evil`, on threads of its own.
     fn start(evil: &str) -> Self {
         init_logs();
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("vamp-attack-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let text = TOPOLOGY
-            .replace("{dir}", dir.to_str().unwrap())
-            .replace("{evil}", evil);
-        let topology = Topology::parse(&text).unwrap();
-        let sockets: Vec<PathBuf> = topology.guests.iter().map(|g| g.socket.clone()).collect();
-        let mut hub = Hub::new(topology);
-        hub.set_pending_timeout(PENDING_TIMEOUT);
-        let hub = Arc::new(Mutex::new(hub));
-        for (id, socket) in sockets.iter().enumerate() {
-            let (hub, socket) = (hub.clone(), socket.clone());
-            std::thread::spawn(move || serve_guest(hub, id, &socket));
-        }
+        let topology = TOPOLOGY.replace("{evil}", evil);
+        let base = common::TestHub::start_with("attack", &topology, |hub| {
+            hub.set_pending_timeout(PENDING_TIMEOUT)
+        });
         TestHub {
-            hub,
-            sockets,
+            base,
             evil: evil.to_string(),
-            _dir: TempDir(dir),
         }
     }
+}
 
-    fn connect(&self, id: usize) -> NativeGuest {
-        NativeGuest::connect(&self.sockets[id], GuestOptions::default()).unwrap()
-    }
+impl std::ops::Deref for TestHub {
+    type Target = common::TestHub;
 
-    fn stats(&self, id: usize) -> LinkStats {
-        lock_hub(&self.hub).stats(id)
-    }
-
-    fn is_up(&self, id: usize) -> bool {
-        lock_hub(&self.hub).is_up(id)
-    }
-
-    fn is_broken(&self, id: usize) -> bool {
-        lock_hub(&self.hub).is_broken(id)
+    fn deref(&self) -> &common::TestHub {
+        &self.base
     }
 }
 
@@ -259,104 +225,7 @@ fn flood(g: &mut NativeGuest, ept: EptId, first: u32) -> u32 {
 }
 
 // ---------------------------------------------------------------------------------------
-// Guests driven by the test.
-
-/// Everything a guest receives.
-#[derive(Debug, Default)]
-struct Inbox {
-    messages: VecDeque<(EptId, u32, u32, Vec<u8>)>,
-    created: Vec<(Vec<u8>, u32)>,
-    destroyed: Vec<(Vec<u8>, u32)>,
-}
-
-impl<T: Transport> Handler<T> for Inbox {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
-        let data = rpmsg.payload(msg).unwrap();
-        self.messages.push_back((msg.ept, msg.src, msg.dst, data));
-    }
-
-    fn on_name_service(&mut self, _: &mut Rpmsg<T>, e: NsEvent<'_>) {
-        match e {
-            NsEvent::Created { name, addr, .. } => self.created.push((name.to_vec(), addr)),
-            NsEvent::Destroyed { name, addr, .. } => self.destroyed.push((name.to_vec(), addr)),
-        }
-    }
-}
-
-impl Inbox {
-    fn announced(&self, name: &str) -> Option<u32> {
-        self.created
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name.as_bytes())
-            .map(|(_, a)| *a)
-    }
-}
-
-/// Polls `guest` until `done` holds, or fails after [`WAIT`].
-fn pump(guest: &mut NativeGuest, inbox: &mut Inbox, what: &str, done: impl Fn(&Inbox) -> bool) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        guest.poll(inbox).unwrap();
-        if done(inbox) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {} message(s), last {:?}; created {:?}; destroyed {:?}",
-            inbox.messages.len(),
-            inbox.messages.back(),
-            &inbox.created[inbox.created.len().saturating_sub(4)..],
-            &inbox.destroyed[inbox.destroyed.len().saturating_sub(4)..],
-        );
-        guest.wait(Duration::from_millis(20));
-    }
-}
-
-/// A good guest the test drives (carol), with its inbox.
-struct Helper {
-    g: NativeGuest,
-    inbox: Inbox,
-}
-
-impl Helper {
-    fn connect(hub: &TestHub, id: usize) -> Self {
-        let mut h = Helper {
-            g: hub.connect(id),
-            inbox: Inbox::default(),
-        };
-        h.pump("the echo service", |i| i.announced("echo").is_some());
-        h
-    }
-
-    fn pump(&mut self, what: &str, done: impl Fn(&Inbox) -> bool) {
-        pump(&mut self.g, &mut self.inbox, what, done)
-    }
-
-    /// One echo round trip through the hub's echo service.
-    fn echo_roundtrip(&mut self, tag: u32) {
-        let echo = self.inbox.announced("echo").unwrap();
-        let ept = self.g.rpmsg().create_ept(b"", ADDR_ANY, echo).unwrap();
-        let data = tag.to_le_bytes();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self.g.rpmsg().trysend(ept, &data) {
-                Ok(_) => break,
-                Err(RpmsgError::NoBuffer) => {
-                    assert!(Instant::now() < deadline, "no transmit buffer came back");
-                    self.g.poll(&mut self.inbox).unwrap();
-                    self.g.wait(Duration::from_millis(10));
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-        self.pump("an echo", |i| i.messages.iter().any(|m| m.0 == ept));
-        let at = self.inbox.messages.iter().position(|m| m.0 == ept).unwrap();
-        let (_, _, _, got) = self.inbox.messages.remove(at).unwrap();
-        assert_eq!(got, data);
-        self.g.rpmsg().destroy_ept(ept).unwrap();
-    }
-}
+// The attacker.
 
 /// First descriptor index the forging helpers use: the engine of a guest that sends fewer
 /// than 200 messages itself never posts these.
@@ -552,6 +421,33 @@ impl Evil {
             i.messages.iter().any(|m| m.3 == want)
         });
         self.inbox.messages.retain(|m| m.3 != want);
+    }
+
+    /// Makes the receive buffer at slot `slot` of the available ring `len` bytes long.
+    fn resize_rx_buffer(&self, slot: u16, len: u32) {
+        let rx = self.rx();
+        let head = self.avail_entry(rx, slot);
+        let addr = self.mem().load_u64(rx.desc + 16 * u64::from(head)).unwrap();
+        self.put_desc(rx, head, u64::from_le(addr), len, VRING_DESC_F_WRITE, 0);
+    }
+
+    /// A memory table entry mapping `memory` where the attacker's memory is mapped.
+    fn region_over(&self, memory: &GuestMemory) -> VhostUserMemoryRegionInfo {
+        VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: memory.size() as u64,
+            userspace_addr: self.mem().host_address(),
+            mmap_offset: 0,
+            mmap_handle: memory.fd(),
+        }
+    }
+
+    /// Sends `data` from `src` to `dst` through the engine, whatever the addresses are.
+    fn send_raw(&mut self, src: u32, dst: u32, data: &[u8]) {
+        self.g
+            .rpmsg()
+            .send_offchannel_raw(src, dst, data, true)
+            .unwrap();
     }
 }
 
@@ -813,6 +709,21 @@ impl Scene {
         self.hub.stats(id)
     }
 
+    /// Connects carol, has her offer "c-svc" and waits until the attacker sees it; returns
+    /// carol and c-svc's address in the attacker's link.
+    fn carol_offering_c_svc(&mut self) -> (Guest, u32) {
+        let mut carol = Guest::connect_served(&self.hub, CAROL);
+        carol
+            .g
+            .rpmsg()
+            .create_ept(b"c-svc", ADDR_ANY, ADDR_ANY)
+            .unwrap();
+        self.evil
+            .pump("c-svc at the attacker", |i| i.announced("c-svc").is_some());
+        let c_svc = self.evil.inbox.announced("c-svc").unwrap();
+        (carol, c_svc)
+    }
+
     /// The attacker's connection ended (vhost-user refused a request): a new one is served.
     fn reconnect_evil(&mut self) {
         let hub = &self.hub;
@@ -984,14 +895,7 @@ fn attack_zero_length_buffers() {
     let rx = s.evil.rx();
     let next = s.evil.used_idx(rx);
     for k in 0..3 {
-        let head = s.evil.avail_entry(rx, next + k);
-        let addr = s
-            .evil
-            .mem()
-            .load_u64(rx.desc + 16 * u64::from(head))
-            .unwrap();
-        s.evil
-            .put_desc(rx, head, u64::from_le(addr), 0, VRING_DESC_F_WRITE, 0);
+        s.evil.resize_rx_buffer(next + k, 0);
     }
     // The hub skips them (returned with length 0) and echoes into the next good one.
     s.assert_evil_served(4);
@@ -1007,14 +911,7 @@ fn attack_receive_buffers_smaller_than_a_message() {
     // The next receive buffers the hub would fill: 8 bytes, less than a header, and 40,
     // less than a name-service message.
     for (k, len) in [8u32, 8, 40].into_iter().enumerate() {
-        let head = s.evil.avail_entry(rx, next + k as u16);
-        let addr = s
-            .evil
-            .mem()
-            .load_u64(rx.desc + 16 * u64::from(head))
-            .unwrap();
-        s.evil
-            .put_desc(rx, head, u64::from_le(addr), len, VRING_DESC_F_WRITE, 0);
+        s.evil.resize_rx_buffer(next + k as u16, len);
     }
     // The hub must not keep them as spares that every later send trips over.
     s.assert_evil_served(5);
@@ -1022,14 +919,7 @@ fn attack_receive_buffers_smaller_than_a_message() {
     expect_log(&["mallory-tiny", "malformed descriptor chain"]);
     assert_eq!(s.stats(EVIL).bad_chains, 3);
     // Name-service announcements still reach the attacker: carol offers c-svc.
-    let mut carol = Helper::connect(&s.hub, CAROL);
-    carol
-        .g
-        .rpmsg()
-        .create_ept(b"c-svc", ADDR_ANY, ADDR_ANY)
-        .unwrap();
-    s.evil
-        .pump("c-svc at the attacker", |i| i.announced("c-svc").is_some());
+    let (_carol, _) = s.carol_offering_c_svc();
     s.finish();
 }
 
@@ -1299,15 +1189,7 @@ fn attack_kick_storm_with_nothing_posted() {
 #[test]
 fn attack_device_reset_in_the_middle_of_traffic() {
     let mut s = Scene::new("mallory-reset");
-    let mut carol = Helper::connect(&s.hub, CAROL);
-    carol
-        .g
-        .rpmsg()
-        .create_ept(b"c-svc", ADDR_ANY, ADDR_ANY)
-        .unwrap();
-    s.evil
-        .pump("c-svc at the attacker", |i| i.announced("c-svc").is_some());
-    let c_svc = s.evil.inbox.announced("c-svc").unwrap();
+    let (mut carol, c_svc) = s.carol_offering_c_svc();
     let to_carol = s.evil.g.rpmsg().create_ept(b"", ADDR_ANY, c_svc).unwrap();
     // carol does not read: her buffers fill, then the attacker's messages wait in the hub
     // holding its buffers. It resets in the middle of that.
@@ -1365,13 +1247,7 @@ fn attack_memory_table_swapped_for_garbage() {
     // A new memory table: same size, other memory, full of 0xFF.
     let junk = GuestMemory::new(s.evil.mem().size()).unwrap();
     junk.fill(0, junk.size(), 0xFF).unwrap();
-    let region = VhostUserMemoryRegionInfo {
-        guest_phys_addr: 0,
-        memory_size: junk.size() as u64,
-        userspace_addr: s.evil.mem().host_address(),
-        mmap_offset: 0,
-        mmap_handle: junk.fd(),
-    };
+    let region = s.evil.region_over(&junk);
     s.evil.g.frontend_mut().set_mem_table(&[region]).unwrap();
     s.evil.kick(TXQ);
     s.assert_evil_broken_until_reset(0);
@@ -1382,13 +1258,7 @@ fn attack_memory_table_swapped_for_garbage() {
 fn attack_memory_table_shrunk_under_the_rings() {
     let mut s = Scene::new("mallory-memshrink");
     let small = GuestMemory::new(4096).unwrap();
-    let region = VhostUserMemoryRegionInfo {
-        guest_phys_addr: 0,
-        memory_size: 4096,
-        userspace_addr: s.evil.mem().host_address(),
-        mmap_offset: 0,
-        mmap_handle: small.fd(),
-    };
+    let region = s.evil.region_over(&small);
     s.evil.g.frontend_mut().set_mem_table(&[region]).unwrap();
     s.evil.kick(TXQ);
     wait_until("the link to be marked broken", || s.hub.is_broken(EVIL));
@@ -1404,13 +1274,7 @@ fn attack_memory_table_resent_while_traffic_flows() {
     // Not hostile as such: the same memory sent again mid-traffic (as on memory hotplug)
     // must lose nothing, for the guest that does it or anyone else.
     let mut s = Scene::new("mallory-remap");
-    let region = VhostUserMemoryRegionInfo {
-        guest_phys_addr: 0,
-        memory_size: s.evil.mem().size() as u64,
-        userspace_addr: s.evil.mem().host_address(),
-        mmap_offset: 0,
-        mmap_handle: s.evil.mem().fd(),
-    };
+    let region = s.evil.region_over(s.evil.mem());
     for i in 0..300u32 {
         if i % 20 == 0 {
             s.evil.g.frontend_mut().set_mem_table(&[region]).unwrap();
@@ -1442,20 +1306,12 @@ fn attack_name_service_messages_of_wrong_length_or_flags() {
     for len in [0usize, 1, 39, 41, 200, 496] {
         let mut b = ns_bytes(b"m-svc", 0x600, 0);
         b.resize(len, 0);
-        s.evil
-            .g
-            .rpmsg()
-            .send_offchannel_raw(src, NS_ADDR, &b, true)
-            .unwrap();
+        s.evil.send_raw(src, NS_ADDR, &b);
         sent += 1;
     }
     for flags in [2u32, 0x100, u32::MAX] {
         let b = ns_bytes(b"m-svc", 0x600, flags);
-        s.evil
-            .g
-            .rpmsg()
-            .send_offchannel_raw(src, NS_ADDR, &b, true)
-            .unwrap();
+        s.evil.send_raw(src, NS_ADDR, &b);
         sent += 1;
     }
     wait_until("the drops", || s.hub.stats(EVIL).dropped == sent);
@@ -1467,13 +1323,10 @@ fn attack_name_service_messages_of_wrong_length_or_flags() {
 #[test]
 fn attack_name_service_names_without_nul_and_odd_addresses() {
     let mut s = Scene::new("mallory-nsname");
-    let mut carol = Helper::connect(&s.hub, CAROL);
+    let mut carol = Guest::connect_served(&s.hub, CAROL);
     let src = s.evil.addr;
     let announce = |e: &mut Evil, name: &[u8], addr: u32| {
-        let b = ns_bytes(name, addr, 0);
-        e.g.rpmsg()
-            .send_offchannel_raw(src, NS_ADDR, &b, true)
-            .unwrap();
+        e.send_raw(src, NS_ADDR, &ns_bytes(name, addr, 0));
     };
     // 32 bytes and no NUL: read as its first 31, as Linux does.
     announce(&mut s.evil, &[b'Z'; 32], 0x700);
@@ -1522,7 +1375,7 @@ fn attack_name_service_names_without_nul_and_odd_addresses() {
 #[test]
 fn attack_name_service_create_destroy_flood() {
     let mut s = Scene::new("mallory-nsflood");
-    let mut carol = Helper::connect(&s.hub, CAROL);
+    let mut carol = Guest::connect_served(&s.hub, CAROL);
     let src = s.evil.addr;
     const ROUNDS: u32 = 3000;
     let t0 = Instant::now();
@@ -1531,11 +1384,7 @@ fn attack_name_service_create_destroy_flood() {
         let addr = 0x800 + (k % 7);
         for flags in [0u32, 1] {
             let b = ns_bytes(b"m-svc", addr, flags);
-            s.evil
-                .g
-                .rpmsg()
-                .send_offchannel_raw(src, NS_ADDR, &b, true)
-                .unwrap();
+            s.evil.send_raw(src, NS_ADDR, &b);
         }
         if k % 64 == 0 {
             carol.g.poll(&mut carol.inbox).unwrap();
@@ -1543,11 +1392,7 @@ fn attack_name_service_create_destroy_flood() {
     }
     // It ends announced.
     let b = ns_bytes(b"m-svc", 0x900, 0);
-    s.evil
-        .g
-        .rpmsg()
-        .send_offchannel_raw(src, NS_ADDR, &b, true)
-        .unwrap();
+    s.evil.send_raw(src, NS_ADDR, &b);
     eprintln!(
         "{} name-service messages in {:?}",
         2 * ROUNDS + 1,
@@ -1584,17 +1429,13 @@ fn attack_name_service_create_destroy_flood() {
 #[test]
 fn attack_ten_thousand_names() {
     let mut s = Scene::new("mallory-names");
-    let mut carol = Helper::connect(&s.hub, CAROL);
+    let mut carol = Guest::connect_served(&s.hub, CAROL);
     let src = s.evil.addr;
     let t0 = Instant::now();
     for k in 0..10_000u32 {
         let name = format!("name-{k:05}");
         let b = ns_bytes(name.as_bytes(), 0x1000 + k, 0);
-        s.evil
-            .g
-            .rpmsg()
-            .send_offchannel_raw(src, NS_ADDR, &b, true)
-            .unwrap();
+        s.evil.send_raw(src, NS_ADDR, &b);
         if k % 64 == 0 {
             carol.g.poll(&mut carol.inbox).unwrap();
         }
@@ -1614,17 +1455,9 @@ fn attack_ten_thousand_names() {
     );
     // Withdrawing one makes room for another.
     let b = ns_bytes(b"name-00000", 0x1000, 1);
-    s.evil
-        .g
-        .rpmsg()
-        .send_offchannel_raw(src, NS_ADDR, &b, true)
-        .unwrap();
+    s.evil.send_raw(src, NS_ADDR, &b);
     let b = ns_bytes(b"late", 0x9999, 0);
-    s.evil
-        .g
-        .rpmsg()
-        .send_offchannel_raw(src, NS_ADDR, &b, true)
-        .unwrap();
+    s.evil.send_raw(src, NS_ADDR, &b);
     carol.pump("the late name", |i| i.announced("late").is_some());
     s.finish();
 }
@@ -1648,11 +1481,7 @@ fn attack_garbage_to_the_name_service_address() {
             // Keep the flags invalid so nothing gets announced by chance.
             b[36..40].copy_from_slice(&7u32.to_le_bytes());
         }
-        s.evil
-            .g
-            .rpmsg()
-            .send_offchannel_raw(src, NS_ADDR, &b, true)
-            .unwrap();
+        s.evil.send_raw(src, NS_ADDR, &b);
         sent += 1;
     }
     wait_until("the drops", || s.hub.stats(EVIL).dropped == sent);
@@ -1669,7 +1498,7 @@ fn attack_garbage_to_the_name_service_address() {
 #[test]
 fn attack_spoofed_source_addresses() {
     let mut s = Scene::new("mallory-spoof");
-    let mut carol = Helper::connect(&s.hub, CAROL);
+    let mut carol = Guest::connect_served(&s.hub, CAROL);
     let c_ept = carol
         .g
         .rpmsg()
@@ -1764,15 +1593,7 @@ fn attack_spoofed_source_addresses() {
 #[test]
 fn attack_sending_from_ever_new_source_addresses() {
     let mut s = Scene::new("mallory-sources");
-    let mut carol = Helper::connect(&s.hub, CAROL);
-    carol
-        .g
-        .rpmsg()
-        .create_ept(b"c-svc", ADDR_ANY, ADDR_ANY)
-        .unwrap();
-    s.evil
-        .pump("c-svc at the attacker", |i| i.announced("c-svc").is_some());
-    let c_svc = s.evil.inbox.announced("c-svc").unwrap();
+    let (mut carol, c_svc) = s.carol_offering_c_svc();
     // Each new source address would need a new hub address in carol's link to reply to.
     let cap = MAX_NAMES_PER_LINK + MAX_REPLY_PROXIES_PER_SOURCE;
     let total = cap + 300;
@@ -1782,10 +1603,7 @@ fn attack_sending_from_ever_new_source_addresses() {
         let batch = (total - sent).min(64);
         for k in sent..sent + batch {
             s.evil
-                .g
-                .rpmsg()
-                .send_offchannel_raw(first_src + k as u32, c_svc, &(k as u32).to_le_bytes(), true)
-                .unwrap();
+                .send_raw(first_src + k as u32, c_svc, &(k as u32).to_le_bytes());
         }
         sent += batch;
         let want = sent.min(cap);
@@ -1803,11 +1621,7 @@ fn attack_sending_from_ever_new_source_addresses() {
     srcs.dedup();
     assert_eq!(srcs.len(), cap);
     // An address the hub already knows still gets through, and carol's answer comes back.
-    s.evil
-        .g
-        .rpmsg()
-        .send_offchannel_raw(first_src, c_svc, b"known", true)
-        .unwrap();
+    s.evil.send_raw(first_src, c_svc, b"known");
     carol.pump("the known source", |i| {
         i.messages.iter().any(|m| m.3 == b"known")
     });
@@ -1826,7 +1640,7 @@ fn attack_sending_from_ever_new_source_addresses() {
 #[test]
 fn attack_sending_where_the_topology_does_not_allow() {
     let mut s = Scene::new("mallory-acl");
-    let mut carol = Helper::connect(&s.hub, CAROL);
+    let mut carol = Guest::connect_served(&s.hub, CAROL);
     carol
         .g
         .rpmsg()
@@ -1861,11 +1675,7 @@ fn attack_sending_where_the_topology_does_not_allow() {
         .collect();
     let src = s.evil.addr;
     for &dst in &targets {
-        s.evil
-            .g
-            .rpmsg()
-            .send_offchannel_raw(src, dst, b"let me in", true)
-            .unwrap();
+        s.evil.send_raw(src, dst, b"let me in");
     }
     let want = targets.len() as u64;
     wait_until("the drops", || s.hub.stats(EVIL).dropped == want);
@@ -1888,7 +1698,7 @@ fn attack_never_reposting_receive_buffers() {
         .rpmsg()
         .create_ept(b"m-svc", ADDR_ANY, ADDR_ANY)
         .unwrap();
-    let mut carol = Helper::connect(&s.hub, CAROL);
+    let mut carol = Guest::connect_served(&s.hub, CAROL);
     carol.pump("m-svc at carol", |i| i.announced("m-svc").is_some());
     let proxy = carol.inbox.announced("m-svc").unwrap();
     let to_evil = carol.g.rpmsg().create_ept(b"", ADDR_ANY, proxy).unwrap();
@@ -1987,7 +1797,7 @@ fn attack_disconnect_with_messages_queued_both_ways() {
         .rpmsg()
         .create_ept(b"m-svc", ADDR_ANY, ADDR_ANY)
         .unwrap();
-    let mut carol = Helper::connect(&s.hub, CAROL);
+    let mut carol = Guest::connect_served(&s.hub, CAROL);
     let c_ept = carol
         .g
         .rpmsg()
@@ -2107,25 +1917,12 @@ fn attack_garbage_on_the_vhost_user_socket() {
 /// the used ring the hub reads. The hub breaks its link and withdraws its names.
 #[test]
 fn attack_remote_writing_a_hostile_used_ring() {
-    use vamp_rpmsg::guest_ram::GuestRam;
-    use vamp_rpmsg::rpmsg::Config;
-    use vamp_rpmsg::transport::{
-        BufferConfig, DeviceTransport, DriverLayout, DriverTransport, Environment,
-    };
-    use vamp_vmm_backend::hub::{LinkEnv, Notifier};
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use common::PlayedRemote;
+    use vamp_vmm_backend::hub::Notifier;
 
     struct Nobody;
     impl Notifier for Nobody {
         fn notify(&self, _queue: u16) {}
-    }
-    #[derive(Debug)]
-    struct Quiet;
-    impl Environment for Quiet {
-        fn notify(&mut self, _: u16) {}
-        fn now_us(&mut self) -> u64 {
-            0
-        }
     }
 
     let s = Scene::new("mallory-r");
@@ -2134,24 +1931,14 @@ fn attack_remote_writing_a_hostile_used_ring() {
         .topology()
         .link_index("mallory-r-remote")
         .unwrap();
-    let mut carol = Helper::connect(&s.hub, CAROL);
+    let mut carol = Guest::connect_served(&s.hub, CAROL);
     for round in 0..2u64 {
-        let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let mem = GuestRam::new(ram);
-        let layout = DriverLayout {
-            rx_ring: VringLayout::legacy(0x1000, 64, 0x1000).unwrap(),
-            tx_ring: VringLayout::legacy(0x4000, 64, 0x1000).unwrap(),
-            pool_addr: 0x10000,
-            pool_len: 0x40000,
-            buffers: BufferConfig::default(),
-        };
-        let env = LinkEnv::new(Arc::new(Nobody));
-        let driver = DriverTransport::new(mem.clone(), env, layout, Endian::NATIVE, false).unwrap();
-        let (vq0, vq1) = (layout.rx_ring, layout.tx_ring);
-        let device =
-            DeviceTransport::new(mem.clone(), Quiet, vq0, vq1, Endian::NATIVE, false, 512).unwrap();
-        let mut remote = Rpmsg::new(device, Config::default());
-        lock_hub(&hub).attach(remote_id, driver, true);
+        let PlayedRemote {
+            rpmsg: mut remote,
+            mem,
+            layout,
+        } = PlayedRemote::attach(&hub, remote_id, Arc::new(Nobody));
+        let vq0 = layout.rx_ring;
         assert!(!lock_hub(&hub).is_broken(remote_id));
         remote.create_ept(b"r-svc", ADDR_ANY, ADDR_ANY).unwrap();
         lock_hub(&hub).service_attached(remote_id);

@@ -2,108 +2,15 @@
 //! driver role): routing, name offering, ACLs, backpressure, reconnects and hostile rings,
 //! all in plain `cargo test`, no QEMU.
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+mod common;
+
+use common::{ALICE_AND_R5, Inbox, PlayedRemote, TXQ, TestHub, WAIT, await_echo, kick, pump};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vamp_rpmsg::mem::SharedMemory;
-use vamp_rpmsg::rpmsg::{EptId, Error as RpmsgError, Handler, NsEvent, Received, Rpmsg};
-use vamp_rpmsg::transport::Transport;
+use vamp_rpmsg::rpmsg::Error as RpmsgError;
 use vamp_rpmsg::wire::ADDR_ANY;
-use vamp_vmm_backend::backend::{lock_hub, serve_guest};
-use vamp_vmm_backend::config::Topology;
-use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
-use vamp_vmm_backend::hub::Hub;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-struct TestHub {
-    hub: Arc<Mutex<Hub>>,
-    sockets: Vec<PathBuf>,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Starts a hub for `toml` (with `{dir}` standing for a fresh temp dir) on its own threads.
-fn start_hub(toml: &str) -> TestHub {
-    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("vamp-hub-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let topology = Topology::parse(&toml.replace("{dir}", dir.to_str().unwrap())).unwrap();
-    let sockets: Vec<PathBuf> = topology.guests.iter().map(|g| g.socket.clone()).collect();
-    let hub = Arc::new(Mutex::new(Hub::new(topology)));
-    for (id, socket) in sockets.iter().enumerate() {
-        let (hub, socket) = (hub.clone(), socket.clone());
-        std::thread::spawn(move || serve_guest(hub, id, &socket));
-    }
-    TestHub {
-        hub,
-        sockets,
-        _dir: TempDir(dir),
-    }
-}
-
-fn connect(hub: &TestHub, i: usize) -> NativeGuest {
-    NativeGuest::connect(&hub.sockets[i], GuestOptions::default()).unwrap()
-}
-
-/// Everything a guest receives, by endpoint.
-#[derive(Debug, Default)]
-struct Inbox {
-    messages: VecDeque<(EptId, u32, Vec<u8>)>,
-    created: Vec<(Vec<u8>, u32)>,
-    destroyed: Vec<(Vec<u8>, u32)>,
-    echo: bool,
-}
-
-impl<T: Transport> Handler<T> for Inbox {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
-        let data = rpmsg.payload(msg).unwrap();
-        if self.echo {
-            rpmsg.sendto(msg.ept, msg.src, &data).unwrap();
-        } else {
-            self.messages.push_back((msg.ept, msg.src, data));
-        }
-    }
-    fn on_name_service(&mut self, _: &mut Rpmsg<T>, e: NsEvent<'_>) {
-        match e {
-            NsEvent::Created { name, addr, .. } => self.created.push((name.to_vec(), addr)),
-            NsEvent::Destroyed { name, addr, .. } => self.destroyed.push((name.to_vec(), addr)),
-        }
-    }
-}
-
-/// Polls `guest` until `done` holds, or panics after `WAIT`.
-fn pump(guest: &mut NativeGuest, inbox: &mut Inbox, what: &str, done: impl Fn(&Inbox) -> bool) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        guest.poll(inbox).unwrap();
-        if done(inbox) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {inbox:?}"
-        );
-        guest.wait(Duration::from_millis(50));
-    }
-}
-
-fn announced(inbox: &Inbox, name: &str) -> Option<u32> {
-    inbox
-        .created
-        .iter()
-        .rev()
-        .find(|(n, _)| n == name.as_bytes())
-        .map(|(_, a)| *a)
-}
+use vamp_vmm_backend::backend::lock_hub;
 
 fn payload(i: u32) -> Vec<u8> {
     let size = 1 + (i as usize % 496);
@@ -123,14 +30,14 @@ name = "rpmsg-client-sample"
 
 #[test]
 fn echo_service_answers_every_size() {
-    let hub = start_hub(ECHO_ONE);
-    let mut g = connect(&hub, 0);
+    let hub = TestHub::start("hub", ECHO_ONE);
+    let mut g = hub.connect(0);
     assert_ne!(g.negotiated_features() & 1, 0, "F_NS negotiated");
     let mut inbox = Inbox::default();
     pump(&mut g, &mut inbox, "the echo announcement", |i| {
-        announced(i, "rpmsg-client-sample").is_some()
+        i.announced("rpmsg-client-sample").is_some()
     });
-    let addr = announced(&inbox, "rpmsg-client-sample").unwrap();
+    let addr = inbox.announced("rpmsg-client-sample").unwrap();
     let ept = g
         .rpmsg()
         .create_ept(b"rpmsg-client-sample", ADDR_ANY, addr)
@@ -139,7 +46,7 @@ fn echo_service_answers_every_size() {
         let msg = payload(i);
         g.rpmsg().send(ept, &msg).unwrap();
         pump(&mut g, &mut inbox, "an echo", |i| !i.messages.is_empty());
-        let (to, from, data) = inbox.messages.pop_front().unwrap();
+        let (to, from, _, data) = inbox.messages.pop_front().unwrap();
         assert_eq!((to, from), (ept, addr));
         assert_eq!(data, msg, "echo {i}");
     }
@@ -175,15 +82,9 @@ names = ["c-svc"]
 
 #[test]
 fn guests_reach_each_other_by_name_with_translated_addresses() {
-    let hub = start_hub(PAIR);
-    let (mut alice, mut bob) = (connect(&hub, 0), connect(&hub, 1));
-    let (mut ai, mut bi) = (
-        Inbox {
-            echo: true,
-            ..Default::default()
-        },
-        Inbox::default(),
-    );
+    let hub = TestHub::start("hub", PAIR);
+    let (mut alice, mut bob) = (hub.connect(0), hub.connect(1));
+    let (mut ai, mut bi) = (Inbox::echoing(), Inbox::default());
     // alice offers a service; bob sees it under a hub address of his own link.
     let svc = alice
         .rpmsg()
@@ -192,22 +93,22 @@ fn guests_reach_each_other_by_name_with_translated_addresses() {
     let alice_addr = alice.rpmsg().endpoint(svc).unwrap().addr();
     pump(&mut alice, &mut ai, "alice's link", |_| true);
     pump(&mut bob, &mut bi, "a-svc offered to bob", |i| {
-        announced(i, "a-svc").is_some()
+        i.announced("a-svc").is_some()
     });
-    let proxy = announced(&bi, "a-svc").unwrap();
+    let proxy = bi.announced("a-svc").unwrap();
     let ept = bob.rpmsg().create_ept(b"a-svc", ADDR_ANY, proxy).unwrap();
     let bob_addr = bob.rpmsg().endpoint(ept).unwrap().addr();
     for i in 0..1000 {
         let msg = payload(i);
         bob.rpmsg().send(ept, &msg).unwrap();
-        let deadline = Instant::now() + WAIT;
-        while bi.messages.is_empty() {
-            alice.poll(&mut ai).unwrap();
-            bob.poll(&mut bi).unwrap();
-            assert!(Instant::now() < deadline, "echo {i} lost");
-            bob.wait(Duration::from_millis(1));
-        }
-        let (to, from, data) = bi.messages.pop_front().unwrap();
+        await_echo(
+            &mut bob,
+            &mut bi,
+            &mut alice,
+            &mut ai,
+            &format!("echo {i} lost"),
+        );
+        let (to, from, _, data) = bi.messages.pop_front().unwrap();
         assert_eq!((to, from, data), (ept, proxy, msg), "echo {i}");
     }
     // alice saw bob only through a hub address in her own link, never bob's own address.
@@ -220,8 +121,8 @@ fn guests_reach_each_other_by_name_with_translated_addresses() {
 
 #[test]
 fn names_are_offered_only_where_the_topology_says() {
-    let hub = start_hub(PAIR);
-    let (mut alice, mut bob, mut carol) = (connect(&hub, 0), connect(&hub, 1), connect(&hub, 2));
+    let hub = TestHub::start("hub", PAIR);
+    let (mut alice, mut bob, mut carol) = (hub.connect(0), hub.connect(1), hub.connect(2));
     let (mut ai, mut bi, mut ci) = (Inbox::default(), Inbox::default(), Inbox::default());
     alice
         .rpmsg()
@@ -236,13 +137,13 @@ fn names_are_offered_only_where_the_topology_says() {
         .create_ept(b"c-private", ADDR_ANY, ADDR_ANY)
         .unwrap();
     pump(&mut bob, &mut bi, "a-svc at bob", |i| {
-        announced(i, "a-svc").is_some()
+        i.announced("a-svc").is_some()
     });
     pump(&mut alice, &mut ai, "c-svc at alice", |i| {
-        announced(i, "c-svc").is_some()
+        i.announced("c-svc").is_some()
     });
     pump(&mut carol, &mut ci, "the echo at carol", |i| {
-        announced(i, "echo").is_some()
+        i.announced("echo").is_some()
     });
     // Let every announcement settle, then check who saw what.
     for _ in 0..20 {
@@ -271,22 +172,22 @@ fn names_are_offered_only_where_the_topology_says() {
 
 #[test]
 fn addresses_not_offered_lead_nowhere() {
-    let hub = start_hub(PAIR);
-    let (mut alice, mut carol) = (connect(&hub, 0), connect(&hub, 2));
+    let hub = TestHub::start("hub", PAIR);
+    let (mut alice, mut carol) = (hub.connect(0), hub.connect(2));
     let (mut ai, mut ci) = (Inbox::default(), Inbox::default());
     alice
         .rpmsg()
         .create_ept(b"a-svc", ADDR_ANY, ADDR_ANY)
         .unwrap();
     pump(&mut carol, &mut ci, "carol's link", |i| {
-        announced(i, "echo").is_some()
+        i.announced("echo").is_some()
     });
     pump(&mut alice, &mut ai, "alice's link", |i| {
-        announced(i, "echo").is_some()
+        i.announced("echo").is_some()
     });
     // carol guesses addresses in her link: every hub address she was not given is refused.
     let ept = carol.rpmsg().create_ept(b"", ADDR_ANY, ADDR_ANY).unwrap();
-    let echo = announced(&ci, "echo").unwrap();
+    let echo = ci.announced("echo").unwrap();
     for guess in (0..2048u32).filter(|&a| a != echo && a != 53) {
         carol.rpmsg().sendto(ept, guess, b"let me in").unwrap();
         if guess % 200 == 0 {
@@ -309,17 +210,17 @@ fn addresses_not_offered_lead_nowhere() {
 
 #[test]
 fn a_full_receiver_delays_only_itself_and_loses_nothing() {
-    let hub = start_hub(PAIR);
-    let (mut alice, mut bob) = (connect(&hub, 0), connect(&hub, 1));
+    let hub = TestHub::start("hub", PAIR);
+    let (mut alice, mut bob) = (hub.connect(0), hub.connect(1));
     let (mut ai, mut bi) = (Inbox::default(), Inbox::default());
     let sink = alice
         .rpmsg()
         .create_ept(b"a-svc", ADDR_ANY, ADDR_ANY)
         .unwrap();
     pump(&mut bob, &mut bi, "a-svc at bob", |i| {
-        announced(i, "a-svc").is_some()
+        i.announced("a-svc").is_some()
     });
-    let proxy = announced(&bi, "a-svc").unwrap();
+    let proxy = bi.announced("a-svc").unwrap();
     let to_alice = bob.rpmsg().create_ept(b"", ADDR_ANY, proxy).unwrap();
     // alice does not read: her 256 receive buffers fill, the rest waits in the hub holding
     // bob's buffers, and bob feels backpressure (his 256 transmit buffers run out).
@@ -350,19 +251,19 @@ fn a_full_receiver_delays_only_itself_and_loses_nothing() {
     // Meanwhile bob still reaches the echo: a full receiver delays only itself... except
     // that bob has no transmit buffer left: backpressure is his, by design. Use a third
     // guest to show the hub itself is not blocked.
-    let mut carol = connect(&hub, 2);
+    let mut carol = hub.connect(2);
     let mut ci = Inbox::default();
     pump(&mut carol, &mut ci, "echo at carol", |i| {
-        announced(i, "echo").is_some()
+        i.announced("echo").is_some()
     });
-    let echo = announced(&ci, "echo").unwrap();
+    let echo = ci.announced("echo").unwrap();
     let e = carol.rpmsg().create_ept(b"", ADDR_ANY, echo).unwrap();
     for i in 0..100u32 {
         carol.rpmsg().send(e, &i.to_le_bytes()).unwrap();
         pump(&mut carol, &mut ci, "carol's echo", |i| {
             !i.messages.is_empty()
         });
-        assert_eq!(ci.messages.pop_front().unwrap().2, i.to_le_bytes());
+        assert_eq!(ci.messages.pop_front().unwrap().3, i.to_le_bytes());
     }
     // alice reads at last: every message arrives once, in order.
     let mut got = 0u32;
@@ -370,7 +271,7 @@ fn a_full_receiver_delays_only_itself_and_loses_nothing() {
     while got < sent {
         alice.poll(&mut ai).unwrap();
         bob.poll(&mut bi).unwrap();
-        while let Some((to, _, data)) = ai.messages.pop_front() {
+        while let Some((to, _, _, data)) = ai.messages.pop_front() {
             assert_eq!(to, sink);
             assert_eq!(data, got.to_le_bytes(), "in order, none lost or duplicated");
             got += 1;
@@ -384,24 +285,18 @@ fn a_full_receiver_delays_only_itself_and_loses_nothing() {
 
 #[test]
 fn disconnect_withdraws_names_and_reconnect_brings_them_back() {
-    let hub = start_hub(PAIR);
-    let (mut alice, mut bob) = (connect(&hub, 0), connect(&hub, 1));
-    let (mut ai, mut bi) = (
-        Inbox {
-            echo: true,
-            ..Default::default()
-        },
-        Inbox::default(),
-    );
+    let hub = TestHub::start("hub", PAIR);
+    let (mut alice, mut bob) = (hub.connect(0), hub.connect(1));
+    let (mut ai, mut bi) = (Inbox::echoing(), Inbox::default());
     alice
         .rpmsg()
         .create_ept(b"a-svc", ADDR_ANY, ADDR_ANY)
         .unwrap();
     pump(&mut alice, &mut ai, "alice up", |_| true);
     pump(&mut bob, &mut bi, "a-svc at bob", |i| {
-        announced(i, "a-svc").is_some()
+        i.announced("a-svc").is_some()
     });
-    let first = announced(&bi, "a-svc").unwrap();
+    let first = bi.announced("a-svc").unwrap();
     alice.disconnect();
     pump(&mut bob, &mut bi, "a-svc withdrawn", |i| {
         i.destroyed
@@ -410,11 +305,8 @@ fn disconnect_withdraws_names_and_reconnect_brings_them_back() {
     });
     // A new alice on the same socket: the hub serves her again.
     for round in 0..3 {
-        let mut alice = connect(&hub, 0);
-        let mut ai = Inbox {
-            echo: true,
-            ..Default::default()
-        };
+        let mut alice = hub.connect(0);
+        let mut ai = Inbox::echoing();
         alice
             .rpmsg()
             .create_ept(b"a-svc", ADDR_ANY, ADDR_ANY)
@@ -424,17 +316,13 @@ fn disconnect_withdraws_names_and_reconnect_brings_them_back() {
         pump(&mut bob, &mut bi, "a-svc again", |i| {
             i.created.len() > before
         });
-        let proxy = announced(&bi, "a-svc").unwrap();
+        let proxy = bi.announced("a-svc").unwrap();
         let ept = bob.rpmsg().create_ept(b"", ADDR_ANY, proxy).unwrap();
         for i in 0..50u32 {
             bob.rpmsg().send(ept, &i.to_le_bytes()).unwrap();
-            let deadline = Instant::now() + WAIT;
-            while bi.messages.is_empty() {
-                alice.poll(&mut ai).unwrap();
-                bob.poll(&mut bi).unwrap();
-                assert!(Instant::now() < deadline, "round {round}: echo {i} lost");
-            }
-            assert_eq!(bi.messages.pop_front().unwrap().2, i.to_le_bytes());
+            let lost = format!("round {round}: echo {i} lost");
+            await_echo(&mut bob, &mut bi, &mut alice, &mut ai, &lost);
+            assert_eq!(bi.messages.pop_front().unwrap().3, i.to_le_bytes());
         }
         bob.rpmsg().destroy_ept(ept).unwrap();
         alice.disconnect();
@@ -447,15 +335,15 @@ fn disconnect_withdraws_names_and_reconnect_brings_them_back() {
 
 #[test]
 fn a_device_reset_withdraws_and_reannounces() {
-    let hub = start_hub(PAIR);
-    let (mut alice, mut bob) = (connect(&hub, 0), connect(&hub, 1));
+    let hub = TestHub::start("hub", PAIR);
+    let (mut alice, mut bob) = (hub.connect(0), hub.connect(1));
     let (mut ai, mut bi) = (Inbox::default(), Inbox::default());
     alice
         .rpmsg()
         .create_ept(b"a-svc", ADDR_ANY, ADDR_ANY)
         .unwrap();
     pump(&mut bob, &mut bi, "a-svc at bob", |i| {
-        announced(i, "a-svc").is_some()
+        i.announced("a-svc").is_some()
     });
     alice.reset().unwrap();
     pump(&mut bob, &mut bi, "a-svc withdrawn on reset", |i| {
@@ -466,7 +354,7 @@ fn a_device_reset_withdraws_and_reannounces() {
         .create_ept(b"a-svc", ADDR_ANY, ADDR_ANY)
         .unwrap();
     pump(&mut alice, &mut ai, "the echo again at alice", |i| {
-        announced(i, "echo").is_some()
+        i.announced("echo").is_some()
     });
     pump(&mut bob, &mut bi, "a-svc re-announced", |i| {
         i.created.iter().filter(|(n, _)| n == b"a-svc").count() == 2
@@ -475,16 +363,16 @@ fn a_device_reset_withdraws_and_reannounces() {
 
 #[test]
 fn descriptors_outside_memory_cost_other_guests_nothing() {
-    let hub = start_hub(PAIR);
-    let (mut alice, mut carol) = (connect(&hub, 0), connect(&hub, 2));
+    let hub = TestHub::start("hub", PAIR);
+    let (mut alice, mut carol) = (hub.connect(0), hub.connect(2));
     let (mut ai, mut ci) = (Inbox::default(), Inbox::default());
     pump(&mut carol, &mut ci, "echo at carol", |i| {
-        announced(i, "echo").is_some()
+        i.announced("echo").is_some()
     });
     pump(&mut alice, &mut ai, "echo at alice", |i| {
-        announced(i, "echo").is_some()
+        i.announced("echo").is_some()
     });
-    let echo = announced(&ci, "echo").unwrap();
+    let echo = ci.announced("echo").unwrap();
     let e = carol.rpmsg().create_ept(b"", ADDR_ANY, echo).unwrap();
     // alice forges transmit descriptors that point outside her memory, past her ring's own
     // bookkeeping: the hub must refuse them and keep serving carol.
@@ -504,12 +392,12 @@ fn descriptors_outside_memory_cost_other_guests_nothing() {
             .unwrap();
         mem.store_u16(avail_idx_addr, idx.wrapping_add(1).to_le())
             .unwrap();
-        alice.rpmsg().transport_mut().environment().notify(1);
+        kick(&mut alice, TXQ);
         carol.rpmsg().send(e, &k.to_le_bytes()).unwrap();
         pump(&mut carol, &mut ci, "carol's echo", |i| {
             !i.messages.is_empty()
         });
-        assert_eq!(ci.messages.pop_front().unwrap().2, k.to_le_bytes());
+        assert_eq!(ci.messages.pop_front().unwrap().3, k.to_le_bytes());
     }
     // The bad chains came back to alice used with length 0, and the hub still serves her.
     // (alice's kicks are served on her own thread: give it time under load.)
@@ -532,80 +420,29 @@ fn descriptors_outside_memory_cost_other_guests_nothing() {
 /// device role of the engine on the same memory; a native guest reaches its service by name.
 #[test]
 fn a_remote_link_is_routed_like_a_guest() {
-    use vamp_rpmsg::guest_ram::GuestRam;
-    use vamp_rpmsg::transport::{
-        BufferConfig, DeviceTransport, DriverLayout, DriverTransport, Environment,
-    };
-    use vamp_rpmsg::vring::VringLayout;
-    use vamp_rpmsg::wire::Endian;
-    use vamp_vmm_backend::hub::{LinkEnv, Notifier};
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vamp_vmm_backend::hub::Notifier;
 
-    const TOPOLOGY: &str = r#"
-[[guest]]
-name = "alice"
-socket = "{dir}/alice.sock"
-[[remote]]
-name = "r5"
-image = "echo"
-[[channel]]
-from = "r5"
-to = ["alice"]
-"#;
     struct Flag(std::sync::atomic::AtomicU32);
     impl Notifier for Flag {
         fn notify(&self, _queue: u16) {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
-    #[derive(Debug)]
-    struct Quiet;
-    impl Environment for Quiet {
-        fn notify(&mut self, _: u16) {}
-        fn now_us(&mut self) -> u64 {
-            0
-        }
-    }
-    let hub = start_hub(TOPOLOGY);
+    let hub = TestHub::start("hub", ALICE_AND_R5);
     let remote_id = lock_hub(&hub.hub).topology().link_index("r5").unwrap();
-    let mem =
-        GuestRam::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
-    let layout = DriverLayout {
-        rx_ring: VringLayout::legacy(0x1000, 64, 0x1000).unwrap(),
-        tx_ring: VringLayout::legacy(0x4000, 64, 0x1000).unwrap(),
-        pool_addr: 0x10000,
-        pool_len: 0x40000,
-        buffers: BufferConfig::default(),
-    };
     let kicks = Arc::new(Flag(Default::default()));
-    let env = LinkEnv::new(kicks.clone());
-    let driver = DriverTransport::new(mem.clone(), env, layout, Endian::NATIVE, false).unwrap();
-    let device = DeviceTransport::new(
-        mem,
-        Quiet,
-        layout.rx_ring,
-        layout.tx_ring,
-        Endian::NATIVE,
-        false,
-        512,
-    )
-    .unwrap();
-    let mut remote = Rpmsg::new(device, vamp_rpmsg::rpmsg::Config::default());
-    lock_hub(&hub.hub).attach(remote_id, driver, true);
+    let mut remote = PlayedRemote::attach(&hub.hub, remote_id, kicks.clone()).rpmsg;
     remote.create_ept(b"r-svc", ADDR_ANY, ADDR_ANY).unwrap();
     lock_hub(&hub.hub).service_attached(remote_id);
 
-    let mut alice = connect(&hub, 0);
+    let mut alice = hub.connect(0);
     let mut ai = Inbox::default();
     pump(&mut alice, &mut ai, "r-svc at alice", |i| {
-        announced(i, "r-svc").is_some()
+        i.announced("r-svc").is_some()
     });
-    let proxy = announced(&ai, "r-svc").unwrap();
+    let proxy = ai.announced("r-svc").unwrap();
     let ept = alice.rpmsg().create_ept(b"", ADDR_ANY, proxy).unwrap();
-    let mut ri = Inbox {
-        echo: true,
-        ..Default::default()
-    };
+    let mut ri = Inbox::echoing();
     for i in 0..300u32 {
         let msg = payload(i);
         alice.rpmsg().send(ept, &msg).unwrap();
@@ -617,7 +454,8 @@ to = ["alice"]
             alice.poll(&mut ai).unwrap();
             assert!(Instant::now() < deadline, "echo {i} lost");
         }
-        assert_eq!(ai.messages.pop_front().unwrap(), (ept, proxy, msg));
+        let (to, from, _, data) = ai.messages.pop_front().unwrap();
+        assert_eq!((to, from, data), (ept, proxy, msg));
     }
     assert!(
         kicks.0.load(std::sync::atomic::Ordering::SeqCst) > 0,

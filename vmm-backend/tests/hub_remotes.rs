@@ -1,17 +1,16 @@
 //! Remotes (KVM micro-VMs running vamp's firmware) in the hub: a native guest reaches a
 //! remote's channel by name, and a crashed remote comes back with its channel.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+mod common;
+
+use common::{ALICE_AND_R5, TestHub};
 use std::time::{Duration, Instant};
 use vamp_rpmsg::apps::{Waiter, ping};
 use vamp_rpmsg::rpmsg::{Handler, NsEvent, Received, Rpmsg};
 use vamp_rpmsg::transport::Transport;
 use vamp_rpmsg::wire::ADDR_ANY;
-use vamp_vmm_backend::backend::{lock_hub, serve_guest};
-use vamp_vmm_backend::config::Topology;
-use vamp_vmm_backend::frontend::{GuestOptions, GuestTransport, NativeGuest};
-use vamp_vmm_backend::hub::Hub;
+use vamp_vmm_backend::backend::lock_hub;
+use vamp_vmm_backend::frontend::{GuestTransport, NativeGuest};
 use vamp_vmm_backend::remote::serve_remote;
 
 fn kvm_or_skip(test: &str) -> bool {
@@ -24,25 +23,16 @@ fn kvm_or_skip(test: &str) -> bool {
     }
 }
 
-fn start(toml: &str) -> (Arc<Mutex<Hub>>, PathBuf) {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("vamp-hub-remote-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let topology = Topology::parse(&toml.replace("{dir}", dir.to_str().unwrap())).unwrap();
-    let guests = topology.guests.clone();
-    let remotes = topology.remotes.clone();
-    let hub = Arc::new(Mutex::new(Hub::new(topology)));
-    for (id, g) in guests.iter().enumerate() {
-        let (hub, socket) = (hub.clone(), g.socket.clone());
-        std::thread::spawn(move || serve_guest(hub, id, &socket));
-    }
+/// Starts a hub for `toml` (see [`TestHub::start`]) with a `serve_remote` thread per remote.
+fn start(toml: &str) -> TestHub {
+    let hub = TestHub::start("hub-remote", toml);
+    let remotes = lock_hub(&hub.hub).topology().remotes.clone();
     for (i, spec) in remotes.into_iter().enumerate() {
-        let hub = hub.clone();
-        let id = guests.len() + i;
-        std::thread::spawn(move || serve_remote(hub, id, spec));
+        let shared = hub.hub.clone();
+        let id = hub.sockets.len() + i;
+        std::thread::spawn(move || serve_remote(shared, id, spec));
     }
-    (hub, dir.join("alice.sock"))
+    hub
 }
 
 struct CallWaiter;
@@ -62,20 +52,8 @@ fn a_guest_pings_a_kvm_remote_through_the_hub() {
     if !kvm_or_skip("a_guest_pings_a_kvm_remote_through_the_hub") {
         return;
     }
-    let (hub, socket) = start(
-        r#"
-[[guest]]
-name = "alice"
-socket = "{dir}/alice.sock"
-[[remote]]
-name = "r5"
-image = "echo"
-[[channel]]
-from = "r5"
-to = ["alice"]
-"#,
-    );
-    let mut alice = NativeGuest::connect(&socket, GuestOptions::default()).unwrap();
+    let hub = start(ALICE_AND_R5);
+    let mut alice = hub.connect(0);
     let summary = ping(
         alice.rpmsg(),
         &mut CallWaiter,
@@ -86,8 +64,8 @@ to = ["alice"]
     )
     .unwrap();
     assert!(summary.all_matched(), "{summary}");
-    let remote = lock_hub(&hub).topology().link_index("r5").unwrap();
-    assert!(lock_hub(&hub).stats(remote).forwarded >= 1000);
+    let remote = lock_hub(&hub.hub).topology().link_index("r5").unwrap();
+    assert!(lock_hub(&hub.hub).stats(remote).forwarded >= 1000);
 }
 
 #[derive(Default)]
@@ -126,7 +104,7 @@ fn a_crashed_remote_is_restarted_and_its_channel_comes_back() {
     if !kvm_or_skip("a_crashed_remote_is_restarted_and_its_channel_comes_back") {
         return;
     }
-    let (hub, socket) = start(
+    let hub = start(
         r#"
 [[guest]]
 name = "alice"
@@ -140,7 +118,7 @@ from = "flaky"
 to = ["alice"]
 "#,
     );
-    let mut alice = NativeGuest::connect(&socket, GuestOptions::default()).unwrap();
+    let mut alice = hub.connect(0);
     let mut w = Watch::default();
     for round in 0..3 {
         pump(&mut alice, &mut w, "vamp-fault announced", |w| {
@@ -166,6 +144,70 @@ to = ["alice"]
         "the channel back after the third crash",
         |w| w.created.len() > 3,
     );
-    let remote = lock_hub(&hub).topology().link_index("flaky").unwrap();
-    assert!(lock_hub(&hub).stats(remote).ups >= 4);
+    let remote = lock_hub(&hub.hub).topology().link_index("flaky").unwrap();
+    assert!(lock_hub(&hub.hub).stats(remote).ups >= 4);
+}
+
+#[test]
+fn a_remote_with_a_bad_resource_table_is_refused_and_the_guests_are_served() {
+    if !kvm_or_skip("a_remote_with_a_bad_resource_table_is_refused_and_the_guests_are_served") {
+        return;
+    }
+    // The echo firmware with its resource table claiming far more entries than it holds.
+    let mut image = vamp_remoteproc::images::builtin("echo").unwrap().to_vec();
+    let info = vamp_remoteproc::elf::inspect(&mut vamp_remoteproc::image::MemoryImage::new(
+        image.as_slice(),
+    ))
+    .unwrap();
+    let table = info.resource_table.expect("echo has a resource table");
+    let num = table.file_offset as usize + 4;
+    image[num..num + 4].copy_from_slice(&1000u32.to_le_bytes());
+    let bad = std::env::temp_dir().join(format!("vamp-bad-table-{}.elf", std::process::id()));
+    std::fs::write(&bad, &image).unwrap();
+    let hub = TestHub::start(
+        "hub-bad-remote",
+        &format!(
+            r#"
+[[guest]]
+name = "alice"
+socket = "{{dir}}/alice.sock"
+[[remote]]
+name = "broken"
+image = "{}"
+recovery = "restart"
+[[service]]
+type = "echo"
+name = "rpmsg-client-sample"
+[[channel]]
+from = "broken"
+to = ["alice"]
+"#,
+            bad.display()
+        ),
+    );
+    let spec = lock_hub(&hub.hub).topology().remotes[0].clone();
+    let id = lock_hub(&hub.hub).topology().link_index("broken").unwrap();
+    // Loading fails with an error that says what is wrong; no restart can help a bad image.
+    let err = serve_remote(hub.hub.clone(), id, spec)
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_file(&bad).unwrap();
+    eprintln!("refused as expected: {err}");
+    assert!(
+        err.contains("broken") && err.to_lowercase().contains("resource table"),
+        "{err}"
+    );
+    assert!(!lock_hub(&hub.hub).is_up(id));
+    // The guest is served as before.
+    let mut alice = hub.connect(0);
+    let summary = ping(
+        alice.rpmsg(),
+        &mut CallWaiter,
+        "rpmsg-client-sample",
+        100,
+        Duration::from_secs(20),
+        "alice",
+    )
+    .unwrap();
+    assert!(summary.all_matched(), "{summary}");
 }

@@ -27,9 +27,15 @@
 //! `VAMP_QEMU_KEEP=1` keeps the temp dirs of passing tests too. The tests run one at a time
 //! (a static mutex): the machine has 2 cores and TCG guests are CPU-bound.
 
+mod common;
+
+use common::{
+    Env, Proc, TestDir, backend_log_problem, console_lines, count_lines, kernel_trouble, log_tail,
+    qemu_tests_enabled, read_lossy, rest_of_line, spawn_backend,
+};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,117 +47,14 @@ const BOOT_AND_SETUP: Duration = Duration::from_secs(40);
 const STEP: Duration = Duration::from_secs(40);
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
 
-/// Where provisioning put everything (tests/provision/README.md).
-#[derive(Debug)]
-struct Env {
-    repo: PathBuf,
-    qemu: PathBuf,
-    initramfs_sh: PathBuf,
-    kernel: PathBuf,
-    agent: PathBuf,
-    backend: PathBuf,
-}
-
-impl Env {
-    /// Finds the provisioned pieces; with VAMP_QEMU_TESTS=1 a missing one is a failure.
-    fn find() -> Env {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("vmm-backend lives in the repository")
-            .to_path_buf();
-        let cache = PathBuf::from(
-            std::env::var_os("VAMP_CACHE").unwrap_or_else(|| "/var/cache/vamp".into()),
-        );
-        let env = Env {
-            qemu: repo.join("tests/provision/qemu"),
-            initramfs_sh: repo.join("tests/provision/initramfs.sh"),
-            kernel: cache.join("guest/bzImage"),
-            agent: cache.join("guest/vamp-guest-agent"),
-            backend: PathBuf::from(env!("CARGO_BIN_EXE_vhost-user-rpmsg")),
-            repo,
-        };
-        let qemu_bin = cache.join("trixie-root/usr/bin/qemu-system-x86_64");
-        let missing: Vec<String> = [
-            (&env.qemu, "the QEMU wrapper"),
-            (&qemu_bin, "QEMU 11 in the trixie root"),
-            (&env.initramfs_sh, "the initramfs builder"),
-            (&env.kernel, "the guest kernel"),
-            (&env.agent, "the guest agent"),
-            (&env.backend, "the backend binary"),
-        ]
-        .iter()
-        .filter(|(p, _)| !p.exists())
-        .map(|(p, what)| format!("{what} ({})", p.display()))
-        .collect();
-        assert!(
-            missing.is_empty(),
-            "VAMP_QEMU_TESTS=1 but the QEMU test environment is incomplete: missing {}. \
-             Run tests/provision/all.sh (as root) first, or unset VAMP_QEMU_TESTS.",
-            missing.join(", ")
-        );
-        env
-    }
-}
-
 /// The gate of every test: None (after saying why) when QEMU tests are not enabled here.
 fn setup(test: &str) -> Option<(MutexGuard<'static, ()>, Env)> {
-    if std::env::var("VAMP_QEMU_TESTS").as_deref() != Ok("1") {
-        eprintln!(
-            "skipped: {test}: QEMU guests not provisioned here (tests/run provisions them and \
-             sets VAMP_QEMU_TESTS=1)"
-        );
+    if !qemu_tests_enabled(test) {
         return None;
     }
     // A failed test poisons the lock; the next one still runs.
     let guard = QEMU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     Some((guard, Env::find()))
-}
-
-/// A private temp dir, removed at the end unless the test failed (or VAMP_QEMU_KEEP=1).
-#[derive(Debug)]
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(test: &str) -> TestDir {
-        let dir = std::env::temp_dir().join(format!("vamp-qemu-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        TestDir(dir)
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var("VAMP_QEMU_KEEP").as_deref() == Ok("1") {
-            eprintln!("kept {} (logs, initramfs, topology)", self.0.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// A child process (QEMU or the backend) that is killed and reaped on every path, panics too.
-#[derive(Debug)]
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// SIGKILL and reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// One QEMU guest; `label` names its console log and its markers.
@@ -161,23 +64,6 @@ struct Guest {
     marker: String,
     console: PathBuf,
     qemu: Proc,
-}
-
-/// The last `n` lines of a text, for failure messages.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-/// Counts the lines of `text` containing `needle`.
-fn count_lines(text: &str, needle: &str) -> usize {
-    text.lines().filter(|l| l.contains(needle)).count()
 }
 
 /// A test run: its dir, the backend and the guests (also the ones already killed, for logs).
@@ -201,13 +87,13 @@ impl Harness {
             env,
             guests: Vec::new(),
             backend: None,
-            dir: TestDir::new(test),
+            dir: TestDir::new(&format!("qemu-{test}")),
             t0: Instant::now(),
         }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.0.join(name)
+        self.dir.path(name)
     }
 
     fn backend_log(&self) -> String {
@@ -226,35 +112,17 @@ impl Harness {
     fn fail(&self, msg: &str) -> ! {
         let mut report = format!("{}: {msg}\n", self.test);
         for g in &self.guests {
-            report.push_str(&format!(
-                "\n----- console of guest {} ({}), last lines -----\n{}\n",
-                g.label,
-                g.console.display(),
-                tail(&read_lossy(&g.console), 50)
-            ));
+            let what = format!("console of guest {}", g.label);
+            report.push_str(&log_tail(&what, &g.console, 50));
         }
-        report.push_str(&format!(
-            "\n----- backend log ({}), last lines -----\n{}\n",
-            self.path("backend.log").display(),
-            tail(&self.backend_log(), 40)
-        ));
+        report.push_str(&log_tail("backend log", &self.path("backend.log"), 40));
         panic!("{report}");
     }
 
     /// Starts the backend with `args` (stdout and stderr to backend.log) and waits until it
     /// listens on every socket.
     fn start_backend(&mut self, args: &[String], sockets: &[PathBuf]) {
-        let log_path = self.path("backend.log");
-        let log = fs::File::create(&log_path).expect("create backend.log");
-        let child = Command::new(&self.env.backend)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log fd"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.env.backend.display()));
-        self.backend = Some(Proc { child });
+        self.backend = Some(spawn_backend(args, &self.path("backend.log")));
         let deadline = Instant::now() + SOCKET_WAIT;
         while !sockets.iter().all(|s| s.exists()) {
             if let Some(status) = self.backend.as_mut().and_then(Proc::exited) {
@@ -288,13 +156,9 @@ impl Harness {
                 let init = self.path(&format!("init-{label}.sh"));
                 fs::write(&init, init_script(&self.marker(label), body)).expect("write init");
                 let initrd = self.path(&format!("initrd-{label}.gz"));
-                let child = Command::new(&self.env.initramfs_sh)
-                    .arg(&initrd)
-                    .arg(&init)
-                    .arg(&self.env.agent)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
+                let child = self
+                    .env
+                    .initramfs_command(&initrd, &init)
                     .spawn()
                     .unwrap_or_else(|e| panic!("run {}: {e}", self.env.initramfs_sh.display()));
                 (label.to_string(), child)
@@ -323,13 +187,9 @@ impl Harness {
         let initrd = self.path(&format!("initrd-{label}.gz"));
         assert!(initrd.exists(), "guest {label} was not prepared");
         let console = self.path(&format!("console-{label}.log"));
-        let log = fs::File::create(&console).expect("create console log");
-        let child = Command::new(&self.env.qemu)
-            .args(qemu_args(&self.env.kernel, &initrd, socket))
-            .current_dir(&self.env.repo)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log fd"))
-            .stderr(log)
+        let child = self
+            .env
+            .qemu_command(qemu_args(&self.env.kernel, &initrd, socket), &console)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", self.env.qemu.display()));
         self.guests.push(Guest {
@@ -349,12 +209,9 @@ impl Harness {
         let fail_needle = format!("{} FAIL", self.guests[g].marker);
         let deadline = Instant::now() + timeout;
         loop {
-            let mut text = read_lossy(&self.guests[g].console);
-            // Only whole lines: the serial console writes a line a few bytes at a time.
-            text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
-            if let Some(line) = text.lines().find(|l| l.contains(&needle)) {
-                let rest = line.split_once(&needle).map_or("", |(_, r)| r);
-                return rest.trim_end_matches('\r').trim().to_string();
+            let text = console_lines(&self.guests[g].console);
+            if let Some(rest) = rest_of_line(&text, &needle) {
+                return rest;
             }
             let label = self.guests[g].label.clone();
             if let Some(line) = text.lines().find(|l| l.contains(&fail_needle)) {
@@ -433,14 +290,11 @@ impl Harness {
     /// No kernel BUG, WARNING or panic on any guest console.
     fn assert_guest_kernels_clean(&self) {
         for g in &self.guests {
-            let text = read_lossy(&g.console);
-            for bad in ["BUG:", "WARNING: CPU", "Kernel panic", "Oops"] {
-                if text.contains(bad) {
-                    self.fail(&format!(
-                        "guest {}: the kernel logged {bad:?} (see its console)",
-                        g.label
-                    ));
-                }
+            if let Some(bad) = kernel_trouble(&g.console) {
+                self.fail(&format!(
+                    "guest {}: the kernel logged {bad:?} (see its console)",
+                    g.label
+                ));
             }
         }
     }
@@ -448,10 +302,7 @@ impl Harness {
     /// No ERROR line and no dropped message in the backend log.
     fn assert_backend_log_clean(&self) {
         let log = self.backend_log();
-        if let Some(line) = log
-            .lines()
-            .find(|l| l.contains(" ERROR ") || l.contains("dropped"))
-        {
+        if let Some(line) = backend_log_problem(&log) {
             self.fail(&format!("the backend log reports a problem: {line}"));
         }
     }
@@ -459,37 +310,13 @@ impl Harness {
 
 /// QEMU's arguments for one guest: the device line of tests/provision/README.md.
 fn qemu_args(kernel: &Path, initrd: &Path, socket: &Path) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "-accel",
-        "tcg",
-        "-nographic",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-m",
-        "256M",
-        "-object",
-        "memory-backend-memfd,id=mem,size=256M,share=on",
-        "-numa",
-        "node,memdev=mem",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend([
+    let devices = vec![
         "-chardev".to_string(),
         format!("socket,id=c0,path={}", socket.display()),
         "-device".to_string(),
         "vhost-user-test-device-pci,chardev=c0,virtio-id=7,num_vqs=2,vq_size=256".to_string(),
-        "-kernel".to_string(),
-        kernel.display().to_string(),
-        "-initrd".to_string(),
-        initrd.display().to_string(),
-        "-append".to_string(),
-        "console=ttyS0 panic=-1 tsc=reliable".to_string(),
-    ]);
-    args
+    ];
+    common::qemu_args(kernel, initrd, devices)
 }
 
 /// A guest's /init: mounts, helpers, then `body`. Every line it prints for the test starts

@@ -79,13 +79,18 @@
 //! Without `VAMP_QEMU_TESTS=1` the QEMU test prints `skipped: ...` and passes; the two tests
 //! without QEMU always run. `VAMP_QEMU_KEEP=1` keeps the temp dir (logs, consoles) of a passing run.
 
+mod common;
+
+use common::{
+    Env, Proc, TestDir, backend_log_problem, console_lines, count_lines, kernel_trouble, log_tail,
+    qemu_tests_enabled, read_lossy, rest_of_line, spawn_backend, tail,
+};
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::ChildStdin;
-use std::process::{Child, Command, Stdio};
+use std::process::{ChildStdin, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use vamp_rpmsg::rpmsg::{Handler, NsEvent, Received, Rpmsg};
@@ -143,118 +148,12 @@ impl std::fmt::Display for Usage {
     }
 }
 
-/// A child process that is killed and reaped on every path, panics too.
-#[derive(Debug)]
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// Sends `signal` (SIGKILL, SIGTERM...) unless the child was reaped already.
-    fn signal(&mut self, signal: libc::c_int) {
-        if self.exited().is_none() {
-            // SAFETY: kill(2) on the pid of our own child, which is not reaped yet (try_wait
-            // above said so), so the pid cannot have been reused.
-            unsafe {
-                libc::kill(self.child.id() as libc::pid_t, signal);
-            }
-        }
-    }
-
-    /// Waits up to `timeout` for the child to exit.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGKILL and reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A private temp dir, removed at the end unless the test failed (or VAMP_QEMU_KEEP=1).
-#[derive(Debug)]
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(test: &str) -> TestDir {
-        let dir = std::env::temp_dir().join(format!("vamp-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        TestDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var("VAMP_QEMU_KEEP").as_deref() == Ok("1") {
-            eprintln!("kept {}", self.0.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-/// The last `n` lines of a text, for failure messages.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 /// Starts `vhost-user-rpmsg ARGS` with its output in `log` and waits until it says it waits
 /// for a frontend on each of its `guests` sockets.
 fn start_backend(args: &[String], log: &Path, guests: usize) -> Proc {
-    let file = fs::File::create(log).expect("create backend log");
-    let child = Command::new(env!("CARGO_BIN_EXE_vhost-user-rpmsg"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().expect("dup log fd"))
-        .stderr(file)
-        .spawn()
-        .expect("spawn vhost-user-rpmsg");
-    let mut backend = Proc { child };
+    let mut backend = spawn_backend(args, log);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while read_lossy(log)
-        .lines()
-        .filter(|l| l.contains("waiting for a frontend on"))
-        .count()
-        < guests
-    {
+    while count_lines(&read_lossy(log), "waiting for a frontend on") < guests {
         if let Some(status) = backend.exited() {
             panic!(
                 "the backend exited ({status}) before listening:\n{}",
@@ -475,55 +374,6 @@ const STEP: Duration = Duration::from_secs(30);
 const RECONNECT_MS: u32 = 100;
 /// Every line the guest's /init prints for the test starts with this.
 const MARK: &str = "VAMP-RC";
-
-/// Where provisioning put everything (tests/provision/README.md).
-#[derive(Debug)]
-struct Env {
-    repo: PathBuf,
-    qemu: PathBuf,
-    initramfs_sh: PathBuf,
-    kernel: PathBuf,
-    agent: PathBuf,
-}
-
-impl Env {
-    /// Finds the provisioned pieces; with VAMP_QEMU_TESTS=1 a missing one is a failure.
-    fn find() -> Env {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("vmm-backend lives in the repository")
-            .to_path_buf();
-        let cache = PathBuf::from(
-            std::env::var_os("VAMP_CACHE").unwrap_or_else(|| "/var/cache/vamp".into()),
-        );
-        let env = Env {
-            qemu: repo.join("tests/provision/qemu"),
-            initramfs_sh: repo.join("tests/provision/initramfs.sh"),
-            kernel: cache.join("guest/bzImage"),
-            agent: cache.join("guest/vamp-guest-agent"),
-            repo,
-        };
-        let qemu_bin = cache.join("trixie-root/usr/bin/qemu-system-x86_64");
-        let missing: Vec<String> = [
-            (&env.qemu, "the QEMU wrapper"),
-            (&qemu_bin, "QEMU 11 in the trixie root"),
-            (&env.initramfs_sh, "the initramfs builder"),
-            (&env.kernel, "the guest kernel"),
-            (&env.agent, "the guest agent"),
-        ]
-        .iter()
-        .filter(|(p, _)| !p.exists())
-        .map(|(p, what)| format!("{what} ({})", p.display()))
-        .collect();
-        assert!(
-            missing.is_empty(),
-            "VAMP_QEMU_TESTS=1 but the QEMU test environment is incomplete: missing {}. \
-             Run tests/provision/all.sh (as root) first, or unset VAMP_QEMU_TESTS.",
-            missing.join(", ")
-        );
-        env
-    }
-}
 
 /// A minimal QMP client: one command at a time, events skipped.
 struct Qmp {
@@ -786,18 +636,10 @@ impl Rig {
     fn fail(&self, msg: &str) -> ! {
         let mut report = format!("qemu_reconnect: {msg}\n");
         if let Some(vm) = &self.vm {
-            report.push_str(&format!(
-                "\n----- console of QEMU {} ({}), last lines -----\n{}\n",
-                vm.index,
-                vm.console.display(),
-                tail(&read_lossy(&vm.console), 40)
-            ));
+            let what = format!("console of QEMU {}", vm.index);
+            report.push_str(&log_tail(&what, &vm.console, 40));
         }
-        report.push_str(&format!(
-            "\n----- backend log ({}), last lines -----\n{}\n",
-            self.backend_log.display(),
-            tail(&read_lossy(&self.backend_log), 30)
-        ));
+        report.push_str(&log_tail("backend log", &self.backend_log, 30));
         if let Some(w) = &self.watcher {
             let s = w.lock();
             let from = s.events.len().saturating_sub(6);
@@ -838,25 +680,19 @@ impl Rig {
     /// The current backend log has no ERROR and no dropped message.
     fn assert_backend_log_clean(&self) {
         let log = read_lossy(&self.backend_log);
-        if let Some(line) = log
-            .lines()
-            .find(|l| l.contains(" ERROR ") || l.contains("dropped"))
-        {
+        if let Some(line) = backend_log_problem(&log) {
             self.fail(&format!("the backend log reports a problem: {line}"));
         }
     }
 
     /// No kernel BUG, WARNING, Oops or panic on the console of QEMU `vm`.
     fn assert_kernel_clean(&self, vm: &Vm) {
-        let text = read_lossy(&vm.console);
-        for bad in ["BUG:", "WARNING: CPU", "Kernel panic", "Oops"] {
-            if text.contains(bad) {
-                self.fail(&format!(
-                    "QEMU {}: the guest kernel logged {bad:?} (see {})",
-                    vm.index,
-                    vm.console.display()
-                ));
-            }
+        if let Some(bad) = kernel_trouble(&vm.console) {
+            self.fail(&format!(
+                "QEMU {}: the guest kernel logged {bad:?} (see {})",
+                vm.index,
+                vm.console.display()
+            ));
         }
     }
 
@@ -871,19 +707,14 @@ impl Rig {
         self.vms += 1;
         let console = self.dir.path(&format!("console-{index}.log"));
         let qmp_path = self.dir.path(&format!("qmp-{index}.sock"));
-        let log = fs::File::create(&console).expect("create console log");
-        let mut command = Command::new(&self.env.qemu);
-        command
-            .args(qemu_args(
-                &self.env.kernel,
-                &self.dir.path("initrd.gz"),
-                &self.dir.path("vm.sock"),
-                &qmp_path,
-            ))
-            .current_dir(&self.env.repo)
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().expect("dup log fd"))
-            .stderr(log);
+        let args = qemu_args(
+            &self.env.kernel,
+            &self.dir.path("initrd.gz"),
+            &self.dir.path("vm.sock"),
+            &qmp_path,
+        );
+        let mut command = self.env.qemu_command(args, &console);
+        command.stdin(Stdio::piped());
         // SAFETY: the closure runs in the child between fork and exec and only calls
         // setrlimit(2), which is async-signal-safe. No core dumps: QEMU aborts in this test.
         unsafe {
@@ -956,12 +787,9 @@ impl Rig {
         let deadline = Instant::now() + timeout;
         loop {
             let vm = self.vm.as_mut().expect("a QEMU runs");
-            let mut text = read_lossy(&vm.console);
-            // Only whole lines: the serial console writes a line a few bytes at a time.
-            text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
-            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-                let rest = line.split_once(needle).map_or("", |(_, r)| r);
-                return rest.trim_end_matches('\r').trim().to_string();
+            let text = console_lines(&vm.console);
+            if let Some(rest) = rest_of_line(&text, needle) {
+                return rest;
             }
             if let Some(line) = text.lines().find(|l| l.contains(&fail_needle)) {
                 // Let /init print what it sees (agent list, dmesg) first.
@@ -1155,28 +983,11 @@ impl Rig {
     }
 }
 
-/// QEMU's arguments: the device line of tests/provision/README.md, except that the device is
-/// added over QMP (see `Rig::boot_vm`) and the chardev reconnects.
+/// QEMU's arguments: the device line of tests/provision/README.md, except that QEMU starts
+/// paused, the device is added over QMP (see `Rig::boot_vm`) and the chardev reconnects.
 fn qemu_args(kernel: &Path, initrd: &Path, socket: &Path, qmp: &Path) -> Vec<String> {
-    [
-        "-accel",
-        "tcg",
-        "-nographic",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-S",
-        "-m",
-        "256M",
-        "-object",
-        "memory-backend-memfd,id=mem,size=256M,share=on",
-        "-numa",
-        "node,memdev=mem",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([
+    let devices = vec![
+        "-S".to_string(),
         "-qmp".to_string(),
         format!("unix:{},server=on,wait=off", qmp.display()),
         "-chardev".to_string(),
@@ -1184,14 +995,8 @@ fn qemu_args(kernel: &Path, initrd: &Path, socket: &Path, qmp: &Path) -> Vec<Str
             "socket,id=c0,path={},reconnect-ms={RECONNECT_MS}",
             socket.display()
         ),
-        "-kernel".to_string(),
-        kernel.display().to_string(),
-        "-initrd".to_string(),
-        initrd.display().to_string(),
-        "-append".to_string(),
-        "console=ttyS0 panic=-1 tsc=reliable".to_string(),
-    ])
-    .collect()
+    ];
+    common::qemu_args(kernel, initrd, devices)
 }
 
 /// The hub: the QEMU guest "vm" sees two echo services; what it announces under
@@ -1295,12 +1100,7 @@ reboot -f
 /// what is checked).
 #[test]
 fn qemu_reconnect_100_cycles() {
-    let test = "qemu_reconnect_100_cycles";
-    if std::env::var("VAMP_QEMU_TESTS").as_deref() != Ok("1") {
-        eprintln!(
-            "skipped: {test}: QEMU guests not provisioned here (tests/run provisions them and \
-             sets VAMP_QEMU_TESTS=1)"
-        );
+    if !qemu_tests_enabled("qemu_reconnect_100_cycles") {
         return;
     }
     assert_eq!(GUEST_RESETS + BACKEND_RESTARTS + QEMU_RESTARTS, 100);
@@ -1321,13 +1121,9 @@ fn qemu_reconnect_100_cycles() {
     fs::write(rig.topology(), topology(&rig.dir.0)).expect("write topology");
     let init = rig.dir.path("init.sh");
     fs::write(&init, INIT).expect("write init");
-    let built = Command::new(&rig.env.initramfs_sh)
-        .arg(rig.dir.path("initrd.gz"))
-        .arg(&init)
-        .arg(&rig.env.agent)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+    let built = rig
+        .env
+        .initramfs_command(&rig.dir.path("initrd.gz"), &init)
         .output()
         .expect("run initramfs.sh");
     if !built.status.success() {

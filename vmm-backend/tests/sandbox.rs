@@ -9,25 +9,18 @@
 //!
 //! The tests share process-wide counters and the policy: they run one at a time.
 
-use std::collections::VecDeque;
+mod common;
+
+use common::{Inbox, TXQ, TempDir, TestHub, WAIT, await_echo, jump_avail, kick, pump};
 use std::io::Read as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{Ordering, fence};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use vamp_rpmsg::mem::SharedMemory;
-use vamp_rpmsg::rpmsg::{EptId, Handler, NsEvent, Received, Rpmsg};
-use vamp_rpmsg::transport::Transport;
 use vamp_rpmsg::wire::ADDR_ANY;
-use vamp_vmm_backend::backend::{lock_hub, serve_guest};
-use vamp_vmm_backend::config::Topology;
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
-use vamp_vmm_backend::hub::Hub;
 use vamp_vmm_backend::sandbox::{self, Policy, ThreadKind, Violation};
-
-const WAIT: Duration = Duration::from_secs(10);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -227,50 +220,6 @@ fn seccomp_modes(pid: u32, name: &str) -> Vec<u32> {
     modes
 }
 
-#[derive(Debug, Default)]
-struct Inbox {
-    messages: VecDeque<(EptId, u32, Vec<u8>)>,
-    created: Vec<(Vec<u8>, u32)>,
-    echo: bool,
-}
-
-impl<T: Transport> Handler<T> for Inbox {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
-        let data = rpmsg.payload(msg).unwrap();
-        if self.echo {
-            rpmsg.sendto(msg.ept, msg.src, &data).unwrap();
-        } else {
-            self.messages.push_back((msg.ept, msg.src, data));
-        }
-    }
-    fn on_name_service(&mut self, _: &mut Rpmsg<T>, e: NsEvent<'_>) {
-        if let NsEvent::Created { name, addr, .. } = e {
-            self.created.push((name.to_vec(), addr));
-        }
-    }
-}
-
-fn announced(inbox: &Inbox, name: &str) -> Option<u32> {
-    inbox
-        .created
-        .iter()
-        .rev()
-        .find(|(n, _)| n == name.as_bytes())
-        .map(|(_, a)| *a)
-}
-
-fn pump(g: &mut NativeGuest, inbox: &mut Inbox, what: &str, done: impl Fn(&Inbox) -> bool) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        g.poll(inbox).unwrap();
-        if done(inbox) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        g.wait(Duration::from_millis(20));
-    }
-}
-
 /// Traffic through a hub serving `sockets[0]` and `sockets[1]` (with an echo service "echo"
 /// and the second guest's "b-svc" offered to the first): echoes of every size, forwarding
 /// both ways, a ring broken and reset, a reconnect.
@@ -278,25 +227,19 @@ fn traffic(sockets: &[PathBuf]) {
     let opts = GuestOptions::default();
     let mut a = NativeGuest::connect(&sockets[0], opts).unwrap();
     let mut b = NativeGuest::connect(&sockets[1], opts).unwrap();
-    let (mut ai, mut bi) = (
-        Inbox::default(),
-        Inbox {
-            echo: true,
-            ..Default::default()
-        },
-    );
+    let (mut ai, mut bi) = (Inbox::default(), Inbox::echoing());
     b.rpmsg().create_ept(b"b-svc", ADDR_ANY, ADDR_ANY).unwrap();
     pump(&mut b, &mut bi, "b's link", |_| true);
     pump(&mut a, &mut ai, "echo and b-svc", |i| {
-        announced(i, "echo").is_some() && announced(i, "b-svc").is_some()
+        i.announced("echo").is_some() && i.announced("b-svc").is_some()
     });
     let echo = a
         .rpmsg()
-        .create_ept(b"", ADDR_ANY, announced(&ai, "echo").unwrap())
+        .create_ept(b"", ADDR_ANY, ai.announced("echo").unwrap())
         .unwrap();
     let to_b = a
         .rpmsg()
-        .create_ept(b"", ADDR_ANY, announced(&ai, "b-svc").unwrap())
+        .create_ept(b"", ADDR_ANY, ai.announced("b-svc").unwrap())
         .unwrap();
     for i in 0..600u32 {
         let msg: Vec<u8> = (0..1 + i as usize % 496)
@@ -304,23 +247,14 @@ fn traffic(sockets: &[PathBuf]) {
             .collect();
         let ept = if i % 2 == 0 { echo } else { to_b };
         a.rpmsg().send(ept, &msg).unwrap();
-        let deadline = Instant::now() + WAIT;
-        while ai.messages.is_empty() {
-            b.poll(&mut bi).unwrap();
-            a.poll(&mut ai).unwrap();
-            assert!(Instant::now() < deadline, "message {i} never came back");
-            a.wait(Duration::from_millis(1));
-        }
-        assert_eq!(ai.messages.pop_front().unwrap().2, msg);
+        let lost = format!("message {i} never came back");
+        await_echo(&mut a, &mut ai, &mut b, &mut bi, &lost);
+        assert_eq!(ai.messages.pop_front().unwrap().3, msg);
     }
     // A ring protocol violation (logged by the worker), then a reset.
     let tx = a.layout().tx_ring;
-    let idx = u16::from_le(a.memory().load_u16(tx.avail + 2).unwrap());
-    fence(Ordering::SeqCst);
-    a.memory()
-        .store_u16(tx.avail + 2, idx.wrapping_add(tx.size + 1).to_le())
-        .unwrap();
-    a.rpmsg().transport_mut().environment().notify(1);
+    jump_avail(&a, tx, tx.size + 1);
+    kick(&mut a, TXQ);
     assert!(a.wait_config_change(WAIT).unwrap());
     a.reset().unwrap();
     // And a reconnect.
@@ -328,11 +262,11 @@ fn traffic(sockets: &[PathBuf]) {
     let mut a = NativeGuest::connect(&sockets[0], opts).unwrap();
     let mut ai = Inbox::default();
     pump(&mut a, &mut ai, "echo after reconnecting", |i| {
-        announced(i, "echo").is_some()
+        i.announced("echo").is_some()
     });
     let echo = a
         .rpmsg()
-        .create_ept(b"", ADDR_ANY, announced(&ai, "echo").unwrap())
+        .create_ept(b"", ADDR_ANY, ai.announced("echo").unwrap())
         .unwrap();
     a.rpmsg().send(echo, b"again").unwrap();
     pump(&mut a, &mut ai, "the last echo", |i| !i.messages.is_empty());
@@ -354,20 +288,6 @@ to = ["a"]
 names = ["b-svc"]
 "#;
 
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(tag: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!("vamp-sandbox-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
-}
-
 #[test]
 fn the_hub_serves_traffic_with_its_workers_and_clock_confined() {
     let _serial = serial();
@@ -377,19 +297,12 @@ fn the_hub_serves_traffic_with_its_workers_and_clock_confined() {
         "on by default"
     );
     let (installs, refusals) = (sandbox::installs(), sandbox::refusals());
-    let dir = temp_dir("lib");
-    let topology = Topology::parse(&TOPOLOGY.replace("{dir}", dir.0.to_str().unwrap())).unwrap();
-    let sockets: Vec<PathBuf> = topology.guests.iter().map(|g| g.socket.clone()).collect();
-    let hub = Arc::new(Mutex::new(Hub::new(topology)));
-    for (id, socket) in sockets.iter().enumerate() {
-        let (hub, socket) = (hub.clone(), socket.clone());
-        std::thread::spawn(move || serve_guest(hub, id, &socket));
-    }
+    let hub = TestHub::start("sandbox-lib", TOPOLOGY);
     // Connected guests keep their workers: look at them mid-traffic.
     let opts = GuestOptions::default();
-    let mut a = NativeGuest::connect(&sockets[0], opts).unwrap();
+    let mut a = NativeGuest::connect(&hub.sockets[0], opts).unwrap();
     let mut ai = Inbox::default();
-    pump(&mut a, &mut ai, "echo", |i| announced(i, "echo").is_some());
+    pump(&mut a, &mut ai, "echo", |i| i.announced("echo").is_some());
     // The worker confined itself at its first event, the clock when it started (which, on a
     // loaded machine, may be a moment after the hub started).
     let pid = std::process::id();
@@ -407,7 +320,7 @@ fn the_hub_serves_traffic_with_its_workers_and_clock_confined() {
         std::thread::sleep(Duration::from_millis(10));
     }
     drop(a);
-    traffic(&sockets);
+    traffic(&hub.sockets);
     assert!(
         sandbox::installs() >= installs + 3,
         "workers and the clock installed their filters"
@@ -417,7 +330,7 @@ fn the_hub_serves_traffic_with_its_workers_and_clock_confined() {
         refusals,
         "nothing legitimate was refused"
     );
-    assert!(lock_hub(&hub).stats(0).served >= 300);
+    assert!(hub.stats(0).served >= 300);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -470,12 +383,12 @@ impl Drop for Backend {
 /// Two guests of the binary (the second offers nothing by name, so "b-svc" is reached
 /// through the all-to-all topology), the same traffic as in process.
 fn binary_traffic(extra: &[&str]) -> (Vec<u32>, String) {
-    let dir = temp_dir(&format!("bin{}", extra.len()));
-    let (backend, sockets) = Backend::start(&dir.0, extra);
+    let dir = TempDir::new(&format!("sandbox-bin{}", extra.len()));
+    let (backend, sockets) = Backend::start(dir.path(), extra);
     let opts = GuestOptions::default();
     let mut a = NativeGuest::connect(&sockets[0], opts).unwrap();
     let mut ai = Inbox::default();
-    pump(&mut a, &mut ai, "echo", |i| announced(i, "echo").is_some());
+    pump(&mut a, &mut ai, "echo", |i| i.announced("echo").is_some());
     let modes = seccomp_modes(backend.child.id(), "vring_worker");
     drop(a);
     traffic(&sockets);

@@ -1,5 +1,5 @@
-//! Shared test helpers: an ELF writer, a backend over heap memory, and the remote's side of
-//! an rpmsg link played in a thread.
+//! Shared test helpers: an ELF writer, a backend over heap memory, the remote's side of an
+//! rpmsg link played in a thread, and the host's side: waiting for a channel, binding to it.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -9,10 +9,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vamp_remoteproc::backend::{BackendError, Doorbell, Exit, RemoteBackend};
-use vamp_remoteproc::remoteproc::RemoteRpmsg;
+use vamp_remoteproc::remoteproc::{RemoteRpmsg, Remoteproc};
 use vamp_rpmsg::mem::{HeapMemory, SharedMemory};
-use vamp_rpmsg::rpmsg::{Config, Handler, NsEvent, Received, Rpmsg};
-use vamp_rpmsg::transport::{DeviceTransport, Environment, Transport};
+use vamp_rpmsg::rpmsg::{Config, EptId, Handler, NsEvent, Received, Rpmsg};
+use vamp_rpmsg::transport::{BufferConfig, DeviceTransport, Environment, Transport};
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::resource_table::{
     FW_RSC_ADDR_ANY, RSC_VDEV, ResourceTable, ResourceTableBuilder, STATUS_DRIVER_OK,
@@ -131,40 +131,45 @@ impl Elf {
                 out.extend_from_slice(&s.data);
             }
         };
+        // Each returns where it put its part.
+        let put_phdrs = |out: &mut Vec<u8>| {
+            let at = out.len() as u64;
+            out.resize(out.len() + phnum * phent, 0);
+            at
+        };
+        let put_shdrs = |out: &mut Vec<u8>| {
+            let at = out.len() as u64;
+            out.resize(out.len() + shnum * shent, 0);
+            at
+        };
+        let put_names = |out: &mut Vec<u8>| {
+            let at = out.len() as u64;
+            out.extend_from_slice(&names);
+            at
+        };
         let (phoff, shoff, strtab_off) = match self.layout {
             Layout::Usual => {
-                let phoff = out.len() as u64;
-                out.resize(out.len() + phnum * phent, 0);
+                let phoff = put_phdrs(&mut out);
                 put_segments(&mut out, &mut seg_offsets);
-                let strtab_off = out.len() as u64;
-                out.extend_from_slice(&names);
+                let strtab_off = put_names(&mut out);
                 align(&mut out);
-                let shoff = out.len() as u64;
-                out.resize(out.len() + shnum * shent, 0);
-                (phoff, shoff, strtab_off)
+                (phoff, put_shdrs(&mut out), strtab_off)
             }
             Layout::SectionsFirst => {
-                let phoff = out.len() as u64;
-                out.resize(out.len() + phnum * phent, 0);
+                let phoff = put_phdrs(&mut out);
                 align(&mut out);
-                let shoff = out.len() as u64;
-                out.resize(out.len() + shnum * shent, 0);
-                let strtab_off = out.len() as u64;
-                out.extend_from_slice(&names);
+                let shoff = put_shdrs(&mut out);
+                let strtab_off = put_names(&mut out);
                 put_segments(&mut out, &mut seg_offsets);
                 (phoff, shoff, strtab_off)
             }
             Layout::ProgramHeadersLast => {
                 put_segments(&mut out, &mut seg_offsets);
-                let strtab_off = out.len() as u64;
-                out.extend_from_slice(&names);
+                let strtab_off = put_names(&mut out);
                 align(&mut out);
-                let shoff = out.len() as u64;
-                out.resize(out.len() + shnum * shent, 0);
+                let shoff = put_shdrs(&mut out);
                 align(&mut out);
-                let phoff = out.len() as u64;
-                out.resize(out.len() + phnum * phent, 0);
-                (phoff, shoff, strtab_off)
+                (put_phdrs(&mut out), shoff, strtab_off)
             }
         };
         // ELF header.
@@ -261,29 +266,18 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Writes the big- or the little-endian bytes of a value, as the image is.
+    fn put<const N: usize>(&self, b: &mut [u8], at: usize, be: [u8; N], le: [u8; N]) {
+        b[at..at + N].copy_from_slice(if self.big { &be } else { &le });
+    }
     fn u16(&self, b: &mut [u8], at: usize, v: u16) {
-        let bytes = if self.big {
-            v.to_be_bytes()
-        } else {
-            v.to_le_bytes()
-        };
-        b[at..at + 2].copy_from_slice(&bytes);
+        self.put(b, at, v.to_be_bytes(), v.to_le_bytes());
     }
     fn u32(&self, b: &mut [u8], at: usize, v: u32) {
-        let bytes = if self.big {
-            v.to_be_bytes()
-        } else {
-            v.to_le_bytes()
-        };
-        b[at..at + 4].copy_from_slice(&bytes);
+        self.put(b, at, v.to_be_bytes(), v.to_le_bytes());
     }
     fn u64(&self, b: &mut [u8], at: usize, v: u64) {
-        let bytes = if self.big {
-            v.to_be_bytes()
-        } else {
-            v.to_le_bytes()
-        };
-        b[at..at + 8].copy_from_slice(&bytes);
+        self.put(b, at, v.to_be_bytes(), v.to_le_bytes());
     }
     /// Writes an address-sized word; returns the next offset.
     fn word(&self, b: &mut [u8], at: usize, v: u64) -> usize {
@@ -476,12 +470,17 @@ impl TestDoorbell {
 
     /// The remote waits for the host.
     pub fn remote_wait(&self, timeout: Duration) -> bool {
+        self.take(timeout, |b| &mut b.remote_pending)
+    }
+
+    /// Waits up to `timeout` for the bell `pending` picks to ring; clears it.
+    fn take(&self, timeout: Duration, pending: fn(&mut Bells) -> &mut bool) -> bool {
         let g = self.bells.lock().unwrap();
         let (mut g, _) = self
             .cv
-            .wait_timeout_while(g, timeout, |b| !b.remote_pending)
+            .wait_timeout_while(g, timeout, |b| !*pending(b))
             .unwrap();
-        std::mem::take(&mut g.remote_pending)
+        std::mem::take(pending(&mut g))
     }
 
     pub fn rung(&self) -> Vec<u32> {
@@ -498,12 +497,7 @@ impl Doorbell for TestDoorbell {
     }
 
     fn wait(&self, timeout: Duration) -> bool {
-        let g = self.bells.lock().unwrap();
-        let (mut g, _) = self
-            .cv
-            .wait_timeout_while(g, timeout, |b| !b.host_pending)
-            .unwrap();
-        std::mem::take(&mut g.host_pending)
+        self.take(timeout, |b| &mut b.host_pending)
     }
 }
 
@@ -796,20 +790,59 @@ impl<T: Transport> Handler<T> for HostRecorder {
     }
 }
 
+/// Waits for the remote: on the doorbell, or only a yield when busy-polling (no notification
+/// will come).
+pub fn idle<M: SharedMemory>(host: &mut RemoteRpmsg<M>) {
+    if host.transport().busy_poll() {
+        std::thread::yield_now();
+    } else {
+        host.transport_mut().environment().wait(10_000);
+    }
+}
+
+/// Polls `host` until `channel` is announced, before `deadline`; returns its address.
+pub fn wait_announced<M: SharedMemory>(
+    host: &mut RemoteRpmsg<M>,
+    h: &mut HostRecorder,
+    channel: &[u8],
+    deadline: Instant,
+) -> Result<u32, String> {
+    loop {
+        host.poll(h).map_err(|e| e.to_string())?;
+        if let Some((_, addr)) = h.announced.iter().find(|(n, _)| n == channel) {
+            return Ok(*addr);
+        }
+        if Instant::now() > deadline {
+            let name = String::from_utf8_lossy(channel);
+            return Err(format!("no announcement of {name}"));
+        }
+        idle(host);
+    }
+}
+
+/// Brings up vdev 0 of the running `rp` in the driver role (busy-polling if `busy_poll`),
+/// waits for `channel` (10 s) and binds an endpoint of that name to it.
+pub fn connect<B: RemoteBackend>(
+    rp: &mut Remoteproc<B>,
+    busy_poll: bool,
+    channel: &[u8],
+) -> (RemoteRpmsg<B::Memory>, HostRecorder, EptId) {
+    let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
+    if busy_poll {
+        host.transport_mut().set_busy_poll(true).unwrap();
+    }
+    let mut h = HostRecorder::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = wait_announced(&mut host, &mut h, channel, deadline).unwrap();
+    let ept = host.create_ept(channel, ADDR_ANY, addr).unwrap();
+    (host, h, ept)
+}
+
 /// Waits for the demo channel, binds to it and exchanges `count` echoes.
 pub fn host_echo(rpmsg: &mut RemoteRpmsg<Arc<HeapMemory>>, count: usize) -> Result<(), String> {
     let mut h = HostRecorder::default();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let addr = loop {
-        rpmsg.poll(&mut h).map_err(|e| e.to_string())?;
-        if let Some((_, a)) = h.announced.iter().find(|(n, _)| n == CHANNEL) {
-            break *a;
-        }
-        if Instant::now() > deadline {
-            return Err("no announcement".into());
-        }
-        rpmsg.transport_mut().environment().wait(10_000);
-    };
+    let addr = wait_announced(rpmsg, &mut h, CHANNEL, deadline)?;
     let ept = rpmsg
         .create_ept(CHANNEL, ADDR_ANY, addr)
         .map_err(|e| e.to_string())?;
@@ -827,7 +860,7 @@ pub fn host_echo(rpmsg: &mut RemoteRpmsg<Arc<HeapMemory>>, count: usize) -> Resu
             if Instant::now() > deadline {
                 return Err(format!("message {i}: no echo"));
             }
-            rpmsg.transport_mut().environment().wait(10_000);
+            idle(rpmsg);
         }
     }
     Ok(())
