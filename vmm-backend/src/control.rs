@@ -21,9 +21,10 @@
 //!   `CONFIG_CHANGE_MSG` goes out on it (once per break), asking for an acknowledgement when
 //!   REPLY_ACK was negotiated; the answer is logged.
 //!
-//! The thread learns of a break from the guest's vring worker ([`ResetNotice::wake`], right
-//! after the kick that broke it) and, for breaks found while another guest's messages were
-//! copied into this one, by looking at the hub once a second.
+//! The thread learns of a break at once: the hub tells the guest's notifier wherever it finds
+//! one (in the guest's own kick, or while another guest's message was copied into it), and the
+//! notifier wakes this thread ([`ResetNotice::wake`]). It also looks at the hub once a second,
+//! which only matters if a wake-up were ever lost.
 //!
 //! What a frontend does with it is up to the frontend: vamp's own ([`crate::frontend`]) reads
 //! the status and resets. QEMU 11 uses `GET_STATUS` only to add bits before a `SET_STATUS`
