@@ -14,6 +14,10 @@ pub const BUILTIN: &[(&str, &[u8])] = &[
         "fault",
         include_bytes!(concat!(env!("VAMP_IMAGE_DIR"), "/fault")),
     ),
+    (
+        "proxy",
+        include_bytes!(concat!(env!("VAMP_IMAGE_DIR"), "/proxy")),
+    ),
 ];
 
 /// The built-in image called `name`.

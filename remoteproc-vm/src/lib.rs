@@ -8,6 +8,7 @@ pub mod image;
 pub mod images;
 pub mod inspect;
 pub mod kvm;
+pub mod proxy;
 pub mod remoteproc;
 pub mod rsc;
 pub mod sysfs;

@@ -4,10 +4,14 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use vamp_remoteproc::backend::Exit;
 use vamp_remoteproc::config::{BackendSpec, Recovery, RemoteSpec, RemotesConfig};
 use vamp_remoteproc::image::{FileImage, ImageSource, MemoryImage};
 use vamp_remoteproc::kvm::{DEFAULT_MEMORY, KvmOptions, KvmRemote};
-use vamp_remoteproc::remoteproc::{ManagedRemote, RemoteEvent, RemoteRpmsg, Remoteproc};
+use vamp_remoteproc::proxy::{self, ProxyServer, ProxyService};
+use vamp_remoteproc::remoteproc::{
+    ManagedRemote, RemoteEvent, RemoteRpmsg, RemoteState, Remoteproc,
+};
 use vamp_remoteproc::sysfs::SysfsRemote;
 use vamp_rpmsg::apps::{AppError, ECHO_CHANNEL, Waiter, ping};
 use vamp_rpmsg::guest_ram::GuestRam;
@@ -27,8 +31,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Loads IMAGE (a path, or a built-in image: echo, matrix, fault) into a KVM micro-VM,
-    /// starts it, brings up its rpmsg channels and runs until it stops (or Ctrl-C).
+    /// Loads IMAGE (a path, or a built-in image: echo, matrix, fault, proxy) into a KVM
+    /// micro-VM, starts it, brings up its rpmsg channels and runs until it stops (or Ctrl-C).
+    /// The proxy image (or --proxy) is served OpenAMP's rpmsg proxy: its console writes go to
+    /// stdout/stderr, its files to --proxy-root; the run ends when it terminates the proxy.
     Run {
         /// The ELF file or built-in image name.
         image: String,
@@ -48,6 +54,14 @@ enum Command {
         /// Seconds to wait for the channel or an echo.
         #[arg(long, default_value_t = 20)]
         timeout: u64,
+        /// Serve OpenAMP's rpmsg proxy on "rpmsg-openamp-demo-channel" (on by default for the
+        /// built-in proxy image, and with --proxy-root).
+        #[arg(long)]
+        proxy: bool,
+        /// The directory the remote's proxy file I/O is confined to; without it, every open
+        /// fails (console output still works).
+        #[arg(long, value_name = "DIR")]
+        proxy_root: Option<PathBuf>,
     },
     /// Prints IMAGE's segments and resource table.
     Inspect {
@@ -192,6 +206,64 @@ fn boot(image: &str, memory_mib: u64) -> Result<Remoteproc<KvmRemote>, String> {
     Ok(rp)
 }
 
+/// What `run` serves the proxy with: `None`, no proxy; `Some(root)`, files under `root`
+/// (none: console only).
+type ProxyOption = Option<Option<PathBuf>>;
+
+/// Serves the proxy until the remote terminates it, then waits for the remote to stop.
+fn run_proxy(
+    image: &str,
+    rp: &mut Remoteproc<KvmRemote>,
+    mut rpmsg: RemoteRpmsg<GuestRam>,
+    root: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<bool, String> {
+    let server = ProxyServer::new(root).map_err(|e| format!("--proxy-root {e}"))?;
+    let mut service = ProxyService::new(server);
+    let result = proxy::serve(
+        &mut rpmsg,
+        &mut RemoteWaiter { rp: &mut *rp },
+        &mut service,
+        timeout,
+    );
+    drop(rpmsg);
+    let (calls, failed) = service.server.calls();
+    // The proxy firmware exits after it terminates the proxy; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut event = rp.poll();
+    while Instant::now() < deadline
+        && event == RemoteEvent::Idle
+        && rp.state() == RemoteState::Running
+    {
+        std::thread::sleep(Duration::from_millis(10));
+        event = rp.poll();
+    }
+    // The waiter may have seen the exit already.
+    if event == RemoteEvent::Idle && rp.state() != RemoteState::Running {
+        event = match rp.last_exit() {
+            Some(Exit::Exited(code)) => RemoteEvent::Exited(*code),
+            Some(Exit::Crashed(why)) => RemoteEvent::Crashed(why.clone()),
+            None => RemoteEvent::Idle,
+        };
+    }
+    print_console(rp);
+    let _ = rp.shutdown();
+    result.map_err(|e| format!("proxy: {e}"))?;
+    println!("{image}: proxy terminated by the remote after {calls} calls ({failed} failed)");
+    match event {
+        RemoteEvent::Exited(code) => {
+            println!("{image}: exited with code {code}");
+            Ok(code == 0)
+        }
+        RemoteEvent::Crashed(why) => {
+            println!("{image}: crashed: {why}");
+            Ok(false)
+        }
+        RemoteEvent::Idle => Ok(true),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run(
     image: &str,
     ping_count: Option<u32>,
@@ -199,6 +271,7 @@ fn run(
     memory_mib: u64,
     restarts: u32,
     timeout: u64,
+    proxy: ProxyOption,
 ) -> Result<bool, String> {
     let mut rp = boot(image, memory_mib)?;
     let timeout = Duration::from_secs(timeout.max(1));
@@ -206,6 +279,9 @@ fn run(
         let mut rpmsg = rp
             .create_virtio(0, BufferConfig::default())
             .map_err(|e| e.to_string())?;
+        if let (None, Some(root)) = (ping_count, &proxy) {
+            return run_proxy(image, &mut rp, rpmsg, root.as_deref(), timeout);
+        }
         if let Some(count) = ping_count {
             let result = ping(
                 &mut rpmsg,
@@ -305,7 +381,12 @@ fn main() -> ExitCode {
             memory_mib,
             restarts,
             timeout,
-        } => run(&image, ping, &channel, memory_mib, restarts, timeout),
+            proxy,
+            proxy_root,
+        } => {
+            let proxy = (proxy || proxy_root.is_some() || image == "proxy").then_some(proxy_root);
+            run(&image, ping, &channel, memory_mib, restarts, timeout, proxy)
+        }
         Command::Inspect { image } => inspect(&image).map(|()| true),
         Command::Images => {
             for (name, bytes) in vamp_remoteproc::images::BUILTIN {
@@ -356,7 +437,16 @@ fn main() -> ExitCode {
                         Recovery::None => 0,
                         Recovery::Restart { max_restarts } => max_restarts,
                     };
-                    run(&image, None, ECHO_CHANNEL, memory >> 20, restarts, 20)
+                    let proxy = (image == "proxy").then_some(None);
+                    run(
+                        &image,
+                        None,
+                        ECHO_CHANNEL,
+                        memory >> 20,
+                        restarts,
+                        20,
+                        proxy,
+                    )
                 }
             })
         }

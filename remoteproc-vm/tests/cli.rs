@@ -51,7 +51,7 @@ fn inspect_shows_the_resource_table_of_every_image() {
         .lines()
         .map(|l| l.split('\t').next().unwrap().to_string())
         .collect();
-    assert_eq!(names, ["echo", "matrix", "fault"]);
+    assert_eq!(names, ["echo", "matrix", "fault", "proxy"]);
     for name in &names {
         let out = bin().args(["inspect", name]).output().unwrap();
         let t = text(&out);
@@ -70,7 +70,7 @@ fn inspect_shows_the_resource_table_of_every_image() {
     let out = bin().args(["inspect", "no-such-image"]).output().unwrap();
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("not a built-in image (echo, matrix, fault)"),
+        text(&out).contains("not a built-in image (echo, matrix, fault, proxy)"),
         "{}",
         text(&out)
     );
