@@ -20,8 +20,8 @@
 //! # How the firmware waits
 //!
 //! The standard resource table carries the vamp platform entry (a vendor entry, type
-//! [`RSC_VAMP_PLATFORM`]; its layout is documented with the host, in
-//! `remoteproc-vm/src/kvm.rs`). The host writes into it, before the firmware starts, how the
+//! [`RSC_VAMP_PLATFORM`]; its layout is defined once for both sides, in guest-lib's
+//! `wire::platform`). The host writes into it, before the firmware starts, how the
 //! firmware is to wait for work, and [`serve`] does so:
 //!
 //! - **notify**: after its last message the firmware keeps polling its rings, with the host's
@@ -304,27 +304,20 @@ const TRACE_AT: usize = VDEV_AT + 7 + 10;
 /// Offset (in words) of the platform entry (its type word).
 const PLATFORM_AT: usize = TRACE_AT + 12;
 /// Words of the standard rpmsg resource table below.
-pub const RSC_WORDS: usize = PLATFORM_AT + 1 + 8;
+pub const RSC_WORDS: usize = PLATFORM_AT + 1 + platform_entry::BODY_LEN / 4;
 
-/// Resource type of the vamp platform entry (the host's `RSC_VAMP_PLATFORM`: the first vendor
-/// type).
-pub const RSC_VAMP_PLATFORM: u32 = 128;
-/// First word of the platform entry's body: "vamp".
-pub const PLATFORM_MAGIC: u32 = u32::from_le_bytes(*b"vamp");
-/// The platform entry's layout version.
-pub const PLATFORM_VERSION: u32 = 1;
-/// Feature: this firmware can busy-poll.
-pub const PLATFORM_F_BUSY_POLL: u32 = 1 << 0;
-/// Feature: this firmware polls for the host's spin window before it waits.
-pub const PLATFORM_F_WAIT_SPIN: u32 = 1 << 1;
-/// Mode the host writes: busy-poll.
-pub const PLATFORM_MODE_BUSY_POLL: u32 = 1 << 0;
-// Words of the platform entry's body (after the type word).
-const PLATFORM_FEATURES: usize = 2;
-const PLATFORM_MODE: usize = 3;
-const PLATFORM_SPIN_US: usize = 4;
-const PLATFORM_TSC_KHZ: usize = 5;
-const PLATFORM_HEARTBEAT: usize = 6;
+use vamp_rpmsg::wire::platform as platform_entry;
+pub use vamp_rpmsg::wire::platform::{
+    F_BUSY_POLL as PLATFORM_F_BUSY_POLL, F_WAIT_SPIN as PLATFORM_F_WAIT_SPIN,
+    MAGIC as PLATFORM_MAGIC, MODE_BUSY_POLL as PLATFORM_MODE_BUSY_POLL, RSC_VAMP_PLATFORM,
+    VERSION as PLATFORM_VERSION,
+};
+// Words of the platform entry's body (after the type word), from the shared byte offsets.
+const PLATFORM_FEATURES: usize = platform_entry::FEATURES_AT / 4;
+const PLATFORM_MODE: usize = platform_entry::MODE_AT / 4;
+const PLATFORM_SPIN_US: usize = platform_entry::SPIN_US_AT / 4;
+const PLATFORM_TSC_KHZ: usize = platform_entry::TSC_KHZ_AT / 4;
+const PLATFORM_HEARTBEAT: usize = platform_entry::HEARTBEAT_AT / 4;
 
 /// The resource table: one rpmsg vdev whose rings the host places (FW_RSC_ADDR_ANY), a
 /// carveout for the host's buffer pool, the trace buffer, and the vamp platform entry. The
@@ -415,8 +408,8 @@ impl ResourceTable {
         // Platform: type, magic, version, features; the host's words and the heartbeat 0.
         let p = PLATFORM_AT;
         w[p] = RSC_VAMP_PLATFORM;
-        w[p + 1] = PLATFORM_MAGIC;
-        w[p + 2] = PLATFORM_VERSION;
+        w[p + 1 + platform_entry::MAGIC_AT / 4] = PLATFORM_MAGIC;
+        w[p + 1 + platform_entry::VERSION_AT / 4] = PLATFORM_VERSION;
         w[p + 1 + PLATFORM_FEATURES] = PLATFORM_F_BUSY_POLL | PLATFORM_F_WAIT_SPIN;
         ResourceTable(core::cell::UnsafeCell::new(w))
     }

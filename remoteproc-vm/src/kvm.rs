@@ -32,21 +32,8 @@
 //!   exits the watchdog has no sign of life but the entry's heartbeat, which the firmware
 //!   counts up while it spins.
 //!
-//! The entry's body (after its type word), little-endian u32 words:
-//!
-//! | offset | written by | meaning |
-//! | --- | --- | --- |
-//! | 0 | firmware | [`PLATFORM_MAGIC`] ("vamp") |
-//! | 4 | firmware | [`PLATFORM_VERSION`] |
-//! | 8 | firmware | features: [`PLATFORM_F_BUSY_POLL`], [`PLATFORM_F_WAIT_SPIN`] |
-//! | 12 | host | mode: [`PLATFORM_MODE_BUSY_POLL`] or 0 (notify) |
-//! | 16 | host | spin window before a wait, microseconds |
-//! | 20 | host | TSC frequency in kHz (0: unknown), the firmware's clock |
-//! | 24 | firmware | heartbeat, counted up while it polls |
-//! | 28 | - | reserved, 0 |
-//!
-//! Everything the firmware writes is untrusted: the host reads the magic, version and features
-//! once and the heartbeat only to compare it with its last value.
+//! The entry's layout is defined once, for the firmware and the host, in
+//! [`vamp_rpmsg::wire::platform`].
 
 use crate::backend::{BackendError, Doorbell, Exit, RemoteBackend};
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_userspace_memory_region};
@@ -82,28 +69,18 @@ pub const DEFAULT_WAIT_SPIN: Duration = Duration::from_micros(50);
 /// Longest spin window the host asks for.
 pub const MAX_WAIT_SPIN: Duration = Duration::from_millis(10);
 
-/// Resource entry type of the vamp platform entry: the first vendor type (Linux's
-/// `RSC_VENDOR_START`).
-pub const RSC_VAMP_PLATFORM: u32 = 128;
-/// Bytes of the platform entry's body (after the type word).
-pub const PLATFORM_BODY_LEN: usize = 32;
-/// First word of the platform entry's body: "vamp".
-pub const PLATFORM_MAGIC: u32 = u32::from_le_bytes(*b"vamp");
-/// The platform entry's layout version.
-pub const PLATFORM_VERSION: u32 = 1;
-/// Feature: the firmware can busy-poll.
-pub const PLATFORM_F_BUSY_POLL: u32 = 1 << 0;
-/// Feature: the firmware polls for the host's spin window before it waits.
-pub const PLATFORM_F_WAIT_SPIN: u32 = 1 << 1;
-/// Mode: busy-poll (no waits, no kicks).
-pub const PLATFORM_MODE_BUSY_POLL: u32 = 1 << 0;
-const PLATFORM_AT_MAGIC: usize = 0;
-const PLATFORM_AT_VERSION: usize = 4;
-const PLATFORM_AT_FEATURES: usize = 8;
-const PLATFORM_AT_MODE: usize = 12;
-const PLATFORM_AT_SPIN_US: usize = 16;
-const PLATFORM_AT_TSC_KHZ: usize = 20;
-const PLATFORM_AT_HEARTBEAT: usize = 24;
+// The vamp platform entry's format, shared with the firmware (`vamp_rpmsg::wire::platform`),
+// under the names this module has always given it.
+pub use vamp_rpmsg::wire::platform::{
+    BODY_LEN as PLATFORM_BODY_LEN, F_BUSY_POLL as PLATFORM_F_BUSY_POLL,
+    F_WAIT_SPIN as PLATFORM_F_WAIT_SPIN, MAGIC as PLATFORM_MAGIC,
+    MODE_BUSY_POLL as PLATFORM_MODE_BUSY_POLL, RSC_VAMP_PLATFORM, VERSION as PLATFORM_VERSION,
+};
+use vamp_rpmsg::wire::platform::{
+    FEATURES_AT as PLATFORM_AT_FEATURES, HEARTBEAT_AT as PLATFORM_AT_HEARTBEAT,
+    MAGIC_AT as PLATFORM_AT_MAGIC, MODE_AT as PLATFORM_AT_MODE, SPIN_US_AT as PLATFORM_AT_SPIN_US,
+    TSC_KHZ_AT as PLATFORM_AT_TSC_KHZ, VERSION_AT as PLATFORM_AT_VERSION,
+};
 
 const PML4: u64 = 0x1000;
 const PDPT: u64 = 0x2000;

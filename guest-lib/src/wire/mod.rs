@@ -8,6 +8,7 @@
 mod endian;
 mod header;
 mod name_service;
+pub mod platform;
 pub mod proxy;
 pub mod resource_table;
 mod view;

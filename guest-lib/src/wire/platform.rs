@@ -1,0 +1,50 @@
+//! The vamp platform entry: a vendor resource-table entry through which the host tells a
+//! firmware how to wait for work, and the firmware shows a sign of life while it busy-polls.
+//!
+//! One definition for both sides: vamp's firmware (`images/`) declares the entry and reads the
+//! host's words; `remoteproc-vm`'s KVM backend checks what the firmware declared and writes
+//! them. The entry is `[type = RSC_VAMP_PLATFORM][body]`; the body, in little-endian u32 words:
+//!
+//! | offset | written by | meaning |
+//! | --- | --- | --- |
+//! | [`MAGIC_AT`] (0) | firmware | [`MAGIC`] ("vamp") |
+//! | [`VERSION_AT`] (4) | firmware | [`VERSION`] |
+//! | [`FEATURES_AT`] (8) | firmware | features: [`F_BUSY_POLL`], [`F_WAIT_SPIN`] |
+//! | [`MODE_AT`] (12) | host | mode: [`MODE_BUSY_POLL`] or 0 (notify) |
+//! | [`SPIN_US_AT`] (16) | host | spin window before a wait, microseconds |
+//! | [`TSC_KHZ_AT`] (20) | host | TSC frequency in kHz (0: unknown), the firmware's clock |
+//! | [`HEARTBEAT_AT`] (24) | firmware | heartbeat, counted up while it polls |
+//! | 28 | - | reserved, 0 |
+//!
+//! Everything the firmware writes is untrusted: the host reads the magic, version and features
+//! once and the heartbeat only to compare it with its last value.
+
+/// Resource entry type: the first vendor type (Linux's `RSC_VENDOR_START`).
+pub const RSC_VAMP_PLATFORM: u32 = 128;
+/// Bytes of the body (after the type word).
+pub const BODY_LEN: usize = 32;
+/// First word of the body: "vamp".
+pub const MAGIC: u32 = u32::from_le_bytes(*b"vamp");
+/// The layout version.
+pub const VERSION: u32 = 1;
+/// Feature: the firmware can busy-poll.
+pub const F_BUSY_POLL: u32 = 1 << 0;
+/// Feature: the firmware polls for the host's spin window before it waits.
+pub const F_WAIT_SPIN: u32 = 1 << 1;
+/// Mode: busy-poll (no waits, no kicks).
+pub const MODE_BUSY_POLL: u32 = 1 << 0;
+
+/// Byte offset of the magic word in the body.
+pub const MAGIC_AT: usize = 0;
+/// Byte offset of the version.
+pub const VERSION_AT: usize = 4;
+/// Byte offset of the firmware's features.
+pub const FEATURES_AT: usize = 8;
+/// Byte offset of the host's mode.
+pub const MODE_AT: usize = 12;
+/// Byte offset of the host's spin window (microseconds).
+pub const SPIN_US_AT: usize = 16;
+/// Byte offset of the host's TSC frequency (kHz).
+pub const TSC_KHZ_AT: usize = 20;
+/// Byte offset of the firmware's heartbeat.
+pub const HEARTBEAT_AT: usize = 24;
