@@ -3,24 +3,9 @@
 
 use std::path::Path;
 use std::time::Duration;
-use vamp_rpmsg::apps::{AppError, EchoService, PingSummary, Waiter, ping, serve_echo};
-use vamp_rpmsg::rpmsg::Rpmsg;
-use vamp_vmm_backend::frontend::{GuestOptions, GuestTransport, NativeGuest};
-
-/// Waits for the hub's interrupts (the call eventfds).
-#[derive(Debug, Default)]
-pub struct CallWaiter;
-
-impl Waiter<GuestTransport> for CallWaiter {
-    fn wait(
-        &mut self,
-        rpmsg: &mut Rpmsg<GuestTransport>,
-        timeout: Duration,
-    ) -> Result<(), AppError> {
-        rpmsg.transport_mut().env_mut().wait_for_call(timeout);
-        Ok(())
-    }
-}
+use vamp_rpmsg::apps::{AppError, EchoService, PingSummary, ping, serve_echo};
+pub use vamp_vmm_backend::frontend::CallWaiter;
+use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
 
 fn connect(socket: &Path, tag: &str) -> Result<NativeGuest, AppError> {
     let opts = GuestOptions {

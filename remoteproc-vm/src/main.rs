@@ -4,19 +4,18 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use vamp_remoteproc::backend::Exit;
 use vamp_remoteproc::config::{BackendSpec, Recovery, RemoteSpec, RemotesConfig};
 use vamp_remoteproc::image::{FileImage, ImageSource, MemoryImage};
 use vamp_remoteproc::kvm::{DEFAULT_MEMORY, KvmOptions, KvmRemote};
 use vamp_remoteproc::proxy::{self, ProxyServer, ProxyService};
 use vamp_remoteproc::remoteproc::{
-    ManagedRemote, RemoteEvent, RemoteRpmsg, RemoteState, Remoteproc,
+    ManagedRemote, RemoteEvent, RemoteRpmsg, RemoteWaiter, Remoteproc,
 };
 use vamp_remoteproc::sysfs::SysfsRemote;
-use vamp_rpmsg::apps::{AppError, ECHO_CHANNEL, Waiter, ping};
+use vamp_rpmsg::apps::{ECHO_CHANNEL, ping};
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::rpmsg::{Handler, NsEvent, Received, Rpmsg};
-use vamp_rpmsg::transport::{BufferConfig, DriverTransport, Transport};
+use vamp_rpmsg::transport::{BufferConfig, Transport};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -123,37 +122,21 @@ fn image_source(image: &str) -> Result<ImageSource, String> {
     ))
 }
 
-/// Waits for the remote's doorbell and notices when it stops.
-struct RemoteWaiter<'a> {
-    rp: &'a mut Remoteproc<KvmRemote>,
+fn print_console(rp: &mut Remoteproc<KvmRemote>) {
+    print_console_bytes(&rp.take_console());
 }
 
-impl Waiter<DriverTransport<GuestRam, vamp_remoteproc::remoteproc::RemoteEnv>>
-    for RemoteWaiter<'_>
-{
-    fn wait(
-        &mut self,
-        rpmsg: &mut RemoteRpmsg<GuestRam>,
-        timeout: Duration,
-    ) -> Result<(), AppError> {
-        rpmsg
-            .transport_mut()
-            .environment()
-            .wait(timeout.as_micros() as u64);
-        print_console(self.rp);
-        match self.rp.poll() {
-            RemoteEvent::Idle => Ok(()),
-            RemoteEvent::Exited(code) => Err(AppError::Link(format!(
-                "the remote exited with code {code}"
-            ))),
-            RemoteEvent::Crashed(why) => Err(AppError::Link(format!("the remote crashed: {why}"))),
-        }
+fn print_console_bytes(bytes: &[u8]) {
+    for line in String::from_utf8_lossy(bytes).lines() {
+        println!("[console] {line}");
     }
 }
 
-fn print_console(rp: &mut Remoteproc<KvmRemote>) {
-    for line in String::from_utf8_lossy(&rp.take_console()).lines() {
-        println!("[console] {line}");
+/// The waiter of a run: the remote's console is printed as it comes.
+fn waiter(rp: &mut Remoteproc<KvmRemote>) -> RemoteWaiter<'_, KvmRemote, fn(&[u8])> {
+    RemoteWaiter {
+        rp,
+        console: print_console_bytes,
     }
 }
 
@@ -220,32 +203,11 @@ fn run_proxy(
 ) -> Result<bool, String> {
     let server = ProxyServer::new(root).map_err(|e| format!("--proxy-root {e}"))?;
     let mut service = ProxyService::new(server);
-    let result = proxy::serve(
-        &mut rpmsg,
-        &mut RemoteWaiter { rp: &mut *rp },
-        &mut service,
-        timeout,
-    );
+    let result = proxy::serve(&mut rpmsg, &mut waiter(rp), &mut service, timeout);
     drop(rpmsg);
     let (calls, failed) = service.server.calls();
     // The proxy firmware exits after it terminates the proxy; give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut event = rp.poll();
-    while Instant::now() < deadline
-        && event == RemoteEvent::Idle
-        && rp.state() == RemoteState::Running
-    {
-        std::thread::sleep(Duration::from_millis(10));
-        event = rp.poll();
-    }
-    // The waiter may have seen the exit already.
-    if event == RemoteEvent::Idle && rp.state() != RemoteState::Running {
-        event = match rp.last_exit() {
-            Some(Exit::Exited(code)) => RemoteEvent::Exited(*code),
-            Some(Exit::Crashed(why)) => RemoteEvent::Crashed(why.clone()),
-            None => RemoteEvent::Idle,
-        };
-    }
+    let event = rp.wait_stopped(Duration::from_secs(2));
     print_console(rp);
     let _ = rp.shutdown();
     result.map_err(|e| format!("proxy: {e}"))?;
@@ -285,7 +247,7 @@ fn run(
         if let Some(count) = ping_count {
             let result = ping(
                 &mut rpmsg,
-                &mut RemoteWaiter { rp: &mut rp },
+                &mut waiter(&mut rp),
                 channel,
                 count,
                 timeout,

@@ -50,6 +50,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vamp_rpmsg::apps::{AppError, Waiter};
 use vamp_rpmsg::mem::{MemError, SharedMemory, write_barrier};
 use vamp_rpmsg::rpmsg::{Config, Rpmsg};
 use vamp_rpmsg::transport::{
@@ -249,6 +250,46 @@ pub enum RemoteEvent {
     Exited(u32),
     /// The remote crashed; it is now [`RemoteState::Crashed`].
     Crashed(String),
+}
+
+/// A [`Waiter`] for the host's engine on a remote's vdev: waits on the remote's doorbell,
+/// hands what the remote wrote to its console to `console`, and fails once the remote stopped
+/// (exited or crashed), so that nothing waits out its timeout for a remote that is gone.
+pub struct RemoteWaiter<'a, B: RemoteBackend, C: FnMut(&[u8])> {
+    /// The remote.
+    pub rp: &'a mut Remoteproc<B>,
+    /// Where its console output goes.
+    pub console: C,
+}
+
+impl<B: RemoteBackend, M: SharedMemory, C: FnMut(&[u8])> Waiter<DriverTransport<M, RemoteEnv>>
+    for RemoteWaiter<'_, B, C>
+{
+    fn wait(&mut self, rpmsg: &mut RemoteRpmsg<M>, timeout: Duration) -> Result<(), AppError> {
+        rpmsg
+            .transport_mut()
+            .environment()
+            .wait(timeout.as_micros().min(u64::MAX as u128) as u64);
+        let console = self.rp.take_console();
+        if !console.is_empty() {
+            (self.console)(&console);
+        }
+        match self.rp.poll() {
+            RemoteEvent::Idle => Ok(()),
+            RemoteEvent::Exited(code) => Err(AppError::Link(format!(
+                "the remote exited with code {code}"
+            ))),
+            RemoteEvent::Crashed(why) => Err(AppError::Link(format!("the remote crashed: {why}"))),
+        }
+    }
+}
+
+impl<B: RemoteBackend, C: FnMut(&[u8])> fmt::Debug for RemoteWaiter<'_, B, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteWaiter")
+            .field("rp", &self.rp)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A range of remote memory the host mapped.
@@ -497,6 +538,28 @@ impl<B: RemoteBackend> Remoteproc<B> {
     /// How the remote last stopped on its own.
     pub fn last_exit(&self) -> Option<&Exit> {
         self.last_exit.as_ref()
+    }
+
+    /// Waits up to `timeout` for a running remote to stop on its own, and says how it
+    /// stopped, also when an earlier [`poll`](Self::poll) (a waiter's, say) already took the
+    /// event: then it comes from [`last_exit`](Self::last_exit). [`RemoteEvent::Idle`]: it is
+    /// still running.
+    pub fn wait_stopped(&mut self, timeout: Duration) -> RemoteEvent {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.state != RemoteState::Running {
+                return match &self.last_exit {
+                    Some(Exit::Exited(code)) => RemoteEvent::Exited(*code),
+                    Some(Exit::Crashed(why)) => RemoteEvent::Crashed(why.clone()),
+                    None => RemoteEvent::Idle,
+                };
+            }
+            let event = self.poll();
+            if event != RemoteEvent::Idle || Instant::now() >= deadline {
+                return event;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The doorbell between host and remote.

@@ -7,16 +7,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use vamp_remoteproc::backend::Exit;
+use std::time::Duration;
 use vamp_remoteproc::image::ImageSource;
 use vamp_remoteproc::kvm::{KvmOptions, KvmRemote, kvm_available};
 use vamp_remoteproc::proxy::{self, ProxyServer, ProxyService};
-use vamp_remoteproc::remoteproc::{RemoteEnv, RemoteEvent, RemoteState, Remoteproc};
-use vamp_rpmsg::apps::{AppError, Waiter};
-use vamp_rpmsg::guest_ram::GuestRam;
-use vamp_rpmsg::rpmsg::Rpmsg;
-use vamp_rpmsg::transport::{BufferConfig, DriverTransport, Transport};
+use vamp_remoteproc::remoteproc::{RemoteEvent, RemoteWaiter, Remoteproc};
+use vamp_rpmsg::apps::AppError;
+use vamp_rpmsg::transport::BufferConfig;
 
 /// What the firmware writes to proxy-test.txt (as images/src/bin/proxy.rs builds it).
 fn expected_file() -> String {
@@ -57,54 +54,6 @@ impl Write for Sink {
     }
 }
 
-/// Waits on the remote's doorbell; fails when the remote stops.
-struct RemoteWaiter<'a> {
-    rp: &'a mut Remoteproc<KvmRemote>,
-    console: Vec<u8>,
-}
-
-impl Waiter<DriverTransport<GuestRam, RemoteEnv>> for RemoteWaiter<'_> {
-    fn wait(
-        &mut self,
-        rpmsg: &mut Rpmsg<DriverTransport<GuestRam, RemoteEnv>>,
-        timeout: Duration,
-    ) -> Result<(), AppError> {
-        rpmsg
-            .transport_mut()
-            .environment()
-            .wait(timeout.as_micros() as u64);
-        self.console.extend(self.rp.take_console());
-        match self.rp.poll() {
-            RemoteEvent::Idle => Ok(()),
-            e => Err(AppError::Link(format!("the remote stopped: {e:?}"))),
-        }
-    }
-}
-
-/// How the remote stopped (the waiter may have seen it already), within 10 s.
-fn wait_stopped(rp: &mut Remoteproc<KvmRemote>) -> RemoteEvent {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match rp.poll() {
-            RemoteEvent::Idle => {}
-            e => return e,
-        }
-        if rp.state() != RemoteState::Running {
-            return match rp.last_exit() {
-                Some(Exit::Exited(code)) => RemoteEvent::Exited(*code),
-                Some(Exit::Crashed(why)) => RemoteEvent::Crashed(why.clone()),
-                None => RemoteEvent::Idle,
-            };
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the remote kept running: trace {:?}",
-            rp.trace(0)
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// What one in-process run gave: the serve result, the service, the remote's fd 1, its
 /// console port output, and how it stopped.
 struct Run {
@@ -129,9 +78,10 @@ fn proxy_run(root: Option<&Path>) -> Option<Run> {
     let server =
         ProxyServer::with_output(root, Box::new(out.clone()), Box::new(err.clone())).unwrap();
     let mut service = ProxyService::new(server);
+    let mut console = Vec::new();
     let mut waiter = RemoteWaiter {
         rp: &mut rp,
-        console: Vec::new(),
+        console: |bytes: &[u8]| console.extend_from_slice(bytes),
     };
     let result = proxy::serve(
         &mut rpmsg,
@@ -139,9 +89,8 @@ fn proxy_run(root: Option<&Path>) -> Option<Run> {
         &mut service,
         Duration::from_secs(20),
     );
-    let mut console = std::mem::take(&mut waiter.console);
     drop(rpmsg);
-    let event = wait_stopped(&mut rp);
+    let event = rp.wait_stopped(Duration::from_secs(10));
     console.extend(rp.take_console());
     rp.shutdown().unwrap();
     assert_eq!(err.text(), "", "nothing on the remote's fd 2");

@@ -5,12 +5,12 @@ mod common;
 
 use common::{ALICE_AND_R5, TestHub};
 use std::time::{Duration, Instant};
-use vamp_rpmsg::apps::{Waiter, ping};
+use vamp_rpmsg::apps::ping;
 use vamp_rpmsg::rpmsg::{Handler, NsEvent, Received, Rpmsg};
 use vamp_rpmsg::transport::Transport;
 use vamp_rpmsg::wire::ADDR_ANY;
 use vamp_vmm_backend::backend::lock_hub;
-use vamp_vmm_backend::frontend::{GuestTransport, NativeGuest};
+use vamp_vmm_backend::frontend::{CallWaiter, NativeGuest};
 use vamp_vmm_backend::remote::serve_remote;
 
 fn kvm_or_skip(test: &str) -> bool {
@@ -33,18 +33,6 @@ fn start(toml: &str) -> TestHub {
         std::thread::spawn(move || serve_remote(shared, id, spec));
     }
     hub
-}
-
-struct CallWaiter;
-impl Waiter<GuestTransport> for CallWaiter {
-    fn wait(
-        &mut self,
-        rpmsg: &mut Rpmsg<GuestTransport>,
-        timeout: Duration,
-    ) -> Result<(), vamp_rpmsg::apps::AppError> {
-        rpmsg.transport_mut().env_mut().wait_for_call(timeout);
-        Ok(())
-    }
 }
 
 #[test]
