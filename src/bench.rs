@@ -31,7 +31,7 @@ use vamp_rpmsg::native::{self, NativePaths};
 use vamp_rpmsg::rpmsg::{Config, EptId, Error as RpmsgError, Handler, NsEvent, Received, Rpmsg};
 use vamp_rpmsg::transport::{BufferConfig, DriverTransport, Environment, Transport};
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
-use vamp_vmm_backend::backend::{hub_lock_counts, lock_hub, serve_guest};
+use vamp_vmm_backend::backend::{lock_hub, serve_guest};
 use vamp_vmm_backend::config::{ChannelSpec, GuestSpec, ServiceKind, ServiceSpec, Topology};
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
 use vamp_vmm_backend::hub::{Hub, Notifier, RingsInfo};
@@ -1417,6 +1417,7 @@ fn topology(guests: usize, pairs: bool, socket_dir: &Path) -> Res<Topology> {
 /// A hub serving guests on vhost-user sockets from threads pinned to one CPU. The threads
 /// serve until the process ends (the hub has no stop call); the sockets go with the dir.
 struct VhostHub {
+    hub: Arc<Mutex<Hub>>,
     sockets: Vec<PathBuf>,
     _dir: TempDir,
 }
@@ -1433,7 +1434,11 @@ fn start_vhost_hub(guests: usize, pairs: bool, cpu: usize) -> Res<VhostHub> {
             serve_guest(hub, id, &socket)
         });
     }
-    Ok(VhostHub { sockets, _dir: dir })
+    Ok(VhostHub {
+        hub,
+        sockets,
+        _dir: dir,
+    })
 }
 
 fn connect_guest(socket: &Path) -> Res<NativeGuest> {
@@ -1537,9 +1542,17 @@ fn guest_scale(plan: &Plan, cpus: Cpus, guests: usize) -> Res<(Tput, f64, LockCo
         })
         .collect();
     ready.wait();
-    let (start, cpu0, locks0) = (Instant::now(), cpu_time_ns(), hub_lock_counts());
+    let (start, cpu0, locks0) = (
+        Instant::now(),
+        cpu_time_ns(),
+        lock_hub(&hub.hub).lock_counts(),
+    );
     done.wait();
-    let (took, cpu, locks1) = (start.elapsed(), cpu_time_ns() - cpu0, hub_lock_counts());
+    let (took, cpu, locks1) = (
+        start.elapsed(),
+        cpu_time_ns() - cpu0,
+        lock_hub(&hub.hub).lock_counts(),
+    );
     // Each guest's throughput() runs a warm-up before its timed bursts; the wall time covers
     // both, so both count.
     let mut total = 0;

@@ -9,7 +9,6 @@ use crate::hub::{Hub, LinkId, Notifier, RingsInfo};
 use crate::sandbox::{self, ThreadKind};
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, TryLockError};
 use std::time::Duration;
 use vhost::vhost_user::Listener;
@@ -36,28 +35,17 @@ pub const MAX_QUEUE_SIZE: usize = 1024;
 /// Locks the hub, surviving a panic in another guest's thread: the hub's state is kept
 /// consistent between calls, so a poisoned lock only means that thread died.
 pub fn lock_hub(hub: &Mutex<Hub>) -> std::sync::MutexGuard<'_, Hub> {
-    HUB_LOCKS.fetch_add(1, Ordering::Relaxed);
-    match hub.try_lock() {
-        Ok(guard) => guard,
-        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-        Err(TryLockError::WouldBlock) => {
-            HUB_LOCK_WAITS.fetch_add(1, Ordering::Relaxed);
-            hub.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-        }
-    }
-}
-
-static HUB_LOCKS: AtomicU64 = AtomicU64::new(0);
-static HUB_LOCK_WAITS: AtomicU64 = AtomicU64::new(0);
-
-/// How often [`lock_hub`] was called in this process, and how often it found the hub locked by
-/// another thread and had to wait: all guests share the hub's lock, and this shows what that
-/// costs (`vamp bench` reports it for its many-guest runs).
-pub fn hub_lock_counts() -> (u64, u64) {
-    (
-        HUB_LOCKS.load(Ordering::Relaxed),
-        HUB_LOCK_WAITS.load(Ordering::Relaxed),
-    )
+    let (mut guard, waited) = match hub.try_lock() {
+        Ok(guard) => (guard, false),
+        Err(TryLockError::Poisoned(poisoned)) => (poisoned.into_inner(), false),
+        Err(TryLockError::WouldBlock) => (
+            hub.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+            true,
+        ),
+    };
+    // Counted inside the hub, under its lock: no shared counter of its own on the hot path.
+    guard.count_lock(waited);
+    guard
 }
 
 struct VringNotifier {

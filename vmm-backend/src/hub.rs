@@ -332,6 +332,8 @@ pub struct Hub {
     pending_timeout: Duration,
     /// Someone calls [`tick`](Self::tick) periodically.
     clock_claimed: bool,
+    /// Times [`lock_hub`](crate::backend::lock_hub) took the hub's lock, and found it held.
+    locks: (u64, u64),
 }
 
 impl Hub {
@@ -353,6 +355,7 @@ impl Hub {
             incarnations: 0,
             pending_timeout: DEFAULT_PENDING_TIMEOUT,
             clock_claimed: false,
+            locks: (0, 0),
         }
     }
 
@@ -444,6 +447,20 @@ impl Hub {
                 );
             }
         }
+    }
+
+    /// Notes one taking of the hub's lock (by [`lock_hub`](crate::backend::lock_hub)), and
+    /// whether it had to wait for another thread.
+    pub fn count_lock(&mut self, waited: bool) {
+        self.locks.0 += 1;
+        self.locks.1 += u64::from(waited);
+    }
+
+    /// How often the hub's lock, which all guests share, was taken through
+    /// [`lock_hub`](crate::backend::lock_hub), and how often that had to wait for another
+    /// thread (`vamp bench` reports it for its many-guest runs).
+    pub fn lock_counts(&self) -> (u64, u64) {
+        self.locks
     }
 
     /// The topology.
