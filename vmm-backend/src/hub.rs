@@ -334,6 +334,8 @@ pub struct Hub {
     clock_claimed: bool,
     /// Times [`lock_hub`](crate::backend::lock_hub) took the hub's lock, and found it held.
     locks: (u64, u64),
+    /// The links one poll sent into (see `Router::batched`), kept between polls.
+    batched: Vec<LinkId>,
 }
 
 impl Hub {
@@ -356,6 +358,7 @@ impl Hub {
             pending_timeout: DEFAULT_PENDING_TIMEOUT,
             clock_claimed: false,
             locks: (0, 0),
+            batched: Vec::new(),
         }
     }
 
@@ -756,7 +759,7 @@ impl Hub {
             slots: &mut self.slots,
             me: id,
             broken: Vec::new(),
-            batched: Vec::new(),
+            batched: std::mem::take(&mut self.batched),
         };
         let result = engine.poll(&mut router);
         let broken = std::mem::take(&mut router.broken);
@@ -765,9 +768,12 @@ impl Hub {
             link.engine = Some(engine);
         }
         // One notification decision per receiver for everything this poll copied into it.
-        for to in batched {
+        for &to in &batched {
             self.end_batch(to);
         }
+        // Kept for the next poll: no allocation per kick.
+        self.batched = batched;
+        self.batched.clear();
         self.account_bad_chains();
         // Receivers whose rings turned out broken while messages were copied into them.
         for (to, e) in broken {
