@@ -12,7 +12,8 @@
 //!
 //! The crate is `no_std` and needs only `alloc` (a global allocator). The `std` feature adds
 //! the Linux pieces: a std [`Environment`](transport::Environment) and the native two-process
-//! link laid out as OpenAMP's native-Linux machine.
+//! link laid out as OpenAMP's native-Linux machine. The `testing` feature adds [`testing`]:
+//! test doubles of other stacks' behaviour on the wire.
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
@@ -32,3 +33,5 @@ pub mod apps;
 pub mod guest_ram;
 #[cfg(feature = "std")]
 pub mod native;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -442,6 +442,25 @@ pub fn start_remote(
 /// Starts the host (driver) side: connects (retrying until `timeout`), reads the remote's
 /// resource table, negotiates features, lays out the rings and buffers and sets DRIVER_OK.
 pub fn start_host(paths: &NativePaths, timeout: Duration) -> Result<HostRpmsg, NativeError> {
+    start_host_with(paths, timeout, |t| t)
+}
+
+/// [`start_host`] with a driver that picks transmit buffers as OpenAMP's driver role does
+/// ([`crate::testing::OpenAmpStyleDriver`]), to test a remote against OpenAMP's rule.
+#[cfg(feature = "testing")]
+pub fn start_openamp_style_host(
+    paths: &NativePaths,
+    timeout: Duration,
+) -> Result<Rpmsg<crate::testing::OpenAmpStyleDriver<Arc<ShmFile>, SocketEnv>>, NativeError> {
+    start_host_with(paths, timeout, crate::testing::OpenAmpStyleDriver::new)
+}
+
+/// [`start_host`] with the driver transport wrapped by `wrap` before the engine starts.
+fn start_host_with<T: Transport>(
+    paths: &NativePaths,
+    timeout: Duration,
+    wrap: impl FnOnce(DriverTransport<Arc<ShmFile>, SocketEnv>) -> T,
+) -> Result<Rpmsg<T>, NativeError> {
     let deadline = Instant::now() + timeout;
     let stream = loop {
         match UnixStream::connect(&paths.socket) {
@@ -486,7 +505,7 @@ pub fn start_host(paths: &NativePaths, timeout: Duration) -> Result<HostRpmsg, N
         name_service: features & VIRTIO_RPMSG_F_NS != 0,
         ..Config::default()
     };
-    let mut rpmsg = Rpmsg::new(t, config);
+    let mut rpmsg = Rpmsg::new(wrap(t), config);
     // Tell the remote its receive buffers are posted.
     rpmsg.transport_mut().flush()?;
     Ok(rpmsg)

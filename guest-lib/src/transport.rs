@@ -400,6 +400,31 @@ impl<M: SharedMemory, E: Environment> DriverTransport<M, E> {
         &mut self.env
     }
 
+    /// OpenAMP's driver-role rule for a buffer to send in (see
+    /// [`crate::testing::OpenAmpStyleDriver`]): unused spares first, then a buffer recycled
+    /// from vq 1's used ring sized by the used element's length, and only then a fresh one.
+    #[cfg(feature = "testing")]
+    pub(crate) fn take_tx_recycling_used_first(&mut self) -> Result<Option<Buffer>, LinkError> {
+        let (i, len) = if let Some(i) = self.spare_tx.pop() {
+            (i, self.layout.buffers.h2r_buf_size)
+        } else if let Some((token, used_len)) = self.tx.pop_used(&self.mem)? {
+            (token, used_len.min(self.layout.buffers.h2r_buf_size))
+        } else if self.fresh_tx < self.num_half {
+            self.fresh_tx += 1;
+            (self.fresh_tx - 1, self.layout.buffers.h2r_buf_size)
+        } else {
+            return Ok(None);
+        };
+        let Some(out) = self.tx_out.get_mut(i as usize) else {
+            return Err(LinkError::UnknownBuffer);
+        };
+        *out = true;
+        Ok(Some(Buffer {
+            len,
+            ..self.tx_buffer(i)
+        }))
+    }
+
     fn rx_addr(&self, i: u32) -> u64 {
         self.layout.pool_addr + i as u64 * self.layout.buffers.r2h_buf_size as u64
     }
@@ -796,7 +821,13 @@ impl<M: SharedMemory, E: Environment> Transport for DeviceTransport<M, E> {
     }
 
     fn release_rx(&mut self, buf: Buffer) -> Result<(), LinkError> {
-        self.rx.push_used(&self.mem, buf.chain.head, 0)?;
+        // rpmsg-compat: a consumed driver-to-device buffer goes back with used.len = the
+        // chain's readable length, not the 0 bytes the device wrote. OpenAMP's driver role
+        // posts each transmit buffer whole, recycles transmit buffers from this used ring
+        // before fresh ones and takes used.len as the buffer's size (with 0 it computes a
+        // payload room of -16 and sends len 0xFFF0); Linux's virtio_rpmsg_bus ignores it.
+        // Malformed chains (`pop_good`) stay at 0: they have no length worth trusting.
+        self.rx.push_used(&self.mem, buf.chain.head, buf.len)?;
         self.notify_rx = true;
         Ok(())
     }

@@ -939,7 +939,13 @@ mod tests {
                         mem.read_slice(&mut bytes[start..], desc.addr())
                             .map_err(other)?;
                     }
-                    from_driver.add_used(head, 0).map_err(other)?;
+                    // rpmsg-compat: consumed driver-to-device buffers go back with their
+                    // readable length, as vamp's DeviceTransport returns them.
+                    let readable: u32 = chain
+                        .clone()
+                        .filter(|d| !d.is_write_only())
+                        .fold(0u32, |n, d| n.saturating_add(d.len()));
+                    from_driver.add_used(head, readable).map_err(other)?;
                     if bytes.len() >= 8 {
                         let (src, dst) = bytes.split_at_mut(4);
                         src.swap_with_slice(&mut dst[..4]);
