@@ -2,10 +2,9 @@
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use vamp_rpmsg::apps::{AppError, ECHO_CHANNEL, Waiter, ping};
-use vamp_rpmsg::native::{self, ShmFile, SocketEnv};
-use vamp_rpmsg::rpmsg::Rpmsg;
-use vamp_rpmsg::testing::OpenAmpStyleDriver;
+use vamp::native_apps::SocketWaiter;
+use vamp_rpmsg::apps::{ECHO_CHANNEL, ping};
+use vamp_rpmsg::native;
 
 fn vamp() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vamp"))
@@ -114,22 +113,6 @@ fn demo_runs_and_summarises() {
     }
 }
 
-/// Waits for kicks on the native socket for a host driven by [`OpenAmpStyleDriver`].
-struct OpenAmpHostWaiter;
-
-type OpenAmpHost = OpenAmpStyleDriver<std::sync::Arc<ShmFile>, SocketEnv>;
-
-impl Waiter<OpenAmpHost> for OpenAmpHostWaiter {
-    fn wait(&mut self, rpmsg: &mut Rpmsg<OpenAmpHost>, timeout: Duration) -> Result<(), AppError> {
-        let env = rpmsg.transport_mut().env_mut();
-        if env.peer_gone() {
-            return Err(AppError::PeerGone);
-        }
-        env.wait_for_kick(timeout);
-        Ok(())
-    }
-}
-
 /// OpenAMP's driver role recycles transmit buffers from the used ring first and sizes them
 /// by the used length: `vamp native --role remote` must return them with their full length
 /// (a used length of 0 leaves such a host unable to send its first payload).
@@ -140,7 +123,7 @@ fn remote_serves_a_host_that_sizes_recycled_buffers_by_used_length() {
     let mut host = native::start_openamp_style_host(&paths, Duration::from_secs(60)).unwrap();
     let summary = ping(
         &mut host,
-        &mut OpenAmpHostWaiter,
+        &mut SocketWaiter,
         ECHO_CHANNEL,
         480,
         Duration::from_secs(60),

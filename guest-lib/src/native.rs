@@ -445,14 +445,14 @@ pub fn start_host(paths: &NativePaths, timeout: Duration) -> Result<HostRpmsg, N
     start_host_with(paths, timeout, |t| t)
 }
 
-/// [`start_host`] with a driver that picks transmit buffers as OpenAMP's driver role does
-/// ([`crate::testing::OpenAmpStyleDriver`]), to test a remote against OpenAMP's rule.
+/// [`start_host`] with a driver that picks and posts transmit buffers as OpenAMP's driver
+/// role does ([`crate::testing`]), to test a remote against OpenAMP's rule.
 #[cfg(feature = "testing")]
 pub fn start_openamp_style_host(
     paths: &NativePaths,
     timeout: Duration,
-) -> Result<Rpmsg<crate::testing::OpenAmpStyleDriver<Arc<ShmFile>, SocketEnv>>, NativeError> {
-    start_host_with(paths, timeout, crate::testing::OpenAmpStyleDriver::new)
+) -> Result<HostRpmsg, NativeError> {
+    start_host_with(paths, timeout, crate::testing::openamp_style)
 }
 
 /// [`start_host`] with the driver transport wrapped by `wrap` before the engine starts.

@@ -310,6 +310,10 @@ pub struct DriverTransport<M: SharedMemory, E: Environment> {
     kick_rx: bool,
     kick_tx: bool,
     busy_poll: bool,
+    /// Picks and posts transmit buffers by OpenAMP's driver rule instead of Linux's (a test
+    /// double: see [`crate::testing`]).
+    #[cfg(feature = "testing")]
+    openamp_tx_rule: bool,
 }
 
 impl<M: SharedMemory, E: Environment> DriverTransport<M, E> {
@@ -366,6 +370,8 @@ impl<M: SharedMemory, E: Environment> DriverTransport<M, E> {
             kick_rx: true,
             kick_tx: false,
             busy_poll: false,
+            #[cfg(feature = "testing")]
+            openamp_tx_rule: false,
         };
         // Like Linux: interrupts for transmit completions only while someone waits for one.
         t.tx.disable_interrupts(&t.mem)?;
@@ -400,11 +406,18 @@ impl<M: SharedMemory, E: Environment> DriverTransport<M, E> {
         &mut self.env
     }
 
-    /// OpenAMP's driver-role rule for a buffer to send in (see
-    /// [`crate::testing::OpenAmpStyleDriver`]): unused spares first, then a buffer recycled
-    /// from vq 1's used ring sized by the used element's length, and only then a fresh one.
+    /// Makes this driver pick and post transmit buffers as OpenAMP's driver role does
+    /// ([`crate::testing`] describes the rule) instead of as Linux does.
     #[cfg(feature = "testing")]
-    pub(crate) fn take_tx_recycling_used_first(&mut self) -> Result<Option<Buffer>, LinkError> {
+    pub fn set_openamp_tx_rule(&mut self, on: bool) {
+        self.openamp_tx_rule = on;
+    }
+
+    /// OpenAMP's driver-role rule for a buffer to send in: unused spares first, then a buffer
+    /// recycled from vq 1's used ring sized by the used element's length, and only then a
+    /// fresh one.
+    #[cfg(feature = "testing")]
+    fn take_tx_recycling_used_first(&mut self) -> Result<Option<Buffer>, LinkError> {
         let (i, len) = if let Some(i) = self.spare_tx.pop() {
             (i, self.layout.buffers.h2r_buf_size)
         } else if let Some((token, used_len)) = self.tx.pop_used(&self.mem)? {
@@ -465,6 +478,10 @@ impl<M: SharedMemory, E: Environment> Transport for DriverTransport<M, E> {
     }
 
     fn take_tx(&mut self) -> Result<Option<Buffer>, LinkError> {
+        #[cfg(feature = "testing")]
+        if self.openamp_tx_rule {
+            return self.take_tx_recycling_used_first();
+        }
         let i = if let Some(i) = self.spare_tx.pop() {
             i
         } else if self.fresh_tx < self.num_half {
@@ -488,6 +505,14 @@ impl<M: SharedMemory, E: Environment> Transport for DriverTransport<M, E> {
             return Err(LinkError::UnknownBuffer);
         }
         let len = len.min(self.layout.buffers.h2r_buf_size);
+        // OpenAMP's driver posts a transmit descriptor with the whole buffer's size (the
+        // header's len says how much is message); Linux posts the message's length.
+        #[cfg(feature = "testing")]
+        let len = if self.openamp_tx_rule {
+            self.layout.buffers.h2r_buf_size
+        } else {
+            len
+        };
         self.tx
             .add(&self.mem, self.tx_addr(buf.id), len, false, buf.id)?;
         self.tx_out[buf.id as usize] = false;

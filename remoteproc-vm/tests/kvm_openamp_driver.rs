@@ -5,14 +5,12 @@
 
 mod common;
 
-use common::HostRecorder;
+use common::{HostRecorder, idle};
 use std::time::{Duration, Instant};
 use vamp_remoteproc::image::ImageSource;
 use vamp_remoteproc::kvm::{KvmOptions, KvmRemote, kvm_available};
 use vamp_remoteproc::remoteproc::Remoteproc;
-use vamp_rpmsg::rpmsg::Rpmsg;
-use vamp_rpmsg::testing::OpenAmpStyleDriver;
-use vamp_rpmsg::transport::{BufferConfig, Transport};
+use vamp_rpmsg::transport::BufferConfig;
 use vamp_rpmsg::wire::ADDR_ANY;
 
 /// Messages exchanged per channel: more than the 256 transmit buffers, so most sends reuse
@@ -28,16 +26,9 @@ fn exchange_on(channel: &[u8]) {
     let mut rp = Remoteproc::new(KvmRemote::new(KvmOptions::default()).unwrap());
     rp.load_source(ImageSource::Static(bytes)).unwrap();
     rp.start().unwrap();
-    let (transport, config) = rp
-        .create_virtio(0, BufferConfig::default())
-        .unwrap()
-        .into_parts();
-    let mut host = Rpmsg::new(OpenAmpStyleDriver::new(transport), config);
+    let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
+    host.transport_mut().set_openamp_tx_rule(true);
     let mut h = HostRecorder::default();
-    let idle = |host: &mut Rpmsg<_>| {
-        let host: &mut Rpmsg<OpenAmpStyleDriver<_, _>> = host;
-        host.transport_mut().environment().wait(10_000);
-    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let addr = loop {
         host.poll(&mut h).unwrap();
