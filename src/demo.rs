@@ -9,7 +9,7 @@
 //! 3. Where /dev/kvm works: the echo firmware built from images/ runs as a KVM micro-VM; the
 //!    hub drives its rpmsg device and a native guest pings it by name through the hub.
 
-use crate::native_apps::run_ping_host;
+use crate::native_apps::{Protocol, run_ping_host};
 use std::ffi::OsStr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -57,7 +57,13 @@ fn native_part(count: u32) -> Result<(PingSummary, ExitStatus), AppError> {
         OsStr::new("--socket"),
         paths.socket.as_os_str(),
     ])?;
-    let result = run_ping_host(&paths, Duration::from_secs(30), count, "host");
+    let result = run_ping_host(
+        &paths,
+        Duration::from_secs(30),
+        count,
+        Protocol::Demo,
+        "host",
+    );
     if result.is_err() {
         let _ = remote.kill();
     }

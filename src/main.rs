@@ -52,11 +52,25 @@ enum Command {
     /// One side of a native-Linux link (OpenAMP's native machine: shared file + UNIX socket).
     Native {
         /// Which side: `remote` echoes (device role), `host` pings (driver role).
+        ///
+        /// The remote returns every buffer the host sent with the used length set to the
+        /// buffer's readable length: OpenAMP hosts size recycled transmit buffers by it.
         #[arg(long, value_enum)]
         role: Role,
-        /// With `--role host`: send this many echo requests, verify each, print a summary.
+        /// With `--role host`: send this many echo requests, verify each, print a summary
+        /// (default 10; with `--protocol sample` 100, all OpenAMP's rpmsg-sample-echo answers).
         #[arg(long)]
         ping: Option<u32>,
+        /// Which of OpenAMP's echo protocols to speak. `demo`: channel
+        /// "rpmsg-openamp-demo-channel" (OpenAMP's rpmsg-echo / msg-test-rpmsg-ping), ended by
+        /// the shutdown word. `sample`: channel "rpmsg-client-sample" (OpenAMP's
+        /// rpmsg-sample-echo / rpmsg-sample-ping, Linux's rpmsg_client_sample), "hello world!"
+        /// messages ended by "goodbye!", after which the remote withdraws the channel.
+        /// Host: default `demo`. Remote: default both; OpenAMP's ping programs print
+        /// "ERROR: Unexpected name service" for a channel they did not ask for, so give the
+        /// one they speak.
+        #[arg(long, value_enum)]
+        protocol: Option<ProtocolArg>,
         /// The shared file.
         #[arg(long, default_value = vamp_rpmsg::native::DEFAULT_SHM_PATH)]
         shm: PathBuf,
@@ -83,6 +97,23 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ProtocolArg {
+    /// "rpmsg-openamp-demo-channel", OpenAMP's echo demo.
+    Demo,
+    /// "rpmsg-client-sample", OpenAMP's and Linux's rpmsg client sample.
+    Sample,
+}
+
+impl From<ProtocolArg> for native_apps::Protocol {
+    fn from(p: ProtocolArg) -> Self {
+        match p {
+            ProtocolArg::Demo => native_apps::Protocol::Demo,
+            ProtocolArg::Sample => native_apps::Protocol::Sample,
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +172,7 @@ fn main() -> ExitCode {
         Command::Native {
             role,
             ping,
+            protocol,
             shm,
             socket,
             timeout,
@@ -149,15 +181,28 @@ fn main() -> ExitCode {
             match role {
                 Role::Remote => {
                     let timeout = (timeout > 0).then(|| Duration::from_secs(timeout));
-                    native_apps::run_echo_remote(&paths, timeout, "remote").map(|_| true)
+                    let protocols = match protocol {
+                        Some(p) => vec![p.into()],
+                        None => vec![native_apps::Protocol::Demo, native_apps::Protocol::Sample],
+                    };
+                    native_apps::run_echo_remote(&paths, timeout, &protocols, "remote")
+                        .map(|_| true)
                 }
-                Role::Host => native_apps::run_ping_host(
-                    &paths,
-                    Duration::from_secs(timeout.max(1)),
-                    ping.unwrap_or(10),
-                    "host",
-                )
-                .map(|s| s.all_matched()),
+                Role::Host => {
+                    let protocol = protocol.map_or(native_apps::Protocol::Demo, Into::into);
+                    let default_count = match protocol {
+                        native_apps::Protocol::Demo => 10,
+                        native_apps::Protocol::Sample => vamp_rpmsg::apps::SAMPLE_COUNT,
+                    };
+                    native_apps::run_ping_host(
+                        &paths,
+                        Duration::from_secs(timeout.max(1)),
+                        ping.unwrap_or(default_count),
+                        protocol,
+                        "host",
+                    )
+                    .map(|s| s.all_matched())
+                }
             }
         }
     };

@@ -1,9 +1,11 @@
 //! The echo demo's two programs over the native-Linux link (OpenAMP's native machine): an
-//! echo remote (device role) and a ping host (driver role).
+//! echo remote (device role) and a ping host (driver role), each speaking OpenAMP's echo
+//! protocol, its sample protocol, or (the remote) both.
 
 use std::time::Duration;
 use vamp_rpmsg::apps::{
-    AppError, ECHO_CHANNEL, EchoService, PingSummary, Waiter, ping, serve_echo,
+    AppError, ECHO_CHANNEL, EchoService, PingSummary, SAMPLE_CHANNEL, Waiter, ping, ping_sample,
+    serve_echo_on,
 };
 use vamp_rpmsg::native::{self, NativePaths, SocketEnv};
 use vamp_rpmsg::rpmsg::Rpmsg;
@@ -36,10 +38,32 @@ type Shm = std::sync::Arc<native::ShmFile>;
 socket_waiter!(DeviceTransport<Shm, SocketEnv>);
 socket_waiter!(DriverTransport<Shm, SocketEnv>);
 
-/// Runs the echo remote until the host tells it to stop. Prints what happens with `tag`.
+/// Which of OpenAMP's two echo protocols a program speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OpenAMP's echo demo: "rpmsg-openamp-demo-channel", ended by the shutdown word.
+    Demo,
+    /// OpenAMP's (and Linux's) rpmsg client sample: "rpmsg-client-sample", "hello world!"
+    /// messages ended by "goodbye!", after which the echo side withdraws the channel.
+    Sample,
+}
+
+impl Protocol {
+    /// The channel the protocol runs on.
+    pub fn channel(self) -> &'static str {
+        match self {
+            Protocol::Demo => ECHO_CHANNEL,
+            Protocol::Sample => SAMPLE_CHANNEL,
+        }
+    }
+}
+
+/// Runs the echo remote on the channels of `protocols` until the host tells it to stop.
+/// Prints what happens with `tag`.
 pub fn run_echo_remote(
     paths: &NativePaths,
     timeout: Option<Duration>,
+    protocols: &[Protocol],
     tag: &str,
 ) -> Result<EchoService, AppError> {
     let mut rpmsg = native::start_remote(paths, timeout, || {
@@ -51,25 +75,35 @@ pub fn run_echo_remote(
         );
     })?;
     println!("[{tag}] host set DRIVER_OK");
-    serve_echo(&mut rpmsg, &mut SocketWaiter, ECHO_CHANNEL, tag)
+    let channels: Vec<&str> = protocols.iter().map(|p| p.channel()).collect();
+    serve_echo_on(&mut rpmsg, &mut SocketWaiter, &channels, tag)
 }
 
-/// Connects as the host, waits for the echo channel, sends `count` requests, verifies every
-/// echo, then tells the remote to stop.
+/// Connects as the host, waits for the protocol's channel, sends `count` requests, verifies
+/// every echo, then ends the exchange as the protocol does.
 pub fn run_ping_host(
     paths: &NativePaths,
     timeout: Duration,
     count: u32,
+    protocol: Protocol,
     tag: &str,
 ) -> Result<PingSummary, AppError> {
+    println!(
+        "[{tag}] waiting up to {} s for a remote on {}",
+        timeout.as_secs(),
+        paths.socket.display()
+    );
     let mut rpmsg = native::start_host(paths, timeout)?;
     println!("[{tag}] connected; buffers posted, DRIVER_OK set");
-    ping(
-        &mut rpmsg,
-        &mut SocketWaiter,
-        ECHO_CHANNEL,
-        count,
-        timeout,
-        tag,
-    )
+    match protocol {
+        Protocol::Demo => ping(
+            &mut rpmsg,
+            &mut SocketWaiter,
+            ECHO_CHANNEL,
+            count,
+            timeout,
+            tag,
+        ),
+        Protocol::Sample => ping_sample(&mut rpmsg, &mut SocketWaiter, count, timeout, tag),
+    }
 }

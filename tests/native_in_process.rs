@@ -2,7 +2,7 @@
 //! the host withdraws nothing and sends the shutdown word; the remote echoes on its channel.
 
 use std::time::Duration;
-use vamp::native_apps::{run_echo_remote, run_ping_host};
+use vamp::native_apps::{Protocol, run_echo_remote, run_ping_host};
 use vamp_rpmsg::apps::ping_payload;
 use vamp_rpmsg::native;
 
@@ -11,9 +11,14 @@ fn echo_remote_and_ping_host_threads() {
     let paths = native::private_paths("thr");
     let remote_paths = paths.clone();
     let remote = std::thread::spawn(move || {
-        run_echo_remote(&remote_paths, Some(Duration::from_secs(60)), "r")
+        run_echo_remote(
+            &remote_paths,
+            Some(Duration::from_secs(60)),
+            &[Protocol::Demo],
+            "r",
+        )
     });
-    let summary = run_ping_host(&paths, Duration::from_secs(60), 500, "h").unwrap();
+    let summary = run_ping_host(&paths, Duration::from_secs(60), 500, Protocol::Demo, "h").unwrap();
     let echo = remote.join().unwrap().unwrap();
     native::cleanup(&paths);
     assert!(summary.all_matched(), "{summary}");

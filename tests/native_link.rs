@@ -3,7 +3,7 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use vamp::native_apps::SocketWaiter;
-use vamp_rpmsg::apps::{ECHO_CHANNEL, ping};
+use vamp_rpmsg::apps::{ECHO_CHANNEL, ping, ping_sample};
 use vamp_rpmsg::native;
 
 fn vamp() -> Command {
@@ -81,6 +81,12 @@ fn host_reports_a_missing_remote_clearly() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    // It says what it waits for before it waits.
+    assert!(
+        text(&out).contains("[host] waiting up to 1 s for a remote on"),
+        "{}",
+        text(&out)
+    );
     assert!(
         text(&out).contains("connect to kick socket"),
         "{}",
@@ -135,5 +141,62 @@ fn remote_serves_a_host_that_sizes_recycled_buffers_by_used_length() {
     let r = text(&remote);
     let summary = summary.unwrap_or_else(|e| panic!("ping failed: {e}\nremote:\n{r}"));
     assert!(summary.all_matched(), "{summary:?}\nremote:\n{r}");
+    assert!(r.contains("shutdown requested after 480 echoes"), "{r}");
+}
+
+/// OpenAMP's sample protocol between vamp's two processes: the host pings under
+/// "rpmsg-client-sample" (100 messages by default, the last "goodbye!"), the remote (serving
+/// both protocols) echoes and withdraws its channels after "goodbye!".
+#[test]
+fn host_and_remote_speak_the_sample_protocol() {
+    let paths = native::private_paths("it-sample");
+    let remote = spawn_remote(&paths);
+    let host = native_cmd("host", &["--protocol", "sample", "--timeout", "60"], &paths)
+        .output()
+        .unwrap();
+    let remote = remote.wait_with_output().unwrap();
+    native::cleanup(&paths);
+
+    let (h, r) = (text(&host), text(&remote));
+    assert!(host.status.success(), "host failed:\n{h}\nremote:\n{r}");
+    assert!(h.contains("100/100 echoes matched"), "{h}");
+    assert!(
+        h.contains("the remote withdrew \"rpmsg-client-sample\""),
+        "{h}"
+    );
+    assert!(remote.status.success(), "remote failed:\n{r}");
+    assert!(r.contains("announcing \"rpmsg-client-sample\""), "{r}");
+    assert!(r.contains("shutdown requested after 100 echoes"), "{r}");
+}
+
+/// The sample protocol with a host that follows OpenAMP's driver rule, 480 messages.
+#[test]
+fn remote_serves_the_sample_protocol_to_an_openamp_style_host() {
+    let paths = native::private_paths("it-openamp-sample");
+    let remote = native_cmd(
+        "remote",
+        &["--timeout", "60", "--protocol", "sample"],
+        &paths,
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut host = native::start_openamp_style_host(&paths, Duration::from_secs(60)).unwrap();
+    let summary = ping_sample(
+        &mut host,
+        &mut SocketWaiter,
+        480,
+        Duration::from_secs(60),
+        "openamp-style host",
+    );
+    drop(host);
+    let remote = remote.wait_with_output().unwrap();
+    native::cleanup(&paths);
+    let r = text(&remote);
+    let summary = summary.unwrap_or_else(|e| panic!("ping failed: {e}\nremote:\n{r}"));
+    assert!(summary.all_matched(), "{summary:?}\nremote:\n{r}");
+    assert_eq!(summary.sent, 480);
+    assert!(!r.contains("rpmsg-openamp-demo-channel"), "{r}");
     assert!(r.contains("shutdown requested after 480 echoes"), "{r}");
 }

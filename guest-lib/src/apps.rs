@@ -1,6 +1,12 @@
 //! OpenAMP's echo demo on the engine, over any link (`std`): an echo service and a pinger that
 //! finds the echo channel by name service, sends requests of every size, verifies each echo and
 //! tells the echo side to stop. The native link, vhost-user guests and KVM remotes all use them.
+//!
+//! The echo service and [`ping_sample`] also speak OpenAMP's sample protocol
+//! (openamp-system-reference's rpmsg-sample-echo / rpmsg-sample-ping, and Linux's
+//! rpmsg_client_sample): channel [`SAMPLE_CHANNEL`], [`SAMPLE_COUNT`] messages, every one
+//! [`SAMPLE_HELLO`] but the last, [`SAMPLE_BYE`]; the echo side withdraws the channel after
+//! the exchange instead of waiting for a shutdown word.
 
 use crate::rpmsg::{EptId, Error as RpmsgError, Handler, NsEvent, Received, Rpmsg};
 use crate::transport::Transport;
@@ -8,12 +14,20 @@ use crate::wire::ADDR_ANY;
 use std::string::{String, ToString};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
-use std::{eprintln, println, vec};
+use std::{eprintln, println};
 
 /// The channel OpenAMP's echo demo announces.
 pub const ECHO_CHANNEL: &str = "rpmsg-openamp-demo-channel";
 /// The word that tells OpenAMP's echo remote to stop (first four payload bytes, native order).
 pub const SHUTDOWN_MSG: u32 = 0xEF56_A55A;
+/// The channel of OpenAMP's (and Linux's) rpmsg client sample.
+pub const SAMPLE_CHANNEL: &str = "rpmsg-client-sample";
+/// Every sample message but the last.
+pub const SAMPLE_HELLO: &[u8] = b"hello world!";
+/// The sample exchange's last message: the echo side withdraws its channel after echoing it.
+pub const SAMPLE_BYE: &[u8] = b"goodbye!";
+/// Messages in one sample exchange (OpenAMP's sample echo answers this many, then withdraws).
+pub const SAMPLE_COUNT: u32 = 100;
 
 /// Why a demo program stopped early.
 #[derive(Debug)]
@@ -60,11 +74,13 @@ pub trait Waiter<T: Transport> {
     fn wait(&mut self, rpmsg: &mut Rpmsg<T>, timeout: Duration) -> Result<(), AppError>;
 }
 
-/// Echoes every message back to its sender; stops on the shutdown word or when the peer
-/// withdraws one of its channels.
+/// Echoes every message back to its sender; stops on the shutdown word, after echoing
+/// [`SAMPLE_BYE`] on the sample channel, or when the peer withdraws one of its channels.
 #[derive(Debug, Default)]
 pub struct EchoService {
     channels: Vec<EptId>,
+    /// The endpoint of [`SAMPLE_CHANNEL`], if served.
+    sample: Option<EptId>,
     /// Messages echoed.
     pub echoed: u64,
     /// Set when the peer asked us to stop.
@@ -87,6 +103,9 @@ impl<T: Transport> Handler<T> for EchoService {
                 log::warn!("echo to {:#x} failed: {e}", msg.src);
             }
         }
+        if Some(msg.ept) == self.sample && data == SAMPLE_BYE {
+            self.shutdown = true;
+        }
     }
 
     fn on_name_service(&mut self, _: &mut Rpmsg<T>, event: NsEvent<'_>) {
@@ -107,12 +126,26 @@ pub fn serve_echo<T: Transport>(
     channel: &str,
     tag: &str,
 ) -> Result<EchoService, AppError> {
-    println!("[{tag}] announcing \"{channel}\"");
-    let ept = rpmsg.create_ept(channel.as_bytes(), ADDR_ANY, ADDR_ANY)?;
-    let mut echo = EchoService {
-        channels: vec![ept],
-        ..Default::default()
-    };
+    serve_echo_on(rpmsg, waiter, &[channel], tag)
+}
+
+/// Announces every one of `channels` and echoes on all of them until told to stop (see
+/// [`EchoService`]), then withdraws them. Prints what happens with `tag`.
+pub fn serve_echo_on<T: Transport>(
+    rpmsg: &mut Rpmsg<T>,
+    waiter: &mut impl Waiter<T>,
+    channels: &[&str],
+    tag: &str,
+) -> Result<EchoService, AppError> {
+    let mut echo = EchoService::default();
+    for channel in channels {
+        println!("[{tag}] announcing \"{channel}\"");
+        let ept = rpmsg.create_ept(channel.as_bytes(), ADDR_ANY, ADDR_ANY)?;
+        echo.channels.push(ept);
+        if *channel == SAMPLE_CHANNEL {
+            echo.sample = Some(ept);
+        }
+    }
     loop {
         rpmsg.poll(&mut echo)?;
         if echo.shutdown {
@@ -127,7 +160,9 @@ pub fn serve_echo<T: Transport>(
             Err(e) => return Err(e),
         }
     }
-    rpmsg.destroy_ept(ept)?;
+    for ept in echo.channels.clone() {
+        rpmsg.destroy_ept(ept)?;
+    }
     println!(
         "[{tag}] shutdown requested after {} echoes; stopping",
         echo.echoed
@@ -260,6 +295,7 @@ pub fn ping<T: Transport>(
         reply: None,
         unbound: false,
     };
+    println!("[{tag}] waiting for a remote to announce \"{channel}\"");
     wait_until(
         rpmsg,
         waiter,
@@ -304,5 +340,81 @@ pub fn ping<T: Transport>(
     rpmsg.send(ept, &SHUTDOWN_MSG.to_ne_bytes())?;
     rpmsg.destroy_ept(ept)?;
     println!("[{tag}] {summary}");
+    Ok(summary)
+}
+
+/// OpenAMP's sample ping: waits for [`SAMPLE_CHANNEL`], sends `count` messages
+/// ([`SAMPLE_HELLO`], the last [`SAMPLE_BYE`]), verifies each echo, then waits (up to
+/// `timeout`) for the echo side to withdraw the channel. OpenAMP's sample echo answers
+/// [`SAMPLE_COUNT`] messages.
+pub fn ping_sample<T: Transport>(
+    rpmsg: &mut Rpmsg<T>,
+    waiter: &mut impl Waiter<T>,
+    count: u32,
+    timeout: Duration,
+    tag: &str,
+) -> Result<PingSummary, AppError> {
+    let mut client = PingClient {
+        channel_name: SAMPLE_CHANNEL,
+        channel: None,
+        reply: None,
+        unbound: false,
+    };
+    println!("[{tag}] waiting for a remote to announce \"{SAMPLE_CHANNEL}\"");
+    wait_until(
+        rpmsg,
+        waiter,
+        &mut client,
+        Instant::now() + timeout,
+        "the sample channel",
+        |c| c.channel.is_some(),
+    )?;
+    let remote_addr = client.channel.unwrap_or(ADDR_ANY);
+    let ept = rpmsg.create_ept(SAMPLE_CHANNEL.as_bytes(), ADDR_ANY, remote_addr)?;
+    println!(
+        "[{tag}] name service: \"{SAMPLE_CHANNEL}\" at {remote_addr:#x}; sending {count} messages"
+    );
+    let mut summary = PingSummary {
+        rtt_us: Vec::with_capacity(count as usize),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    for i in 1..=count {
+        let msg = if i == count { SAMPLE_BYE } else { SAMPLE_HELLO };
+        let t0 = Instant::now();
+        rpmsg.send(ept, msg)?;
+        summary.sent += 1;
+        client.reply = None;
+        wait_until(rpmsg, waiter, &mut client, t0 + timeout, "an echo", |c| {
+            c.reply.is_some() || c.unbound
+        })?;
+        summary.rtt_us.push(t0.elapsed().as_micros() as u64);
+        if client.reply.as_deref() == Some(msg) {
+            summary.matched += 1;
+        } else {
+            eprintln!("[{tag}] echo {i} did not match");
+        }
+        if client.unbound {
+            break;
+        }
+    }
+    summary.elapsed = start.elapsed();
+    let withdrawn = wait_until(
+        rpmsg,
+        waiter,
+        &mut client,
+        Instant::now() + timeout,
+        "the channel's withdrawal",
+        |c| c.unbound,
+    );
+    rpmsg.destroy_ept(ept)?;
+    println!("[{tag}] {summary}");
+    match withdrawn {
+        Ok(()) => println!("[{tag}] the remote withdrew \"{SAMPLE_CHANNEL}\""),
+        Err(AppError::Timeout(_)) => {
+            println!("[{tag}] the remote did not withdraw \"{SAMPLE_CHANNEL}\" in time")
+        }
+        Err(e) => return Err(e),
+    }
     Ok(summary)
 }
