@@ -900,3 +900,81 @@ impl<M: SharedMemory, E: Environment> Transport for DeviceTransport<M, E> {
         self.busy_poll
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::HeapMemory;
+    use alloc::sync::Arc;
+
+    #[derive(Debug, Default)]
+    struct NoEnv;
+
+    impl Environment for NoEnv {
+        fn notify(&mut self, _queue: u16) {}
+        fn now_us(&mut self) -> u64 {
+            0
+        }
+    }
+
+    type Pair = (
+        DriverTransport<Arc<HeapMemory>, NoEnv>,
+        DeviceTransport<Arc<HeapMemory>, NoEnv>,
+    );
+
+    fn pair() -> Pair {
+        let mem = Arc::new(HeapMemory::new(0x80000, 0));
+        let layout = DriverLayout {
+            rx_ring: VringLayout::legacy(0x4000, 256, 0x1000).unwrap(),
+            tx_ring: VringLayout::legacy(0x8000, 256, 0x1000).unwrap(),
+            pool_addr: 0x10000,
+            pool_len: 0x70000,
+            buffers: BufferConfig::default(),
+        };
+        let host = DriverTransport::new(mem.clone(), NoEnv, layout, Endian::Little, false).unwrap();
+        let remote = DeviceTransport::new(
+            mem,
+            NoEnv,
+            layout.rx_ring,
+            layout.tx_ring,
+            Endian::Little,
+            false,
+            512,
+        )
+        .unwrap();
+        (host, remote)
+    }
+
+    /// rpmsg-compat: a consumed driver-to-device buffer comes back with its readable length
+    /// (OpenAMP's driver sizes recycled transmit buffers by it), not with 0.
+    #[test]
+    fn device_returns_driver_buffers_with_their_readable_length() {
+        let (mut host, mut remote) = pair();
+        let buf = host.take_tx().unwrap().unwrap();
+        host.send_tx(buf, 100).unwrap();
+        let got = remote.take_rx().unwrap().unwrap();
+        assert_eq!(got.len(), 100);
+        remote.release_rx(got).unwrap();
+        assert_eq!(
+            host.tx.pop_used(&host.mem).unwrap(),
+            Some((buf.id, 100)),
+            "used length of a consumed transmit buffer"
+        );
+    }
+
+    /// The OpenAMP-style driver posts whole buffers and, once the device returns them whole,
+    /// sends in recycled buffers of full size.
+    #[cfg(feature = "testing")]
+    #[test]
+    fn openamp_rule_recycles_used_buffers_first_at_their_used_length() {
+        let (mut host, mut remote) = pair();
+        host.set_openamp_tx_rule(true);
+        let first = host.take_tx().unwrap().unwrap();
+        host.send_tx(first, 20).unwrap();
+        let got = remote.take_rx().unwrap().unwrap();
+        assert_eq!(got.len(), 512, "posted whole");
+        remote.release_rx(got).unwrap();
+        let again = host.take_tx().unwrap().unwrap();
+        assert_eq!((again.id, again.len()), (first.id, 512), "recycled first");
+    }
+}
