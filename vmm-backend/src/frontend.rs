@@ -1180,6 +1180,20 @@ mod tests {
         server.join().unwrap();
     }
 
+    /// The test device returns consumed buffers whole, as vamp's device role does: a driver
+    /// following OpenAMP's rule (recycled buffers sized by used.len) keeps sending.
+    #[test]
+    fn echo_device_serves_an_openamp_style_driver() {
+        let path = socket_path("openamp-driver");
+        let (device, server) = spawn_echo(&path, ALL_FEATURES);
+        let mut guest = NativeGuest::connect(&path, GuestOptions::default()).unwrap();
+        guest.rpmsg().transport_mut().set_openamp_tx_rule(true);
+        echo_traffic(&mut guest, 0x99, 480, false);
+        assert_eq!(device.lock().unwrap().echoed, 480);
+        guest.disconnect();
+        server.join().unwrap();
+    }
+
     #[test]
     fn frontend_works_without_protocol_features() {
         // Rings start enabled on SET_FEATURES; no SET_VRING_ENABLE, no REPLY_ACK.
