@@ -25,7 +25,7 @@
 //!
 //! Sharing is fair: the clock of that timeout runs per message (the oldest waiting message
 //! must go out within it, however many others the receiver took meanwhile), one sender may
-//! have at most [`MAX_QUEUED_PER_SENDER`] messages waiting for one receiver (further ones are
+//! have at most [`MAX_QUEUED_PER_SENDER`] messages (by default) waiting for one receiver (further ones are
 //! dropped and counted against it, so its buffers come back and its traffic to everyone else
 //! keeps flowing), and one service call takes at most [`POLL_BUDGET`] messages from a link
 //! (the rest on the next call, which the hub asks for itself: see [`Notifier::resume`]).
@@ -72,17 +72,19 @@ const MAX_PROXIES_PER_SOURCE: usize = MAX_NAMES_PER_LINK + MAX_REPLY_PROXIES_PER
 /// (see [`Hub::set_pending_timeout`]).
 pub const DEFAULT_PENDING_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Messages one sender may have waiting for one receiver's buffers. Further messages from it
-/// to that receiver are dropped (counted against the sender, logged rate-limited) rather than
-/// left in its ring: its buffers come back, so its traffic to everyone else keeps flowing,
-/// and no sender can fill a receiver's queue for the others. A ring's worth of Linux's
-/// default (256 entries): a well-behaved guest meets its own ring's backpressure first.
+/// Messages one sender may have waiting for one receiver's buffers, by default (see
+/// [`Hub::set_max_queued_per_sender`]). Further messages from it to that receiver are dropped
+/// (counted against the sender, logged rate-limited) rather than left in its ring: its
+/// buffers come back, so its traffic to everyone else keeps flowing, and no sender can fill a
+/// receiver's queue for the others. Linux and vamp's own driver have at most 256 transmit
+/// buffers (half of Linux's 512), so a well-behaved guest meets its own ring's backpressure
+/// first; only a VMM with a larger ring and forged descriptors reaches the cap.
 pub const MAX_QUEUED_PER_SENDER: usize = 256;
 
 /// Messages the hub takes from one link per service call: a guest that reposts its ring as
 /// fast as the hub reads it cannot hold the hub (and its lock) for the others. The rest wait
 /// for the next call, which the hub asks for itself ([`Notifier::resume`]) or its clock makes.
-pub const POLL_BUDGET: usize = 256;
+pub const POLL_BUDGET: usize = 64;
 
 /// Name-service events of one link logged in full before the log thins out to every 1000th
 /// (a guest can announce and withdraw at line rate).
@@ -378,7 +380,7 @@ struct Pending {
 }
 
 /// The messages waiting for one guest's buffers, in order, with how many each sender has
-/// among them (bounded by [`MAX_QUEUED_PER_SENDER`]).
+/// among them (bounded by [`Hub::set_max_queued_per_sender`]).
 #[derive(Debug, Default)]
 struct PendingQueue {
     queue: VecDeque<Pending>,
@@ -504,6 +506,8 @@ pub struct Hub {
     slots: Vec<Slot>,
     incarnations: u64,
     pending_timeout: Duration,
+    /// Messages one sender may have waiting for one receiver.
+    max_queued_per_sender: usize,
     /// Someone calls [`tick`](Self::tick) periodically.
     clock_claimed: bool,
     /// Times [`lock_hub`](crate::backend::lock_hub) took the hub's lock, and found it held.
@@ -530,6 +534,7 @@ impl Hub {
             slots,
             incarnations: 0,
             pending_timeout: DEFAULT_PENDING_TIMEOUT,
+            max_queued_per_sender: MAX_QUEUED_PER_SENDER,
             clock_claimed: false,
             locks: (0, 0),
             batched: Vec::new(),
@@ -551,6 +556,13 @@ impl Hub {
     /// [`tick`](Self::tick) and kick.
     pub fn set_pending_timeout(&mut self, timeout: Duration) {
         self.pending_timeout = timeout;
+    }
+
+    /// Sets how many messages one sender may have waiting for one receiver's buffers (at
+    /// least 1; [`MAX_QUEUED_PER_SENDER`] by default). Further ones are dropped against the
+    /// sender, whose buffers come back: its traffic to the others keeps flowing.
+    pub fn set_max_queued_per_sender(&mut self, n: usize) {
+        self.max_queued_per_sender = n.max(1);
     }
 
     /// Housekeeping, to call every 100 ms or so (`serve_guest` does): gives up on guests
@@ -799,7 +811,10 @@ impl Hub {
                     link.pending.per_sender
                 ));
             }
-            if let Some((from, n)) = per_sender.iter().find(|(_, n)| **n > MAX_QUEUED_PER_SENDER) {
+            if let Some((from, n)) = per_sender
+                .iter()
+                .find(|(_, n)| **n > self.max_queued_per_sender)
+            {
                 return Err(format!("{who}: {n} messages of link {from} wait"));
             }
         }
@@ -1099,6 +1114,7 @@ impl Hub {
         };
         let mut router = Router {
             topology: &self.topology,
+            max_queued_per_sender: self.max_queued_per_sender,
             slots: &mut self.slots,
             me: id,
             broken: Vec::new(),
@@ -1380,6 +1396,8 @@ fn remove_proxy(slot: &mut Slot, proxy: Proxy) {
 /// The handler of one guest's messages while its engine polls.
 struct Router<'a> {
     topology: &'a Topology,
+    /// [`Hub::set_max_queued_per_sender`].
+    max_queued_per_sender: usize,
     slots: &'a mut Vec<Slot>,
     me: LinkId,
     /// Receivers found breaking the ring protocol while sending to them: their links go down
@@ -1484,12 +1502,14 @@ impl Router<'_> {
                 ));
                 false
             }
-            Err(RpmsgError::NoBuffer) if link.pending.count_from(me) >= MAX_QUEUED_PER_SENDER => {
+            Err(RpmsgError::NoBuffer)
+                if link.pending.count_from(me) >= self.max_queued_per_sender =>
+            {
                 // Its share of the receiver's queue is full: dropped, so that its buffer
                 // comes back and its traffic to the others keeps flowing.
-                let name = self.slots[to].name.clone();
+                let (name, cap) = (self.slots[to].name.clone(), self.max_queued_per_sender);
                 self.report_drop(format_args!(
-                    "message for guest {name} not delivered: {MAX_QUEUED_PER_SENDER} of its messages already wait for it"
+                    "message for guest {name} not delivered: {cap} of its messages already wait for it"
                 ));
                 false
             }
