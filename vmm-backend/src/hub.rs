@@ -24,11 +24,12 @@
 //! buffers of the guests that talk to it, and with them all their other traffic.
 //!
 //! Sharing is fair: the clock of that timeout runs per message (the oldest waiting message
-//! must go out within it, however many others the receiver took meanwhile), one sender may
-//! have at most [`MAX_QUEUED_PER_SENDER`] messages (by default) waiting for one receiver (further ones are
-//! dropped and counted against it, so its buffers come back and its traffic to everyone else
-//! keeps flowing), and one service call takes at most [`POLL_BUDGET`] messages from a link
-//! (the rest on the next call, which the hub asks for itself: see [`Notifier::resume`]).
+//! must go out within it, however many others the receiver took meanwhile); one sender may
+//! have at most [`MAX_QUEUED_PER_SENDER`] messages (by default) waiting for one receiver,
+//! further ones being dropped and counted against it, so that its buffers come back and its
+//! traffic to everyone else keeps flowing; and one service call takes at most
+//! [`POLL_BUDGET`] messages from a link (the rest on the next call, which the hub asks for
+//! itself: see [`Notifier::resume`]).
 //!
 //! The route tables keep one hub address per (receiver, sender, sender's address), whatever
 //! the order of sends and announcements: a reply proxy whose address is later announced
@@ -1028,7 +1029,12 @@ impl Hub {
                     let addr = engine.endpoint(ept).map_or(ADDR_ANY, |e| e.addr());
                     nat.insert(addr, Target::Service(index));
                 }
-                Err(e) => log::error!("{name}: cannot announce service {}: {e}", spec.name),
+                // Its rings can refuse the announcement: rate-limited like the rest.
+                Err(e) => {
+                    if slot.error_reports.worth_logging(LOG_LINES) {
+                        log::error!("{name}: cannot announce service {}: {e}", spec.name);
+                    }
+                }
             }
         }
         self.slots[id].link = Some(Link {
