@@ -552,6 +552,33 @@ impl<T: Transport> Rpmsg<T> {
         self.flush_announcements()
     }
 
+    /// Names an existing endpoint `name` and announces it (name-service create), unless it was
+    /// announced already. For an endpoint that first served without a name and later stands
+    /// for a named one (the hub's reply proxy for an address its guest then announces at):
+    /// the same address, so the peer's replies keep reaching it.
+    pub fn announce_as(&mut self, id: EptId, name: &[u8]) -> Result<(), Error> {
+        if name.len() >= NS_NAME_LEN || name.contains(&0) {
+            return Err(Error::NameTooLong);
+        }
+        let ept = self.slot_mut(id)?;
+        if ept.announced {
+            return Ok(());
+        }
+        let old = ept.name;
+        let mut field = [0u8; NS_NAME_LEN];
+        field[..name.len()].copy_from_slice(name);
+        ept.name = field;
+        ept.name_len = name.len() as u8;
+        if let Some(list) = self.by_name.get_mut(&old) {
+            list.retain(|&i| i != id.index);
+            if list.is_empty() {
+                self.by_name.remove(&old);
+            }
+        }
+        self.by_name.entry(field).or_default().push(id.index);
+        self.announce(id)
+    }
+
     /// Destroys an endpoint (OpenAMP `rpmsg_destroy_ept`); an announced one is withdrawn
     /// from the peer with a name-service destroy.
     pub fn destroy_ept(&mut self, id: EptId) -> Result<(), Error> {
@@ -982,12 +1009,25 @@ impl<T: Transport> Rpmsg<T> {
     /// Processes every message waiting, delivering them to `handler`, then sends queued
     /// announcements. Returns the number of buffers processed.
     pub fn poll<H: Handler<T>>(&mut self, handler: &mut H) -> Result<usize, Error> {
+        self.poll_budget(handler, usize::MAX)
+    }
+
+    /// [`poll`](Self::poll), processing at most `budget` buffers: a peer that reposts its
+    /// ring as fast as it is read cannot keep one call going. When it returns `budget`, more
+    /// may be waiting: the caller polls again later (the peer does not kick for those).
+    pub fn poll_budget<H: Handler<T>>(
+        &mut self,
+        handler: &mut H,
+        budget: usize,
+    ) -> Result<usize, Error> {
         let mut count = 0;
         self.flush_announcements()?;
         // What the handler sends and releases is announced once, at the end.
         self.batches += 1;
         let dispatched = (|| {
-            while let Some(buf) = self.transport.take_rx()? {
+            while count < budget
+                && let Some(buf) = self.transport.take_rx()?
+            {
                 count += 1;
                 self.dispatch(buf, handler)?;
                 // Returning the buffer counts too, even when the handler sent nothing.

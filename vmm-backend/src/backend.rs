@@ -8,6 +8,7 @@ use crate::guest_memory::{GuestMemoryMap, GuestRam};
 use crate::hub::{Hub, LinkId, Notifier, RingsInfo};
 use crate::sandbox::{self, ThreadKind};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, TryLockError};
 use std::time::Duration;
@@ -68,6 +69,23 @@ impl Notifier for VringNotifier {
         if let Some(notice) = &self.reset_notice {
             notice.wake();
         }
+    }
+
+    fn resume(&self) -> bool {
+        // A kick of our own on the transmit queue: this guest's worker thread wakes and calls
+        // `Hub::service` again, after other guests' threads had their turn at the hub's lock.
+        let Some(vring) = self.vrings.get(1) else {
+            return false;
+        };
+        let state = vring.get_ref();
+        let Some(kick) = state.get_kick() else {
+            return false;
+        };
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write(2) of 8 bytes from a live local buffer to the kick eventfd, which the
+        // vring state (borrowed for the call) keeps open.
+        let n = unsafe { libc::write(kick.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        n == one.len() as isize
     }
 }
 

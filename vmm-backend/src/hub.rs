@@ -22,6 +22,19 @@
 //! wait is bounded in time too: a guest that takes no message for the pending timeout is
 //! given up on (see [`Hub::set_pending_timeout`]), so one that never reads cannot keep the
 //! buffers of the guests that talk to it, and with them all their other traffic.
+//!
+//! Sharing is fair: the clock of that timeout runs per message (the oldest waiting message
+//! must go out within it, however many others the receiver took meanwhile); one sender may
+//! have at most [`MAX_QUEUED_PER_SENDER`] messages (by default) waiting for one receiver,
+//! further ones being dropped and counted against it, so that its buffers come back and its
+//! traffic to everyone else keeps flowing; and one service call takes at most
+//! [`POLL_BUDGET`] messages from a link (the rest on the next call, which the hub asks for
+//! itself: see [`Notifier::resume`]).
+//!
+//! The route tables keep one hub address per (receiver, sender, sender's address), whatever
+//! the order of sends and announcements: a reply proxy whose address is later announced
+//! becomes the offered endpoint. Each receiver keeps its proxies grouped by sender, so a
+//! guest's link going down costs time in proportion to what it left in the others.
 
 use crate::config::{ServiceKind, Topology};
 use crate::guest_memory::GuestRam;
@@ -56,17 +69,46 @@ pub const MAX_NAMES_PER_LINK: usize = 1024;
 pub const MAX_REPLY_PROXIES_PER_SOURCE: usize = 4096;
 const MAX_PROXIES_PER_SOURCE: usize = MAX_NAMES_PER_LINK + MAX_REPLY_PROXIES_PER_SOURCE;
 
-/// How long messages wait for a guest that takes none of them before the hub gives up on it
+/// How long a message may wait for a guest's buffers before the hub gives up on that guest
 /// (see [`Hub::set_pending_timeout`]).
 pub const DEFAULT_PENDING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Messages one sender may have waiting for one receiver's buffers, by default (see
+/// [`Hub::set_max_queued_per_sender`]). Further messages from it to that receiver are dropped
+/// (counted against the sender, logged rate-limited) rather than left in its ring: its
+/// buffers come back, so its traffic to everyone else keeps flowing, and no sender can fill a
+/// receiver's queue for the others. Linux and vamp's own driver have at most 256 transmit
+/// buffers (half of Linux's 512), so a well-behaved guest meets its own ring's backpressure
+/// first; only a VMM with a larger ring and forged descriptors reaches the cap.
+pub const MAX_QUEUED_PER_SENDER: usize = 256;
+
+/// Messages the hub takes from one link per service call: a guest that reposts its ring as
+/// fast as the hub reads it cannot hold the hub (and its lock) for the others. The rest wait
+/// for the next call, which the hub asks for itself ([`Notifier::resume`]) or its clock makes.
+pub const POLL_BUDGET: usize = 64;
 
 /// Name-service events of one link logged in full before the log thins out to every 1000th
 /// (a guest can announce and withdraw at line rate).
 const NS_LOG_LINES: u64 = 100;
+/// Reports of other kinds logged in full before the log thins out.
+const LOG_LINES: u64 = 10;
 
-/// Whether the `n`th report of one kind is logged: the first `first`, then every 1000th.
-fn worth_logging(n: u64, first: u64) -> bool {
-    n <= first || n.is_multiple_of(1000)
+/// Reports of one kind from one guest: every log line a guest can make the hub write goes
+/// through one of these, so no guest can flood the log.
+#[derive(Debug, Default, Clone, Copy)]
+struct Reports(u64);
+
+impl Reports {
+    /// Counts one report; whether it is logged: the first `first`, then every 1000th.
+    fn worth_logging(&mut self, first: u64) -> bool {
+        self.0 += 1;
+        self.0 <= first || self.0.is_multiple_of(1000)
+    }
+
+    /// Reports so far.
+    fn count(self) -> u64 {
+        self.0
+    }
 }
 
 /// Signals a guest that a queue has news (the vhost-user call eventfd).
@@ -78,6 +120,15 @@ pub trait Notifier: Send + Sync {
     /// DEVICE_NEEDS_RESET). Called once per break, with the hub locked: only signal here. The
     /// default does nothing.
     fn needs_reset(&self) {}
+
+    /// The hub left messages in the guest's transmit ring (its [`POLL_BUDGET`] ran out) and
+    /// the guest will not kick for them: have [`Hub::service`] called again soon, as a kick
+    /// would (signal the kick eventfd the guest's thread waits on). Called with the hub
+    /// locked: only signal here. Returns whether it will; when not (the default), the hub's
+    /// clock ([`Hub::tick`]) serves the rest.
+    fn resume(&self) -> bool {
+        false
+    }
 }
 
 /// The environment of a link's engine: interrupts go to the guest's call eventfds.
@@ -216,6 +267,9 @@ pub struct LinkStats {
     pub protocol_errors: u64,
     /// Malformed descriptor chains from this guest (each returned used with length 0).
     pub bad_chains: u64,
+    /// Polls of this guest's ring that took their whole [`POLL_BUDGET`] and left the rest for
+    /// the next call.
+    pub budget_spent: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +314,58 @@ impl Routes {
             self.0.pop();
         }
     }
+
+    /// Every route, by hub address.
+    fn iter(&self) -> impl Iterator<Item = (u32, Target)> + '_ {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.map(|t| (RESERVED_ADDRESSES + i as u32, t)))
+    }
+}
+
+/// A hub address in a receiver's link that stands for one address of one sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proxy {
+    /// The hub address, in the receiver's link.
+    addr: u32,
+    /// Announced to the receiver under a name the sender announced at that address (else a
+    /// reply proxy only: the source the receiver sees on the sender's messages).
+    offered: bool,
+}
+
+/// The proxies in one receiver's link, grouped by sender: (sender, sender's address) maps to
+/// one hub address, and a sender's link going down finds its own proxies without a scan.
+#[derive(Debug, Default)]
+struct Proxies(HashMap<LinkId, HashMap<u32, Proxy>>);
+
+impl Proxies {
+    fn get(&self, from: LinkId, addr: u32) -> Option<Proxy> {
+        self.0.get(&from)?.get(&addr).copied()
+    }
+
+    /// Proxies for `from`'s addresses.
+    fn count_from(&self, from: LinkId) -> usize {
+        self.0.get(&from).map_or(0, HashMap::len)
+    }
+
+    fn insert(&mut self, from: LinkId, addr: u32, proxy: Proxy) {
+        self.0.entry(from).or_default().insert(addr, proxy);
+    }
+
+    fn remove(&mut self, from: LinkId, addr: u32) -> Option<Proxy> {
+        let of_sender = self.0.get_mut(&from)?;
+        let proxy = of_sender.remove(&addr);
+        if of_sender.is_empty() {
+            self.0.remove(&from);
+        }
+        proxy
+    }
+
+    /// Takes every proxy of `from`: (sender's address, proxy).
+    fn take_from(&mut self, from: LinkId) -> HashMap<u32, Proxy> {
+        self.0.remove(&from).unwrap_or_default()
+    }
 }
 
 /// A message for a guest that had no free buffer, holding its sender's buffer.
@@ -270,6 +376,73 @@ struct Pending {
     held: HeldRx,
     src: u32,
     dst: u32,
+    /// When it started to wait: the pending timeout is judged on each message's own wait.
+    since: Instant,
+}
+
+/// The messages waiting for one guest's buffers, in order, with how many each sender has
+/// among them (bounded by [`Hub::set_max_queued_per_sender`]).
+#[derive(Debug, Default)]
+struct PendingQueue {
+    queue: VecDeque<Pending>,
+    per_sender: HashMap<LinkId, usize>,
+}
+
+impl PendingQueue {
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn front(&self) -> Option<&Pending> {
+        self.queue.front()
+    }
+
+    /// Messages of `from` waiting here.
+    fn count_from(&self, from: LinkId) -> usize {
+        self.per_sender.get(&from).copied().unwrap_or(0)
+    }
+
+    fn push_back(&mut self, p: Pending) {
+        *self.per_sender.entry(p.from).or_default() += 1;
+        self.queue.push_back(p);
+    }
+
+    fn pop_front(&mut self) -> Option<Pending> {
+        let p = self.queue.pop_front()?;
+        self.uncount(p.from, 1);
+        Some(p)
+    }
+
+    fn uncount(&mut self, from: LinkId, n: usize) {
+        if let Some(c) = self.per_sender.get_mut(&from) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                self.per_sender.remove(&from);
+            }
+        }
+    }
+
+    /// Forgets the messages of `from` (its link went down: their buffers went with its rings).
+    /// Costs nothing when it has none here.
+    fn forget_from(&mut self, from: LinkId) {
+        if self.per_sender.remove(&from).is_some() {
+            self.queue.retain(|p| p.from != from);
+        }
+    }
+
+    /// Takes every message.
+    fn take_all(&mut self) -> VecDeque<Pending> {
+        self.per_sender.clear();
+        std::mem::take(&mut self.queue)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Pending> {
+        self.queue.iter()
+    }
 }
 
 #[derive(Debug)]
@@ -278,19 +451,21 @@ struct Link {
     mem: GuestRam,
     rings: [VringLayout; 2],
     incarnation: u64,
+    /// Where each hub address of this link leads.
     nat: Routes,
-    reverse: HashMap<(LinkId, u32), u32>,
-    /// Entries of `reverse` per source link: bounds what one guest can make the hub create
+    /// The way back: the hub address standing for each (sender, address). At most
+    /// [`MAX_PROXIES_PER_SOURCE`] per sender: bounds what one guest can make the hub create
     /// in another guest's link by sending from ever new addresses.
-    proxies_per_source: HashMap<LinkId, usize>,
+    reverse: Proxies,
     announced: Vec<(Vec<u8>, u32)>,
-    pending: VecDeque<Pending>,
-    /// Messages sent into this link (its engine's count) when last looked at, and since when
-    /// that count has not moved while messages waited: how long it has taken nothing.
-    progress: (u64, Instant),
-    /// The hub gave up on this link: it took no message for the pending timeout. Messages for
-    /// it are not queued (dropped when it has no free buffer) until it takes one again.
+    pending: PendingQueue,
+    /// The hub gave up on this link: a message waited for it longer than the pending timeout.
+    /// Messages for it are not queued (dropped when it has no free buffer) until it takes one
+    /// again.
     stalled: bool,
+    /// The last poll of this link ran out of its [`POLL_BUDGET`]: messages may be left in its
+    /// transmit ring, which its guest will not kick for.
+    more: bool,
     /// Malformed chains of its transport already counted.
     bad_chains_seen: u64,
 }
@@ -316,11 +491,13 @@ struct Slot {
     /// Where the guest's interrupts go (set when its link comes up): told of a break.
     notifier: Option<SlotNotifier>,
     stats: LinkStats,
-    drop_reports: u64,
-    /// Log reports of malformed chains, of other link errors and of name-service events.
-    bad_reports: u64,
-    error_reports: u64,
-    ns_reports: u64,
+    /// Log reports of dropped messages, malformed chains, other link errors, name-service
+    /// events, and of the link's ups, downs and breaks (a guest can reconnect at line rate).
+    drop_reports: Reports,
+    bad_reports: Reports,
+    error_reports: Reports,
+    ns_reports: Reports,
+    link_reports: Reports,
 }
 
 /// The hub: every guest's link and the routes between them.
@@ -330,6 +507,8 @@ pub struct Hub {
     slots: Vec<Slot>,
     incarnations: u64,
     pending_timeout: Duration,
+    /// Messages one sender may have waiting for one receiver.
+    max_queued_per_sender: usize,
     /// Someone calls [`tick`](Self::tick) periodically.
     clock_claimed: bool,
     /// Times [`lock_hub`](crate::backend::lock_hub) took the hub's lock, and found it held.
@@ -356,6 +535,7 @@ impl Hub {
             slots,
             incarnations: 0,
             pending_timeout: DEFAULT_PENDING_TIMEOUT,
+            max_queued_per_sender: MAX_QUEUED_PER_SENDER,
             clock_claimed: false,
             locks: (0, 0),
             batched: Vec::new(),
@@ -368,35 +548,45 @@ impl Hub {
         !std::mem::replace(&mut self.clock_claimed, true)
     }
 
-    /// Sets how long messages may wait for a guest that takes none of them. After that the
-    /// hub gives up on it: what waits is dropped (counted against the senders, who get their
-    /// buffers back), and messages for it are dropped instead of queued until it takes one
-    /// again. A guest that reads slowly but steadily never hits it. Checked at every
+    /// Sets how long a message may wait for a guest's buffers. When the oldest waiting message
+    /// has waited that long, the hub gives up on the guest: what waits is dropped (counted
+    /// against the senders, who get their buffers back), and messages for it are dropped
+    /// instead of queued until it takes one again. Judged per message, not on "any delivery":
+    /// a guest that takes one message now and then cannot keep the rest waiting for ever. A
+    /// guest that keeps up with what is sent to it never hits it. Checked at every
     /// [`tick`](Self::tick) and kick.
     pub fn set_pending_timeout(&mut self, timeout: Duration) {
         self.pending_timeout = timeout;
     }
 
+    /// Sets how many messages one sender may have waiting for one receiver's buffers (at
+    /// least 1; [`MAX_QUEUED_PER_SENDER`] by default). Further ones are dropped against the
+    /// sender, whose buffers come back: its traffic to the others keeps flowing.
+    pub fn set_max_queued_per_sender(&mut self, n: usize) {
+        self.max_queued_per_sender = n.max(1);
+    }
+
     /// Housekeeping, to call every 100 ms or so (`serve_guest` does): gives up on guests
-    /// that took nothing for the pending timeout, and accounts malformed chains.
+    /// whose oldest waiting message waited the pending timeout, serves what a poll left for
+    /// later (its budget ran out), and accounts malformed chains.
     pub fn tick(&mut self) {
         let now = Instant::now();
         for id in 0..self.slots.len() {
-            let Some(link) = self.slots[id].link.as_mut() else {
+            let Some(link) = self.slots[id].link.as_ref() else {
                 continue;
             };
-            if link.pending.is_empty() {
-                continue;
-            }
-            // Anything sent into the link (a queued message, an announcement) is progress.
-            let sent = link.engine.as_ref().map_or(0, |e| e.stats().sent);
-            if sent != link.progress.0 {
-                link.progress = (sent, now);
-            } else {
-                let waited = now.duration_since(link.progress.1);
+            // The oldest message has waited longest: the queue is in arrival order.
+            if let Some(oldest) = link.pending.front() {
+                let waited = now.duration_since(oldest.since);
                 if waited >= self.pending_timeout {
                     self.give_up_on(id, waited);
                 }
+            }
+            if let Some(link) = self.slots[id].link.as_ref()
+                && link.more
+            {
+                let rings = link.rings;
+                self.process(id, rings);
             }
         }
         self.account_bad_chains();
@@ -408,19 +598,21 @@ impl Hub {
             return;
         };
         link.stalled = true;
-        let pending = std::mem::take(&mut link.pending);
+        let pending = link.pending.take_all();
         let dropped = pending.len();
         for p in pending {
             self.slots[p.from].stats.dropped += 1;
             release_held(&mut self.slots, p.from, p.from_incarnation, p.held);
         }
-        let slot = &self.slots[id];
-        log::warn!(
-            "{} {}: took no message for {waited:.1?}: {dropped} message(s) waiting for it dropped, \
-             their senders' buffers returned; messages for it are dropped while it takes none",
-            slot.kind,
-            slot.name
-        );
+        let slot = &mut self.slots[id];
+        if slot.error_reports.worth_logging(LOG_LINES) {
+            log::warn!(
+                "{} {}: took no message for {waited:.1?}: {dropped} message(s) waiting for it dropped, \
+                 their senders' buffers returned; messages for it are dropped while it takes none",
+                slot.kind,
+                slot.name
+            );
+        }
     }
 
     /// Counts (and logs, rate-limited) the malformed chains each link's transport returned.
@@ -439,8 +631,7 @@ impl Hub {
                 continue;
             }
             slot.stats.bad_chains += new;
-            slot.bad_reports += 1;
-            if worth_logging(slot.bad_reports, 10) {
+            if slot.bad_reports.worth_logging(LOG_LINES) {
                 let why = last.map(|e| e.to_string()).unwrap_or_default();
                 log::warn!(
                     "{} {}: {new} malformed descriptor chain(s) returned unused ({why}; {} so far)",
@@ -488,6 +679,168 @@ impl Hub {
         self.slots.get(id).is_some_and(|s| s.broken.is_some())
     }
 
+    /// Hub addresses in guest `to`'s link that stand for addresses of guest `from` (offered
+    /// names and reply proxies): at most [`MAX_NAMES_PER_LINK`] +
+    /// [`MAX_REPLY_PROXIES_PER_SOURCE`].
+    pub fn proxies_for(&self, to: LinkId, from: LinkId) -> usize {
+        self.slots
+            .get(to)
+            .and_then(|s| s.link.as_ref())
+            .map_or(0, |l| l.reverse.count_from(from))
+    }
+
+    /// Endpoints of the hub's engine in guest `id`'s link (services and proxies).
+    pub fn endpoints_in(&self, id: LinkId) -> usize {
+        self.slots
+            .get(id)
+            .and_then(|s| s.link.as_ref())
+            .and_then(|l| l.engine.as_ref())
+            .map_or(0, |e| e.endpoint_count())
+    }
+
+    /// Checks the hub's invariants (for the stateful fuzz target and tests): the route tables
+    /// agree with each other and with each link's engine (no orphaned proxy, none beyond its
+    /// bound, none offered under a name its guest did not announce or the topology does not
+    /// offer), and every buffer the hub holds is accounted for by a waiting message within
+    /// its sender's share. Returns what is wrong.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (to, slot) in self.slots.iter().enumerate() {
+            let Some(link) = slot.link.as_ref() else {
+                continue;
+            };
+            let who = &slot.name;
+            let engine = link
+                .engine
+                .as_ref()
+                .ok_or_else(|| format!("{who}: engine out of its link outside a poll"))?;
+            if link.announced.len() > MAX_NAMES_PER_LINK {
+                return Err(format!("{who}: {} names announced", link.announced.len()));
+            }
+            // Every route has its endpoint; every guest route its proxy entry, and back.
+            let mut routes = 0;
+            for (addr, target) in link.nat.iter() {
+                routes += 1;
+                if engine.endpoint_by_addr(addr).is_none() {
+                    return Err(format!(
+                        "{who}: route {addr:#x} -> {target:?} without endpoint"
+                    ));
+                }
+                if let Target::Guest {
+                    link: from,
+                    addr: a,
+                } = target
+                    && link.reverse.get(from, a).map(|p| p.addr) != Some(addr)
+                {
+                    return Err(format!(
+                        "{who}: route {addr:#x} -> {target:?} not in reverse"
+                    ));
+                }
+            }
+            if engine.endpoint_count() != routes {
+                return Err(format!(
+                    "{who}: {} endpoints for {routes} routes (orphaned proxies)",
+                    engine.endpoint_count()
+                ));
+            }
+            for (&from, proxies) in &link.reverse.0 {
+                let sender = self.slots.get(from).ok_or("proxy for no link")?;
+                let Some(from_link) = sender.link.as_ref() else {
+                    return Err(format!(
+                        "{who}: proxies for {}, whose link is down",
+                        sender.name
+                    ));
+                };
+                if from == to || proxies.is_empty() || proxies.len() > MAX_PROXIES_PER_SOURCE {
+                    return Err(format!(
+                        "{who}: {} proxies for {}",
+                        proxies.len(),
+                        sender.name
+                    ));
+                }
+                for (&a, p) in proxies {
+                    if link.nat.get(p.addr)
+                        != Some(Target::Guest {
+                            link: from,
+                            addr: a,
+                        })
+                    {
+                        return Err(format!(
+                            "{who}: proxy {p:?} for ({from}, {a:#x}) has no route"
+                        ));
+                    }
+                    let ept = engine
+                        .endpoint_by_addr(p.addr)
+                        .and_then(|e| engine.endpoint(e))
+                        .ok_or_else(|| format!("{who}: proxy {p:?} without endpoint"))?;
+                    if !p.offered {
+                        continue;
+                    }
+                    let name = ept.name();
+                    let announced = from_link
+                        .announced
+                        .iter()
+                        .any(|(n, x)| n == name && *x == a);
+                    if !announced || !self.topology.offers(&sender.name, name, who) {
+                        return Err(format!(
+                            "{who}: offered {:?} at {:#x} for {} at {a:#x}, which it does not announce or may not offer",
+                            String::from_utf8_lossy(name),
+                            p.addr,
+                            sender.name
+                        ));
+                    }
+                }
+            }
+            // Waiting messages: counted per sender, each within its share, each from a live
+            // link of the incarnation that sent it.
+            let mut per_sender: HashMap<LinkId, usize> = HashMap::new();
+            for p in link.pending.iter() {
+                *per_sender.entry(p.from).or_default() += 1;
+                let live = self.slots[p.from]
+                    .link
+                    .as_ref()
+                    .is_some_and(|l| l.incarnation == p.from_incarnation);
+                if !live {
+                    return Err(format!(
+                        "{who}: a waiting message from a link that went down"
+                    ));
+                }
+            }
+            if per_sender != link.pending.per_sender {
+                return Err(format!(
+                    "{who}: per-sender counts {:?}, queue holds {per_sender:?}",
+                    link.pending.per_sender
+                ));
+            }
+            if let Some((from, n)) = per_sender
+                .iter()
+                .find(|(_, n)| **n > self.max_queued_per_sender)
+            {
+                return Err(format!("{who}: {n} messages of link {from} wait"));
+            }
+        }
+        // Every buffer a link's engine holds is a message waiting somewhere.
+        for (id, slot) in self.slots.iter().enumerate() {
+            let Some(engine) = slot.link.as_ref().and_then(|l| l.engine.as_ref()) else {
+                continue;
+            };
+            let waiting: usize = self
+                .slots
+                .iter()
+                .filter_map(|s| s.link.as_ref())
+                .map(|l| l.pending.count_from(id))
+                .sum();
+            if engine.held_rx_count() != waiting {
+                return Err(format!(
+                    "{}: {} buffers held, {waiting} messages waiting",
+                    slot.name,
+                    engine.held_rx_count()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Messages waiting for a guest's buffers.
     pub fn queued_for(&self, id: LinkId) -> usize {
         self.slots
@@ -517,10 +870,10 @@ impl Hub {
             self.link_down(id, "the guest set up new rings");
             self.slots[id].notifier = Some(SlotNotifier(notifier.clone()));
             if let Err(e) = self.link_up(id, mem, info, notifier) {
-                log::error!(
-                    "guest {}: cannot attach to its rings: {e}",
-                    self.slots[id].name
-                );
+                let slot = &mut self.slots[id];
+                if slot.link_reports.worth_logging(LOG_LINES) {
+                    log::error!("guest {}: cannot attach to its rings: {e}", slot.name);
+                }
                 self.slots[id].stats.protocol_errors += 1;
                 self.mark_broken(id, info.rings);
                 return None;
@@ -535,10 +888,13 @@ impl Hub {
             {
                 // Serving on from the old table would read memory the guest gave up: the
                 // rings are gone, as much a protocol error as a ring outside memory at setup.
-                log::error!(
-                    "guest {}: rings outside its new memory table ({e}); its link is down until it resets the device",
-                    self.slots[id].name
-                );
+                let slot = &mut self.slots[id];
+                if slot.link_reports.worth_logging(LOG_LINES) {
+                    log::error!(
+                        "guest {}: rings outside its new memory table ({e}); its link is down until it resets the device",
+                        slot.name
+                    );
+                }
                 self.slots[id].stats.protocol_errors += 1;
                 self.link_down(id, "rings outside the new memory table");
                 self.mark_broken(id, info.rings);
@@ -654,13 +1010,15 @@ impl Hub {
         self.incarnations += 1;
         let slot = &mut self.slots[id];
         slot.stats.ups += 1;
-        slot.ns_reports = 0;
-        log::info!(
-            "{} {}: link up (name service {})",
-            slot.kind,
-            slot.name,
-            if config.name_service { "on" } else { "off" }
-        );
+        if slot.link_reports.worth_logging(LOG_LINES) {
+            log::info!(
+                "{} {}: link up (name service {}; {} link event(s))",
+                slot.kind,
+                slot.name,
+                if config.name_service { "on" } else { "off" },
+                slot.link_reports.count()
+            );
+        }
         let mut engine = Rpmsg::new(transport, config);
         let mut nat = Routes::default();
         // Host services this link may see.
@@ -671,7 +1029,12 @@ impl Hub {
                     let addr = engine.endpoint(ept).map_or(ADDR_ANY, |e| e.addr());
                     nat.insert(addr, Target::Service(index));
                 }
-                Err(e) => log::error!("{name}: cannot announce service {}: {e}", spec.name),
+                // Its rings can refuse the announcement: rate-limited like the rest.
+                Err(e) => {
+                    if slot.error_reports.worth_logging(LOG_LINES) {
+                        log::error!("{name}: cannot announce service {}: {e}", spec.name);
+                    }
+                }
             }
         }
         self.slots[id].link = Some(Link {
@@ -680,12 +1043,11 @@ impl Hub {
             rings,
             incarnation: self.incarnations,
             nat,
-            reverse: HashMap::new(),
-            proxies_per_source: HashMap::new(),
+            reverse: Proxies::default(),
             announced: Vec::new(),
-            pending: VecDeque::new(),
-            progress: (0, Instant::now()),
+            pending: PendingQueue::default(),
             stalled: false,
+            more: false,
             bad_chains_seen: 0,
         });
         // Names the other links announced that this one may see.
@@ -711,41 +1073,43 @@ impl Hub {
         let Some(slot) = self.slots.get_mut(id) else {
             return;
         };
-        let Some(link) = slot.link.take() else { return };
-        log::info!(
-            "{} {}: link down ({reason}); withdrawing {} name(s)",
-            slot.kind,
-            slot.name,
-            link.announced.len()
-        );
+        let Some(mut link) = slot.link.take() else {
+            return;
+        };
+        if slot.link_reports.worth_logging(LOG_LINES) {
+            log::info!(
+                "{} {}: link down ({reason}); withdrawing {} name(s)",
+                slot.kind,
+                slot.name,
+                link.announced.len()
+            );
+        }
+        // What it left in the others, found through their per-sender indexes: no scan of
+        // their tables, so this costs time in proportion to the dead link's own state.
         for other in 0..self.slots.len() {
             let Some(l) = self.slots[other].link.as_mut() else {
                 continue;
             };
             // Messages from the dead link hold buffers of rings that no longer exist.
-            l.pending.retain(|p| p.from != id);
-            let proxies: Vec<(u32, u32)> = l
-                .reverse
-                .iter()
-                .filter(|((from, _), _)| *from == id)
-                .map(|((_, a), p)| (*a, *p))
-                .collect();
-            for (addr, _) in proxies {
-                withdraw(&mut self.slots, id, addr, other);
+            l.pending.forget_from(id);
+            for (_, proxy) in l.reverse.take_from(id) {
+                remove_proxy(&mut self.slots[other], proxy);
             }
         }
         // Messages that were waiting for the dead link: give the senders their buffers back.
-        let dropped = link.pending.len();
-        for p in link.pending {
+        let pending = link.pending.take_all();
+        let dropped = pending.len();
+        for p in pending {
             if p.from != id {
                 release_held(&mut self.slots, p.from, p.from_incarnation, p.held);
                 self.slots[p.from].stats.dropped += 1;
             }
         }
-        if dropped > 0 {
+        let slot = &mut self.slots[id];
+        if dropped > 0 && slot.error_reports.worth_logging(LOG_LINES) {
             log::warn!(
                 "guest {}: {dropped} message(s) for it were dropped: it went away before posting buffers",
-                self.slots[id].name
+                slot.name
             );
         }
     }
@@ -756,12 +1120,13 @@ impl Hub {
         };
         let mut router = Router {
             topology: &self.topology,
+            max_queued_per_sender: self.max_queued_per_sender,
             slots: &mut self.slots,
             me: id,
             broken: Vec::new(),
             batched: std::mem::take(&mut self.batched),
         };
-        let result = engine.poll(&mut router);
+        let result = engine.poll_budget(&mut router, POLL_BUDGET);
         let broken = std::mem::take(&mut router.broken);
         let batched = std::mem::take(&mut router.batched);
         if let Some(link) = self.slots[id].link.as_mut() {
@@ -780,7 +1145,17 @@ impl Hub {
             self.break_link(to, &e);
         }
         match result {
-            Ok(_) => {}
+            Ok(taken) => {
+                let more = taken >= POLL_BUDGET;
+                if let Some(link) = self.slots[id].link.as_mut() {
+                    link.more = more;
+                }
+                self.slots[id].stats.budget_spent += u64::from(more);
+                if more && let Some(n) = &self.slots[id].notifier {
+                    // Without it, the next tick serves the rest.
+                    n.0.resume();
+                }
+            }
             Err(RpmsgError::Link(e)) => {
                 if self.slots[id]
                     .link
@@ -794,13 +1169,12 @@ impl Hub {
             Err(e) => {
                 // Not a ring error, but it can repeat at every kick: rate-limited.
                 let slot = &mut self.slots[id];
-                slot.error_reports += 1;
-                if worth_logging(slot.error_reports, 10) {
+                if slot.error_reports.worth_logging(LOG_LINES) {
                     log::warn!(
                         "{} {}: {e} ({} so far)",
                         slot.kind,
                         slot.name,
-                        slot.error_reports
+                        slot.error_reports.count()
                     );
                 }
             }
@@ -817,11 +1191,13 @@ impl Hub {
             return;
         };
         let slot = &mut self.slots[id];
-        log::error!(
-            "{} {}: broke the virtio ring protocol ({e}); its link is down until it resets the device",
-            slot.kind,
-            slot.name
-        );
+        if slot.link_reports.worth_logging(LOG_LINES) {
+            log::error!(
+                "{} {}: broke the virtio ring protocol ({e}); its link is down until it resets the device",
+                slot.kind,
+                slot.name
+            );
+        }
         slot.stats.protocol_errors += 1;
         self.link_down(id, "ring protocol error");
         self.mark_broken(id, rings);
@@ -835,11 +1211,12 @@ impl Hub {
         match engine.end_batch() {
             Ok(()) => {}
             Err(RpmsgError::Link(e @ LinkError::Vring(_))) => self.break_link(id, &e),
-            Err(e) => log::warn!(
-                "{} {}: notifying it failed: {e}",
-                self.slots[id].kind,
-                self.slots[id].name
-            ),
+            Err(e) => {
+                let slot = &mut self.slots[id];
+                if slot.error_reports.worth_logging(LOG_LINES) {
+                    log::warn!("{} {}: notifying it failed: {e}", slot.kind, slot.name);
+                }
+            }
         }
     }
 
@@ -895,10 +1272,13 @@ impl Hub {
             }
             let p = link.pending.pop_front().expect("checked above");
             if let Err(e) = sent {
-                log::warn!(
-                    "guest {}: a queued message could not be delivered: {e}",
-                    self.slots[id].name
-                );
+                let slot = &mut self.slots[id];
+                if slot.error_reports.worth_logging(LOG_LINES) {
+                    log::warn!(
+                        "guest {}: a queued message could not be delivered: {e}",
+                        slot.name
+                    );
+                }
                 self.slots[p.from].stats.dropped += 1;
             }
             release_held(&mut self.slots, p.from, p.from_incarnation, p.held);
@@ -921,76 +1301,109 @@ fn release_held(slots: &mut [Slot], from: LinkId, incarnation: u64, held: HeldRx
     if let Some(engine) = link.engine.as_mut()
         && let Err(e) = engine.release_rx(held)
     {
-        log::warn!(
-            "guest {}: returning a held buffer failed: {e}",
-            slots[from].name
-        );
+        let slot = &mut slots[from];
+        if slot.error_reports.worth_logging(LOG_LINES) {
+            log::warn!("guest {}: returning a held buffer failed: {e}", slot.name);
+        }
     }
 }
 
-/// Makes `from`'s name (announced at `addr`) visible in `to`'s link.
+// ---------------------------------------------------------------------------------------
+// The route tables: proxies made, offered and removed. Each (receiver, sender, sender's
+// address) has at most one proxy, whatever the order of sends and announcements.
+
+/// Makes `from`'s name (announced at `addr`) visible in `to`'s link: announces the proxy of
+/// (`from`, `addr`) there, the reply proxy it already has if it sent from that address.
 fn offer(slots: &mut [Slot], from: LinkId, name: &[u8], addr: u32, to: LinkId) {
+    let shown = String::from_utf8_lossy(name);
     let Some(link) = slots[to].link.as_mut() else {
         return;
     };
-    if let Some(&existing) = link.reverse.get(&(from, addr)) {
-        let announced = link
-            .engine
-            .as_ref()
-            .and_then(|e| e.endpoint_by_addr(existing).and_then(|id| e.endpoint(id)))
-            .is_some_and(|e| e.announced());
-        if announced {
-            return;
-        }
-    }
     let Some(engine) = link.engine.as_mut() else {
         return;
     };
-    match engine.create_ept_announcing(name, ADDR_ANY, ADDR_ANY, true) {
-        Ok(ept) => {
-            let proxy = engine.endpoint(ept).map_or(ADDR_ANY, |e| e.addr());
+    let offered = match link.reverse.get(from, addr) {
+        Some(proxy) if proxy.offered => return,
+        Some(proxy) => engine
+            .endpoint_by_addr(proxy.addr)
+            .ok_or(RpmsgError::InvalidEndpoint)
+            .and_then(|ept| engine.announce_as(ept, name))
+            .map(|()| proxy.addr),
+        None if link.reverse.count_from(from) >= MAX_PROXIES_PER_SOURCE => {
+            Err(RpmsgError::NoAddress)
+        }
+        None => engine
+            .create_ept_announcing(name, ADDR_ANY, ADDR_ANY, true)
+            .and_then(|ept| {
+                engine
+                    .endpoint(ept)
+                    .map(|e| e.addr())
+                    .ok_or(RpmsgError::InvalidEndpoint)
+            }),
+    };
+    match offered {
+        Ok(proxy) => {
             link.nat.insert(proxy, Target::Guest { link: from, addr });
-            if link.reverse.insert((from, addr), proxy).is_none() {
-                *link.proxies_per_source.entry(from).or_default() += 1;
-            }
+            link.reverse.insert(
+                from,
+                addr,
+                Proxy {
+                    addr: proxy,
+                    offered: true,
+                },
+            );
             log::debug!(
-                "{} -> {}: {:?} at {addr:#x} offered as {proxy:#x}",
+                "{} -> {}: {shown:?} at {addr:#x} offered as {proxy:#x}",
                 slots[from].name,
                 slots[to].name,
-                String::from_utf8_lossy(name)
             );
         }
-        Err(e) => log::warn!(
-            "guest {}: cannot offer {:?}: {e}",
-            slots[to].name,
-            String::from_utf8_lossy(name)
-        ),
+        Err(e) => {
+            // The announcing guest can repeat this at line rate: rate-limited on its count.
+            let to_name = slots[to].name.clone();
+            let slot = &mut slots[from];
+            if slot.error_reports.worth_logging(LOG_LINES) {
+                log::warn!(
+                    "guest {}: cannot offer {shown:?} to {to_name}: {e}",
+                    slot.name
+                );
+            }
+        }
     }
 }
 
 /// Removes `to`'s proxy for (`from`, `addr`), announcing its destruction if it was announced.
 fn withdraw(slots: &mut [Slot], from: LinkId, addr: u32, to: LinkId) {
-    let Some(link) = slots[to].link.as_mut() else {
+    let Some(proxy) = slots[to]
+        .link
+        .as_mut()
+        .and_then(|l| l.reverse.remove(from, addr))
+    else {
         return;
     };
-    let Some(proxy) = link.reverse.remove(&(from, addr)) else {
+    remove_proxy(&mut slots[to], proxy);
+}
+
+/// Removes `proxy`, already out of the slot's link's `reverse`, from its routes and engine.
+fn remove_proxy(slot: &mut Slot, proxy: Proxy) {
+    let Some(link) = slot.link.as_mut() else {
         return;
     };
-    if let Some(n) = link.proxies_per_source.get_mut(&from) {
-        *n = n.saturating_sub(1);
-    }
-    link.nat.remove(proxy);
+    link.nat.remove(proxy.addr);
     if let Some(engine) = link.engine.as_mut()
-        && let Some(ept) = engine.endpoint_by_addr(proxy)
+        && let Some(ept) = engine.endpoint_by_addr(proxy.addr)
         && let Err(e) = engine.destroy_ept(ept)
+        && slot.error_reports.worth_logging(LOG_LINES)
     {
-        log::warn!("guest {}: withdrawing {proxy:#x}: {e}", slots[to].name);
+        log::warn!("guest {}: withdrawing {:#x}: {e}", slot.name, proxy.addr);
     }
 }
 
 /// The handler of one guest's messages while its engine polls.
 struct Router<'a> {
     topology: &'a Topology,
+    /// [`Hub::set_max_queued_per_sender`].
+    max_queued_per_sender: usize,
     slots: &'a mut Vec<Slot>,
     me: LinkId,
     /// Receivers found breaking the ring protocol while sending to them: their links go down
@@ -1004,9 +1417,8 @@ impl Router<'_> {
     fn report_drop(&mut self, what: std::fmt::Arguments<'_>) {
         let slot = &mut self.slots[self.me];
         slot.stats.dropped += 1;
-        slot.drop_reports += 1;
         // A guest can send garbage at line rate: report the first few, then every 1000th.
-        if slot.drop_reports <= 10 || slot.drop_reports.is_multiple_of(1000) {
+        if slot.drop_reports.worth_logging(LOG_LINES) {
             log::warn!(
                 "guest {}: {what} (dropped, {} so far)",
                 slot.name,
@@ -1021,10 +1433,10 @@ impl Router<'_> {
             .link
             .as_mut()
             .ok_or("the destination is not connected")?;
-        if let Some(&p) = link.reverse.get(&(from, addr)) {
-            return Ok(p);
+        if let Some(p) = link.reverse.get(from, addr) {
+            return Ok(p.addr);
         }
-        if link.proxies_per_source.get(&from).copied().unwrap_or(0) >= MAX_PROXIES_PER_SOURCE {
+        if link.reverse.count_from(from) >= MAX_PROXIES_PER_SOURCE {
             return Err("the sender uses too many source addresses towards it");
         }
         let engine = link
@@ -1039,8 +1451,14 @@ impl Router<'_> {
             .ok_or("no address left in the destination's link")?
             .addr();
         link.nat.insert(proxy, Target::Guest { link: from, addr });
-        link.reverse.insert((from, addr), proxy);
-        *link.proxies_per_source.entry(from).or_default() += 1;
+        link.reverse.insert(
+            from,
+            addr,
+            Proxy {
+                addr: proxy,
+                offered: false,
+            },
+        );
         Ok(proxy)
     }
 
@@ -1090,16 +1508,18 @@ impl Router<'_> {
                 ));
                 false
             }
+            Err(RpmsgError::NoBuffer)
+                if link.pending.count_from(me) >= self.max_queued_per_sender =>
+            {
+                // Its share of the receiver's queue is full: dropped, so that its buffer
+                // comes back and its traffic to the others keeps flowing.
+                let (name, cap) = (self.slots[to].name.clone(), self.max_queued_per_sender);
+                self.report_drop(format_args!(
+                    "message for guest {name} not delivered: {cap} of its messages already wait for it"
+                ));
+                false
+            }
             Err(RpmsgError::NoBuffer) => {
-                if link.pending.is_empty() {
-                    // Start the clock of the pending timeout.
-                    let sent = if to == me {
-                        rpmsg.stats().sent
-                    } else {
-                        link.engine.as_ref().map_or(0, |e| e.stats().sent)
-                    };
-                    link.progress = (sent, Instant::now());
-                }
                 let held = rpmsg.hold_rx(msg);
                 link.pending.push_back(Pending {
                     from: me,
@@ -1107,6 +1527,7 @@ impl Router<'_> {
                     held,
                     src,
                     dst,
+                    since: Instant::now(),
                 });
                 self.slots[to].stats.queued += 1;
                 true
@@ -1203,11 +1624,10 @@ impl Handler<LinkTransport> for Router<'_> {
                     link.announced.push((name.to_vec(), addr));
                 }
                 let slot = &mut self.slots[me];
-                slot.ns_reports += 1;
-                if worth_logging(slot.ns_reports, NS_LOG_LINES) {
+                if slot.ns_reports.worth_logging(NS_LOG_LINES) {
                     log::info!(
                         "guest {my_name}: announced {shown:?} at {addr:#x} ({} name-service event(s))",
-                        slot.ns_reports
+                        slot.ns_reports.count()
                     );
                 }
                 for other in 0..self.slots.len() {
@@ -1226,12 +1646,11 @@ impl Handler<LinkTransport> for Router<'_> {
                 };
                 link.announced.retain(|(n, a)| !(n == name && *a == addr));
                 let slot = &mut self.slots[me];
-                slot.ns_reports += 1;
-                if worth_logging(slot.ns_reports, NS_LOG_LINES) {
+                if slot.ns_reports.worth_logging(NS_LOG_LINES) {
                     log::info!(
                         "guest {my_name}: withdrew {:?} at {addr:#x} ({} name-service event(s))",
                         String::from_utf8_lossy(name),
-                        slot.ns_reports
+                        slot.ns_reports.count()
                     );
                 }
                 for other in 0..self.slots.len() {

@@ -770,3 +770,57 @@ fn a_long_batch_decides_every_32_messages() {
     host.end_batch().unwrap();
     assert_eq!(kicks(&hk), 2);
 }
+
+#[test]
+fn poll_budget_takes_at_most_its_budget_and_leaves_the_rest() {
+    let (mut host, mut remote, _hk, _rk) = pair();
+    let r_ept = remote.create_ept(b"", ADDR_ANY, ADDR_ANY).unwrap();
+    let r_addr = remote.endpoint(r_ept).unwrap().addr();
+    let h_ept = host.create_ept(b"", ADDR_ANY, r_addr).unwrap();
+    for i in 0..10u32 {
+        host.send(h_ept, &i.to_le_bytes()).unwrap();
+    }
+    let mut r = Recorder::default();
+    assert_eq!(remote.poll_budget(&mut r, 4).unwrap(), 4);
+    assert_eq!(r.messages.len(), 4);
+    assert_eq!(remote.poll_budget(&mut r, 4).unwrap(), 4);
+    assert_eq!(
+        remote.poll_budget(&mut r, 4).unwrap(),
+        2,
+        "the rest, nothing lost"
+    );
+    assert_eq!(remote.poll_budget(&mut r, 4).unwrap(), 0);
+    let got: Vec<u32> = r
+        .messages
+        .iter()
+        .map(|m| u32::from_le_bytes(m.2[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(got, (0..10).collect::<Vec<_>>(), "in order");
+}
+
+#[test]
+fn announce_as_names_an_existing_endpoint_once() {
+    let (mut host, mut remote, _hk, _rk) = pair();
+    let r_ept = remote.create_ept(b"", ADDR_ANY, ADDR_ANY).unwrap();
+    let addr = remote.endpoint(r_ept).unwrap().addr();
+    let mut h = Recorder::default();
+    host.poll(&mut h).unwrap();
+    assert!(h.ns.is_empty(), "an unnamed endpoint is not announced");
+    remote.announce_as(r_ept, b"late-name").unwrap();
+    remote.announce_as(r_ept, b"other").unwrap();
+    host.poll(&mut h).unwrap();
+    assert_eq!(h.ns, vec![(b"late-name".to_vec(), addr, true, None)]);
+    assert_eq!(remote.endpoint(r_ept).unwrap().name(), b"late-name");
+    assert_eq!(remote.endpoints_named(b"late-name").count(), 1);
+    assert_eq!(remote.endpoints_named(b"").count(), 0);
+    assert_eq!(
+        remote.announce_as(r_ept, &[b'x'; 40]),
+        Err(Error::NameTooLong)
+    );
+    remote.destroy_ept(r_ept).unwrap();
+    host.poll(&mut h).unwrap();
+    assert_eq!(
+        h.ns.last(),
+        Some(&(b"late-name".to_vec(), addr, false, None))
+    );
+}
