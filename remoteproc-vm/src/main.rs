@@ -127,7 +127,7 @@ fn print_console(rp: &mut Remoteproc<KvmRemote>) {
 }
 
 fn print_console_bytes(bytes: &[u8]) {
-    for line in String::from_utf8_lossy(bytes).lines() {
+    for line in vamp_remoteproc::console::escaped_lines(bytes) {
         println!("[console] {line}");
     }
 }
@@ -158,13 +158,13 @@ impl<T: Transport> Handler<T> for Announcements {
             NsEvent::Created { name, addr, .. } => {
                 println!(
                     "channel \"{}\" announced at {addr:#x}",
-                    String::from_utf8_lossy(name)
+                    vamp_remoteproc::console::escape(name)
                 )
             }
             NsEvent::Destroyed { name, addr, .. } => {
                 println!(
                     "channel \"{}\" at {addr:#x} withdrawn",
-                    String::from_utf8_lossy(name)
+                    vamp_remoteproc::console::escape(name)
                 )
             }
         }
@@ -198,10 +198,9 @@ fn run_proxy(
     image: &str,
     rp: &mut Remoteproc<KvmRemote>,
     mut rpmsg: RemoteRpmsg<GuestRam>,
-    root: Option<&std::path::Path>,
+    server: ProxyServer,
     timeout: Duration,
 ) -> Result<bool, String> {
-    let server = ProxyServer::new(root).map_err(|e| format!("--proxy-root {e}"))?;
     let mut service = ProxyService::new(server);
     let result = proxy::serve(&mut rpmsg, &mut waiter(rp), &mut service, timeout);
     drop(rpmsg);
@@ -235,14 +234,21 @@ fn run(
     timeout: u64,
     proxy: ProxyOption,
 ) -> Result<bool, String> {
+    // The proxy's root is opened before the remote is loaded: a missing one fails first.
+    let mut server = match &proxy {
+        Some(root) => {
+            Some(ProxyServer::new(root.as_deref()).map_err(|e| format!("--proxy-root {e}"))?)
+        }
+        None => None,
+    };
     let mut rp = boot(image, memory_mib)?;
     let timeout = Duration::from_secs(timeout.max(1));
     loop {
         let mut rpmsg = rp
             .create_virtio(0, BufferConfig::default())
             .map_err(|e| e.to_string())?;
-        if let (None, Some(root)) = (ping_count, &proxy) {
-            return run_proxy(image, &mut rp, rpmsg, root.as_deref(), timeout);
+        if let (None, Some(server)) = (ping_count, server.take()) {
+            return run_proxy(image, &mut rp, rpmsg, server, timeout);
         }
         if let Some(count) = ping_count {
             let result = ping(

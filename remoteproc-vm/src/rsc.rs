@@ -145,7 +145,8 @@ impl TraceBuffer {
         let mut out = Vec::new();
         let mut chunk = [0u8; 4096];
         let mut at = 0u64;
-        let len = u64::from(self.len);
+        // The length is the firmware's word: read at most MAX_TRACE_READ of it.
+        let len = u64::from(self.len).min(crate::console::MAX_TRACE_READ as u64);
         while at < len {
             let n = (len - at).min(chunk.len() as u64) as usize;
             mem.read(self.da + at, &mut chunk[..n])?;
@@ -351,7 +352,7 @@ pub fn handle_resources<B: RemoteBackend + ?Sized>(
         let view = ResourceTable::new_checked(&table[..], endian)?;
         view.validate_known()?;
         if view.reserved() != [0, 0] {
-            log::warn!(
+            crate::ratelog::warn_limited!(
                 "resource table: reserved header words are {:?}, not zero (Linux refuses such a table)",
                 view.reserved()
             );
@@ -420,7 +421,9 @@ pub fn handle_resources<B: RemoteBackend + ?Sized>(
                 let (pa, mapped) = match backend.map(u64::from(d.da()), len) {
                     Ok(pa) => (pa, true),
                     Err(BackendError::Unsupported(why)) => {
-                        log::warn!("resource entry {index}: devmem \"{name}\" skipped: {why}");
+                        crate::ratelog::warn_limited!(
+                            "resource entry {index}: devmem \"{name}\" skipped: {why}"
+                        );
                         (u64::from(d.pa()), false)
                     }
                     Err(e) => return Err(backend_err(index, format!("map devmem \"{name}\""))(e)),
@@ -450,7 +453,9 @@ pub fn handle_resources<B: RemoteBackend + ?Sized>(
                 let handled = match backend.vendor_resource_at(rtype, da, body) {
                     Ok(()) => true,
                     Err(BackendError::Unsupported(why)) => {
-                        log::warn!("resource entry {index}: vendor type {rtype} skipped: {why}");
+                        crate::ratelog::warn_limited!(
+                            "resource entry {index}: vendor type {rtype} skipped: {why}"
+                        );
                         false
                     }
                     Err(e) => {
