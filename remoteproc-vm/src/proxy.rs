@@ -6,12 +6,16 @@
 //! - **Files** only under a root directory the user names; without one every open fails with
 //!   `-EACCES`. Absolute paths and `..` are refused (`-EACCES`); the path is walked one
 //!   component at a time with `openat(O_NOFOLLOW)` from the root, so a symbolic link anywhere
-//!   in it fails (`-ELOOP` or `-ENOTDIR`) instead of leading out of the root. Only regular files
-//!   are opened; flags are limited to access mode, create, exclusive, truncate and append, and
+//!   in it fails (`-ELOOP` or `-ENOTDIR`) instead of leading out of the root. The last
+//!   component is looked at with `O_PATH` first: only regular files (or a name to create, then
+//!   with `O_EXCL`) are opened, never a device node, and a FIFO is never waited on (the open is
+//!   non-blocking and the type checked again on the open file). Quotas: bytes written into files
+//!   and files created ([`DEFAULT_MAX_BYTES_WRITTEN`], [`DEFAULT_MAX_FILES_CREATED`],
+//!   [`ProxyServer::set_quota`]); beyond them the call fails with `-EDQUOT`. Flags are limited to access mode, create, exclusive, truncate and append, and
 //!   a created file's mode to read/write bits. (A hard link or a bind mount inside the root
 //!   that leads elsewhere is the root owner's doing and is followed.)
 //! - **Descriptors**: 0, 1 and 2 are the console: reading fd 0 (the host's stdin) is refused
-//!   (`-EBADF`), fd 1 and 2 go to the server's output and error sinks (the host's stdout and
+//!   (`-EBADF`), fd 1 and 2 go, escaped ([`crate::console::escape`]), to the server's output and error sinks (the host's stdout and
 //!   stderr unless given others); closing them does nothing. Files get 3 and up, at most
 //!   [`MAX_OPEN_FILES`] at once (`-EMFILE` beyond).
 //! - **Bad requests** get a reply with a negative errno: a short message or a `data_len`
@@ -263,6 +267,8 @@ impl ProxyServer {
                 match File::from(fd).metadata() {
                     Ok(m) if m.is_file() => {}
                     Ok(m) if m.is_dir() => return -libc::EISDIR,
+                    // O_PATH with O_NOFOLLOW gives the link itself: refused as an open would.
+                    Ok(m) if m.is_symlink() => return -libc::ELOOP,
                     Ok(_) => return -libc::EACCES,
                     Err(e) => return errno(&e),
                 }
