@@ -1,5 +1,5 @@
 //! Rate-limited logging, the one idiom for every log line a remote (its firmware, resource
-//! table, proxy requests, crashes) can trigger: each call site of [`warn_limited!`] logs at
+//! table, proxy requests, crashes) can trigger: each call site of `warn_limited!` logs at
 //! most [`LOG_BURST`] lines per [`LOG_WINDOW`], and says how many it suppressed when it
 //! speaks again, so a hostile remote cannot flood the host's log.
 
