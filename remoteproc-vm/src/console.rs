@@ -7,8 +7,8 @@
 //! Printable text (valid UTF-8 minus controls), newlines and tabs stay as they are; every other
 //! byte or character is written as a visible `\xNN` / `\u{NNNN}` escape.
 
-/// Bytes of console output kept unread per remote; beyond it new bytes are dropped (and
-/// counted) until the host takes the buffer.
+/// Bytes of console output kept unread per remote; beyond it new bytes are dropped until the
+/// host takes the buffer.
 pub const MAX_CONSOLE_BUFFER: usize = 64 * 1024;
 /// Characters of one console line at most once escaped; a longer line is cut with a marker.
 pub const MAX_CONSOLE_LINE: usize = 1024;
