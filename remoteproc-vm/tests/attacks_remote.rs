@@ -248,3 +248,30 @@ fn attack_missing_proxy_root_fails_before_the_remote_starts() {
         "the remote ran first: {stdout}"
     );
 }
+
+#[test]
+fn attack_proxy_quota_from_the_command_line() {
+    if let Err(why) = vamp_remoteproc::kvm::kvm_available() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let root = temp_root("cli-quota");
+    let out = Command::new(env!("CARGO_BIN_EXE_remoteproc-vm"))
+        .args(["run", "proxy", "--proxy-max-bytes", "100", "--proxy-root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The firmware's file write is refused; it reports that, terminates the proxy and exits 1.
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("proxy: FAILED: short or failed write"),
+        "{stdout}"
+    );
+    let written = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum::<u64>();
+    assert!(written <= 100, "{written} bytes written");
+    let _ = std::fs::remove_dir_all(&root);
+}
