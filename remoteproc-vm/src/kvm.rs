@@ -736,11 +736,12 @@ fn run_vcpu(mut vcpu: VcpuFd, shared: Arc<Shared>) -> VcpuFd {
                     }
                     CONSOLE_PORT => {
                         shared.alive();
-                        shared
-                            .console
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(value as u8);
+                        // Bounded: a remote printing faster than the host reads loses
+                        // bytes, never grows this process.
+                        crate::console::push_bounded(
+                            &mut shared.console.lock().unwrap_or_else(|p| p.into_inner()),
+                            &[value as u8],
+                        );
                         None
                     }
                     EXIT_PORT => Some(Exit::Exited(value)),

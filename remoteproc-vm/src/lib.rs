@@ -3,12 +3,14 @@
 
 pub mod backend;
 pub mod config;
+pub mod console;
 pub mod elf;
 pub mod image;
 pub mod images;
 pub mod inspect;
 pub mod kvm;
 pub mod proxy;
+pub mod ratelog;
 pub mod remoteproc;
 pub mod rsc;
 pub mod sysfs;

@@ -61,6 +61,14 @@ enum Command {
         /// fails (console output still works).
         #[arg(long, value_name = "DIR")]
         proxy_root: Option<PathBuf>,
+        /// Bytes the remote may write into files under --proxy-root in the run; beyond it its
+        /// writes fail (-EDQUOT).
+        #[arg(long, value_name = "BYTES", default_value_t = vamp_remoteproc::proxy::DEFAULT_MAX_BYTES_WRITTEN)]
+        proxy_max_bytes: u64,
+        /// Files the remote may create under --proxy-root in the run; beyond it such opens
+        /// fail (-EDQUOT).
+        #[arg(long, value_name = "FILES", default_value_t = vamp_remoteproc::proxy::DEFAULT_MAX_FILES_CREATED)]
+        proxy_max_files: u64,
     },
     /// Prints IMAGE's segments and resource table.
     Inspect {
@@ -127,7 +135,7 @@ fn print_console(rp: &mut Remoteproc<KvmRemote>) {
 }
 
 fn print_console_bytes(bytes: &[u8]) {
-    for line in String::from_utf8_lossy(bytes).lines() {
+    for line in vamp_remoteproc::console::escaped_lines(bytes) {
         println!("[console] {line}");
     }
 }
@@ -158,13 +166,13 @@ impl<T: Transport> Handler<T> for Announcements {
             NsEvent::Created { name, addr, .. } => {
                 println!(
                     "channel \"{}\" announced at {addr:#x}",
-                    String::from_utf8_lossy(name)
+                    vamp_remoteproc::console::escape(name)
                 )
             }
             NsEvent::Destroyed { name, addr, .. } => {
                 println!(
                     "channel \"{}\" at {addr:#x} withdrawn",
-                    String::from_utf8_lossy(name)
+                    vamp_remoteproc::console::escape(name)
                 )
             }
         }
@@ -189,19 +197,18 @@ fn boot(image: &str, memory_mib: u64) -> Result<Remoteproc<KvmRemote>, String> {
     Ok(rp)
 }
 
-/// What `run` serves the proxy with: `None`, no proxy; `Some(root)`, files under `root`
-/// (none: console only).
-type ProxyOption = Option<Option<PathBuf>>;
+/// What `run` serves the proxy with: `None`, no proxy; `Some((root, max_bytes, max_files))`,
+/// files under `root` (none: console only) within those quotas.
+type ProxyOption = Option<(Option<PathBuf>, u64, u64)>;
 
 /// Serves the proxy until the remote terminates it, then waits for the remote to stop.
 fn run_proxy(
     image: &str,
     rp: &mut Remoteproc<KvmRemote>,
     mut rpmsg: RemoteRpmsg<GuestRam>,
-    root: Option<&std::path::Path>,
+    server: ProxyServer,
     timeout: Duration,
 ) -> Result<bool, String> {
-    let server = ProxyServer::new(root).map_err(|e| format!("--proxy-root {e}"))?;
     let mut service = ProxyService::new(server);
     let result = proxy::serve(&mut rpmsg, &mut waiter(rp), &mut service, timeout);
     drop(rpmsg);
@@ -235,14 +242,24 @@ fn run(
     timeout: u64,
     proxy: ProxyOption,
 ) -> Result<bool, String> {
+    // The proxy's root is opened before the remote is loaded: a missing one fails first.
+    let mut server = match &proxy {
+        Some((root, max_bytes, max_files)) => {
+            let mut server =
+                ProxyServer::new(root.as_deref()).map_err(|e| format!("--proxy-root {e}"))?;
+            server.set_quota(*max_bytes, *max_files);
+            Some(server)
+        }
+        None => None,
+    };
     let mut rp = boot(image, memory_mib)?;
     let timeout = Duration::from_secs(timeout.max(1));
     loop {
         let mut rpmsg = rp
             .create_virtio(0, BufferConfig::default())
             .map_err(|e| e.to_string())?;
-        if let (None, Some(root)) = (ping_count, &proxy) {
-            return run_proxy(image, &mut rp, rpmsg, root.as_deref(), timeout);
+        if let (None, Some(server)) = (ping_count, server.take()) {
+            return run_proxy(image, &mut rp, rpmsg, server, timeout);
         }
         if let Some(count) = ping_count {
             let result = ping(
@@ -345,8 +362,14 @@ fn main() -> ExitCode {
             timeout,
             proxy,
             proxy_root,
+            proxy_max_bytes,
+            proxy_max_files,
         } => {
-            let proxy = (proxy || proxy_root.is_some() || image == "proxy").then_some(proxy_root);
+            let proxy = (proxy || proxy_root.is_some() || image == "proxy").then_some((
+                proxy_root,
+                proxy_max_bytes,
+                proxy_max_files,
+            ));
             run(&image, ping, &channel, memory_mib, restarts, timeout, proxy)
         }
         Command::Inspect { image } => inspect(&image).map(|()| true),
@@ -399,7 +422,11 @@ fn main() -> ExitCode {
                         Recovery::None => 0,
                         Recovery::Restart { max_restarts } => max_restarts,
                     };
-                    let proxy = (image == "proxy").then_some(None);
+                    let proxy = (image == "proxy").then_some((
+                        None,
+                        vamp_remoteproc::proxy::DEFAULT_MAX_BYTES_WRITTEN,
+                        vamp_remoteproc::proxy::DEFAULT_MAX_FILES_CREATED,
+                    ));
                     run(
                         &image,
                         None,

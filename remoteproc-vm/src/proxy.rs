@@ -6,12 +6,16 @@
 //! - **Files** only under a root directory the user names; without one every open fails with
 //!   `-EACCES`. Absolute paths and `..` are refused (`-EACCES`); the path is walked one
 //!   component at a time with `openat(O_NOFOLLOW)` from the root, so a symbolic link anywhere
-//!   in it fails (`-ELOOP` or `-ENOTDIR`) instead of leading out of the root. Only regular files
-//!   are opened; flags are limited to access mode, create, exclusive, truncate and append, and
+//!   in it fails (`-ELOOP` or `-ENOTDIR`) instead of leading out of the root. The last
+//!   component is looked at with `O_PATH` first: only regular files (or a name to create, then
+//!   with `O_EXCL`) are opened, never a device node, and a FIFO is never waited on (the open is
+//!   non-blocking and the type checked again on the open file). Quotas: bytes written into files
+//!   and files created ([`DEFAULT_MAX_BYTES_WRITTEN`], [`DEFAULT_MAX_FILES_CREATED`],
+//!   [`ProxyServer::set_quota`]); beyond them the call fails with `-EDQUOT`. Flags are limited to access mode, create, exclusive, truncate and append, and
 //!   a created file's mode to read/write bits. (A hard link or a bind mount inside the root
 //!   that leads elsewhere is the root owner's doing and is followed.)
 //! - **Descriptors**: 0, 1 and 2 are the console: reading fd 0 (the host's stdin) is refused
-//!   (`-EBADF`), fd 1 and 2 go to the server's output and error sinks (the host's stdout and
+//!   (`-EBADF`), fd 1 and 2 go, escaped ([`crate::console::escape`]), to the server's output and error sinks (the host's stdout and
 //!   stderr unless given others); closing them does nothing. Files get 3 and up, at most
 //!   [`MAX_OPEN_FILES`] at once (`-EMFILE` beyond).
 //! - **Bad requests** get a reply with a negative errno: a short message or a `data_len`
@@ -52,6 +56,13 @@ pub const MAX_READ: usize = 512 - HEADER_LEN - SYSCALL_HEADER_LEN;
 /// Bytes of a path at most (Linux's NAME_MAX is per component; this bounds the whole path).
 pub const MAX_PATH: usize = 4095;
 
+/// Bytes a remote may write into files under the root over the server's life, by default
+/// (see [`ProxyServer::set_quota`]); beyond it writes fail with `-EDQUOT`.
+pub const DEFAULT_MAX_BYTES_WRITTEN: u64 = 64 * 1024 * 1024;
+/// Files a remote may create under the root over the server's life, by default; beyond it an
+/// open that would create fails with `-EDQUOT`.
+pub const DEFAULT_MAX_FILES_CREATED: u64 = 256;
+
 /// Flags a remote may pass to open.
 const ALLOWED_FLAGS: i32 = O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_APPEND;
 
@@ -65,6 +76,10 @@ pub struct ProxyServer {
     terminated: bool,
     calls: u64,
     failed: u64,
+    bytes_written: u64,
+    files_created: u64,
+    max_bytes_written: u64,
+    max_files_created: u64,
 }
 
 impl std::fmt::Debug for ProxyServer {
@@ -116,7 +131,18 @@ impl ProxyServer {
             terminated: false,
             calls: 0,
             failed: 0,
+            bytes_written: 0,
+            files_created: 0,
+            max_bytes_written: DEFAULT_MAX_BYTES_WRITTEN,
+            max_files_created: DEFAULT_MAX_FILES_CREATED,
         })
+    }
+
+    /// Sets the quotas on the root: bytes written into files and files created, over the
+    /// server's life (defaults [`DEFAULT_MAX_BYTES_WRITTEN`], [`DEFAULT_MAX_FILES_CREATED`]).
+    pub fn set_quota(&mut self, max_bytes_written: u64, max_files_created: u64) {
+        self.max_bytes_written = max_bytes_written;
+        self.max_files_created = max_files_created;
     }
 
     /// Replies with `ACK_STATUS` as id (older proxies) instead of the request's id.
@@ -229,13 +255,39 @@ impl ProxyServer {
             }
         }
         let at = dir.as_ref().unwrap_or(root).as_raw_fd();
-        // Non-blocking so that a FIFO planted in the root cannot stall the server; only regular
-        // files are kept.
-        let host_flags = (flags & ALLOWED_FLAGS)
-            | libc::O_NOFOLLOW
-            | libc::O_CLOEXEC
-            | libc::O_NOCTTY
-            | libc::O_NONBLOCK;
+        // Look before opening: a device node is never opened (opening one can have effects)
+        // and a FIFO never waited on; only regular files (or a name to create) go on.
+        let exists = match openat(
+            at,
+            last,
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0,
+        ) {
+            Ok(fd) => {
+                match File::from(fd).metadata() {
+                    Ok(m) if m.is_file() => {}
+                    Ok(m) if m.is_dir() => return -libc::EISDIR,
+                    // O_PATH with O_NOFOLLOW gives the link itself: refused as an open would.
+                    Ok(m) if m.is_symlink() => return -libc::ELOOP,
+                    Ok(_) => return -libc::EACCES,
+                    Err(e) => return errno(&e),
+                }
+                true
+            }
+            Err(e) if e == -libc::ENOENT => false,
+            Err(e) => return e,
+        };
+        let mut flags = flags & ALLOWED_FLAGS;
+        if !exists && flags & O_CREAT != 0 {
+            if self.files_created >= self.max_files_created {
+                return -libc::EDQUOT;
+            }
+            // Created here and now, or not at all: nothing planted in between is opened.
+            flags |= O_EXCL;
+        }
+        // Non-blocking and no-follow still, and the type checked again on the open file.
+        let host_flags =
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
         let mode = (call.int_field2 & 0o666) as libc::mode_t;
         let fd = match openat(at, last, host_flags, mode) {
             Ok(fd) => fd,
@@ -247,6 +299,9 @@ impl ProxyServer {
             Ok(m) if m.is_dir() => return -libc::EISDIR,
             Ok(_) => return -libc::EACCES,
             Err(e) => return errno(&e),
+        }
+        if !exists && flags & O_CREAT != 0 {
+            self.files_created += 1;
         }
         self.files[slot] = Some(file);
         FIRST_FILE_FD + slot as i32
@@ -280,16 +335,22 @@ impl ProxyServer {
         let result = match call.int_field1 {
             1 => self
                 .stdout
-                .write_all(data)
+                .write_all(crate::console::escape(data).as_bytes())
                 .and_then(|()| self.stdout.flush()),
             2 => self
                 .stderr
-                .write_all(data)
+                .write_all(crate::console::escape(data).as_bytes())
                 .and_then(|()| self.stderr.flush()),
-            fd => match self.file(fd) {
-                Some(f) => f.write_all(data),
-                None => return -libc::EBADF,
-            },
+            fd => {
+                let total = self.bytes_written.saturating_add(count as u64);
+                if total > self.max_bytes_written {
+                    return -libc::EDQUOT;
+                }
+                match self.file(fd) {
+                    Some(f) => f.write_all(data).map(|()| self.bytes_written = total),
+                    None => return -libc::EBADF,
+                }
+            }
         };
         match result {
             Ok(()) => count as i32,
@@ -382,7 +443,7 @@ impl<T: Transport> Handler<T> for ProxyService {
             && let Err(e) = rpmsg.sendto(msg.ept, msg.src, &reply)
         {
             self.send_errors += 1;
-            log::warn!("proxy: reply to {:#x} failed: {e}", msg.src);
+            crate::ratelog::warn_limited!("proxy: reply to {:#x} failed: {e}", msg.src);
         }
     }
 
@@ -397,7 +458,9 @@ impl<T: Transport> Handler<T> for ProxyService {
                         match rpmsg.create_ept_announcing(&self.channel, ADDR_ANY, addr, true) {
                             Ok(id) => Some(id),
                             Err(e) => {
-                                log::warn!("proxy: cannot bind to the channel: {e}");
+                                crate::ratelog::warn_limited!(
+                                    "proxy: cannot bind to the channel: {e}"
+                                );
                                 None
                             }
                         }

@@ -624,7 +624,7 @@ impl<B: RemoteBackend> Remoteproc<B> {
             }
             Err(e) => {
                 if let Err(stop) = self.backend.stop() {
-                    log::warn!(
+                    crate::ratelog::warn_limited!(
                         "{}: releasing after a failed load: {stop}",
                         self.config.name
                     );
@@ -946,7 +946,10 @@ impl<B: RemoteBackend> Remoteproc<B> {
             None => RemoteEvent::Idle,
             Some(Exit::Exited(code)) => {
                 if let Err(e) = self.backend.stop() {
-                    log::warn!("{}: stopping after exit {code}: {e}", self.config.name);
+                    crate::ratelog::warn_limited!(
+                        "{}: stopping after exit {code}: {e}",
+                        self.config.name
+                    );
                 }
                 self.after_stop();
                 self.last_exit = Some(Exit::Exited(code));

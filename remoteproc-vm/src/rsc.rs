@@ -142,19 +142,13 @@ impl TraceBuffer {
     /// The text in the buffer: up to the first NUL (or the whole buffer), as Linux's debugfs
     /// `traceN` reads it. Invalid UTF-8 is replaced.
     pub fn read_trace<M: SharedMemory + ?Sized>(&self, mem: &M) -> Result<String, MemError> {
-        let mut out = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let mut at = 0u64;
-        let len = u64::from(self.len);
-        while at < len {
-            let n = (len - at).min(chunk.len() as u64) as usize;
-            mem.read(self.da + at, &mut chunk[..n])?;
-            if let Some(nul) = chunk[..n].iter().position(|&b| b == 0) {
-                out.extend_from_slice(&chunk[..nul]);
-                break;
-            }
-            out.extend_from_slice(&chunk[..n]);
-            at += n as u64;
+        // The length is the firmware's word: read at most MAX_TRACE_READ of it, in one read
+        // into one buffer of that size.
+        let len = (self.len as usize).min(crate::console::MAX_TRACE_READ);
+        let mut out = vec![0u8; len];
+        mem.read(self.da, &mut out)?;
+        if let Some(nul) = out.iter().position(|&b| b == 0) {
+            out.truncate(nul);
         }
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
@@ -351,7 +345,7 @@ pub fn handle_resources<B: RemoteBackend + ?Sized>(
         let view = ResourceTable::new_checked(&table[..], endian)?;
         view.validate_known()?;
         if view.reserved() != [0, 0] {
-            log::warn!(
+            crate::ratelog::warn_limited!(
                 "resource table: reserved header words are {:?}, not zero (Linux refuses such a table)",
                 view.reserved()
             );
@@ -420,7 +414,9 @@ pub fn handle_resources<B: RemoteBackend + ?Sized>(
                 let (pa, mapped) = match backend.map(u64::from(d.da()), len) {
                     Ok(pa) => (pa, true),
                     Err(BackendError::Unsupported(why)) => {
-                        log::warn!("resource entry {index}: devmem \"{name}\" skipped: {why}");
+                        crate::ratelog::warn_limited!(
+                            "resource entry {index}: devmem \"{name}\" skipped: {why}"
+                        );
                         (u64::from(d.pa()), false)
                     }
                     Err(e) => return Err(backend_err(index, format!("map devmem \"{name}\""))(e)),
@@ -450,7 +446,9 @@ pub fn handle_resources<B: RemoteBackend + ?Sized>(
                 let handled = match backend.vendor_resource_at(rtype, da, body) {
                     Ok(()) => true,
                     Err(BackendError::Unsupported(why)) => {
-                        log::warn!("resource entry {index}: vendor type {rtype} skipped: {why}");
+                        crate::ratelog::warn_limited!(
+                            "resource entry {index}: vendor type {rtype} skipped: {why}"
+                        );
                         false
                     }
                     Err(e) => {

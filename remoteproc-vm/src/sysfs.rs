@@ -246,7 +246,16 @@ impl SysfsRemote {
 
     /// Trace buffer `n` (debugfs `trace<n>`), up to its first NUL.
     pub fn trace(&self, n: u32) -> Result<String, LifecycleError> {
-        let text = Self::read_file("read", self.debugfs.join(format!("trace{n}")))?;
+        // Bounded: the buffer's size is the firmware's word.
+        let path = self.debugfs.join(format!("trace{n}"));
+        let mut bytes = Vec::new();
+        fs::File::open(&path)
+            .and_then(|f| {
+                let mut bounded = io::Read::take(f, crate::console::MAX_TRACE_READ as u64);
+                io::Read::read_to_end(&mut bounded, &mut bytes)
+            })
+            .map_err(Self::sysfs_error("read", path))?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         Ok(match text.find('\0') {
             Some(nul) => text[..nul].to_string(),
             None => text,

@@ -202,6 +202,15 @@ fn trace_reads_debugfs_up_to_the_first_nul() {
 }
 
 #[test]
+fn attack_huge_debugfs_trace_read_is_capped() {
+    let tree = Tree::new();
+    let r = tree.remote(0);
+    let max = vamp_remoteproc::console::MAX_TRACE_READ;
+    fs::write(tree.debugfs(0).join("trace0"), vec![b'A'; 4 * max]).unwrap();
+    assert_eq!(r.trace(0).unwrap().len(), max);
+}
+
+#[test]
 fn managed_remote_over_sysfs() {
     let tree = Tree::new();
     let mut r = tree.remote(1);
