@@ -4,7 +4,7 @@
 //! mutex, which moves messages between their rings.
 
 use crate::control::{Control, ResetNotice};
-use crate::guest_memory::{GuestMemoryMap, GuestRam};
+use crate::guest_memory::{GuestMemoryMap, GuestRam, check_table, max_mapped};
 use crate::hub::{Hub, LinkId, Notifier, RingsInfo};
 use crate::sandbox::{self, ThreadKind};
 use std::io;
@@ -17,7 +17,7 @@ use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, Vrin
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
@@ -86,6 +86,8 @@ pub struct RpmsgBackend {
     /// raw descriptor and never closes it (0.24), so they are closed when this backend (one per
     /// connection) is dropped. Without this every connection leaked an eventfd.
     exit_consumers: Mutex<Vec<std::os::fd::RawFd>>,
+    /// Memory tables refused on this connection (for rate-limited logging).
+    refused_tables: u64,
 }
 
 impl Drop for RpmsgBackend {
@@ -127,6 +129,7 @@ impl RpmsgBackend {
             vrings: None,
             reset_notice: None,
             exit_consumers: Mutex::new(Vec::new()),
+            refused_tables: 0,
         }
     }
 
@@ -216,6 +219,27 @@ impl VhostUserBackendMut for RpmsgBackend {
     }
 
     fn update_memory(&mut self, mem: GuestMemoryMap) -> io::Result<()> {
+        // vhost-user-backend has mapped the table already; nothing reads through it until it is
+        // kept here, so a refused table is never touched (and the previous one is dropped: the
+        // guest asked to replace it).
+        if let Err(e) = check_table(&mem.memory(), max_mapped()) {
+            // vhost-user-backend keeps the map it gave us until the next table: empty it, so a
+            // refused table's mappings (up to terabytes of address space) go now.
+            mem.lock()
+                .map(|guard| guard.replace(GuestMemoryMmap::new()))
+                .ok();
+            self.mem = None;
+            self.refused_tables += 1;
+            // Rate-limited: a VMM can resend a bad table in a loop.
+            if self.refused_tables.is_power_of_two() {
+                log::warn!(
+                    "guest {}: memory table refused ({} so far): {e}",
+                    self.name,
+                    self.refused_tables
+                );
+            }
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
+        }
         self.mem = Some(mem);
         Ok(())
     }
