@@ -4,7 +4,9 @@
 //! mutex, which moves messages between their rings.
 
 use crate::control::{Control, ResetNotice};
-use crate::guest_memory::{GuestMemoryMap, GuestRam, check_table, max_mapped};
+use crate::guest_memory::{
+    GuestMemoryMap, GuestRam, check_table, max_mapped, register_table, take_faults,
+};
 use crate::hub::{Hub, LinkId, Notifier, RingsInfo};
 use crate::sandbox::{self, ThreadKind};
 use std::io;
@@ -222,7 +224,9 @@ impl VhostUserBackendMut for RpmsgBackend {
         // vhost-user-backend has mapped the table already; nothing reads through it until it is
         // kept here, so a refused table is never touched (and the previous one is dropped: the
         // guest asked to replace it).
-        if let Err(e) = check_table(&mem.memory(), max_mapped()) {
+        let checked = check_table(&mem.memory(), max_mapped())
+            .and_then(|()| register_table(self.id, &mem.memory().into_inner()));
+        if let Err(e) = checked {
             // vhost-user-backend keeps the map it gave us until the next table: empty it, so a
             // refused table's mappings (up to terabytes of address space) go now.
             mem.lock()
@@ -297,7 +301,16 @@ impl VhostUserBackendMut for RpmsgBackend {
             .expect("set above");
         // A break, found here or on another guest's thread, reaches the control thread through
         // the notifier's `needs_reset`.
-        let at = lock_hub(&self.hub).service(self.id, &ram, info, &notifier);
+        let at = {
+            let mut hub = lock_hub(&self.hub);
+            let at = hub.service(self.id, &ram, info, &notifier);
+            // Memory that vanished under any thread (this one or another) costs its own guest
+            // its link (see crate::guest_memory).
+            for owner in take_faults() {
+                hub.break_memory_fault(owner);
+            }
+            at
+        };
         if let Some(at) = at {
             Self::record(vrings, at);
         }

@@ -6,12 +6,13 @@
 //! SET_MEM_TABLE, any region that is not a regular file (memfd, shm, hugetlbfs file) covering
 //! `mmap_offset + size`, and a table mapping more than [`max_mapped`] bytes in all. Whether the
 //! file is sealed against shrinking (`F_SEAL_SHRINK`, QEMU's `memory-backend-memfd` sets it
-//! unless `seal=off`) is logged at debug level: an unsealed file is accepted, and a file that
-//! shrinks after the check is not defended against here.
+//! unless `seal=off`) is logged at debug level: an unsealed file is accepted, because a file that
+//! shrinks after the check is survived (the SIGBUS recovery below).
 
 use std::fmt;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 pub use vamp_rpmsg::guest_ram::{GuestMemoryMap, GuestRam};
@@ -52,6 +53,8 @@ pub enum TableError {
     },
     /// The table maps more than the per-guest bound in all.
     TooLarge { total: u64, max: u64 },
+    /// The fault handler's registry of guest regions is full.
+    TooManyRegions { max: usize },
 }
 
 impl fmt::Display for TableError {
@@ -78,6 +81,10 @@ impl fmt::Display for TableError {
                 f,
                 "the table maps {total:#x} bytes, more than the bound of {max:#x} per guest \
                  (--max-guest-memory)"
+            ),
+            TableError::TooManyRegions { max } => write!(
+                f,
+                "more than {max} guest memory regions are mapped in all (every guest's tables)"
             ),
         }
     }
@@ -129,6 +136,176 @@ pub fn check_table(mem: &GuestMemoryMmap, max: u64) -> Result<(), TableError> {
                 "not sealed against shrinking"
             }
         );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Surviving a memory file that shrinks after the check.
+//
+// A VMM can still truncate an unsealed file after SET_MEM_TABLE; the next access to the lost
+// pages raises SIGBUS on whichever thread touches them (often another guest's worker, under
+// the hub lock). [`install_fault_handler`] (main, once, before any sandbox) catches it: a fault
+// inside a registered guest region gets anonymous zero pages mapped over the whole region with
+// `MAP_FIXED` (so the access completes, reading zeros), the region is flagged, and the handler
+// returns. The backends check the flags after servicing ([`take_faults`]) and break the owner's
+// link (DEVICE_NEEDS_RESET): a vanished memory costs its own guest, nobody else. A fault anywhere
+// else, or a failed mmap, writes one line to stderr and ends the process (`exit_group`): never
+// a loop. The handler makes only `mmap` (anonymous, not executable), `write` and `exit_group`,
+// all allowed to every sandboxed thread.
+
+/// How many guest regions can be registered at once (every live table of every guest).
+pub const FAULT_SLOTS: usize = 256;
+
+struct FaultSlot {
+    /// Owner link id + 1; 0 while free. Claimed first, released last.
+    owner: AtomicUsize,
+    start: AtomicUsize,
+    /// 0 while being filled or emptied: the handler ignores such a slot.
+    len: AtomicUsize,
+    faulted: AtomicBool,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const FREE_SLOT: FaultSlot = FaultSlot {
+    owner: AtomicUsize::new(0),
+    start: AtomicUsize::new(0),
+    len: AtomicUsize::new(0),
+    faulted: AtomicBool::new(false),
+};
+
+static FAULT_SLOTS_TABLE: [FaultSlot; FAULT_SLOTS] = [FREE_SLOT; FAULT_SLOTS];
+/// Set by the handler with a slot's flag: the backends' fast path is one load.
+static ANY_FAULT: AtomicBool = AtomicBool::new(false);
+
+/// The tables registered, each with its slots, released once its mappings are gone (a table
+/// stays mapped while any snapshot of it lives, after it is replaced too).
+static REGISTERED: Mutex<Vec<(Weak<GuestMemoryMmap>, Vec<usize>)>> = Mutex::new(Vec::new());
+
+fn release(slots: &[usize]) {
+    for &i in slots {
+        let s = &FAULT_SLOTS_TABLE[i];
+        s.len.store(0, Ordering::Release);
+        s.start.store(0, Ordering::Release);
+        s.faulted.store(false, Ordering::Release);
+        s.owner.store(0, Ordering::Release);
+    }
+}
+
+/// Registers the regions of guest `owner`'s table `mem` with the fault handler, for as long as
+/// the table is mapped. Fails (registering nothing) when the slots are full.
+pub fn register_table(owner: usize, mem: &Arc<GuestMemoryMmap>) -> Result<(), TableError> {
+    let mut registered = REGISTERED.lock().unwrap_or_else(|p| p.into_inner());
+    registered.retain(|(table, slots)| {
+        let live = table.strong_count() > 0;
+        if !live {
+            release(slots);
+        }
+        live
+    });
+    if registered
+        .iter()
+        .any(|(t, _)| Weak::ptr_eq(t, &Arc::downgrade(mem)))
+    {
+        return Ok(());
+    }
+    let mut slots = Vec::new();
+    for r in mem.iter() {
+        let claimed = (0..FAULT_SLOTS).find(|&i| {
+            FAULT_SLOTS_TABLE[i]
+                .owner
+                .compare_exchange(0, owner + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        });
+        let Some(i) = claimed else {
+            release(&slots);
+            return Err(TableError::TooManyRegions { max: FAULT_SLOTS });
+        };
+        let s = &FAULT_SLOTS_TABLE[i];
+        s.start.store(r.as_ptr() as usize, Ordering::Release);
+        s.len.store(r.len() as usize, Ordering::Release);
+        slots.push(i);
+    }
+    registered.push((Arc::downgrade(mem), slots));
+    Ok(())
+}
+
+/// The guests whose memory faulted since the last call (each once), flags cleared.
+pub fn take_faults() -> Vec<usize> {
+    if !ANY_FAULT.swap(false, Ordering::AcqRel) {
+        return Vec::new();
+    }
+    let mut owners = Vec::new();
+    for s in &FAULT_SLOTS_TABLE {
+        if s.faulted.swap(false, Ordering::AcqRel) {
+            let owner = s.owner.load(Ordering::Acquire);
+            if owner != 0 && !owners.contains(&(owner - 1)) {
+                owners.push(owner - 1);
+            }
+        }
+    }
+    owners
+}
+
+/// Writes `msg` to stderr with one `write` call (async-signal-safe).
+fn signal_safe_message(msg: &[u8]) {
+    // SAFETY: write(2) from a valid buffer; the result is ignored (nothing else can be done).
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+    }
+}
+
+extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler; for SIGBUS it
+    // carries the faulting address.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    for s in &FAULT_SLOTS_TABLE {
+        let len = s.len.load(Ordering::Acquire);
+        let start = s.start.load(Ordering::Acquire);
+        if len == 0 || addr < start || addr - start >= len {
+            continue;
+        }
+        // SAFETY: the range is a guest region this process mapped (registered while mapped);
+        // replacing it with private zero pages changes only what guest memory reads as, which
+        // the hub treats as untrusted data anyway.
+        let mapped = unsafe {
+            libc::mmap(
+                start as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if mapped as usize != start {
+            break;
+        }
+        s.faulted.store(true, Ordering::Release);
+        ANY_FAULT.store(true, Ordering::Release);
+        return;
+    }
+    signal_safe_message(
+        b"vhost-user-rpmsg: SIGBUS outside guest memory (or its recovery failed): exiting\n",
+    );
+    // SAFETY: ends the process; nothing runs after it.
+    unsafe {
+        libc::syscall(libc::SYS_exit_group, 128 + libc::SIGBUS);
+    }
+}
+
+/// Installs the SIGBUS handler that survives guest memory vanishing (see above). Call once at
+/// startup, before any thread is sandboxed.
+pub fn install_fault_handler() -> std::io::Result<()> {
+    // SAFETY: a zeroed sigaction with our handler, SA_SIGINFO and an empty mask is valid.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigbus as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
     Ok(())
 }

@@ -118,6 +118,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before any thread starts or is sandboxed: the handler is process-wide.
+    if let Err(e) = vamp_vmm_backend::guest_memory::install_fault_handler() {
+        eprintln!("vhost-user-rpmsg: installing the SIGBUS handler: {e}");
+        return ExitCode::FAILURE;
+    }
     match sandbox_policy(&args) {
         Ok(policy) => {
             sandbox::set_policy(policy);

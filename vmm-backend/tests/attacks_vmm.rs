@@ -1,6 +1,10 @@
 //! Attacks by a guest's VMM on the memory behind its regions, run against the real
 //! `vhost-user-rpmsg` binary with its default sandbox.
 //!
+//! - a VMM that truncates its memory file after SET_MEM_TABLE and kicks: the hub's access to
+//!   the lost pages is survived (SIGBUS recovered), only that guest's link breaks
+//!   (DEVICE_NEEDS_RESET), two well-behaved guests keep exchanging messages, the log stays
+//!   small; with the default sandbox and with `--no-sandbox`;
 //! - a memory table whose regions reach past the end of their file (one region twice its
 //!   file, seven 16 TiB regions over an 8 MiB file) is refused at SET_MEM_TABLE with an error
 //!   the frontend sees; the process lives and two well-behaved guests keep exchanging messages
@@ -8,7 +12,7 @@
 
 mod common;
 
-use common::{Guest, Inbox, TempDir, WAIT, count_lines, read_lossy, spawn_backend};
+use common::{Guest, Inbox, TXQ, TempDir, WAIT, count_lines, kick, read_lossy, spawn_backend};
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
@@ -125,4 +129,62 @@ fn attack_memory_table_larger_than_file() {
     assert!(text.contains("past the end of its file"), "{text}");
     assert!(text.contains("more than the bound"), "{text}");
     assert!(backend.exited().is_none(), "the backend died: {text}");
+}
+
+fn shrink_memory_file(extra: &[&str]) {
+    let dir = TempDir::new(&format!("attack-shrink{}", extra.len()));
+    let (mut backend, sockets, log) = start_backend(&dir, extra);
+    let mut a = served_guest(&sockets[0]);
+    let mut b = served_guest(&sockets[1]);
+    a.echo_roundtrip(1);
+    b.echo_roundtrip(2);
+
+    let mut attacker = served_guest(&sockets[2]);
+    attacker.echo_roundtrip(3);
+    let fd = attacker.g.memory().fd();
+    let size = attacker.g.memory().size() as libc::off_t;
+    // SAFETY: truncating the attacker's own memfd; the test touches that memory no more
+    // until the file has its size back.
+    assert_eq!(unsafe { libc::ftruncate(fd, 0) }, 0);
+    kick(&mut attacker.g, TXQ);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        a.echo_roundtrip(4);
+        b.echo_roundtrip(5);
+        assert!(
+            backend.exited().is_none(),
+            "the backend died: {}",
+            read_lossy(&log)
+        );
+        if attacker.g.needs_reset().unwrap_or(false) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the attacker's link was never broken: {}",
+            read_lossy(&log)
+        );
+        kick(&mut attacker.g, TXQ);
+    }
+    // SAFETY: as above: the file gets its size back (zeros) before the test drops the guest.
+    assert_eq!(unsafe { libc::ftruncate(fd, size) }, 0);
+    for tag in 6..20 {
+        a.echo_roundtrip(tag);
+        b.echo_roundtrip(tag);
+    }
+    assert!(backend.exited().is_none(), "the backend died");
+    let text = read_lossy(&log);
+    assert!(text.contains("its memory vanished"), "{text}");
+    let lines = text.lines().count();
+    assert!(lines < 500, "the log grew to {lines} lines");
+}
+
+#[test]
+fn attack_vmm_shrinks_memory_file() {
+    shrink_memory_file(&[]);
+}
+
+#[test]
+fn attack_vmm_shrinks_memory_file_without_sandbox() {
+    shrink_memory_file(&["--no-sandbox"]);
 }
