@@ -22,6 +22,14 @@
 //! the remotes' KVM threads. They parse what the VMM sends, not what a guest writes, and need
 //! `mmap` of file descriptors, `recvmsg`, `accept` and KVM ioctls.
 //!
+//! # SIGBUS on guest memory
+//!
+//! A VMM can shrink the file behind its guest's memory; the next access raises SIGBUS in any
+//! thread. The handler ([`crate::guest_memory::install_fault_handler`], installed before any
+//! filter) needs only calls every thread here is allowed: `mmap` of anonymous, non-executable
+//! memory (`MAP_FIXED` over the lost region), `rt_sigreturn`, and, for a fault outside guest
+//! memory, `write` and `exit_group`: a refused call can never make the fault repeat.
+//!
 //! # What a refused call does
 //!
 //! With [`Violation::Refuse`] (the default) a refused call fails with `EPERM` and a line on
