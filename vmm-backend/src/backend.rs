@@ -210,7 +210,7 @@ impl VhostUserBackendMut for RpmsgBackend {
     }
 
     fn reset_device(&mut self) {
-        let at = lock_hub(&self.hub).stop(self.id, "device reset");
+        let at = run_ring_work(&self.hub, stop(self.id, "device reset"));
         if let (Some((vrings, _)), Some(at)) = (&self.vrings, at) {
             Self::record(vrings, at);
         }
@@ -260,7 +260,7 @@ impl VhostUserBackendMut for RpmsgBackend {
     }
 
     fn stop_vring(&mut self, _queue_index: u32) -> io::Result<()> {
-        let at = lock_hub(&self.hub).stop(self.id, "the frontend stopped the rings");
+        let at = run_ring_work(&self.hub, stop(self.id, "the frontend stopped the rings"));
         if let (Some((vrings, _)), Some(at)) = (&self.vrings, at) {
             Self::record(vrings, at);
         }
@@ -316,6 +316,42 @@ impl VhostUserBackendMut for RpmsgBackend {
         }
         Ok(())
     }
+}
+
+/// Runs `work` on the hub, on a thread of its own (`vamp-ring-work`) confined as
+/// [`ThreadKind::RingWork`], and returns its result. For the threads outside the sandbox (the
+/// vhost-user request thread, the accept thread, a remote's thread) whose events make the hub
+/// write into other guests' rings (see crate::sandbox). If no thread can be made, the work
+/// runs here, logged.
+pub fn run_ring_work<R: Send + 'static, W: FnOnce(&mut Hub) -> R + Send + 'static>(
+    hub: &Arc<Mutex<Hub>>,
+    work: W,
+) -> R {
+    let shared = hub.clone();
+    let slot = Arc::new(Mutex::new(Some(work)));
+    let theirs = slot.clone();
+    let take = |slot: &Mutex<Option<_>>| slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let spawned = std::thread::Builder::new()
+        .name("vamp-ring-work".into())
+        .spawn(move || {
+            sandbox::enter(ThreadKind::RingWork);
+            take(&theirs).map(|work: W| work(&mut lock_hub(&shared)))
+        });
+    match spawned.map(|t| t.join()) {
+        Ok(Ok(Some(result))) => result,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Ok(Ok(None)) | Err(_) => {
+            log::error!("cannot start a ring-work thread: the work runs unconfined");
+            let work = take(&slot).expect("not taken: the thread never ran it");
+            work(&mut lock_hub(hub))
+        }
+    }
+}
+
+/// The work of stopping guest `id`'s link, for [`run_ring_work`].
+pub fn stop(id: LinkId, reason: impl Into<String>) -> impl FnOnce(&mut Hub) -> Option<[u16; 2]> {
+    let reason = reason.into();
+    move |hub| hub.stop(id, &reason)
 }
 
 /// How often the hub's clock ticks (see [`Hub::tick`]).
@@ -387,7 +423,7 @@ pub fn serve_guest(
         // of the old connection bring the link back up.
         drop(daemon);
         drop(control);
-        lock_hub(&hub).stop(id, "the frontend disconnected");
+        run_ring_work(&hub, stop(id, "the frontend disconnected"));
         match result {
             Ok(()) => log::info!("guest {name}: frontend disconnected"),
             Err(vhost_user_backend::Error::HandleRequest(
