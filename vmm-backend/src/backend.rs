@@ -4,7 +4,9 @@
 //! mutex, which moves messages between their rings.
 
 use crate::control::{Control, ResetNotice};
-use crate::guest_memory::{GuestMemoryMap, GuestRam};
+use crate::guest_memory::{
+    GuestMemoryMap, GuestRam, check_table, max_mapped, register_table, take_faults,
+};
 use crate::hub::{Hub, LinkId, Notifier, RingsInfo};
 use crate::sandbox::{self, ThreadKind};
 use std::io;
@@ -18,7 +20,7 @@ use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, Vrin
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
@@ -104,6 +106,8 @@ pub struct RpmsgBackend {
     /// raw descriptor and never closes it (0.24), so they are closed when this backend (one per
     /// connection) is dropped. Without this every connection leaked an eventfd.
     exit_consumers: Mutex<Vec<std::os::fd::RawFd>>,
+    /// Memory tables refused on this connection (for rate-limited logging).
+    refused_tables: u64,
 }
 
 impl Drop for RpmsgBackend {
@@ -145,6 +149,7 @@ impl RpmsgBackend {
             vrings: None,
             reset_notice: None,
             exit_consumers: Mutex::new(Vec::new()),
+            refused_tables: 0,
         }
     }
 
@@ -223,7 +228,7 @@ impl VhostUserBackendMut for RpmsgBackend {
     }
 
     fn reset_device(&mut self) {
-        let at = lock_hub(&self.hub).stop(self.id, "device reset");
+        let at = run_ring_work(&self.hub, stop(self.id, "device reset"));
         if let (Some((vrings, _)), Some(at)) = (&self.vrings, at) {
             Self::record(vrings, at);
         }
@@ -234,6 +239,29 @@ impl VhostUserBackendMut for RpmsgBackend {
     }
 
     fn update_memory(&mut self, mem: GuestMemoryMap) -> io::Result<()> {
+        // vhost-user-backend has mapped the table already; nothing reads through it until it is
+        // kept here, so a refused table is never touched (and the previous one is dropped: the
+        // guest asked to replace it).
+        let checked = check_table(&mem.memory(), max_mapped())
+            .and_then(|()| register_table(self.id, &mem.memory().into_inner()));
+        if let Err(e) = checked {
+            // vhost-user-backend keeps the map it gave us until the next table: empty it, so a
+            // refused table's mappings (up to terabytes of address space) go now.
+            mem.lock()
+                .map(|guard| guard.replace(GuestMemoryMmap::new()))
+                .ok();
+            self.mem = None;
+            self.refused_tables += 1;
+            // Rate-limited: a VMM can resend a bad table in a loop.
+            if self.refused_tables.is_power_of_two() {
+                log::warn!(
+                    "guest {}: memory table refused ({} so far): {e}",
+                    self.name,
+                    self.refused_tables
+                );
+            }
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
+        }
         self.mem = Some(mem);
         Ok(())
     }
@@ -250,7 +278,7 @@ impl VhostUserBackendMut for RpmsgBackend {
     }
 
     fn stop_vring(&mut self, _queue_index: u32) -> io::Result<()> {
-        let at = lock_hub(&self.hub).stop(self.id, "the frontend stopped the rings");
+        let at = run_ring_work(&self.hub, stop(self.id, "the frontend stopped the rings"));
         if let (Some((vrings, _)), Some(at)) = (&self.vrings, at) {
             Self::record(vrings, at);
         }
@@ -291,12 +319,57 @@ impl VhostUserBackendMut for RpmsgBackend {
             .expect("set above");
         // A break, found here or on another guest's thread, reaches the control thread through
         // the notifier's `needs_reset`.
-        let at = lock_hub(&self.hub).service(self.id, &ram, info, &notifier);
+        let at = {
+            let mut hub = lock_hub(&self.hub);
+            let at = hub.service(self.id, &ram, info, &notifier);
+            // Memory that vanished under any thread (this one or another) costs its own guest
+            // its link (see crate::guest_memory).
+            for owner in take_faults() {
+                hub.break_memory_fault(owner);
+            }
+            at
+        };
         if let Some(at) = at {
             Self::record(vrings, at);
         }
         Ok(())
     }
+}
+
+/// Runs `work` on the hub, on a thread of its own (`vamp-ring-work`) confined as
+/// [`ThreadKind::RingWork`], and returns its result. For the threads outside the sandbox (the
+/// vhost-user request thread, the accept thread, a remote's thread) whose events make the hub
+/// write into other guests' rings (see crate::sandbox). If no thread can be made, the work
+/// runs here, logged.
+pub fn run_ring_work<R: Send + 'static, W: FnOnce(&mut Hub) -> R + Send + 'static>(
+    hub: &Arc<Mutex<Hub>>,
+    work: W,
+) -> R {
+    let shared = hub.clone();
+    let slot = Arc::new(Mutex::new(Some(work)));
+    let theirs = slot.clone();
+    let take = |slot: &Mutex<Option<_>>| slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let spawned = std::thread::Builder::new()
+        .name("vamp-ring-work".into())
+        .spawn(move || {
+            sandbox::enter(ThreadKind::RingWork);
+            take(&theirs).map(|work: W| work(&mut lock_hub(&shared)))
+        });
+    match spawned.map(|t| t.join()) {
+        Ok(Ok(Some(result))) => result,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Ok(Ok(None)) | Err(_) => {
+            log::error!("cannot start a ring-work thread: the work runs unconfined");
+            let work = take(&slot).expect("not taken: the thread never ran it");
+            work(&mut lock_hub(hub))
+        }
+    }
+}
+
+/// The work of stopping guest `id`'s link, for [`run_ring_work`].
+pub fn stop(id: LinkId, reason: impl Into<String>) -> impl FnOnce(&mut Hub) -> Option<[u16; 2]> {
+    let reason = reason.into();
+    move |hub| hub.stop(id, &reason)
 }
 
 /// How often the hub's clock ticks (see [`Hub::tick`]).
@@ -368,7 +441,7 @@ pub fn serve_guest(
         // of the old connection bring the link back up.
         drop(daemon);
         drop(control);
-        lock_hub(&hub).stop(id, "the frontend disconnected");
+        run_ring_work(&hub, stop(id, "the frontend disconnected"));
         match result {
             Ok(()) => log::info!("guest {name}: frontend disconnected"),
             Err(vhost_user_backend::Error::HandleRequest(

@@ -917,6 +917,27 @@ impl Hub {
         at
     }
 
+    /// Guest `id`'s memory vanished under the hub (its VMM shrank the file; the fault was
+    /// survived in crate::guest_memory): its link goes down and stays down until it resets
+    /// the device (DEVICE_NEEDS_RESET), as for a ring protocol error.
+    /// Logged once per fault (a region faults once: it is zero memory from then on).
+    pub fn break_memory_fault(&mut self, id: LinkId) {
+        let Some(slot) = self.slots.get(id) else {
+            return;
+        };
+        log::error!(
+            "{} {}: its memory vanished (the file behind it shrank); its link is down until it resets the device",
+            slot.kind,
+            slot.name
+        );
+        // The zeros read in its place may have broken the link already.
+        let Some(rings) = slot.link.as_ref().map(|l| l.rings) else {
+            return;
+        };
+        self.link_down(id, "guest memory vanished");
+        self.mark_broken(id, rings);
+    }
+
     fn next_avail(&self, id: LinkId) -> Option<[u16; 2]> {
         let link = self.slots.get(id)?.link.as_ref()?;
         link.engine.as_ref()?.transport().next_avail()

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use vamp_vmm_backend::backend::serve_guest;
 use vamp_vmm_backend::config::Topology;
+use vamp_vmm_backend::guest_memory::{DEFAULT_MAX_MAPPED, set_max_mapped};
 use vamp_vmm_backend::hub::Hub;
 use vamp_vmm_backend::sandbox::{self, Policy, Violation};
 
@@ -36,6 +37,10 @@ struct Args {
     /// and is logged; the default) or `kill` (the whole process dies with SIGSYS).
     #[arg(long, value_name = "ACTION", default_value = "refuse", value_parser = ["refuse", "kill"], conflicts_with = "no_sandbox")]
     sandbox_violation: String,
+    /// Most bytes one guest's memory table may map, in MiB; a larger table is refused at
+    /// SET_MEM_TABLE. Default 65536 (64 GiB).
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MAX_MAPPED >> 20)]
+    max_guest_memory: u64,
 }
 
 /// The sandbox policy the arguments ask for, checked to work on this machine.
@@ -113,6 +118,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before any thread starts or is sandboxed: the handler is process-wide.
+    if let Err(e) = vamp_vmm_backend::guest_memory::install_fault_handler() {
+        eprintln!("vhost-user-rpmsg: installing the SIGBUS handler: {e}");
+        return ExitCode::FAILURE;
+    }
     match sandbox_policy(&args) {
         Ok(policy) => {
             sandbox::set_policy(policy);
@@ -134,6 +144,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    set_max_mapped(args.max_guest_memory.saturating_mul(1 << 20));
     let sockets: Vec<PathBuf> = topology.guests.iter().map(|g| g.socket.clone()).collect();
     handle_signals(sockets.clone());
     let guest_count = topology.guests.len();

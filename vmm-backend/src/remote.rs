@@ -3,7 +3,7 @@
 //! are offered to guests as the topology says, like any guest's; a crash withdraws them, and
 //! recovery (per the topology) brings the remote and its channels back.
 
-use crate::backend::lock_hub;
+use crate::backend::{lock_hub, run_ring_work, stop};
 use crate::config::RemoteSpec;
 use crate::hub::{Hub, LinkEnv, LinkId, Notifier};
 use std::sync::{Arc, Mutex};
@@ -134,12 +134,15 @@ pub fn serve_remote(hub: Arc<Mutex<Hub>>, id: LinkId, spec: RemoteSpec) -> Resul
         match rp.poll() {
             RemoteEvent::Idle => {}
             RemoteEvent::Exited(code) => {
-                lock_hub(&hub).stop(id, &format!("the remote exited with code {code}"));
+                run_ring_work(
+                    &hub,
+                    stop(id, format!("the remote exited with code {code}")),
+                );
                 log::info!("remote {name}: exited with code {code}");
                 return Ok(());
             }
             RemoteEvent::Crashed(why) => {
-                lock_hub(&hub).stop(id, "the remote crashed");
+                run_ring_work(&hub, stop(id, "the remote crashed"));
                 log::error!("remote {name}: crashed: {why}");
                 if rp.restarts() >= max_restarts {
                     log::error!(

@@ -16,11 +16,25 @@
 //! - **the hub's clock** ([`ThreadKind::Clock`]): `Hub::tick` gives up on stuck receivers,
 //!   returning buffers into guests' used rings; the filter is installed before its first tick.
 //!
-//! Not covered: the vhost-user request thread of each connection (it maps the memory tables
-//! the frontend sends, receives file descriptors and stops links on reset or disconnect), the
+//! - **ring work** ([`ThreadKind::RingWork`]): stopping a link (a device reset or a ring stop
+//!   seen by the vhost-user request thread, a disconnect seen by the accept thread, a remote's
+//!   exit or crash) withdraws its names from the other guests and returns their held buffers:
+//!   writes into other guests' rings. Those threads hand it to a short-lived thread
+//!   (`vamp-ring-work`, [`crate::backend::run_ring_work`]) that installs this filter first.
+//!
+//! Not covered yet: the vhost-user request thread of each connection (it maps the memory
+//! tables the frontend sends and receives file descriptors; its stops go to ring work), the
 //! control-connection thread ([`crate::control`]), the threads that accept connections, and
-//! the remotes' KVM threads. They parse what the VMM sends, not what a guest writes, and need
-//! `mmap` of file descriptors, `recvmsg`, `accept` and KVM ioctls.
+//! the remotes' threads (the remote-serving thread still services the remote's rings itself)
+//! and KVM threads. They need `mmap` of file descriptors, `recvmsg`, `accept` and KVM ioctls.
+//!
+//! # SIGBUS on guest memory
+//!
+//! A VMM can shrink the file behind its guest's memory; the next access raises SIGBUS in any
+//! thread. The handler ([`crate::guest_memory::install_fault_handler`], installed before any
+//! filter) needs only calls every thread here is allowed: `mmap` of anonymous, non-executable
+//! memory (`MAP_FIXED` over the lost region), `rt_sigreturn`, and, for a fault outside guest
+//! memory, `write` and `exit_group`: a refused call can never make the fault repeat.
 //!
 //! # What a refused call does
 //!
@@ -54,6 +68,10 @@ pub enum ThreadKind {
     Worker,
     /// The hub's clock: sleeps, ticks the hub.
     Clock,
+    /// A short-lived thread that stops a link for a thread outside the sandbox (a reset or
+    /// disconnect seen by the vhost-user request or accept thread, a remote's end): it walks
+    /// other guests' rings (withdrawals, returned buffers) and exits. Only the common calls.
+    RingWork,
 }
 
 /// What happens when a sandboxed thread makes a call outside its list.
@@ -170,6 +188,7 @@ pub fn last_refused() -> Option<i64> {
 pub fn check(violation: Violation) -> Result<(), SandboxError> {
     filter(ThreadKind::Worker, violation)?;
     filter(ThreadKind::Clock, violation)?;
+    filter(ThreadKind::RingWork, violation)?;
     std::thread::Builder::new()
         .name("vamp-sandbox-check".into())
         .spawn(move || install(ThreadKind::Clock, violation))
@@ -313,6 +332,8 @@ fn rules(kind: ThreadKind) -> Vec<Allowed> {
             rules.push(allow!(SYS_nanosleep, Any, "sleeping between ticks"));
             rules.push(allow!(SYS_clock_nanosleep, Any, "sleeping between ticks"));
         }
+        // Locks, the allocator, call eventfds, log lines and thread exit: all common.
+        ThreadKind::RingWork => {}
     }
     rules
 }

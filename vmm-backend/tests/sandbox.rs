@@ -448,3 +448,41 @@ fn bad_sandbox_arguments_are_refused_with_reasons() {
     assert!(!out.status.success());
     assert!(err.contains("cannot be used with"), "{err}");
 }
+
+#[test]
+fn a_disconnect_stops_the_link_on_a_confined_thread() {
+    let _serial = serial();
+    assert_eq!(sandbox::policy(), Policy::On(Violation::Refuse));
+    let refusals = sandbox::refusals();
+    // The helper itself: the work runs confined, whoever asks.
+    let direct = std::sync::Arc::new(Mutex::new(vamp_vmm_backend::hub::Hub::new(
+        vamp_vmm_backend::config::Topology::all_to_all(vec![PathBuf::from("/unused")], &[])
+            .unwrap(),
+    )));
+    assert!(!sandbox::is_confined());
+    assert!(vamp_vmm_backend::backend::run_ring_work(&direct, |_| {
+        sandbox::is_confined()
+    }));
+    // A disconnect seen by the accept thread (outside the sandbox) makes a confined thread
+    // stop the link: withdrawing its names writes into the other guests' rings.
+    let hub = TestHub::start("sandbox-ring-work", TOPOLOGY);
+    let mut a = NativeGuest::connect(&hub.sockets[0], GuestOptions::default()).unwrap();
+    let mut ai = Inbox::default();
+    pump(&mut a, &mut ai, "echo", |i| i.announced("echo").is_some());
+    let deadline = Instant::now() + WAIT;
+    while !hub.is_up(0) {
+        assert!(Instant::now() < deadline, "a's link never came up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let installs = sandbox::installs();
+    a.disconnect();
+    while hub.is_up(0) {
+        assert!(Instant::now() < deadline, "a's link never went down");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        sandbox::installs() > installs,
+        "the link was stopped by a thread that confined itself"
+    );
+    assert_eq!(sandbox::refusals(), refusals, "nothing legitimate refused");
+}
