@@ -12,7 +12,7 @@
 //!
 //! The crate is `no_std` and needs only `alloc` (a global allocator). The `std` feature adds
 //! the Linux pieces: a std [`Environment`](transport::Environment) and the native two-process
-//! link laid out as OpenAMP's native-Linux machine. The `testing` feature adds [`testing`]:
+//! link laid out as OpenAMP's native-Linux machine. The `testing` feature adds the `testing` module:
 //! test doubles of other stacks' behaviour on the wire.
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
