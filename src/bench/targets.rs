@@ -1,0 +1,158 @@
+//! The targets of issue 5: each compares vamp's figures with the floor they are named against
+//! and says met, missed or not measured.
+
+use super::report::{LinkRow, Report, cpu_ratio, fmt_ns, fmt_ratio, scale_ratio};
+
+pub(super) fn full_ring(r: &Report, kind: &str, guests: usize, size: usize) -> Option<f64> {
+    r.full_rings
+        .iter()
+        .find(|f| f.kind == kind && f.guests == guests && f.size == size)
+        .and_then(|f| f.ns.as_ref().ok().copied())
+}
+
+pub(super) fn link<'a>(
+    r: &'a Report,
+    key: &str,
+    mode: &str,
+    size: usize,
+    two_cpus: bool,
+) -> Option<&'a LinkRow> {
+    r.links.iter().find(|l| {
+        l.key == key
+            && l.mode == mode
+            && l.size == size
+            && (l.placement.starts_with("CPUs ") == two_cpus || key != "native")
+    })
+}
+
+pub(super) fn evaluate_targets(r: &mut Report) {
+    let mut t = Vec::new();
+    let verdict = |ok: bool| if ok { "met" } else { "not met" }.to_string();
+    // Round trip with notifications.
+    let mut lines = Vec::new();
+    let mut ok = true;
+    for (key, two) in [
+        ("native", true),
+        ("native", false),
+        ("hub_echo", true),
+        ("kvm", true),
+    ] {
+        if let Some(l) = link(r, key, "notify", 16, two)
+            && let Some(x) = l.lat_ratio()
+        {
+            ok &= x <= 1.3;
+            lines.push(format!("{} ({}) {x:.2}x", l.label, l.placement));
+        }
+    }
+    t.push((
+        "round trip <= 1.3x eventfd/futex floor (notifications, 16 B p50)".into(),
+        verdict(ok && !lines.is_empty()),
+        lines.join("; "),
+    ));
+    // Busy-poll.
+    let mut lines = Vec::new();
+    let mut ok = true;
+    for key in ["native", "hub_echo", "guest_hub_guest", "kvm"] {
+        if let Some(l) = link(r, key, "busy-poll", 16, true)
+            && let Some(x) = l.lat_ratio()
+        {
+            ok &= x <= 3.0;
+            lines.push(format!("{} {x:.2}x", l.label));
+        }
+    }
+    t.push((
+        "round trip <= 3x spin floor (busy-poll, 16 B p50)".into(),
+        verdict(ok && !lines.is_empty()),
+        lines.join("; "),
+    ));
+    // Hub forwarding.
+    let f16 = full_ring(r, "forward", 2, 16);
+    let f496 = full_ring(r, "forward", 2, 496);
+    t.push((
+        "hub forwarding <= 200 ns/message with full rings".into(),
+        verdict(f16.is_some_and(|v| v <= 200.0) && f496.is_some_and(|v| v <= 200.0)),
+        format!(
+            "guest to guest {} (16 B), {} (496 B); 64 guests {} / {}",
+            f16.map_or("-".into(), fmt_ns),
+            f496.map_or("-".into(), fmt_ns),
+            full_ring(r, "forward", 64, 16).map_or("-".into(), fmt_ns),
+            full_ring(r, "forward", 64, 496).map_or("-".into(), fmt_ns),
+        ),
+    ));
+    // 496 B throughput vs copying.
+    let mut lines = Vec::new();
+    let mut ok = true;
+    let copy496 = r.copies.iter().find(|c| c.0 == 496).map(|c| c.1);
+    for key in ["native", "hub_echo", "guest_hub_guest", "kvm"] {
+        let small = link(r, key, "notify", 16, true).and_then(|l| l.fig.as_ref().ok());
+        let big = link(r, key, "notify", 496, true).and_then(|l| l.fig.as_ref().ok());
+        if let (Some(s), Some(b)) = (small, big) {
+            let extra = b.tput.ns_per_msg - s.tput.ns_per_msg;
+            let grow = b.tput.ns_per_msg / s.tput.ns_per_msg;
+            ok &= grow <= 1.25;
+            lines.push(format!(
+                "{key}: {} -> {} per message ({grow:.2}x)",
+                fmt_ns(s.tput.ns_per_msg),
+                fmt_ns(b.tput.ns_per_msg)
+            ));
+            let _ = extra;
+        }
+    }
+    if let Some(c) = copy496 {
+        lines.push(format!("one engine copy of 496 B: {}", fmt_ns(c)));
+    }
+    t.push((
+        "496 B throughput bounded by notifications, not copying (per-message cost 496 B vs 16 B <= 1.25x)"
+            .into(),
+        verdict(ok && lines.len() > 1),
+        lines.join("; "),
+    ));
+    // Scale.
+    let g64 = r.guests.last().and_then(|row| cpu_ratio(&r.guests, row));
+    let fr = match (full_ring(r, "echo", 1, 16), full_ring(r, "echo", 64, 16)) {
+        (Some(a), Some(b)) => Some(b / a),
+        _ => None,
+    };
+    t.push((
+        "64 guests within 10% of 1 per message".into(),
+        verdict(g64.is_some_and(|x| x <= 1.1) && fr.is_some_and(|x| x <= 1.1)),
+        format!(
+            "CPU per message, all echoing with notifications: {}; hub cost with full rings: {}",
+            fmt_ratio(g64),
+            fmt_ratio(fr)
+        ),
+    ));
+    let e10k = r
+        .endpoints
+        .last()
+        .and_then(|row| scale_ratio(&r.endpoints, row));
+    t.push((
+        "10 000 endpoints within 10% of 1 per message".into(),
+        verdict(e10k.is_some_and(|x| x <= 1.1)),
+        format!("native link, busy-poll: {}", fmt_ratio(e10k)),
+    ));
+    let start = r.start.as_ref().and_then(|s| s.as_ref().ok());
+    t.push((
+        "remote start <= 5 ms (VM creation to first announcement)".into(),
+        match start {
+            Some(s) => verdict(s.total_ns <= 5e6),
+            None => "not measured".into(),
+        },
+        start.map_or_else(
+            || {
+                r.start
+                    .as_ref()
+                    .and_then(|s| s.as_ref().err().cloned())
+                    .unwrap_or_default()
+            },
+            |s| {
+                format!(
+                    "median {} (min {})",
+                    fmt_ns(s.total_ns),
+                    fmt_ns(s.min_total_ns)
+                )
+            },
+        ),
+    ));
+    r.targets = t;
+}
