@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vamp_fuzz::{Bytes, Echo, Env, Flags};
+use vamp_fuzz::{Bytes, Echo, Flags, env};
 use vamp_rpmsg::mem::{HeapMemory, SharedMemory};
 use vamp_rpmsg::rpmsg::Rpmsg;
 use vamp_rpmsg::transport::{DeviceTransport, Transport};
@@ -101,7 +101,7 @@ fn engine(image: &[u8], rings: [VringLayout; 2], at: [u16; 2], flags: Flags, ops
     let mem = HeapMemory::new(MEM as usize, 0);
     mem.write(0, image).expect("image fits");
     let (endian, event_idx) = (flags.endian(), flags.event_idx());
-    let Ok(t) = DeviceTransport::resume(&mem, Env::default(), rings, at, endian, event_idx, 512)
+    let Ok(t) = DeviceTransport::resume(&mem, env(), rings, at, endian, event_idx, 512)
     else {
         return;
     };

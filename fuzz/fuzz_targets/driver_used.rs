@@ -12,7 +12,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeSet;
-use vamp_fuzz::{Bytes, Echo, Env, Flags};
+use vamp_fuzz::{Bytes, Echo, Flags, env};
 use vamp_rpmsg::mem::{HeapMemory, SharedMemory};
 use vamp_rpmsg::rpmsg::Rpmsg;
 use vamp_rpmsg::transport::{BufferConfig, DriverLayout, DriverTransport};
@@ -89,7 +89,7 @@ fn queue(ring: VringLayout, endian: Endian, event_idx: bool, ops: &[u8]) {
 fn engine(layout: DriverLayout, flags: Flags, ops: &[u8]) {
     let mem = HeapMemory::new(MEM as usize, 0);
     let endian = flags.endian();
-    let Ok(t) = DriverTransport::new(&mem, Env::default(), layout, endian, flags.event_idx())
+    let Ok(t) = DriverTransport::new(&mem, env(), layout, endian, flags.event_idx())
     else {
         return;
     };

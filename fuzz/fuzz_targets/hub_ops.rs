@@ -13,7 +13,8 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use vamp_fuzz::{Bytes, Env};
+use vamp_fuzz::{Bytes, env};
+use vamp_rpmsg::testing::TestEnv;
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::rpmsg::{Config, Handler, NsEvent, Received, Rpmsg};
 use vamp_rpmsg::transport::{DriverLayout, DriverTransport, Transport};
@@ -94,7 +95,7 @@ impl<T: Transport> Handler<T> for Learned {
 struct Guest {
     mem: GuestMemoryMmap,
     ram: GuestRam,
-    rpmsg: Rpmsg<DriverTransport<GuestRam, Env>>,
+    rpmsg: Rpmsg<DriverTransport<GuestRam, TestEnv>>,
     info: RingsInfo,
     learned: Learned,
 }
@@ -105,7 +106,7 @@ impl Guest {
         let ram = GuestRam::new(mem.clone());
         let t = DriverTransport::new(
             ram.clone(),
-            Env::default(),
+            env(),
             layout,
             Endian::Little,
             event_idx,

@@ -2,7 +2,8 @@
 //! an engine, and the environment and handler the engine runs with.
 
 use vamp_rpmsg::rpmsg::{Config, Handler, HeldRx, Received, Rpmsg};
-use vamp_rpmsg::transport::{Environment, Transport};
+use vamp_rpmsg::testing::TestEnv;
+use vamp_rpmsg::transport::Transport;
 use vamp_rpmsg::wire::Endian;
 
 /// Bytes of the input, read front to back; missing ones read as zero.
@@ -72,19 +73,10 @@ impl Flags {
     }
 }
 
-/// An environment whose kicks go nowhere and whose clock moves 1 ms a reading.
-#[derive(Debug, Default)]
-pub struct Env {
-    now: u64,
-}
-
-impl Environment for Env {
-    fn notify(&mut self, _queue: u16) {}
-
-    fn now_us(&mut self) -> u64 {
-        self.now += 1000;
-        self.now
-    }
+/// The environment every engine target runs with: its kicks are only counted and its clock
+/// moves 1 ms a reading, so that anything bounded in time ends.
+pub fn env() -> TestEnv {
+    TestEnv::ticking(1000)
 }
 
 /// Echoes messages whose first byte is odd, holds the others (up to 8 at a time).

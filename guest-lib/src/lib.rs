@@ -13,7 +13,8 @@
 //! The crate is `no_std` and needs only `alloc` (a global allocator). The `std` feature adds
 //! the Linux pieces: a std [`Environment`](transport::Environment) and the native two-process
 //! link laid out as OpenAMP's native-Linux machine. The `testing` feature adds the `testing` module:
-//! test doubles of other stacks' behaviour on the wire.
+//! a dummy environment, an in-memory link between two engines, a recording handler, and test
+//! doubles of other stacks' behaviour on the wire.
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
@@ -33,5 +34,5 @@ pub mod apps;
 pub mod guest_ram;
 #[cfg(feature = "std")]
 pub mod native;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -904,44 +904,15 @@ impl<M: SharedMemory, E: Environment> Transport for DeviceTransport<M, E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mem::HeapMemory;
-    use alloc::sync::Arc;
+    use crate::testing::{Loopback, LoopbackDevice, LoopbackDriver};
 
-    #[derive(Debug, Default)]
-    struct NoEnv;
-
-    impl Environment for NoEnv {
-        fn notify(&mut self, _queue: u16) {}
-        fn now_us(&mut self) -> u64 {
-            0
+    /// Both roles on one memory, without EVENT_IDX.
+    fn pair() -> (LoopbackDriver, LoopbackDevice) {
+        let (host, remote, _, _) = Loopback {
+            event_idx: false,
+            ..Loopback::default()
         }
-    }
-
-    type Pair = (
-        DriverTransport<Arc<HeapMemory>, NoEnv>,
-        DeviceTransport<Arc<HeapMemory>, NoEnv>,
-    );
-
-    fn pair() -> Pair {
-        let mem = Arc::new(HeapMemory::new(0x80000, 0));
-        let layout = DriverLayout {
-            rx_ring: VringLayout::legacy(0x4000, 256, 0x1000).unwrap(),
-            tx_ring: VringLayout::legacy(0x8000, 256, 0x1000).unwrap(),
-            pool_addr: 0x10000,
-            pool_len: 0x70000,
-            buffers: BufferConfig::default(),
-        };
-        let host = DriverTransport::new(mem.clone(), NoEnv, layout, Endian::Little, false).unwrap();
-        let remote = DeviceTransport::new(
-            mem,
-            NoEnv,
-            layout.rx_ring,
-            layout.tx_ring,
-            Endian::Little,
-            false,
-            512,
-        )
-        .unwrap();
+        .transports();
         (host, remote)
     }
 

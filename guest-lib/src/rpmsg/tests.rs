@@ -2,54 +2,28 @@
 
 use super::*;
 use crate::mem::{HeapMemory, SharedMemory};
-use crate::transport::{
-    BufferConfig, DeviceTransport, DriverLayout, DriverTransport, Environment, RX_QUEUE, TX_QUEUE,
-};
-use crate::vring::VringLayout;
+use crate::testing::{Loopback, LoopbackDevice, LoopbackDriver, Recorder, TestEnv};
+use crate::transport::{BufferConfig, DeviceTransport, DriverLayout, RX_QUEUE, TX_QUEUE};
 use alloc::rc::Rc;
 use alloc::sync::Arc;
 use alloc::vec;
-use core::cell::{Cell, RefCell};
+use core::cell::RefCell;
 use proptest::prelude::*;
 
-/// Counts notifications; "waiting" advances a fake clock by the whole timeout.
-#[derive(Debug, Clone, Default)]
-struct TestEnv {
-    kicks: Rc<Cell<[u32; 2]>>,
-    clock: Rc<Cell<u64>>,
-}
+type Host = Rpmsg<LoopbackDriver>;
+type Remote = Rpmsg<LoopbackDevice>;
 
-impl Environment for TestEnv {
-    fn notify(&mut self, queue: u16) {
-        let mut k = self.kicks.get();
-        k[queue as usize] += 1;
-        self.kicks.set(k);
-    }
-    fn wait(&mut self, timeout_us: u64) -> bool {
-        self.clock.set(self.clock.get() + timeout_us);
-        false
-    }
-    fn now_us(&mut self) -> u64 {
-        self.clock.get()
-    }
-}
-
-type Mem = Arc<HeapMemory>;
-type Host = Rpmsg<DriverTransport<Mem, TestEnv>>;
-type Remote = Rpmsg<DeviceTransport<Mem, TestEnv>>;
-
-const VQ0: u64 = 0x4000;
-const VQ1: u64 = 0x8000;
-const POOL: u64 = 0x10000;
+const VQ0: u64 = Loopback::VQ0;
+const VQ1: u64 = Loopback::VQ1;
+const POOL: u64 = Loopback::POOL;
 
 fn layout(ring: u16, buffers: BufferConfig) -> DriverLayout {
-    DriverLayout {
-        rx_ring: VringLayout::legacy(VQ0, ring, 0x1000).unwrap(),
-        tx_ring: VringLayout::legacy(VQ1, ring, 0x1000).unwrap(),
-        pool_addr: POOL,
-        pool_len: 0x70000,
+    Loopback {
+        ring,
         buffers,
+        ..Loopback::default()
     }
+    .layout()
 }
 
 fn pair_with(
@@ -57,70 +31,17 @@ fn pair_with(
     buffers: BufferConfig,
     event_idx: bool,
 ) -> (Host, Remote, TestEnv, TestEnv) {
-    let mem = Arc::new(HeapMemory::new(0x80000, 0));
-    let (he, re) = (TestEnv::default(), TestEnv::default());
-    let l = layout(ring, buffers);
-    let host_t =
-        DriverTransport::new(mem.clone(), he.clone(), l, Endian::Little, event_idx).unwrap();
-    let remote_t = DeviceTransport::new(
-        mem,
-        re.clone(),
-        l.rx_ring,
-        l.tx_ring,
-        Endian::Little,
+    Loopback {
+        ring,
+        buffers,
         event_idx,
-        buffers.r2h_buf_size,
-    )
-    .unwrap();
-    (
-        Rpmsg::new(host_t, Config::default()),
-        Rpmsg::new(remote_t, Config::default()),
-        he,
-        re,
-    )
+        endian: Endian::Little,
+    }
+    .engines(Config::default())
 }
 
 fn pair() -> (Host, Remote, TestEnv, TestEnv) {
     pair_with(256, BufferConfig::default(), true)
-}
-
-/// Records everything delivered; optionally echoes and holds.
-#[derive(Debug, Default)]
-struct Recorder {
-    messages: Vec<(EptId, u32, Vec<u8>)>,
-    ns: Vec<(Vec<u8>, u32, bool, Option<EptId>)>,
-    dropped: Vec<Dropped>,
-    echo: bool,
-    hold: bool,
-    held: Vec<HeldRx>,
-}
-
-impl<T: Transport> Handler<T> for Recorder {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
-        let data = rpmsg.payload(msg).unwrap();
-        if self.echo {
-            rpmsg.sendto(msg.ept, msg.src, &data).unwrap();
-        }
-        if self.hold {
-            self.held.push(rpmsg.hold_rx(msg));
-        }
-        self.messages.push((msg.ept, msg.src, data));
-    }
-    fn on_name_service(&mut self, _: &mut Rpmsg<T>, e: NsEvent<'_>) {
-        match e {
-            NsEvent::Created { name, addr, bound } => {
-                self.ns.push((name.to_vec(), addr, true, bound))
-            }
-            NsEvent::Destroyed {
-                name,
-                addr,
-                unbound,
-            } => self.ns.push((name.to_vec(), addr, false, unbound)),
-        }
-    }
-    fn on_dropped(&mut self, why: Dropped) {
-        self.dropped.push(why);
-    }
 }
 
 const CHANNEL: &[u8] = b"rpmsg-openamp-demo-channel";

@@ -12,6 +12,7 @@ use vamp_remoteproc::backend::{BackendError, Doorbell, Exit, RemoteBackend};
 use vamp_remoteproc::remoteproc::{RemoteRpmsg, Remoteproc};
 use vamp_rpmsg::mem::{HeapMemory, SharedMemory};
 use vamp_rpmsg::rpmsg::{Config, EptId, Handler, NsEvent, Received, Rpmsg};
+use vamp_rpmsg::testing::Recorder;
 use vamp_rpmsg::transport::{BufferConfig, DeviceTransport, Environment, Transport};
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::resource_table::{
@@ -664,15 +665,6 @@ impl Environment for RemoteSideEnv {
     }
 }
 
-struct Echo;
-
-impl<T: Transport> Handler<T> for Echo {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
-        let data = rpmsg.payload(msg).unwrap();
-        rpmsg.sendto(msg.ept, msg.src, &data).unwrap();
-    }
-}
-
 /// A remote running the echo demo in a thread.
 pub struct FakeRemote {
     pub stop: Arc<AtomicBool>,
@@ -764,8 +756,10 @@ fn run_remote(
     remote
         .create_ept(CHANNEL, ADDR_ANY, ADDR_ANY)
         .map_err(|e| e.to_string())?;
+    let mut echo = Recorder::echoing();
     while !stop.load(Ordering::SeqCst) {
-        remote.poll(&mut Echo).map_err(|e| e.to_string())?;
+        echo.messages.clear();
+        remote.poll(&mut echo).map_err(|e| e.to_string())?;
         bell.remote_wait(Duration::from_millis(10));
     }
     Ok(remote.stats().sent.saturating_sub(1))

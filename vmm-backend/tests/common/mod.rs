@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::mem::SharedMemory;
 use vamp_rpmsg::rpmsg::{Config, EptId, Error as RpmsgError, Handler, NsEvent, Received, Rpmsg};
+use vamp_rpmsg::testing::TestEnv;
 use vamp_rpmsg::transport::{
-    BufferConfig, DeviceTransport, DriverLayout, DriverTransport, Environment, Transport,
+    BufferConfig, DeviceTransport, DriverLayout, DriverTransport, Transport,
 };
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
@@ -276,21 +277,11 @@ impl Guest {
 // ---------------------------------------------------------------------------------------------
 // A remote link played in the test
 
-/// The environment of the played remote: its kicks go nowhere (the test services the hub).
-#[derive(Debug)]
-pub struct Quiet;
-
-impl Environment for Quiet {
-    fn notify(&mut self, _: u16) {}
-    fn now_us(&mut self) -> u64 {
-        0
-    }
-}
-
 /// A remote link (the hub is the driver, as for a remoteproc vdev) played by the device role
 /// of the engine on the same memory: 1 MiB, rings of 64 at 0x1000 (vq 0) and 0x4000 (vq 1).
+/// The played remote's kicks are only counted: the test services the hub itself.
 pub struct PlayedRemote {
-    pub rpmsg: Rpmsg<DeviceTransport<GuestRam, Quiet>>,
+    pub rpmsg: Rpmsg<DeviceTransport<GuestRam, TestEnv>>,
     pub mem: GuestRam,
     pub layout: DriverLayout,
 }
@@ -311,7 +302,7 @@ impl PlayedRemote {
         let driver = DriverTransport::new(mem.clone(), env, layout, Endian::NATIVE, false).unwrap();
         let device = DeviceTransport::new(
             mem.clone(),
-            Quiet,
+            TestEnv::default(),
             layout.rx_ring,
             layout.tx_ring,
             Endian::NATIVE,
