@@ -24,7 +24,13 @@ fn native_cmd(role: &str, args: &[&str], paths: &native::NativePaths) -> Command
 
 /// A remote process on `paths` that waits up to 60 s for its host, its output captured.
 fn spawn_remote(paths: &native::NativePaths) -> Child {
+    spawn_remote_with(paths, &[])
+}
+
+/// [`spawn_remote`] with more arguments.
+fn spawn_remote_with(paths: &native::NativePaths, args: &[&str]) -> Child {
     native_cmd("remote", &["--timeout", "60"], paths)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -39,20 +45,24 @@ fn text(o: &Output) -> String {
     )
 }
 
-#[test]
-fn host_and_remote_processes_exchange_echoes() {
-    let paths = native::private_paths("it-echo");
+/// Runs a host process with `host_args` against a remote on fresh paths named after `tag`;
+/// both must succeed. Returns their output.
+fn host_against_remote(tag: &str, host_args: &[&str]) -> (String, String) {
+    let paths = native::private_paths(tag);
     let remote = spawn_remote(&paths);
-    let host = native_cmd("host", &["--ping", "1000", "--timeout", "60"], &paths)
-        .output()
-        .unwrap();
+    let host = native_cmd("host", host_args, &paths).output().unwrap();
     let remote = remote.wait_with_output().unwrap();
     native::cleanup(&paths);
-
     let (h, r) = (text(&host), text(&remote));
     assert!(host.status.success(), "host failed:\n{h}\nremote:\n{r}");
-    assert!(h.contains("1000/1000 echoes matched"), "{h}");
     assert!(remote.status.success(), "remote failed:\n{r}");
+    (h, r)
+}
+
+#[test]
+fn host_and_remote_processes_exchange_echoes() {
+    let (h, r) = host_against_remote("it-echo", &["--ping", "1000", "--timeout", "60"]);
+    assert!(h.contains("1000/1000 echoes matched"), "{h}");
     assert!(r.contains("shutdown requested after 1000 echoes"), "{r}");
 }
 
@@ -149,22 +159,12 @@ fn remote_serves_a_host_that_sizes_recycled_buffers_by_used_length() {
 /// both protocols) echoes and withdraws its channels after "goodbye!".
 #[test]
 fn host_and_remote_speak_the_sample_protocol() {
-    let paths = native::private_paths("it-sample");
-    let remote = spawn_remote(&paths);
-    let host = native_cmd("host", &["--protocol", "sample", "--timeout", "60"], &paths)
-        .output()
-        .unwrap();
-    let remote = remote.wait_with_output().unwrap();
-    native::cleanup(&paths);
-
-    let (h, r) = (text(&host), text(&remote));
-    assert!(host.status.success(), "host failed:\n{h}\nremote:\n{r}");
+    let (h, r) = host_against_remote("it-sample", &["--protocol", "sample", "--timeout", "60"]);
     assert!(h.contains("100/100 echoes matched"), "{h}");
     assert!(
         h.contains("the remote withdrew \"rpmsg-client-sample\""),
         "{h}"
     );
-    assert!(remote.status.success(), "remote failed:\n{r}");
     assert!(r.contains("announcing \"rpmsg-client-sample\""), "{r}");
     assert!(r.contains("shutdown requested after 100 echoes"), "{r}");
 }
@@ -173,15 +173,7 @@ fn host_and_remote_speak_the_sample_protocol() {
 #[test]
 fn remote_serves_the_sample_protocol_to_an_openamp_style_host() {
     let paths = native::private_paths("it-openamp-sample");
-    let remote = native_cmd(
-        "remote",
-        &["--timeout", "60", "--protocol", "sample"],
-        &paths,
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let remote = spawn_remote_with(&paths, &["--protocol", "sample"]);
     let mut host = native::start_openamp_style_host(&paths, Duration::from_secs(60)).unwrap();
     let summary = ping_sample(
         &mut host,

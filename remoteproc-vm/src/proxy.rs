@@ -508,31 +508,10 @@ pub fn serve<T: Transport>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use vamp_test_support::{SharedOutput, TempDir};
 
-    /// Output the tests can read.
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Sink {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn tempdir(tag: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("vamp-proxy-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    fn server(root: Option<&Path>) -> (ProxyServer, Sink, Sink) {
-        let (out, err) = (Sink::default(), Sink::default());
+    fn server(root: Option<&Path>) -> (ProxyServer, SharedOutput, SharedOutput) {
+        let (out, err) = (SharedOutput::default(), SharedOutput::default());
         let s =
             ProxyServer::with_output(root, Box::new(out.clone()), Box::new(err.clone())).unwrap();
         (s, out, err)
@@ -556,8 +535,8 @@ mod tests {
 
     #[test]
     fn files_round_trip_and_console_goes_to_the_sinks() {
-        let dir = tempdir("rt");
-        let (mut s, out, err) = server(Some(&dir));
+        let dir = TempDir::new("proxy-rt");
+        let (mut s, out, err) = server(Some(dir.path()));
         let fd = open(&mut s, "a.txt", WR);
         assert_eq!(fd, FIRST_FILE_FD);
         assert_eq!(
@@ -589,8 +568,8 @@ mod tests {
             3
         );
         call(&mut s, Syscall::with_data(WRITE_SYSCALL_ID, 2, 4, b"oops"));
-        assert_eq!(&*out.0.lock().unwrap(), b"hi\n");
-        assert_eq!(&*err.0.lock().unwrap(), b"oops");
+        assert_eq!(&*out.bytes(), b"hi\n");
+        assert_eq!(&*err.bytes(), b"oops");
         // ACK_STATUS replies when asked for.
         s.set_ack_status_replies(true);
         assert_eq!(
@@ -605,19 +584,18 @@ mod tests {
             .unwrap();
         assert!(s.handle(&t).is_none());
         assert!(s.terminated());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn path_escapes_are_refused() {
-        let dir = tempdir("esc");
-        let outside = tempdir("esc-outside");
+        let dir = TempDir::new("proxy-esc");
+        let outside = TempDir::new("proxy-esc-outside");
         std::fs::write(outside.join("secret"), b"x").unwrap();
         std::fs::create_dir(dir.join("sub")).unwrap();
         std::os::unix::fs::symlink(outside.join("secret"), dir.join("link")).unwrap();
-        std::os::unix::fs::symlink(&outside, dir.join("dirlink")).unwrap();
-        std::os::unix::fs::symlink(&outside, dir.join("sub/up")).unwrap();
-        let (mut s, _, _) = server(Some(&dir));
+        std::os::unix::fs::symlink(outside.path(), dir.join("dirlink")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.join("sub/up")).unwrap();
+        let (mut s, _, _) = server(Some(dir.path()));
         let abs = outside.join("secret").display().to_string();
         assert_eq!(open(&mut s, &abs, 0), -libc::EACCES);
         assert_eq!(open(&mut s, "../x", WR), -libc::EACCES);
@@ -652,8 +630,6 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o111, 0);
         assert_eq!(s.calls().1, 14);
-        std::fs::remove_dir_all(&dir).unwrap();
-        std::fs::remove_dir_all(&outside).unwrap();
     }
 
     #[test]
@@ -664,7 +640,7 @@ mod tests {
             call(&mut s, Syscall::with_data(WRITE_SYSCALL_ID, 1, 2, b"ok")).1,
             2
         );
-        assert_eq!(&*out.0.lock().unwrap(), b"ok");
+        assert_eq!(&*out.bytes(), b"ok");
         // stdin is not the remote's; console descriptors stay open.
         assert_eq!(
             call(&mut s, Syscall::new(READ_SYSCALL_ID, 0, 10)).1,
@@ -679,8 +655,8 @@ mod tests {
 
     #[test]
     fn the_fd_table_is_bounded() {
-        let dir = tempdir("fds");
-        let (mut s, _, _) = server(Some(&dir));
+        let dir = TempDir::new("proxy-fds");
+        let (mut s, _, _) = server(Some(dir.path()));
         let fds: Vec<i32> = (0..MAX_OPEN_FILES)
             .map(|i| open(&mut s, &format!("f{i}"), WR))
             .collect();
@@ -690,13 +666,12 @@ mod tests {
         // Closing one frees its slot, the lowest free is reused.
         assert_eq!(call(&mut s, Syscall::new(CLOSE_SYSCALL_ID, 7, 0)).1, 0);
         assert_eq!(open(&mut s, "again", WR), 7);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn bad_requests_get_errors() {
-        let dir = tempdir("bad");
-        let (mut s, _, _) = server(Some(&dir));
+        let dir = TempDir::new("proxy-bad");
+        let (mut s, _, _) = server(Some(dir.path()));
         // Unknown ids, including a reply id sent as a request.
         for id in [0, ACK_STATUS_ID, 7, u32::MAX] {
             assert_eq!(
@@ -756,7 +731,6 @@ mod tests {
         let fd = open(&mut s, "big", 0);
         let (_, n, data) = call(&mut s, Syscall::new(READ_SYSCALL_ID, fd, i32::MAX));
         assert_eq!((n as usize, data.len()), (MAX_READ, MAX_READ));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     proptest::proptest! {

@@ -3,10 +3,10 @@
 //! claims a huge trace buffer, and a proxy root that is checked only after the remote started.
 
 use std::ffi::CString;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::mpsc;
 use std::time::Duration;
 use vamp_remoteproc::console::{self, MAX_CONSOLE_LINE, MAX_TRACE_READ};
 use vamp_remoteproc::proxy::ProxyServer;
@@ -17,30 +17,10 @@ use vamp_rpmsg::wire::proxy::{
     CLOSE_SYSCALL_ID, O_CREAT, O_RDONLY, O_TRUNC, O_WRONLY, OPEN_SYSCALL_ID, Syscall,
     WRITE_SYSCALL_ID,
 };
+use vamp_test_support::{SharedOutput, TempDir};
 
-/// Output the tests read.
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn temp_root(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vamp-attack-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn server(root: Option<&Path>) -> (ProxyServer, Sink) {
-    let out = Sink::default();
+fn server(root: Option<&Path>) -> (ProxyServer, SharedOutput) {
+    let out = SharedOutput::default();
     let s = ProxyServer::with_output(root, Box::new(out.clone()), Box::new(out.clone())).unwrap();
     (s, out)
 }
@@ -89,7 +69,7 @@ fn attack_console_escapes_never_reach_the_terminal() {
     let (mut s, out) = server(None);
     assert_eq!(write(&mut s, 1, HOSTILE), HOSTILE.len() as i32);
     assert_eq!(write(&mut s, 2, HOSTILE), HOSTILE.len() as i32);
-    let printed = String::from_utf8(out.0.lock().unwrap().clone()).expect("valid UTF-8");
+    let printed = String::from_utf8(out.bytes()).expect("valid UTF-8");
     assert!(!has_terminal_control(&printed), "{printed:?}");
     assert!(printed.contains("ok\n"), "{printed:?}");
 }
@@ -162,11 +142,12 @@ impl OpenWatch {
 
 #[test]
 fn attack_proxy_fifo_and_device_nodes_are_never_opened() {
-    let root = temp_root("fifo");
+    let root_dir = TempDir::new("attack-fifo");
+    let root = root_dir.path();
     mkfifo(&root.join("fifo"));
     std::os::unix::fs::symlink("/dev/zero", root.join("zero")).unwrap();
-    let watch = OpenWatch::new(&root);
-    let (s, _) = server(Some(&root));
+    let watch = OpenWatch::new(root);
+    let (s, _) = server(Some(root));
     let (results, opened) = promptly(move || {
         let mut s = s;
         let results = [
@@ -183,20 +164,20 @@ fn attack_proxy_fifo_and_device_nodes_are_never_opened() {
     let c = CString::new(root.join("null").as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: `c` is a NUL-terminated path that outlives the call.
     if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) } == 0 {
-        let watch = OpenWatch::new(&root);
-        let (mut s, _) = server(Some(&root));
+        let watch = OpenWatch::new(root);
+        let (mut s, _) = server(Some(root));
         assert_eq!(open(&mut s, "null", O_WRONLY), -libc::EACCES);
         assert!(!watch.opened(), "the proxy opened a device node");
     } else {
         eprintln!("skipped the mknod part: {}", io::Error::last_os_error());
     }
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
 fn attack_proxy_quotas_refuse_and_the_host_lives() {
-    let root = temp_root("quota");
-    let (mut s, _) = server(Some(&root));
+    let root_dir = TempDir::new("attack-quota");
+    let root = root_dir.path();
+    let (mut s, _) = server(Some(root));
     s.set_quota(1000, 2);
     let fd = open(&mut s, "a", O_WRONLY | O_CREAT | O_TRUNC);
     assert!(fd >= 0);
@@ -214,7 +195,6 @@ fn attack_proxy_quotas_refuse_and_the_host_lives() {
     assert!(!root.join("c").exists());
     // Reopening an existing file creates nothing: allowed.
     assert!(open(&mut s, "a", O_RDONLY) >= 0);
-    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
@@ -233,7 +213,8 @@ fn attack_huge_trace_buffer_read_is_capped() {
 
 #[test]
 fn attack_missing_proxy_root_fails_before_the_remote_starts() {
-    let missing = temp_root("missing").join("not-there");
+    let dir = TempDir::new("attack-missing");
+    let missing = dir.join("not-there");
     let out = Command::new(env!("CARGO_BIN_EXE_remoteproc-vm"))
         .args(["run", "proxy", "--proxy-root"])
         .arg(&missing)
@@ -255,10 +236,11 @@ fn attack_proxy_quota_from_the_command_line() {
         eprintln!("skipped: {why}");
         return;
     }
-    let root = temp_root("cli-quota");
+    let root_dir = TempDir::new("attack-cli-quota");
+    let root = root_dir.path();
     let out = Command::new(env!("CARGO_BIN_EXE_remoteproc-vm"))
         .args(["run", "proxy", "--proxy-max-bytes", "100", "--proxy-root"])
-        .arg(&root)
+        .arg(root)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -268,10 +250,9 @@ fn attack_proxy_quota_from_the_command_line() {
         stdout.contains("proxy: FAILED: short or failed write"),
         "{stdout}"
     );
-    let written = std::fs::read_dir(&root)
+    let written = std::fs::read_dir(root)
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum::<u64>();
     assert!(written <= 100, "{written} bytes written");
-    let _ = std::fs::remove_dir_all(&root);
 }

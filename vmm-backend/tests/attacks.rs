@@ -20,24 +20,22 @@
 
 mod common;
 
-use common::{Guest, Inbox, RXQ, TXQ, WAIT, pump};
-use std::collections::VecDeque;
+use common::traffic::{Traffic, TrafficOptions, seq_payload};
+use common::{Guest, Inbox, RXQ, TXQ, WAIT, pump, wait_until};
 use std::io::Write as _;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::atomic::{Ordering, fence};
 use std::sync::{Arc, Mutex, Once};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vamp_rpmsg::mem::SharedMemory;
-use vamp_rpmsg::rpmsg::{EptId, Error as RpmsgError, Handler, NsEvent, Received, Rpmsg};
+use vamp_rpmsg::rpmsg::{EptId, Error as RpmsgError};
 use vamp_rpmsg::transport::Transport;
 use vamp_rpmsg::vring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VringLayout,
 };
 use vamp_rpmsg::wire::{ADDR_ANY, Endian, HEADER_LEN, NS_ADDR, encode_header};
 use vamp_vmm_backend::backend::lock_hub;
-use vamp_vmm_backend::frontend::{GuestMemory, GuestOptions, NativeGuest};
+use vamp_vmm_backend::frontend::{GuestMemory, NativeGuest};
 use vamp_vmm_backend::hub::{LinkStats, MAX_NAMES_PER_LINK, MAX_REPLY_PROXIES_PER_SOURCE};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 
@@ -188,15 +186,6 @@ impl std::ops::Deref for TestHub {
 
     fn deref(&self) -> &common::TestHub {
         &self.base
-    }
-}
-
-/// Waits until `cond` holds, or fails the test after [`WAIT`].
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -454,230 +443,11 @@ impl Evil {
 // ---------------------------------------------------------------------------------------
 // The traffic pair.
 
-/// Requests bob may have in flight.
-const WINDOW: u64 = 32;
-/// The traffic thread gives up when no echo came back for this long.
-const STALL: Duration = Duration::from_secs(30);
-
-/// Request `seq`: its number, then filler derived from it (9 to 200 bytes in all).
-fn seq_payload(seq: u64) -> Vec<u8> {
-    let len = 9 + (seq % 192) as usize;
-    let mut v = seq.to_le_bytes().to_vec();
-    v.extend((8..len).map(|k| (seq as u8).wrapping_mul(31) ^ k as u8));
-    v
-}
-
-/// alice: echoes every message to its sender, in order; what cannot go out yet waits.
-#[derive(Default)]
-struct EchoServer {
-    backlog: VecDeque<(EptId, u32, Vec<u8>)>,
-}
-
-impl<T: Transport> Handler<T> for EchoServer {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
-        if let Ok(data) = rpmsg.payload(msg) {
-            self.backlog.push_back((msg.ept, msg.src, data));
-        }
-    }
-}
-
-impl EchoServer {
-    fn flush<T: Transport>(&mut self, rpmsg: &mut Rpmsg<T>) -> Result<(), String> {
-        while let Some((ept, dst, data)) = self.backlog.front() {
-            match rpmsg.trysendto(*ept, *dst, data) {
-                Ok(_) => {
-                    self.backlog.pop_front();
-                }
-                Err(RpmsgError::NoBuffer) => return Ok(()),
-                Err(e) => return Err(format!("alice could not echo: {e}")),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// bob: checks that echoes come from a-svc, once each, in order, intact.
-#[derive(Default)]
-struct SeqChecker {
-    svc: Option<u32>,
-    next: u64,
-    error: Option<String>,
-}
-
-impl<T: Transport> Handler<T> for SeqChecker {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
-        let data = rpmsg.payload(msg).unwrap_or_default();
-        if self.error.is_some() {
-            return;
-        }
-        if Some(msg.src) != self.svc {
-            self.error = Some(format!(
-                "bob got a message from {:#x}, which is not a-svc",
-                msg.src
-            ));
-            return;
-        }
-        if data == seq_payload(self.next) {
-            self.next += 1;
-            return;
-        }
-        let seq = data
-            .get(..8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap()));
-        self.error = Some(match seq {
-            Some(s) if s < self.next => format!("echo {s} duplicated (expected {})", self.next),
-            Some(s) if s > self.next => format!("echoes {}..{s} lost", self.next),
-            _ => format!("echo {} corrupted: {data:?}", self.next),
-        });
-    }
-
-    fn on_name_service(&mut self, _: &mut Rpmsg<T>, e: NsEvent<'_>) {
-        match e {
-            NsEvent::Created { name, addr, .. } if name == b"a-svc" => self.svc = Some(addr),
-            NsEvent::Destroyed { name, .. } if name == b"a-svc" => {
-                self.error = Some("a-svc was withdrawn from bob".into());
-            }
-            _ => {}
-        }
-    }
-}
-
-fn traffic(
-    alice: PathBuf,
-    bob: PathBuf,
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-) -> Result<u64, String> {
-    let fail = |what: &'static str| move |e: &dyn std::fmt::Display| format!("{what}: {e}");
-    let mut alice = NativeGuest::connect(&alice, GuestOptions::default())
-        .map_err(|e| fail("alice connects")(&e))?;
-    let mut bob = NativeGuest::connect(&bob, GuestOptions::default())
-        .map_err(|e| fail("bob connects")(&e))?;
-    alice
-        .rpmsg()
-        .create_ept(b"a-svc", ADDR_ANY, ADDR_ANY)
-        .map_err(|e| fail("alice's a-svc")(&e))?;
-    let (mut server, mut checker) = (EchoServer::default(), SeqChecker::default());
-    let deadline = Instant::now() + WAIT;
-    let svc = loop {
-        alice
-            .poll(&mut server)
-            .map_err(|e| fail("alice polls")(&e))?;
-        bob.poll(&mut checker).map_err(|e| fail("bob polls")(&e))?;
-        if let Some(svc) = checker.svc {
-            break svc;
-        }
-        if Instant::now() > deadline {
-            return Err("a-svc was never offered to bob".into());
-        }
-        bob.wait(Duration::from_millis(5));
-    };
-    let ept = bob
-        .rpmsg()
-        .create_ept(b"", ADDR_ANY, svc)
-        .map_err(|e| fail("bob's endpoint")(&e))?;
-    let mut sent = 0u64;
-    let mut last_progress = Instant::now();
-    loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        if stopping && checker.next == sent {
-            return Ok(sent);
-        }
-        while !stopping && sent < checker.next + WINDOW {
-            match bob.rpmsg().trysend(ept, &seq_payload(sent)) {
-                Ok(_) => sent += 1,
-                Err(RpmsgError::NoBuffer) => break,
-                Err(e) => return Err(format!("bob sends {sent}: {e}")),
-            }
-        }
-        let before = checker.next;
-        alice
-            .poll(&mut server)
-            .map_err(|e| fail("alice polls")(&e))?;
-        server.flush(alice.rpmsg())?;
-        bob.poll(&mut checker).map_err(|e| fail("bob polls")(&e))?;
-        if let Some(e) = checker.error.take() {
-            return Err(e);
-        }
-        acked.store(checker.next, Ordering::Relaxed);
-        if checker.next > before {
-            last_progress = Instant::now();
-        } else {
-            if last_progress.elapsed() > STALL {
-                return Err(format!(
-                    "stalled: {} of {sent} echoes back, none for {STALL:?}",
-                    checker.next
-                ));
-            }
-            alice.wait(Duration::from_micros(300));
-            bob.wait(Duration::from_micros(300));
-        }
-    }
-}
-
-/// The traffic pair's thread.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Result<u64, String>>>,
-}
-
-impl Traffic {
-    fn start(hub: &TestHub) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicU64::new(0));
-        let (a, b) = (hub.sockets[ALICE].clone(), hub.sockets[BOB].clone());
-        let (s, k) = (stop.clone(), acked.clone());
-        let thread = std::thread::spawn(move || traffic(a, b, s, k));
-        Traffic {
-            stop,
-            acked,
-            thread: Some(thread),
-        }
-    }
-
-    fn acked(&self) -> u64 {
-        self.acked.load(Ordering::Relaxed)
-    }
-
-    fn check_alive(&mut self, when: &str) {
-        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-            let result = self.thread.take().unwrap().join();
-            panic!("the good traffic ended {when}: {result:?}");
-        }
-    }
-
-    /// Waits until `n` more round trips complete; fails after [`WAIT`]. Returns the rate.
-    fn expect_more(&mut self, n: u64, when: &str) -> f64 {
-        let (start, t0) = (self.acked(), Instant::now());
-        while self.acked() < start + n {
-            self.check_alive(when);
-            assert!(
-                t0.elapsed() < WAIT,
-                "the good traffic slowed down {when}: {} of {n} round trips in {WAIT:?}",
-                self.acked() - start
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        n as f64 / t0.elapsed().as_secs_f64()
-    }
-
-    /// Stops the traffic once every request sent came back; returns how many did.
-    fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        match self.thread.take().unwrap().join() {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => panic!("the good traffic failed: {e}"),
-            Err(_) => panic!("the traffic thread panicked"),
-        }
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
+/// bob's requests are up to 200 bytes; no attack withdraws a-svc from bob.
+const TRAFFIC: TrafficOptions = TrafficOptions {
+    max_len: 200,
+    withdrawal_fails: true,
+};
 
 // ---------------------------------------------------------------------------------------
 // The scene of every attack.
@@ -694,7 +464,7 @@ impl Scene {
     /// A hub, the traffic pair flowing, and the attacker connected and served.
     fn new(evil: &str) -> Self {
         let hub = TestHub::start(evil);
-        let mut traffic = Traffic::start(&hub);
+        let mut traffic = Traffic::start(&hub.sockets[ALICE], &hub.sockets[BOB], TRAFFIC);
         traffic.expect_more(100, "before the attack");
         let evil = Evil::connect(&hub);
         Scene {
@@ -1775,7 +1545,12 @@ fn attack_client_that_never_reads_its_replies() {
     let mut sent = 0;
     let t0 = Instant::now();
     while sent < 1500 && t0.elapsed() < Duration::from_secs(5) {
-        match s.evil.g.rpmsg().trysend(ept, &seq_payload(u64::MAX - sent)) {
+        match s
+            .evil
+            .g
+            .rpmsg()
+            .trysend(ept, &seq_payload(u64::MAX - sent, TRAFFIC.max_len))
+        {
             Ok(_) => sent += 1,
             Err(RpmsgError::NoBuffer) => std::thread::sleep(Duration::from_millis(1)),
             Err(e) => panic!("{e}"),

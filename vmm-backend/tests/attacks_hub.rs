@@ -11,17 +11,14 @@
 
 mod common;
 
-use common::{Guest, TestHub, WAIT, await_echo};
+use common::traffic::{Traffic, TrafficOptions};
+use common::{Guest, TestHub, WAIT, await_echo, wait_until};
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use vamp_rpmsg::rpmsg::{EptId, Error as RpmsgError, Handler, HeldRx, NsEvent, Received, Rpmsg};
+use vamp_rpmsg::rpmsg::{Error as RpmsgError, Handler, HeldRx, Received, Rpmsg};
 use vamp_rpmsg::transport::Transport;
 use vamp_rpmsg::wire::{ADDR_ANY, Endian, NS_ADDR, NameServiceMsg, NsFlags};
 use vamp_vmm_backend::backend::lock_hub;
-use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
 use vamp_vmm_backend::hub::POLL_BUDGET;
 
 const ALICE: usize = 0;
@@ -73,15 +70,6 @@ fn check_invariants(hub: &TestHub) {
     }
 }
 
-/// Waits until `cond` holds, or fails the test after [`WAIT`].
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// A name-service message (create or destroy of `name` at `addr`), as a guest sends it.
 fn ns_message(name: &[u8], addr: u32, flags: NsFlags) -> [u8; 40] {
     NameServiceMsg::new(name, addr, flags).encode(Endian::Little)
@@ -104,190 +92,12 @@ fn carol_offering_c_svc(hub: &TestHub, peer: &mut Guest) -> (Guest, u32) {
 // A traffic pair: bob sends numbered requests to alice's a-svc, alice echoes them; bob
 // checks that each comes back once, in order, intact.
 
-/// Requests bob may have in flight.
-const WINDOW: u64 = 32;
-
-/// alice: echoes every message to its sender, in order; what cannot go out yet waits.
-#[derive(Default)]
-struct EchoServer(VecDeque<(EptId, u32, Vec<u8>)>);
-
-impl<T: Transport> Handler<T> for EchoServer {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
-        if let Ok(data) = rpmsg.payload(msg) {
-            self.0.push_back((msg.ept, msg.src, data));
-        }
-    }
-}
-
-impl EchoServer {
-    fn flush<T: Transport>(&mut self, rpmsg: &mut Rpmsg<T>) -> Result<(), String> {
-        while let Some((ept, dst, data)) = self.0.front() {
-            match rpmsg.trysendto(*ept, *dst, data) {
-                Ok(_) => {
-                    self.0.pop_front();
-                }
-                Err(RpmsgError::NoBuffer) => return Ok(()),
-                Err(e) => return Err(format!("alice could not echo: {e}")),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// bob's side: the echoes, checked.
-#[derive(Default)]
-struct SeqChecker {
-    svc: Option<u32>,
-    next: u64,
-    error: Option<String>,
-}
-
-impl<T: Transport> Handler<T> for SeqChecker {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
-        let data = rpmsg.payload(msg).unwrap_or_default();
-        if self.error.is_none() && (Some(msg.src) != self.svc || data != seq_payload(self.next)) {
-            self.error = Some(format!(
-                "echo {} wrong: from {:#x}, {data:?}",
-                self.next, msg.src
-            ));
-        }
-        self.next += 1;
-    }
-
-    fn on_name_service(&mut self, _: &mut Rpmsg<T>, e: NsEvent<'_>) {
-        if let NsEvent::Created { name, addr, .. } = e
-            && name == b"a-svc"
-        {
-            self.svc = Some(addr);
-        }
-    }
-}
-
-/// Request `seq`: its number, then filler derived from it (9 to 100 bytes in all).
-fn seq_payload(seq: u64) -> Vec<u8> {
-    let len = 9 + (seq % 92) as usize;
-    let mut v = seq.to_le_bytes().to_vec();
-    v.extend((8..len).map(|k| (seq as u8).wrapping_mul(31) ^ k as u8));
-    v
-}
-
-/// The traffic pair on a thread of its own.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Result<u64, String>>>,
-}
-
-impl Traffic {
-    fn start(hub: &TestHub) -> Traffic {
-        let (stop, acked) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicU64::new(0)),
-        );
-        let (a, b) = (hub.sockets[ALICE].clone(), hub.sockets[BOB].clone());
-        let (s, k) = (stop.clone(), acked.clone());
-        let thread = std::thread::spawn(move || -> Result<u64, String> {
-            let e = |e: &dyn std::fmt::Display| e.to_string();
-            let mut alice = NativeGuest::connect(&a, GuestOptions::default()).map_err(|x| e(&x))?;
-            let mut bob = NativeGuest::connect(&b, GuestOptions::default()).map_err(|x| e(&x))?;
-            alice
-                .rpmsg()
-                .create_ept(b"a-svc", ADDR_ANY, ADDR_ANY)
-                .map_err(|x| e(&x))?;
-            let (mut server, mut checker) = (EchoServer::default(), SeqChecker::default());
-            let deadline = Instant::now() + WAIT;
-            let svc = loop {
-                alice.poll(&mut server).map_err(|x| e(&x))?;
-                bob.poll(&mut checker).map_err(|x| e(&x))?;
-                if let Some(svc) = checker.svc {
-                    break svc;
-                }
-                if Instant::now() > deadline {
-                    return Err("a-svc never offered to bob".into());
-                }
-                bob.wait(Duration::from_millis(5));
-            };
-            let ept = bob
-                .rpmsg()
-                .create_ept(b"", ADDR_ANY, svc)
-                .map_err(|x| e(&x))?;
-            let (mut sent, mut last_progress) = (0u64, Instant::now());
-            loop {
-                let stopping = s.load(Ordering::Relaxed);
-                if stopping && checker.next == sent {
-                    return Ok(sent);
-                }
-                while !stopping && sent < checker.next + WINDOW {
-                    match bob.rpmsg().trysend(ept, &seq_payload(sent)) {
-                        Ok(_) => sent += 1,
-                        Err(RpmsgError::NoBuffer) => break,
-                        Err(x) => return Err(format!("bob sends {sent}: {x}")),
-                    }
-                }
-                let before = checker.next;
-                alice.poll(&mut server).map_err(|x| e(&x))?;
-                server.flush(alice.rpmsg())?;
-                bob.poll(&mut checker).map_err(|x| e(&x))?;
-                if let Some(err) = checker.error.take() {
-                    return Err(err);
-                }
-                k.store(checker.next, Ordering::Relaxed);
-                if checker.next > before {
-                    last_progress = Instant::now();
-                } else {
-                    if last_progress.elapsed() > 3 * WAIT {
-                        return Err(format!("stalled at {} of {sent}", checker.next));
-                    }
-                    alice.wait(Duration::from_micros(300));
-                    bob.wait(Duration::from_micros(300));
-                }
-            }
-        });
-        Traffic {
-            stop,
-            acked,
-            thread: Some(thread),
-        }
-    }
-
-    fn acked(&self) -> u64 {
-        self.acked.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `n` more round trips complete, polling `side` (the attack's own loop)
-    /// meanwhile; fails after [`WAIT`].
-    fn expect_more(&mut self, n: u64, when: &str, mut side: impl FnMut()) {
-        let (start, t0) = (self.acked(), Instant::now());
-        while self.acked() < start + n {
-            if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                let result = self.thread.take().unwrap().join();
-                panic!("the good traffic ended {when}: {result:?}");
-            }
-            assert!(
-                t0.elapsed() < WAIT,
-                "the good traffic stalled {when}: {} of {n} round trips in {WAIT:?}",
-                self.acked() - start
-            );
-            side();
-        }
-    }
-
-    /// Stops once every request came back; returns how many did.
-    fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        match self.thread.take().unwrap().join() {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => panic!("the good traffic failed: {e}"),
-            Err(_) => panic!("the traffic thread panicked"),
-        }
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
+/// bob's requests are up to 100 bytes; a-svc may come and go (the attacks here do not
+/// touch it, but the checks are on the hub's counters).
+const TRAFFIC: TrafficOptions = TrafficOptions {
+    max_len: 100,
+    withdrawal_fails: false,
+};
 
 /// The end of a test with a traffic pair: it lost, duplicated or reordered nothing.
 fn finish_traffic(hub: &TestHub, traffic: Traffic) {
@@ -576,8 +386,8 @@ fn attack_busy_guest_cannot_hold_hub() {
     /// A native guest's transmit buffers (half of Linux's 512).
     const RING: u32 = 256;
     let hub = start("busy-guest", Duration::from_secs(5));
-    let mut traffic = Traffic::start(&hub);
-    traffic.expect_more(100, "before the attack", || {
+    let mut traffic = Traffic::start(&hub.sockets[ALICE], &hub.sockets[BOB], TRAFFIC);
+    traffic.expect_more_while(100, "before the attack", || {
         std::thread::sleep(Duration::from_millis(2))
     });
     let mut evil = Guest::connect_served(&hub, EVIL);
@@ -607,7 +417,7 @@ fn attack_busy_guest_cannot_hold_hub() {
     );
     // Now the attacker reposts as fast as the hub reads; the traffic pair goes on.
     let mut flooded = 0u64;
-    traffic.expect_more(2000, "while the attacker reposts its ring", || {
+    traffic.expect_more_while(2000, "while the attacker reposts its ring", || {
         for _ in 0..64 {
             match evil
                 .g

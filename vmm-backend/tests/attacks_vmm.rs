@@ -16,7 +16,8 @@ use common::{Guest, Inbox, TXQ, TempDir, WAIT, count_lines, kick, read_lossy, sp
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+use vamp_test_support::wait_for_paths;
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
 use vhost::VhostBackend;
 use vhost::VhostUserMemoryRegionInfo;
@@ -38,11 +39,7 @@ fn start_backend(dir: &TempDir, extra: &[&str]) -> (common::Proc, Vec<PathBuf>, 
     let sockets: Vec<PathBuf> = (0..3)
         .map(|i| PathBuf::from(format!("{}{i}", base.display())))
         .collect();
-    let deadline = Instant::now() + WAIT;
-    while !sockets.iter().all(|s| s.exists()) {
-        assert!(Instant::now() < deadline, "sockets never appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_paths(&sockets, "the backend's sockets", WAIT);
     (backend, sockets, log)
 }
 

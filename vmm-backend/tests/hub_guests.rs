@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{ALICE_AND_R5, Inbox, PlayedRemote, TXQ, TestHub, WAIT, await_echo, kick, pump};
+use common::{
+    ALICE_AND_R5, ECHO_SOLO, Inbox, PlayedRemote, TXQ, TestHub, WAIT, await_echo, bind_announced,
+    check_echo, kick, pump, sized_payload,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vamp_rpmsg::mem::SharedMemory;
@@ -12,43 +15,15 @@ use vamp_rpmsg::rpmsg::Error as RpmsgError;
 use vamp_rpmsg::wire::ADDR_ANY;
 use vamp_vmm_backend::backend::lock_hub;
 
-fn payload(i: u32) -> Vec<u8> {
-    let size = 1 + (i as usize % 496);
-    (0..size)
-        .map(|k| (k as u32 ^ i.wrapping_mul(7)) as u8)
-        .collect()
-}
-
-const ECHO_ONE: &str = r#"
-[[guest]]
-name = "solo"
-socket = "{dir}/solo.sock"
-[[service]]
-type = "echo"
-name = "rpmsg-client-sample"
-"#;
-
 #[test]
 fn echo_service_answers_every_size() {
-    let hub = TestHub::start("hub", ECHO_ONE);
+    let hub = TestHub::start("hub", ECHO_SOLO);
     let mut g = hub.connect(0);
     assert_ne!(g.negotiated_features() & 1, 0, "F_NS negotiated");
     let mut inbox = Inbox::default();
-    pump(&mut g, &mut inbox, "the echo announcement", |i| {
-        i.announced("rpmsg-client-sample").is_some()
-    });
-    let addr = inbox.announced("rpmsg-client-sample").unwrap();
-    let ept = g
-        .rpmsg()
-        .create_ept(b"rpmsg-client-sample", ADDR_ANY, addr)
-        .unwrap();
+    let (ept, addr) = bind_announced(&mut g, &mut inbox, "rpmsg-client-sample");
     for i in 0..1000 {
-        let msg = payload(i);
-        g.rpmsg().send(ept, &msg).unwrap();
-        pump(&mut g, &mut inbox, "an echo", |i| !i.messages.is_empty());
-        let (to, from, _, data) = inbox.messages.pop_front().unwrap();
-        assert_eq!((to, from), (ept, addr));
-        assert_eq!(data, msg, "echo {i}");
+        check_echo(&mut g, &mut inbox, ept, addr, &sized_payload(i));
     }
     assert_eq!(lock_hub(&hub.hub).stats(0).served, 1000);
     // Oversize is refused by the guest's own engine, never truncated.
@@ -99,7 +74,7 @@ fn guests_reach_each_other_by_name_with_translated_addresses() {
     let ept = bob.rpmsg().create_ept(b"a-svc", ADDR_ANY, proxy).unwrap();
     let bob_addr = bob.rpmsg().endpoint(ept).unwrap().addr();
     for i in 0..1000 {
-        let msg = payload(i);
+        let msg = sized_payload(i);
         bob.rpmsg().send(ept, &msg).unwrap();
         await_echo(
             &mut bob,
@@ -444,7 +419,7 @@ fn a_remote_link_is_routed_like_a_guest() {
     let ept = alice.rpmsg().create_ept(b"", ADDR_ANY, proxy).unwrap();
     let mut ri = Inbox::echoing();
     for i in 0..300u32 {
-        let msg = payload(i);
+        let msg = sized_payload(i);
         alice.rpmsg().send(ept, &msg).unwrap();
         let deadline = Instant::now() + WAIT;
         while ai.messages.is_empty() {

@@ -30,8 +30,8 @@
 mod common;
 
 use common::{
-    Env, Proc, TestDir, backend_log_problem, console_lines, count_lines, kernel_trouble, log_tail,
-    qemu_tests_enabled, read_lossy, rest_of_line, spawn_backend,
+    Env, Proc, TempDir, backend_log_problem, console_lines, count_lines, kernel_trouble, log_tail,
+    qemu_tests_enabled, read_lossy, rest_of_line, spawn_backend, test_dir,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -75,7 +75,7 @@ struct Harness {
     env: Env,
     guests: Vec<Guest>,
     backend: Option<Proc>,
-    dir: TestDir,
+    dir: TempDir,
     t0: Instant,
 }
 
@@ -87,13 +87,13 @@ impl Harness {
             env,
             guests: Vec::new(),
             backend: None,
-            dir: TestDir::new(&format!("qemu-{test}")),
+            dir: test_dir(&format!("qemu-{test}")),
             t0: Instant::now(),
         }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path(name)
+        self.dir.join(name)
     }
 
     fn backend_log(&self) -> String {
@@ -485,7 +485,7 @@ fn qemu_two_guests_exchange_through_a_channel() {
     };
     let mut h = Harness::new(test, "pair", env);
     let topology = h.path("topology.toml");
-    fs::write(&topology, two_guest_topology(&h.dir.0, None)).expect("write topology");
+    fs::write(&topology, two_guest_topology(h.dir.path(), None)).expect("write topology");
     let (alice_sock, bob_sock) = (h.path("alice.sock"), h.path("bob.sock"));
     h.start_backend(
         &["--config".into(), topology.display().to_string()],
@@ -544,7 +544,7 @@ fn qemu_guest_restart_costs_the_survivor_nothing() {
     let mut h = Harness::new(test, "restart", env);
     let topology = h.path("topology.toml");
     let echo = "rpmsg-client-sample";
-    fs::write(&topology, two_guest_topology(&h.dir.0, Some(echo))).expect("write topology");
+    fs::write(&topology, two_guest_topology(h.dir.path(), Some(echo))).expect("write topology");
     let (alice_sock, bob_sock) = (h.path("alice.sock"), h.path("bob.sock"));
     h.start_backend(
         &["--config".into(), topology.display().to_string()],

@@ -82,8 +82,8 @@
 mod common;
 
 use common::{
-    Env, Proc, TestDir, backend_log_problem, console_lines, count_lines, kernel_trouble, log_tail,
-    qemu_tests_enabled, read_lossy, rest_of_line, spawn_backend, tail,
+    Env, Proc, TempDir, backend_log_problem, console_lines, count_lines, kernel_trouble, log_tail,
+    qemu_tests_enabled, read_lossy, rest_of_line, spawn_backend, tail, test_dir,
 };
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -202,8 +202,8 @@ impl<T: Transport> Handler<T> for NsLog {
 /// one guest connected must be the same after the 60th as after the 5th.
 #[test]
 fn native_reconnects_leave_no_descriptors_behind() {
-    let dir = TestDir::new("native-reconnects");
-    let socket = dir.path("rpmsg.sock");
+    let dir = test_dir("native-reconnects");
+    let socket = dir.join("rpmsg.sock");
     let mut backend = start_backend(
         &[
             "--socket-path".into(),
@@ -211,7 +211,7 @@ fn native_reconnects_leave_no_descriptors_behind() {
             "--echo".into(),
             "rpmsg-client-sample".into(),
         ],
-        &dir.path("backend.log"),
+        &dir.join("backend.log"),
         1,
     );
     let mut warm: Option<Usage> = None;
@@ -617,7 +617,7 @@ struct Rig {
     backends: usize,
     vms: usize,
     env: Env,
-    dir: TestDir,
+    dir: TempDir,
     t0: Instant,
     /// The address the watcher last saw the guest's name announced at.
     announced_at: Option<u32>,
@@ -654,12 +654,12 @@ impl Rig {
     }
 
     fn topology(&self) -> PathBuf {
-        self.dir.path("topology.toml")
+        self.dir.join("topology.toml")
     }
 
     /// Starts a backend (log `backend-N.log`) and waits until it listens on both sockets.
     fn start_backend(&mut self) {
-        self.backend_log = self.dir.path(&format!("backend-{}.log", self.backends));
+        self.backend_log = self.dir.join(format!("backend-{}.log", self.backends));
         self.backends += 1;
         let args = [
             "--config".to_string(),
@@ -705,12 +705,12 @@ impl Rig {
     fn boot_vm(&mut self, id: usize) {
         let index = self.vms;
         self.vms += 1;
-        let console = self.dir.path(&format!("console-{index}.log"));
-        let qmp_path = self.dir.path(&format!("qmp-{index}.sock"));
+        let console = self.dir.join(format!("console-{index}.log"));
+        let qmp_path = self.dir.join(format!("qmp-{index}.sock"));
         let args = qemu_args(
             &self.env.kernel,
-            &self.dir.path("initrd.gz"),
-            &self.dir.path("vm.sock"),
+            &self.dir.join("initrd.gz"),
+            &self.dir.join("vm.sock"),
             &qmp_path,
         );
         let mut command = self.env.qemu_command(args, &console);
@@ -1105,12 +1105,12 @@ fn qemu_reconnect_100_cycles() {
     }
     assert_eq!(GUEST_RESETS + BACKEND_RESTARTS + QEMU_RESTARTS, 100);
     let env = Env::find();
-    let dir = TestDir::new("qemu-reconnect");
+    let dir = test_dir("qemu-reconnect");
     let mut rig = Rig {
         vm: None,
         watcher: None,
         backend: None,
-        backend_log: dir.path("backend-0.log"),
+        backend_log: dir.join("backend-0.log"),
         backends: 0,
         vms: 0,
         env,
@@ -1118,12 +1118,12 @@ fn qemu_reconnect_100_cycles() {
         t0: Instant::now(),
         announced_at: None,
     };
-    fs::write(rig.topology(), topology(&rig.dir.0)).expect("write topology");
-    let init = rig.dir.path("init.sh");
+    fs::write(rig.topology(), topology(rig.dir.path())).expect("write topology");
+    let init = rig.dir.join("init.sh");
     fs::write(&init, INIT).expect("write init");
     let built = rig
         .env
-        .initramfs_command(&rig.dir.path("initrd.gz"), &init)
+        .initramfs_command(&rig.dir.join("initrd.gz"), &init)
         .output()
         .expect("run initramfs.sh");
     if !built.status.success() {
@@ -1134,7 +1134,7 @@ fn qemu_reconnect_100_cycles() {
         ));
     }
     rig.start_backend();
-    rig.watcher = Some(Watcher::start(rig.dir.path("watcher.sock")));
+    rig.watcher = Some(Watcher::start(rig.dir.join("watcher.sock")));
     rig.boot_vm(0);
     rig.expect_watch("first boot", 0, &[true], Some(0));
 

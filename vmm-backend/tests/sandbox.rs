@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use vamp_rpmsg::wire::ADDR_ANY;
+use vamp_test_support::wait_for_paths;
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
 use vamp_vmm_backend::sandbox::{self, Policy, ThreadKind, Violation};
 
@@ -358,11 +359,7 @@ impl Backend {
         let sockets: Vec<PathBuf> = (0..2)
             .map(|i| PathBuf::from(format!("{}{i}", base.display())))
             .collect();
-        let deadline = Instant::now() + WAIT;
-        while !sockets.iter().all(|s| s.exists()) {
-            assert!(Instant::now() < deadline, "sockets never appeared");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_paths(&sockets, "the backend's sockets", WAIT);
         (Backend { child, log }, sockets)
     }
 

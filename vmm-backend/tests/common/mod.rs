@@ -4,11 +4,13 @@
 //! provisioning put everything, temp dirs kept on failure, child processes and their logs.
 #![allow(dead_code)]
 
+pub mod traffic;
+
 use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vamp_rpmsg::guest_ram::GuestRam;
@@ -25,6 +27,10 @@ use vamp_vmm_backend::config::Topology;
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
 use vamp_vmm_backend::hub::{Hub, LinkEnv, LinkStats, Notifier};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use vamp_test_support::{Proc, TempDir, count_lines, log_tail, read_lossy, rest_of_line, tail};
 
 /// How long any one wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -45,33 +51,17 @@ from = "r5"
 to = ["alice"]
 "#;
 
+/// Waits until `cond` holds, or fails the test after [`WAIT`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The hub
-
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    /// `vamp-<tag>-<pid>-<n>`, empty.
-    pub fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("vamp-{tag}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A hub on threads of its own: one `serve_guest` thread per guest of its topology.
 pub struct TestHub {
@@ -90,7 +80,8 @@ impl TestHub {
     /// [`TestHub::start`], with `setup` applied to the hub before its threads start.
     pub fn start_with(tag: &str, toml: &str, setup: impl FnOnce(&mut Hub)) -> TestHub {
         let dir = TempDir::new(tag);
-        let topology = Topology::parse(&toml.replace("{dir}", dir.0.to_str().unwrap())).unwrap();
+        let topology =
+            Topology::parse(&toml.replace("{dir}", dir.path().to_str().unwrap())).unwrap();
         let sockets: Vec<PathBuf> = topology.guests.iter().map(|g| g.socket.clone()).collect();
         let mut hub = Hub::new(topology);
         setup(&mut hub);
@@ -206,6 +197,51 @@ pub fn await_echo(
         assert!(Instant::now() < deadline, "{lost}");
         guest.wait(Duration::from_millis(1));
     }
+}
+
+/// One guest, solo, and the hub's echo service under the name Linux's sample client uses.
+pub const ECHO_SOLO: &str = r#"
+[[guest]]
+name = "solo"
+socket = "{dir}/solo.sock"
+[[service]]
+type = "echo"
+name = "rpmsg-client-sample"
+"#;
+
+/// Message `i` of a run that goes through every size from 1 to 496 bytes, each filled with
+/// a pattern of its own.
+pub fn sized_payload(i: u32) -> Vec<u8> {
+    let size = 1 + (i as usize % 496);
+    (0..size)
+        .map(|k| (k as u32 ^ i.wrapping_mul(7)) as u8)
+        .collect()
+}
+
+/// Waits until `name` is announced to `g`, then binds an endpoint of that name to it.
+/// Returns the endpoint and the service's address.
+pub fn bind_announced(g: &mut NativeGuest, inbox: &mut Inbox, name: &str) -> (EptId, u32) {
+    pump(g, inbox, &format!("the {name} announcement"), |i| {
+        i.announced(name).is_some()
+    });
+    let addr = inbox.announced(name).unwrap();
+    let ept = g
+        .rpmsg()
+        .create_ept(name.as_bytes(), ADDR_ANY, addr)
+        .unwrap();
+    (ept, addr)
+}
+
+/// Sends `msg` on `ept` (waiting for a buffer) and checks that it comes back whole, from
+/// `addr` to `ept`, before anything else.
+pub fn check_echo(g: &mut NativeGuest, inbox: &mut Inbox, ept: EptId, addr: u32, msg: &[u8]) {
+    g.rpmsg()
+        .send(ept, msg)
+        .unwrap_or_else(|e| panic!("send {} bytes: {e}", msg.len()));
+    pump(g, inbox, "an echo", |i| !i.messages.is_empty());
+    let (to, from, _, data) = inbox.messages.pop_front().unwrap();
+    assert_eq!((to, from), (ept, addr));
+    assert_eq!(data, msg, "echo of {} bytes", msg.len());
 }
 
 /// Notifies the hub on `queue` of `g`, as its driver would.
@@ -443,85 +479,10 @@ pub fn qemu_args(kernel: &Path, initrd: &Path, devices: Vec<String>) -> Vec<Stri
     .collect()
 }
 
-/// A private temp dir, removed at the end unless the test failed (or VAMP_QEMU_KEEP=1).
-#[derive(Debug)]
-pub struct TestDir(pub PathBuf);
-
-impl TestDir {
-    /// `vamp-<name>-<pid>`, empty.
-    pub fn new(name: &str) -> TestDir {
-        let dir = std::env::temp_dir().join(format!("vamp-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        TestDir(dir)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var("VAMP_QEMU_KEEP").as_deref() == Ok("1") {
-            eprintln!("kept {} (logs, consoles)", self.0.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// A child process (QEMU or the backend) that is killed and reaped on every path, panics too.
-#[derive(Debug)]
-pub struct Proc {
-    pub child: Child,
-}
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// Sends `signal` (SIGKILL, SIGTERM...) unless the child was reaped already.
-    pub fn signal(&mut self, signal: libc::c_int) {
-        if self.exited().is_none() {
-            // SAFETY: kill(2) on the pid of our own child, which is not reaped yet (try_wait
-            // above said so), so the pid cannot have been reused.
-            unsafe {
-                libc::kill(self.child.id() as libc::pid_t, signal);
-            }
-        }
-    }
-
-    /// Waits up to `timeout` for the child to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A private temp dir for a QEMU test, kept when the test fails or VAMP_QEMU_KEEP=1 (its logs
+/// and consoles are the report).
+pub fn test_dir(name: &str) -> TempDir {
+    TempDir::kept_on_failure(name, "VAMP_QEMU_KEEP")
 }
 
 /// Starts `vhost-user-rpmsg ARGS` (`RUST_LOG=info`) with its output in a new file `log`.
@@ -539,45 +500,12 @@ pub fn spawn_backend(args: &[String], log: &Path) -> Proc {
     Proc { child }
 }
 
-pub fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-/// The last `n` lines of a text, for failure messages.
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// The last `n` lines of the file at `path` under a heading, for failure reports.
-pub fn log_tail(what: &str, path: &Path, n: usize) -> String {
-    format!(
-        "\n----- {what} ({}), last lines -----\n{}\n",
-        path.display(),
-        tail(&read_lossy(path), n)
-    )
-}
-
-/// Counts the lines of `text` containing `needle`.
-pub fn count_lines(text: &str, needle: &str) -> usize {
-    text.lines().filter(|l| l.contains(needle)).count()
-}
-
 /// The whole lines of a serial console log so far (the console writes a line a few bytes at a
 /// time).
 pub fn console_lines(console: &Path) -> String {
     let mut text = read_lossy(console);
     text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
     text
-}
-
-/// What follows `needle` on the first line of `text` that contains it, trimmed.
-pub fn rest_of_line(text: &str, needle: &str) -> Option<String> {
-    let line = text.lines().find(|l| l.contains(needle))?;
-    let rest = line.split_once(needle).map_or("", |(_, r)| r);
-    Some(rest.trim_end_matches('\r').trim().to_string())
 }
 
 /// The first sign of kernel trouble (BUG, WARNING, Oops or panic) on a guest console.
