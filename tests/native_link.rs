@@ -3,7 +3,7 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use vamp::native_apps::SocketWaiter;
-use vamp_rpmsg::apps::{ECHO_CHANNEL, ping, ping_sample};
+use vamp_rpmsg::apps::{AppError, ECHO_CHANNEL, PingSummary, ping, ping_sample};
 use vamp_rpmsg::native;
 
 fn vamp() -> Command {
@@ -57,6 +57,27 @@ fn host_against_remote(tag: &str, host_args: &[&str]) -> (String, String) {
     assert!(host.status.success(), "host failed:\n{h}\nremote:\n{r}");
     assert!(remote.status.success(), "remote failed:\n{r}");
     (h, r)
+}
+
+/// Runs `ping` from an in-process host that follows OpenAMP's driver rule, against a remote
+/// process (with `remote_args`) on fresh paths named after `tag`. Returns the ping's summary,
+/// every echo matched, and the remote's output once it finished.
+fn openamp_host_against_remote(
+    tag: &str,
+    remote_args: &[&str],
+    ping: impl FnOnce(&mut native::HostRpmsg) -> Result<PingSummary, AppError>,
+) -> (PingSummary, String) {
+    let paths = native::private_paths(tag);
+    let remote = spawn_remote_with(&paths, remote_args);
+    let mut host = native::start_openamp_style_host(&paths, Duration::from_secs(60)).unwrap();
+    let summary = ping(&mut host);
+    drop(host);
+    let remote = remote.wait_with_output().unwrap();
+    native::cleanup(&paths);
+    let r = text(&remote);
+    let summary = summary.unwrap_or_else(|e| panic!("ping failed: {e}\nremote:\n{r}"));
+    assert!(summary.all_matched(), "{summary:?}\nremote:\n{r}");
+    (summary, r)
 }
 
 #[test]
@@ -134,23 +155,16 @@ fn demo_runs_and_summarises() {
 /// (a used length of 0 leaves such a host unable to send its first payload).
 #[test]
 fn remote_serves_a_host_that_sizes_recycled_buffers_by_used_length() {
-    let paths = native::private_paths("it-openamp-driver");
-    let remote = spawn_remote(&paths);
-    let mut host = native::start_openamp_style_host(&paths, Duration::from_secs(60)).unwrap();
-    let summary = ping(
-        &mut host,
-        &mut SocketWaiter,
-        ECHO_CHANNEL,
-        480,
-        Duration::from_secs(60),
-        "openamp-style host",
-    );
-    drop(host);
-    let remote = remote.wait_with_output().unwrap();
-    native::cleanup(&paths);
-    let r = text(&remote);
-    let summary = summary.unwrap_or_else(|e| panic!("ping failed: {e}\nremote:\n{r}"));
-    assert!(summary.all_matched(), "{summary:?}\nremote:\n{r}");
+    let (_, r) = openamp_host_against_remote("it-openamp-driver", &[], |host| {
+        ping(
+            host,
+            &mut SocketWaiter,
+            ECHO_CHANNEL,
+            480,
+            Duration::from_secs(60),
+            "openamp-style host",
+        )
+    });
     assert!(r.contains("shutdown requested after 480 echoes"), "{r}");
 }
 
@@ -172,22 +186,16 @@ fn host_and_remote_speak_the_sample_protocol() {
 /// The sample protocol with a host that follows OpenAMP's driver rule, 480 messages.
 #[test]
 fn remote_serves_the_sample_protocol_to_an_openamp_style_host() {
-    let paths = native::private_paths("it-openamp-sample");
-    let remote = spawn_remote_with(&paths, &["--protocol", "sample"]);
-    let mut host = native::start_openamp_style_host(&paths, Duration::from_secs(60)).unwrap();
-    let summary = ping_sample(
-        &mut host,
-        &mut SocketWaiter,
-        480,
-        Duration::from_secs(60),
-        "openamp-style host",
-    );
-    drop(host);
-    let remote = remote.wait_with_output().unwrap();
-    native::cleanup(&paths);
-    let r = text(&remote);
-    let summary = summary.unwrap_or_else(|e| panic!("ping failed: {e}\nremote:\n{r}"));
-    assert!(summary.all_matched(), "{summary:?}\nremote:\n{r}");
+    let (summary, r) =
+        openamp_host_against_remote("it-openamp-sample", &["--protocol", "sample"], |host| {
+            ping_sample(
+                host,
+                &mut SocketWaiter,
+                480,
+                Duration::from_secs(60),
+                "openamp-style host",
+            )
+        });
     assert_eq!(summary.sent, 480);
     assert!(!r.contains("rpmsg-openamp-demo-channel"), "{r}");
     assert!(r.contains("shutdown requested after 480 echoes"), "{r}");

@@ -101,8 +101,7 @@ fn engine(image: &[u8], rings: [VringLayout; 2], at: [u16; 2], flags: Flags, ops
     let mem = HeapMemory::new(MEM as usize, 0);
     mem.write(0, image).expect("image fits");
     let (endian, event_idx) = (flags.endian(), flags.event_idx());
-    let Ok(t) = DeviceTransport::resume(&mem, env(), rings, at, endian, event_idx, 512)
-    else {
+    let Ok(t) = DeviceTransport::resume(&mem, env(), rings, at, endian, event_idx, 512) else {
         return;
     };
     let mut rpmsg = Rpmsg::new(t, flags.config());

@@ -89,8 +89,7 @@ fn queue(ring: VringLayout, endian: Endian, event_idx: bool, ops: &[u8]) {
 fn engine(layout: DriverLayout, flags: Flags, ops: &[u8]) {
     let mem = HeapMemory::new(MEM as usize, 0);
     let endian = flags.endian();
-    let Ok(t) = DriverTransport::new(&mem, env(), layout, endian, flags.event_idx())
-    else {
+    let Ok(t) = DriverTransport::new(&mem, env(), layout, endian, flags.event_idx()) else {
         return;
     };
     let mut rpmsg = Rpmsg::new(t, flags.config());

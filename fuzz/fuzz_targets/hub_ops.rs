@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use vamp_fuzz::{Bytes, env};
-use vamp_rpmsg::testing::TestEnv;
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::rpmsg::{Config, Handler, NsEvent, Received, Rpmsg};
+use vamp_rpmsg::testing::TestEnv;
 use vamp_rpmsg::transport::{DriverLayout, DriverTransport, Transport};
 use vamp_rpmsg::wire::{ADDR_ANY, Endian, NS_ADDR, NameServiceMsg, NsFlags};
 use vamp_vmm_backend::config::Topology;
@@ -27,16 +27,8 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 const GUESTS: usize = 3;
 
 /// g0's names go to g1 and g2; g1 offers n0 and n1 to g0; g2 offers n0, n2 and n3 to both.
-const TOPOLOGY: &str = r#"
-[[guest]]
-name = "g0"
-socket = "/nonexistent/g0.sock"
-[[guest]]
-name = "g1"
-socket = "/nonexistent/g1.sock"
-[[guest]]
-name = "g2"
-socket = "/nonexistent/g2.sock"
+/// The guests g0..g2 come first (see [`topology`]).
+const ROUTES: &str = r#"
 [[service]]
 type = "echo"
 name = "echo"
@@ -52,6 +44,15 @@ from = "g2"
 to = ["g0", "g1"]
 names = ["n0", "n2", "n3"]
 "#;
+
+/// [`GUESTS`] guests named g0, g1... (their sockets are never opened: the target serves them
+/// in memory), then [`ROUTES`].
+fn topology() -> String {
+    let guests: String = (0..GUESTS)
+        .map(|i| format!("[[guest]]\nname = \"g{i}\"\nsocket = \"/nonexistent/g{i}.sock\"\n"))
+        .collect();
+    guests + ROUTES
+}
 
 /// Names guests announce (one the topology offers nowhere, one empty).
 const NAMES: [&[u8]; 6] = [b"n0", b"n1", b"n2", b"n3", b"echo", b""];
@@ -104,14 +105,8 @@ impl Guest {
     fn new(layout: DriverLayout, event_idx: bool) -> Guest {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).expect("mmap");
         let ram = GuestRam::new(mem.clone());
-        let t = DriverTransport::new(
-            ram.clone(),
-            env(),
-            layout,
-            Endian::Little,
-            event_idx,
-        )
-        .expect("driver layout");
+        let t = DriverTransport::new(ram.clone(), env(), layout, Endian::Little, event_idx)
+            .expect("driver layout");
         let config = Config {
             send_timeout_us: 0,
             ..Config::default()
@@ -285,7 +280,7 @@ impl World {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let topology = Topology::parse(TOPOLOGY).expect("the target's topology");
+    let topology = Topology::parse(&topology()).expect("the target's topology");
     let mut hub = Hub::new(topology);
     hub.set_pending_timeout(Duration::from_secs(3600));
     hub.set_max_queued_per_sender(SHARE);

@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::traffic::{Traffic, TrafficOptions, seq_payload};
+use common::traffic::{ALICE, BOB, CAROL, EVIL, Traffic, TrafficOptions, cast_toml, seq_payload};
 use common::{Guest, Inbox, RXQ, TXQ, WAIT, pump, wait_until};
 use std::io::Write as _;
 use std::os::unix::net::UnixStream;
@@ -44,27 +44,10 @@ const AFTER_ATTACK: u64 = 2000;
 /// How long the hub lets messages wait for a guest that takes none, in these tests.
 const PENDING_TIMEOUT: Duration = Duration::from_millis(300);
 
-const ALICE: usize = 0;
-const BOB: usize = 1;
-const CAROL: usize = 2;
-const EVIL: usize = 3;
-
 /// alice offers "a-svc" to bob (and to the attacker, for the attacks that need to reach a
 /// good guest); carol offers "c-svc" to the attacker; the attacker's "m-svc" is offered to
 /// alice, and any name of it to carol. Every guest sees the hub's "echo".
-const TOPOLOGY: &str = r#"
-[[guest]]
-name = "alice"
-socket = "{dir}/alice.sock"
-[[guest]]
-name = "bob"
-socket = "{dir}/bob.sock"
-[[guest]]
-name = "carol"
-socket = "{dir}/carol.sock"
-[[guest]]
-name = "{evil}"
-socket = "{dir}/evil.sock"
+const ROUTES: &str = r#"
 [[remote]]
 name = "{evil}-remote"
 image = "echo"
@@ -160,17 +143,17 @@ fn expect_log(needles: &[&str]) -> String {
 // ---------------------------------------------------------------------------------------
 // The hub.
 
-/// The hub of [`TOPOLOGY`], and the attacker's name in it.
+/// The hub of [`ROUTES`], and the attacker's name in it.
 struct TestHub {
     base: common::TestHub,
     evil: String,
 }
 
 impl TestHub {
-    /// A hub for [`TOPOLOGY`] with the attacker called `evil`, on threads of its own.
+    /// A hub for the cast and [`ROUTES`] with the attacker called `evil`, on threads of its own.
     fn start(evil: &str) -> Self {
         init_logs();
-        let topology = TOPOLOGY.replace("{evil}", evil);
+        let topology = cast_toml(evil) + &ROUTES.replace("{evil}", evil);
         let base = common::TestHub::start_with("attack", &topology, |hub| {
             hub.set_pending_timeout(PENDING_TIMEOUT)
         });
@@ -464,7 +447,7 @@ impl Scene {
     /// A hub, the traffic pair flowing, and the attacker connected and served.
     fn new(evil: &str) -> Self {
         let hub = TestHub::start(evil);
-        let mut traffic = Traffic::start(&hub.sockets[ALICE], &hub.sockets[BOB], TRAFFIC);
+        let mut traffic = Traffic::start(&hub.sockets, TRAFFIC);
         traffic.expect_more(100, "before the attack");
         let evil = Evil::connect(&hub);
         Scene {

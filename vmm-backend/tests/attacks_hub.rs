@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::traffic::{Traffic, TrafficOptions};
+use common::traffic::{ALICE, BOB, CAROL, EVIL, Traffic, TrafficOptions, cast_toml};
 use common::{Guest, TestHub, WAIT, await_echo, wait_until};
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -21,26 +21,9 @@ use vamp_rpmsg::wire::{ADDR_ANY, Endian, NS_ADDR, NameServiceMsg, NsFlags};
 use vamp_vmm_backend::backend::lock_hub;
 use vamp_vmm_backend::hub::POLL_BUDGET;
 
-const ALICE: usize = 0;
-const BOB: usize = 1;
-const CAROL: usize = 2;
-const EVIL: usize = 3;
-
 /// alice offers "a-svc" to everyone, carol "c-svc" to bob and the attacker; any name of the
 /// attacker is offered to carol. Every guest sees the hub's "echo".
-const TOPOLOGY: &str = r#"
-[[guest]]
-name = "alice"
-socket = "{dir}/alice.sock"
-[[guest]]
-name = "bob"
-socket = "{dir}/bob.sock"
-[[guest]]
-name = "carol"
-socket = "{dir}/carol.sock"
-[[guest]]
-name = "mallory"
-socket = "{dir}/mallory.sock"
+const ROUTES: &str = r#"
 [[service]]
 type = "echo"
 name = "echo"
@@ -57,9 +40,14 @@ from = "mallory"
 to = ["carol"]
 "#;
 
-/// A hub for [`TOPOLOGY`] letting messages wait `pending_timeout` for a receiver's buffers.
+/// The cast (the attacker is mallory) and [`ROUTES`].
+fn topology() -> String {
+    cast_toml("mallory") + ROUTES
+}
+
+/// A hub for [`topology`] letting messages wait `pending_timeout` for a receiver's buffers.
 fn start(tag: &str, pending_timeout: Duration) -> TestHub {
-    TestHub::start_with(tag, TOPOLOGY, |hub| {
+    TestHub::start_with(tag, &topology(), |hub| {
         hub.set_pending_timeout(pending_timeout)
     })
 }
@@ -320,7 +308,7 @@ fn attack_sender_floods_one_receiver() {
     // (its other traffic flows), and bob's share is untouched.
     const TOTAL: u32 = 1500;
     const SHARE: usize = 64;
-    let hub = TestHub::start_with("sender-flood", TOPOLOGY, |hub| {
+    let hub = TestHub::start_with("sender-flood", &topology(), |hub| {
         hub.set_pending_timeout(Duration::from_secs(60));
         hub.set_max_queued_per_sender(SHARE);
     });
@@ -386,7 +374,7 @@ fn attack_busy_guest_cannot_hold_hub() {
     /// A native guest's transmit buffers (half of Linux's 512).
     const RING: u32 = 256;
     let hub = start("busy-guest", Duration::from_secs(5));
-    let mut traffic = Traffic::start(&hub.sockets[ALICE], &hub.sockets[BOB], TRAFFIC);
+    let mut traffic = Traffic::start(&hub.sockets, TRAFFIC);
     traffic.expect_more_while(100, "before the attack", || {
         std::thread::sleep(Duration::from_millis(2))
     });

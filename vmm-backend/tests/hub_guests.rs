@@ -6,7 +6,7 @@ mod common;
 
 use common::{
     ALICE_AND_R5, ECHO_SOLO, Inbox, PlayedRemote, TXQ, TestHub, WAIT, await_echo, bind_announced,
-    check_echo, kick, pump, sized_payload,
+    check_echo, guests_toml, kick, pump, sized_payload,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,16 +33,7 @@ fn echo_service_answers_every_size() {
     );
 }
 
-const PAIR: &str = r#"
-[[guest]]
-name = "alice"
-socket = "{dir}/alice.sock"
-[[guest]]
-name = "bob"
-socket = "{dir}/bob.sock"
-[[guest]]
-name = "carol"
-socket = "{dir}/carol.sock"
+const PAIR_ROUTES: &str = r#"
 [[service]]
 type = "echo"
 name = "echo"
@@ -55,9 +46,14 @@ to = ["alice"]
 names = ["c-svc"]
 "#;
 
+/// alice, bob and carol, with [`PAIR_ROUTES`].
+fn pair() -> String {
+    guests_toml(&["alice", "bob", "carol"]) + PAIR_ROUTES
+}
+
 #[test]
 fn guests_reach_each_other_by_name_with_translated_addresses() {
-    let hub = TestHub::start("hub", PAIR);
+    let hub = TestHub::start("hub", &pair());
     let (mut alice, mut bob) = (hub.connect(0), hub.connect(1));
     let (mut ai, mut bi) = (Inbox::echoing(), Inbox::default());
     // alice offers a service; bob sees it under a hub address of his own link.
@@ -96,7 +92,7 @@ fn guests_reach_each_other_by_name_with_translated_addresses() {
 
 #[test]
 fn names_are_offered_only_where_the_topology_says() {
-    let hub = TestHub::start("hub", PAIR);
+    let hub = TestHub::start("hub", &pair());
     let (mut alice, mut bob, mut carol) = (hub.connect(0), hub.connect(1), hub.connect(2));
     let (mut ai, mut bi, mut ci) = (Inbox::default(), Inbox::default(), Inbox::default());
     alice
@@ -147,7 +143,7 @@ fn names_are_offered_only_where_the_topology_says() {
 
 #[test]
 fn addresses_not_offered_lead_nowhere() {
-    let hub = TestHub::start("hub", PAIR);
+    let hub = TestHub::start("hub", &pair());
     let (mut alice, mut carol) = (hub.connect(0), hub.connect(2));
     let (mut ai, mut ci) = (Inbox::default(), Inbox::default());
     alice
@@ -185,7 +181,7 @@ fn addresses_not_offered_lead_nowhere() {
 
 #[test]
 fn a_full_receiver_delays_only_itself_and_loses_nothing() {
-    let hub = TestHub::start("hub", PAIR);
+    let hub = TestHub::start("hub", &pair());
     let (mut alice, mut bob) = (hub.connect(0), hub.connect(1));
     let (mut ai, mut bi) = (Inbox::default(), Inbox::default());
     let sink = alice
@@ -260,7 +256,7 @@ fn a_full_receiver_delays_only_itself_and_loses_nothing() {
 
 #[test]
 fn disconnect_withdraws_names_and_reconnect_brings_them_back() {
-    let hub = TestHub::start("hub", PAIR);
+    let hub = TestHub::start("hub", &pair());
     let (mut alice, mut bob) = (hub.connect(0), hub.connect(1));
     let (mut ai, mut bi) = (Inbox::echoing(), Inbox::default());
     alice
@@ -310,7 +306,7 @@ fn disconnect_withdraws_names_and_reconnect_brings_them_back() {
 
 #[test]
 fn a_device_reset_withdraws_and_reannounces() {
-    let hub = TestHub::start("hub", PAIR);
+    let hub = TestHub::start("hub", &pair());
     let (mut alice, mut bob) = (hub.connect(0), hub.connect(1));
     let (mut ai, mut bi) = (Inbox::default(), Inbox::default());
     alice
@@ -338,7 +334,7 @@ fn a_device_reset_withdraws_and_reannounces() {
 
 #[test]
 fn descriptors_outside_memory_cost_other_guests_nothing() {
-    let hub = TestHub::start("hub", PAIR);
+    let hub = TestHub::start("hub", &pair());
     let (mut alice, mut carol) = (hub.connect(0), hub.connect(2));
     let (mut ai, mut ci) = (Inbox::default(), Inbox::default());
     pump(&mut carol, &mut ci, "echo at carol", |i| {

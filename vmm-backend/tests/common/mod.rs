@@ -199,6 +199,15 @@ pub fn await_echo(
     }
 }
 
+/// `[[guest]]` sections for `names` in this order (so link ids follow it), each with its
+/// socket at `{dir}/NAME.sock` ([`TestHub::start`] fills in `{dir}`).
+pub fn guests_toml(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("[[guest]]\nname = \"{n}\"\nsocket = \"{{dir}}/{n}.sock\"\n"))
+        .collect()
+}
+
 /// One guest, solo, and the hub's echo service under the name Linux's sample client uses.
 pub const ECHO_SOLO: &str = r#"
 [[guest]]

@@ -6,7 +6,7 @@
 
 use super::WAIT;
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -15,6 +15,18 @@ use vamp_rpmsg::rpmsg::{EptId, Error as RpmsgError, Handler, NsEvent, Received, 
 use vamp_rpmsg::transport::Transport;
 use vamp_rpmsg::wire::ADDR_ANY;
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
+
+/// The cast of the attack suites, by link id: alice and bob are the traffic pair, carol a
+/// helper the test drives by hand, and the attacker comes last.
+pub const ALICE: usize = 0;
+pub const BOB: usize = 1;
+pub const CAROL: usize = 2;
+pub const EVIL: usize = 3;
+
+/// The cast's `[[guest]]` sections, the attacker named `evil`, in link-id order.
+pub fn cast_toml(evil: &str) -> String {
+    super::guests_toml(&["alice", "bob", "carol", evil])
+}
 
 /// Requests bob may have in flight.
 const WINDOW: u64 = 32;
@@ -209,11 +221,11 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// Starts the pair: alice on the socket `alice`, bob on `bob`.
-    pub fn start(alice: &Path, bob: &Path, options: TrafficOptions) -> Self {
+    /// Starts the pair on the sockets of [`ALICE`] and [`BOB`] among `sockets`.
+    pub fn start(sockets: &[PathBuf], options: TrafficOptions) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
-        let (a, b) = (alice.to_path_buf(), bob.to_path_buf());
+        let (a, b) = (sockets[ALICE].clone(), sockets[BOB].clone());
         let (s, k) = (stop.clone(), acked.clone());
         let thread = std::thread::spawn(move || run(a, b, options, s, k));
         Traffic {
