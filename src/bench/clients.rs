@@ -85,13 +85,13 @@ impl<T: Transport> Handler<T> for Sink {
     }
 }
 
-pub(super) fn fill_byte(len: usize) -> u8 {
+fn fill_byte(len: usize) -> u8 {
     (len as u8) ^ 0xa5
 }
 
 /// Finds a name announced to us.
 #[derive(Debug)]
-pub(super) struct Finder<'a> {
+struct Finder<'a> {
     pub(super) name: &'a str,
     pub(super) addr: Option<u32>,
 }
@@ -112,7 +112,7 @@ pub(super) fn rerr(e: RpmsgError) -> String {
 }
 
 /// Waits for the peer (notifications) or spins once (busy-poll).
-pub(super) fn idle<T: Transport>(rpmsg: &mut Rpmsg<T>, busy: bool) {
+fn idle<T: Transport>(rpmsg: &mut Rpmsg<T>, busy: bool) {
     if busy {
         std::hint::spin_loop();
     } else {
@@ -164,7 +164,7 @@ pub(super) fn try_send<T: Transport>(
 }
 
 /// `n` round trips of `size` bytes, one message at a time.
-pub(super) fn round_trips<T: Transport>(
+fn round_trips<T: Transport>(
     rpmsg: &mut Rpmsg<T>,
     target: (EptId, u32),
     size: usize,

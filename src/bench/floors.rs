@@ -11,18 +11,18 @@ use std::time::{Duration, Instant};
 use vamp_rpmsg::mem::HeapMemory;
 
 // Offsets in the floors' shared memory: every word on its own pair of cache lines.
-pub(super) const PING: usize = 0;
-pub(super) const PONG: usize = 128;
-pub(super) const A_HEAD: usize = 256;
-pub(super) const A_TAIL: usize = 384;
-pub(super) const B_HEAD: usize = 512;
-pub(super) const B_TAIL: usize = 640;
-pub(super) const STOP: usize = 768;
-pub(super) const RING_A: usize = 4096;
-pub(super) const RING_B: usize = RING_A + RING_SLOTS as usize * SLOT_BYTES;
-pub(super) const FLOOR_SHM: usize = RING_B + RING_SLOTS as usize * SLOT_BYTES;
+const PING: usize = 0;
+const PONG: usize = 128;
+const A_HEAD: usize = 256;
+const A_TAIL: usize = 384;
+const B_HEAD: usize = 512;
+const B_TAIL: usize = 640;
+const STOP: usize = 768;
+const RING_A: usize = 4096;
+const RING_B: usize = RING_A + RING_SLOTS as usize * SLOT_BYTES;
+const FLOOR_SHM: usize = RING_B + RING_SLOTS as usize * SLOT_BYTES;
 /// The ping value that ends a ping-pong peer.
-pub(super) const PING_STOP: u32 = u32::MAX;
+const PING_STOP: u32 = u32::MAX;
 
 pub(super) fn peer_eventfd(args: &[String]) -> Res<()> {
     let (ping, pong, cpu): (i32, i32, usize) = (

@@ -92,7 +92,7 @@ pub(super) fn hub_echo_notify(plan: &Plan, cpus: Cpus) -> [Res<Fig>; 2] {
 }
 
 /// Runs an echo guest in a thread until `stop`.
-pub(super) fn echo_guest_thread(
+fn echo_guest_thread(
     socket: PathBuf,
     cpu: usize,
     stop: Arc<AtomicBool>,

@@ -115,7 +115,7 @@ impl DirectGuest {
         lock_hub(hub).service(self.id, &self.ram, self.info, notifier);
     }
 
-    pub(super) fn kicks(&mut self) -> u64 {
+    fn kicks(&mut self) -> u64 {
         self.rpmsg.transport_mut().env_mut().kicks
     }
 }
@@ -146,7 +146,7 @@ pub(super) fn direct_hub(guests: usize, pairs: bool) -> Res<(Arc<Mutex<Hub>>, Te
 /// A thread on `cpu` that serves the given guests' rings in a loop until `stop`; `extra`
 /// runs in the same loop (an echo guest sharing the CPU).
 /// Returns, when stopped, the kicks the extra guest sent.
-pub(super) fn hub_poller(
+fn hub_poller(
     hub: Arc<Mutex<Hub>>,
     served: Vec<(usize, GuestRam, RingsInfo)>,
     mut extra: Option<DirectGuest>,

@@ -16,7 +16,7 @@ use vamp_rpmsg::transport::BufferConfig;
 use vamp_rpmsg::wire::ADDR_ANY;
 
 /// A running echo remote and the host's engine on its vdev.
-pub(super) struct Remote {
+struct Remote {
     rp: Remoteproc<KvmRemote>,
     rpmsg: RemoteRpmsg<GuestRam>,
     /// VM, memory and vCPU created.
@@ -31,7 +31,7 @@ pub(super) struct Remote {
 
 /// Boots the echo firmware with its vCPU on `vcpu_cpu`, in busy-poll mode (both sides)
 /// if `busy`; times every step from `KvmRemote::new` to the first announcement.
-pub(super) fn boot(vcpu_cpu: usize, my_cpu: usize, busy: bool) -> Res<Remote> {
+fn boot(vcpu_cpu: usize, my_cpu: usize, busy: bool) -> Res<Remote> {
     let image = vamp_remoteproc::images::builtin("echo").ok_or("no built-in echo image")?;
     let t0 = Instant::now();
     let options = KvmOptions {
@@ -73,13 +73,13 @@ pub(super) fn boot(vcpu_cpu: usize, my_cpu: usize, busy: bool) -> Res<Remote> {
 impl Remote {
     /// Notifications in either direction so far: the host's rings, the remote's kicks
     /// (taken from the doorbell here: the busy host never waits for them) and its waits.
-    pub(super) fn notifications(&mut self) -> u64 {
+    fn notifications(&mut self) -> u64 {
         self.rp.doorbell().wait(Duration::ZERO);
         let s = self.rp.backend().stats();
         s.rings + s.kicks_taken + s.wait_exits
     }
 
-    pub(super) fn stop(mut self, ept: Option<EptId>) {
+    fn stop(mut self, ept: Option<EptId>) {
         if let Some(ept) = ept {
             let _ = self
                 .rpmsg
@@ -93,7 +93,7 @@ impl Remote {
 }
 
 /// Notify figures, busy-poll figures, start time.
-pub(super) type KvmRows = ([Res<Fig>; 2], [Res<Fig>; 2], Res<StartFig>);
+type KvmRows = ([Res<Fig>; 2], [Res<Fig>; 2], Res<StartFig>);
 
 /// The KVM rows: notify (on the first of the start-time runs), busy-poll (one more remote, in
 /// busy-poll mode from its start; only with two CPUs) and the start time.
@@ -154,7 +154,7 @@ pub(super) fn kvm_rows(plan: &Plan, cpus: Cpus, two_cpus: bool) -> KvmRows {
 
 /// Round trips and throughput to a booted echo remote, then stops it. Busy-poll rows must not
 /// notify at all, in either direction.
-pub(super) fn kvm_measure(mut remote: Remote, busy: bool, plan: &Plan) -> [Res<Fig>; 2] {
+fn kvm_measure(mut remote: Remote, busy: bool, plan: &Plan) -> [Res<Fig>; 2] {
     let addr = remote.addr;
     match remote
         .rpmsg

@@ -30,7 +30,7 @@ pub(super) fn fmt_ratio(r: Option<f64>) -> String {
     }
 }
 
-pub(super) fn fmt_rate(r: f64) -> String {
+fn fmt_rate(r: f64) -> String {
     if r >= 1e6 {
         format!("{:.2} M", r / 1e6)
     } else {

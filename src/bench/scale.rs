@@ -20,7 +20,7 @@ use vamp_vmm_backend::hub::{Hub, Notifier, POLL_BUDGET};
 pub(super) const ENDPOINT_COUNTS: [u32; 3] = [1, 100, 10_000];
 /// Rounds over every endpoint count, in alternating order, so that a change in the machine's
 /// other load does not land on one count only.
-pub(super) const ENDPOINT_ROUNDS: usize = 3;
+const ENDPOINT_ROUNDS: usize = 3;
 
 /// Per-message cost with 1, 100 and 10 000 endpoints on each side of a native link
 /// (busy-poll, windowed, messages spread round-robin): medians over rounds.

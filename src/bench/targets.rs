@@ -3,7 +3,7 @@
 
 use super::report::{LinkRow, Report, cpu_ratio, fmt_ns, fmt_ratio, scale_ratio};
 
-pub(super) fn full_ring(r: &Report, kind: &str, guests: usize, size: usize) -> Option<f64> {
+fn full_ring(r: &Report, kind: &str, guests: usize, size: usize) -> Option<f64> {
     r.full_rings
         .iter()
         .find(|f| f.kind == kind && f.guests == guests && f.size == size)
