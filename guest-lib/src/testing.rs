@@ -223,6 +223,12 @@ impl Recorder {
             ..Self::default()
         }
     }
+
+    /// The address `name` was last announced at, unless it was withdrawn since.
+    pub fn announced(&self, name: &[u8]) -> Option<u32> {
+        let (_, addr, created, _) = self.ns.iter().rev().find(|(n, ..)| n == name)?;
+        created.then_some(*addr)
+    }
 }
 
 impl<T: Transport> Handler<T> for Recorder {
@@ -252,5 +258,40 @@ impl<T: Transport> Handler<T> for Recorder {
 
     fn on_dropped(&mut self, why: Dropped) {
         self.dropped.push(why);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ADDR_ANY;
+
+    #[test]
+    fn loopback_engines_talk_and_the_recorder_sees_it() {
+        let (mut host, mut remote, host_env, _) = Loopback::default().engines(Config::default());
+        let svc = remote.create_ept(b"svc", ADDR_ANY, ADDR_ANY).unwrap();
+        let mut seen = Recorder::default();
+        host.poll(&mut seen).unwrap();
+        let addr = seen.announced(b"svc").expect("announced");
+        let ept = host.create_ept(b"svc", ADDR_ANY, addr).unwrap();
+        host.send(ept, b"ping").unwrap();
+        assert!(host_env.kicks.get()[1] > 0, "the host kicked vq 1");
+        let mut echo = Recorder::echoing();
+        remote.poll(&mut echo).unwrap();
+        assert_eq!(echo.messages.len(), 1);
+        host.poll(&mut seen).unwrap();
+        assert_eq!(seen.messages.last().map(|m| &m.2[..]), Some(&b"ping"[..]));
+        remote.destroy_ept(svc).unwrap();
+        host.poll(&mut seen).unwrap();
+        assert_eq!(seen.announced(b"svc"), None, "withdrawn");
+    }
+
+    #[test]
+    fn a_ticking_clock_moves_at_every_reading() {
+        let mut env = TestEnv::ticking(1000);
+        assert_eq!(env.now_us(), 1000);
+        assert!(!env.wait(500));
+        assert_eq!(env.now_us(), 2500);
+        assert_eq!(TestEnv::default().now_us(), 0);
     }
 }

@@ -3,12 +3,13 @@
 
 mod common;
 
-use common::{HostRecorder, wait_announced};
+use common::wait_announced;
 use std::time::{Duration, Instant};
 use vamp_remoteproc::image::ImageSource;
 use vamp_remoteproc::kvm::{KvmOptions, KvmRemote, kvm_available};
 use vamp_remoteproc::remoteproc::{RemoteEvent, Remoteproc};
 use vamp_rpmsg::rpmsg::Error;
+use vamp_rpmsg::testing::Recorder;
 use vamp_rpmsg::transport::BufferConfig;
 use vamp_rpmsg::wire::ADDR_ANY;
 
@@ -25,7 +26,7 @@ fn sends_to_a_crashed_remote_fail_at_once() {
     .unwrap();
     rp.start().unwrap();
     let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
-    let mut h = HostRecorder::default();
+    let mut h = Recorder::default();
     let deadline = Instant::now() + Duration::from_secs(10);
     let channel = wait_announced(&mut host, &mut h, b"vamp-fault", deadline).unwrap();
     let ept = host.create_ept(b"", ADDR_ANY, channel).unwrap();

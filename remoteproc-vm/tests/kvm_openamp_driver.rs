@@ -5,11 +5,12 @@
 
 mod common;
 
-use common::{HostRecorder, idle};
+use common::idle;
 use std::time::{Duration, Instant};
 use vamp_remoteproc::image::ImageSource;
 use vamp_remoteproc::kvm::{KvmOptions, KvmRemote, kvm_available};
 use vamp_remoteproc::remoteproc::Remoteproc;
+use vamp_rpmsg::testing::Recorder;
 use vamp_rpmsg::transport::BufferConfig;
 use vamp_rpmsg::wire::ADDR_ANY;
 
@@ -28,12 +29,12 @@ fn exchange_on(channel: &[u8]) {
     rp.start().unwrap();
     let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
     host.transport_mut().set_openamp_tx_rule(true);
-    let mut h = HostRecorder::default();
+    let mut h = Recorder::default();
     let deadline = Instant::now() + Duration::from_secs(30);
     let addr = loop {
         host.poll(&mut h).unwrap();
-        if let Some((_, addr)) = h.announced.iter().find(|(n, _)| n == channel) {
-            break *addr;
+        if let Some(addr) = h.announced(channel) {
+            break addr;
         }
         assert!(Instant::now() < deadline, "no announcement");
         idle(&mut host);
@@ -53,7 +54,7 @@ fn exchange_on(channel: &[u8]) {
                 idle(&mut host);
             }
         }
-        let (src, got) = h.messages.pop().unwrap();
+        let (_, src, got) = h.messages.pop().unwrap();
         assert_eq!((src, got), (addr, msg), "message {i}");
     }
     rp.shutdown().unwrap();

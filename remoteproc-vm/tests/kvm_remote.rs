@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{HostRecorder, connect, idle};
+use common::{connect, idle};
 use std::time::{Duration, Instant};
 use vamp_remoteproc::backend::RemoteBackend;
 use vamp_remoteproc::image::ImageSource;
@@ -14,6 +14,7 @@ use vamp_remoteproc::kvm::{
 use vamp_remoteproc::remoteproc::{RemoteEvent, RemoteRpmsg, RemoteState, Remoteproc};
 use vamp_rpmsg::mem::SharedMemory;
 use vamp_rpmsg::rpmsg::EptId;
+use vamp_rpmsg::testing::Recorder;
 
 /// The echo firmware's channel.
 const DEMO: &[u8] = b"rpmsg-openamp-demo-channel";
@@ -41,7 +42,7 @@ fn remote_with(image: &str, options: KvmOptions) -> Option<Remoteproc<KvmRemote>
     Some(rp)
 }
 
-fn echo<M: SharedMemory>(host: &mut RemoteRpmsg<M>, h: &mut HostRecorder, ept: EptId, count: u32) {
+fn echo<M: SharedMemory>(host: &mut RemoteRpmsg<M>, h: &mut Recorder, ept: EptId, count: u32) {
     let deadline = Instant::now() + Duration::from_secs(20);
     for i in 0..count {
         let msg = format!("echo {i}").into_bytes();
@@ -53,7 +54,7 @@ fn echo<M: SharedMemory>(host: &mut RemoteRpmsg<M>, h: &mut HostRecorder, ept: E
                 idle(host);
             }
         }
-        assert_eq!(h.messages.pop().unwrap().1, msg);
+        assert_eq!(h.messages.pop().unwrap().2, msg);
     }
 }
 
@@ -109,7 +110,7 @@ fn busy_echo_remote(
 ) -> Option<(
     Remoteproc<KvmRemote>,
     RemoteRpmsg<vamp_rpmsg::guest_ram::GuestRam>,
-    HostRecorder,
+    Recorder,
     EptId,
 )> {
     let mut rp = remote_with(
@@ -133,7 +134,7 @@ fn busy_echo_remote(
 fn stats_around_echoes<M: SharedMemory>(
     rp: &Remoteproc<KvmRemote>,
     host: &mut RemoteRpmsg<M>,
-    h: &mut HostRecorder,
+    h: &mut Recorder,
     ept: EptId,
     n: u32,
 ) -> (KvmStats, KvmStats) {

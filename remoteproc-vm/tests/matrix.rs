@@ -60,7 +60,7 @@ fn matrix_remote_multiplies() {
             assert!(Instant::now() < deadline, "no product for round {round}");
             idle(&mut host);
         }
-        assert_eq!(h.messages.remove(0).1, encode(size, &want), "round {round}");
+        assert_eq!(h.messages.remove(0).2, encode(size, &want), "round {round}");
     }
     // A message that is not two matrices gets no answer; the remote keeps working.
     host.send(ept, b"garbage").unwrap();

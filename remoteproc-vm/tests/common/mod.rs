@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use vamp_remoteproc::backend::{BackendError, Doorbell, Exit, RemoteBackend};
 use vamp_remoteproc::remoteproc::{RemoteRpmsg, Remoteproc};
 use vamp_rpmsg::mem::{HeapMemory, SharedMemory};
-use vamp_rpmsg::rpmsg::{Config, EptId, Handler, NsEvent, Received, Rpmsg};
+use vamp_rpmsg::rpmsg::{Config, EptId, Rpmsg};
 use vamp_rpmsg::testing::Recorder;
 use vamp_rpmsg::transport::{BufferConfig, DeviceTransport, Environment, Transport};
 use vamp_rpmsg::vring::VringLayout;
@@ -764,25 +764,6 @@ fn run_remote(
     Ok(remote.stats().sent.saturating_sub(1))
 }
 
-/// The host's handler: records announcements and messages.
-#[derive(Debug, Default)]
-pub struct HostRecorder {
-    pub announced: Vec<(Vec<u8>, u32)>,
-    pub messages: Vec<(u32, Vec<u8>)>,
-}
-
-impl<T: Transport> Handler<T> for HostRecorder {
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
-        let data = rpmsg.payload(msg).unwrap();
-        self.messages.push((msg.src, data));
-    }
-    fn on_name_service(&mut self, _: &mut Rpmsg<T>, e: NsEvent<'_>) {
-        if let NsEvent::Created { name, addr, .. } = e {
-            self.announced.push((name.to_vec(), addr));
-        }
-    }
-}
-
 /// Waits for the remote: on the doorbell, or only a yield when busy-polling (no notification
 /// will come).
 pub fn idle<M: SharedMemory>(host: &mut RemoteRpmsg<M>) {
@@ -796,14 +777,14 @@ pub fn idle<M: SharedMemory>(host: &mut RemoteRpmsg<M>) {
 /// Polls `host` until `channel` is announced, before `deadline`; returns its address.
 pub fn wait_announced<M: SharedMemory>(
     host: &mut RemoteRpmsg<M>,
-    h: &mut HostRecorder,
+    h: &mut Recorder,
     channel: &[u8],
     deadline: Instant,
 ) -> Result<u32, String> {
     loop {
         host.poll(h).map_err(|e| e.to_string())?;
-        if let Some((_, addr)) = h.announced.iter().find(|(n, _)| n == channel) {
-            return Ok(*addr);
+        if let Some(addr) = h.announced(channel) {
+            return Ok(addr);
         }
         if Instant::now() > deadline {
             let name = String::from_utf8_lossy(channel);
@@ -819,12 +800,12 @@ pub fn connect<B: RemoteBackend>(
     rp: &mut Remoteproc<B>,
     busy_poll: bool,
     channel: &[u8],
-) -> (RemoteRpmsg<B::Memory>, HostRecorder, EptId) {
+) -> (RemoteRpmsg<B::Memory>, Recorder, EptId) {
     let mut host = rp.create_virtio(0, BufferConfig::default()).unwrap();
     if busy_poll {
         host.transport_mut().set_busy_poll(true).unwrap();
     }
-    let mut h = HostRecorder::default();
+    let mut h = Recorder::default();
     let deadline = Instant::now() + Duration::from_secs(10);
     let addr = wait_announced(&mut host, &mut h, channel, deadline).unwrap();
     let ept = host.create_ept(channel, ADDR_ANY, addr).unwrap();
@@ -833,7 +814,7 @@ pub fn connect<B: RemoteBackend>(
 
 /// Waits for the demo channel, binds to it and exchanges `count` echoes.
 pub fn host_echo(rpmsg: &mut RemoteRpmsg<Arc<HeapMemory>>, count: usize) -> Result<(), String> {
-    let mut h = HostRecorder::default();
+    let mut h = Recorder::default();
     let deadline = Instant::now() + Duration::from_secs(20);
     let addr = wait_announced(rpmsg, &mut h, CHANNEL, deadline)?;
     let ept = rpmsg
@@ -844,7 +825,7 @@ pub fn host_echo(rpmsg: &mut RemoteRpmsg<Arc<HeapMemory>>, count: usize) -> Resu
         rpmsg.send(ept, &msg).map_err(|e| e.to_string())?;
         loop {
             rpmsg.poll(&mut h).map_err(|e| e.to_string())?;
-            if let Some((src, got)) = h.messages.pop() {
+            if let Some((_, src, got)) = h.messages.pop() {
                 if src != addr || got != msg {
                     return Err(format!("message {i}: bad echo from {src}"));
                 }
