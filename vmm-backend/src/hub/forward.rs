@@ -11,7 +11,7 @@
 use super::Hub;
 use super::link::{LinkEngine, LinkId, links_mut, release_held};
 use super::routes::Target;
-use super::stats::LOG_LINES;
+use super::stats::Reports;
 use crate::config::ServiceKind;
 use crate::guest_memory::GuestRam;
 use std::collections::{HashMap, VecDeque};
@@ -205,7 +205,7 @@ impl Hub {
             Err(e) => {
                 // Not a ring error, but it can repeat at every kick: rate-limited.
                 let slot = &mut self.slots[id];
-                if slot.error_reports.worth_logging(LOG_LINES) {
+                if slot.error_reports.worth_logging(Reports::FIRST) {
                     log::warn!(
                         "{} {}: {e} ({} so far)",
                         slot.kind,
@@ -407,7 +407,7 @@ impl Hub {
             Ok(()) => {}
             Err(RpmsgError::Link(e @ LinkError::Vring(_))) => self.break_link(id, &e),
             Err(e) => {
-                if slot.error_reports.worth_logging(LOG_LINES) {
+                if slot.error_reports.worth_logging(Reports::FIRST) {
                     log::warn!("{} {}: notifying it failed: {e}", slot.kind, slot.name);
                 }
             }
@@ -459,7 +459,7 @@ impl Hub {
                 return;
             };
             if let Err(e) = sent {
-                if slot.error_reports.worth_logging(LOG_LINES) {
+                if slot.error_reports.worth_logging(Reports::FIRST) {
                     log::warn!(
                         "guest {}: a queued message could not be delivered: {e}",
                         slot.name
@@ -500,7 +500,7 @@ impl Hub {
             release_held(&mut self.slots, p.from, p.from_incarnation, p.held);
         }
         let slot = &mut self.slots[id];
-        if slot.error_reports.worth_logging(LOG_LINES) {
+        if slot.error_reports.worth_logging(Reports::FIRST) {
             log::warn!(
                 "{} {}: took no message for {waited:.1?}: {dropped} message(s) waiting for it dropped, \
                  their senders' buffers returned; messages for it are dropped while it takes none",
@@ -526,7 +526,7 @@ impl Hub {
             }
         }
         let slot = &mut self.slots[id];
-        if dropped > 0 && slot.error_reports.worth_logging(LOG_LINES) {
+        if dropped > 0 && slot.error_reports.worth_logging(Reports::FIRST) {
             log::warn!(
                 "guest {}: {dropped} message(s) for it were dropped: it went away before posting buffers",
                 slot.name

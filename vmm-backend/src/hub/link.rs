@@ -6,7 +6,7 @@
 
 use super::forward::PendingQueue;
 use super::routes::{Proxies, Routes};
-use super::stats::{LOG_LINES, LinkStats, Reports};
+use super::stats::{LinkStats, Reports};
 use crate::guest_memory::GuestRam;
 use std::sync::Arc;
 use std::time::Instant;
@@ -250,7 +250,7 @@ pub(super) fn release_held(slots: &mut [Slot], from: LinkId, incarnation: u64, h
         return;
     };
     if let Err(e) = link.engine.release_rx(held)
-        && slot.error_reports.worth_logging(LOG_LINES)
+        && slot.error_reports.worth_logging(Reports::FIRST)
     {
         log::warn!("guest {}: returning a held buffer failed: {e}", slot.name);
     }

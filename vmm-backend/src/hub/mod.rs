@@ -46,17 +46,19 @@ mod forward;
 mod link;
 mod routes;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 pub use forward::{DEFAULT_PENDING_TIMEOUT, MAX_QUEUED_PER_SENDER, POLL_BUDGET};
 pub use link::{LinkEngine, LinkEnv, LinkId, LinkTransport, MAX_BUFFER, Notifier, RingsInfo};
 pub use routes::{MAX_NAMES_PER_LINK, MAX_REPLY_PROXIES_PER_SOURCE};
 pub use stats::LinkStats;
+pub(crate) use stats::Reports;
 
 use crate::config::Topology;
 use crate::guest_memory::GuestRam;
 use link::{Link, Slot, SlotNotifier};
 use routes::{MAX_PROXIES_PER_SOURCE, Routes, Target};
-use stats::LOG_LINES;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -352,6 +354,8 @@ impl Hub {
     /// it sent and what waits for it. Returns where its rings stand, to record with the
     /// frontend (vhost-user's GET_VRING_BASE reports it). `mem` is the guest's current memory
     /// table, made once per table (a table the link does not use yet is switched to here).
+    /// Touches only the links the kick involves (this guest's and those it sends to): the
+    /// work over all links is the clock's ([`tick`](Self::tick)).
     pub fn service(
         &mut self,
         id: LinkId,
@@ -359,7 +363,6 @@ impl Hub {
         info: RingsInfo,
         notifier: &Arc<dyn Notifier>,
     ) -> Option<[u16; 2]> {
-        self.tick();
         let slot = self.slots.get_mut(id)?;
         if slot.broken == Some(info.rings) {
             return None;
@@ -371,7 +374,7 @@ impl Hub {
             self.slots[id].notifier = Some(SlotNotifier(notifier.clone()));
             if let Err(e) = self.link_up(id, mem, info, notifier) {
                 let slot = &mut self.slots[id];
-                if slot.link_reports.worth_logging(LOG_LINES) {
+                if slot.link_reports.worth_logging(Reports::FIRST) {
                     log::error!("guest {}: cannot attach to its rings: {e}", slot.name);
                 }
                 self.slots[id].stats.protocol_errors += 1;
@@ -382,7 +385,7 @@ impl Hub {
             // Serving on from the old table would read memory the guest gave up: the
             // rings are gone, as much a protocol error as a ring outside memory at setup.
             let slot = &mut self.slots[id];
-            if slot.link_reports.worth_logging(LOG_LINES) {
+            if slot.link_reports.worth_logging(Reports::FIRST) {
                 log::error!(
                     "guest {}: rings outside its new memory table ({e}); its link is down until it resets the device",
                     slot.name
@@ -513,9 +516,8 @@ impl Hub {
     }
 
     /// Handles a notification on an attached link (the remote kicked): delivers what it sent
-    /// and what waits for it.
+    /// and what waits for it. Touches only the links involved, as [`service`](Self::service).
     pub fn service_attached(&mut self, id: LinkId) {
-        self.tick();
         let Some(rings) = self.link(id).map(|l| l.rings) else {
             return;
         };
@@ -533,7 +535,7 @@ impl Hub {
         self.incarnations += 1;
         let slot = &mut self.slots[id];
         slot.stats.ups += 1;
-        if slot.link_reports.worth_logging(LOG_LINES) {
+        if slot.link_reports.worth_logging(Reports::FIRST) {
             log::info!(
                 "{} {}: link up (name service {}; {} link event(s))",
                 slot.kind,
@@ -553,7 +555,7 @@ impl Hub {
                 }
                 // Its rings can refuse the announcement: rate-limited like the rest.
                 Err(e) => {
-                    if slot.error_reports.worth_logging(LOG_LINES) {
+                    if slot.error_reports.worth_logging(Reports::FIRST) {
                         log::error!("{}: cannot announce service {}: {e}", slot.name, spec.name);
                     }
                 }
@@ -583,7 +585,7 @@ impl Hub {
         let Some(mut link) = slot.link.take() else {
             return;
         };
-        if slot.link_reports.worth_logging(LOG_LINES) {
+        if slot.link_reports.worth_logging(Reports::FIRST) {
             log::info!(
                 "{} {}: link down ({reason}); withdrawing {} name(s)",
                 slot.kind,
@@ -603,7 +605,7 @@ impl Hub {
             return;
         };
         let slot = &mut self.slots[id];
-        if slot.link_reports.worth_logging(LOG_LINES) {
+        if slot.link_reports.worth_logging(Reports::FIRST) {
             log::error!(
                 "{} {}: broke the virtio ring protocol ({e}); its link is down until it resets the device",
                 slot.kind,

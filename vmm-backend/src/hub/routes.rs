@@ -6,7 +6,7 @@
 
 use super::Hub;
 use super::link::{LinkId, Slot};
-use super::stats::{LOG_LINES, NS_LOG_LINES};
+use super::stats::Reports;
 use std::collections::HashMap;
 use vamp_rpmsg::rpmsg::{Error as RpmsgError, NsEvent};
 use vamp_rpmsg::wire::{ADDR_ANY, NS_ADDR, RESERVED_ADDRESSES};
@@ -158,7 +158,7 @@ impl Hub {
                     }
                     link.announced.push((name.to_vec(), addr));
                 }
-                if slot.ns_reports.worth_logging(NS_LOG_LINES) {
+                if slot.ns_reports.worth_logging(Reports::FIRST_NAME_SERVICE) {
                     log::info!(
                         "guest {my_name}: announced {shown:?} at {addr:#x} ({} name-service event(s))",
                         slot.ns_reports.count()
@@ -180,7 +180,7 @@ impl Hub {
                     return;
                 };
                 link.announced.retain(|(n, a)| !(n == name && *a == addr));
-                if slot.ns_reports.worth_logging(NS_LOG_LINES) {
+                if slot.ns_reports.worth_logging(Reports::FIRST_NAME_SERVICE) {
                     log::info!(
                         "guest {my_name}: withdrew {:?} at {addr:#x} ({} name-service event(s))",
                         String::from_utf8_lossy(name),
@@ -319,7 +319,7 @@ fn offer(slots: &mut [Slot], from: LinkId, name: &[u8], addr: u32, to: LinkId) {
             // The announcing guest can repeat this at line rate: rate-limited on its count.
             let to_name = slots[to].name.clone();
             let slot = &mut slots[from];
-            if slot.error_reports.worth_logging(LOG_LINES) {
+            if slot.error_reports.worth_logging(Reports::FIRST) {
                 log::warn!(
                     "guest {}: cannot offer {shown:?} to {to_name}: {e}",
                     slot.name
@@ -349,7 +349,7 @@ fn remove_proxy(slot: &mut Slot, proxy: Proxy) {
     link.nat.remove(proxy.addr);
     if let Some(ept) = link.engine.endpoint_by_addr(proxy.addr)
         && let Err(e) = link.engine.destroy_ept(ept)
-        && slot.error_reports.worth_logging(LOG_LINES)
+        && slot.error_reports.worth_logging(Reports::FIRST)
     {
         log::warn!("guest {}: withdrawing {:#x}: {e}", slot.name, proxy.addr);
     }

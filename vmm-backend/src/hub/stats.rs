@@ -26,12 +26,6 @@ pub struct LinkStats {
     pub budget_spent: u64,
 }
 
-/// Name-service events of one link logged in full before the log thins out (a guest can
-/// announce and withdraw at line rate).
-pub(crate) const NS_LOG_LINES: u64 = 100;
-/// Reports of other kinds logged in full before the log thins out.
-pub(crate) const LOG_LINES: u64 = 10;
-
 /// Reports of one kind from one source, for rate-limited logging: the first few are logged,
 /// then every 1000th. Every log line a guest (or its VMM) can make the host write goes through
 /// one of these.
@@ -39,6 +33,12 @@ pub(crate) const LOG_LINES: u64 = 10;
 pub(crate) struct Reports(u64);
 
 impl Reports {
+    /// Reports logged in full before the log thins out.
+    pub(crate) const FIRST: u64 = 10;
+    /// Name-service events of one link logged in full before the log thins out (a guest can
+    /// announce and withdraw at line rate, but a few dozen names are normal).
+    pub(crate) const FIRST_NAME_SERVICE: u64 = 100;
+
     /// Counts one report; whether it is logged: the first `first`, then every 1000th.
     pub(crate) fn worth_logging(&mut self, first: u64) -> bool {
         self.0 += 1;
@@ -56,7 +56,7 @@ impl Slot {
     /// (rate-limited).
     pub(super) fn report_drop(&mut self, what: std::fmt::Arguments<'_>) {
         self.stats.dropped += 1;
-        if self.drop_reports.worth_logging(LOG_LINES) {
+        if self.drop_reports.worth_logging(Reports::FIRST) {
             log::warn!(
                 "guest {}: {what} (dropped, {} so far)",
                 self.name,
@@ -81,7 +81,7 @@ impl Slot {
             return;
         }
         self.stats.bad_chains += new;
-        if self.bad_reports.worth_logging(LOG_LINES) {
+        if self.bad_reports.worth_logging(Reports::FIRST) {
             let why = last.map(|e| e.to_string()).unwrap_or_default();
             log::warn!(
                 "{} {}: {new} malformed descriptor chain(s) returned unused ({why}; {} so far)",
