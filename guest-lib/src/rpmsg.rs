@@ -491,6 +491,7 @@ impl<T: Transport> Rpmsg<T> {
     }
 
     /// The endpoint at a local address.
+    #[inline]
     pub fn endpoint_by_addr(&self, addr: u32) -> Option<EptId> {
         let &index = self.by_addr.get(&addr)?;
         Some(EptId {

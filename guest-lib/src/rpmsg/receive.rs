@@ -247,6 +247,9 @@ impl<T: Transport> Rpmsg<T> {
     }
 
     // ----- the pull API ----------------------------------------------------------------
+    // `next_event`, `decode` and `finish_rx` are marked #[inline]: they run once per message,
+    // and a driver's loop over them (the hub's) measured about 5% slower per forwarded
+    // message without it than the callback loop they replaced.
 
     /// Opens a round of [`next_event`](Self::next_event) calls: sends queued announcements,
     /// then batches (see [`begin_batch`](Self::begin_batch)) what is sent and released until
@@ -271,6 +274,7 @@ impl<T: Transport> Rpmsg<T> {
     /// ring is empty. Binds and unbinds endpoints on name-service announcements and on a first
     /// message (see [`Config`](super::Config)) before returning them; gives back at once
     /// the buffers of announcements and of dropped input. Never calls anything of the caller.
+    #[inline]
     pub fn next_event(&mut self) -> Result<Option<Event>, Error> {
         let Some(buf) = self.transport.take_rx()? else {
             return Ok(None);
@@ -285,6 +289,7 @@ impl<T: Transport> Rpmsg<T> {
 
     /// Ends the delivery of a message from [`next_event`](Self::next_event): gives its buffer
     /// back to the peer, unless [`hold_rx`](Self::hold_rx) kept it.
+    #[inline]
     pub fn finish_rx(&mut self, msg: Received) -> Result<(), Error> {
         if !msg.held {
             self.transport.release_rx(msg.buf)?;
@@ -293,6 +298,7 @@ impl<T: Transport> Rpmsg<T> {
         self.flush_unless_batched()
     }
 
+    #[inline]
     fn decode(&mut self, buf: Buffer) -> Result<Event, Error> {
         let mut raw = [0u8; HEADER_LEN];
         let header = if buf.len() as usize >= HEADER_LEN {
