@@ -2,8 +2,9 @@
 //!
 //! [`Rpmsg`] is sans-IO: it drives a [`Transport`] (which moves buffers over the vrings of
 //! one virtio-rpmsg device, in either role) and never opens a socket, spawns a thread or reads
-//! a clock of its own. Incoming messages are delivered by [`Rpmsg::poll`] to a [`Handler`],
-//! the Rust form of OpenAMP's endpoint and name-service callbacks.
+//! a clock of its own. Receiving (in `receive.rs`) is pull-style: [`Rpmsg::next_event`]
+//! returns what the peer sent and never re-enters its caller; [`Rpmsg::poll`] hands the same
+//! events to a [`Handler`], the Rust form of OpenAMP's endpoint and name-service callbacks.
 //!
 //! The API follows OpenAMP's: `create_ept`, `destroy_ept`, `send`, `sendto`,
 //! `send_offchannel_raw`, `trysend`, `trysendto`, `is_ept_ready`, zero-copy transmit buffers
@@ -15,8 +16,8 @@
 use crate::mem::SharedMemory;
 use crate::transport::{Buffer, LinkError, Transport, copy_buffer};
 use crate::wire::{
-    ADDR_ANY, Endian, HEADER_LEN, NS_ADDR, NS_MSG_LEN, NS_NAME_LEN, NameServiceMsg, NsFlags,
-    RESERVED_ADDRESSES, RpmsgHeader, encode_header,
+    ADDR_ANY, Endian, HEADER_LEN, NS_ADDR, NS_NAME_LEN, NameServiceMsg, NsFlags,
+    RESERVED_ADDRESSES, encode_header,
 };
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -163,74 +164,6 @@ impl Endpoint {
     }
 }
 
-/// A message being delivered to [`Handler::on_message`].
-#[derive(Debug)]
-pub struct Received {
-    /// The local endpoint it is addressed to.
-    pub ept: EptId,
-    /// Sender's address.
-    pub src: u32,
-    /// Destination address (the endpoint's).
-    pub dst: u32,
-    /// Payload length.
-    pub len: u16,
-    buf: Buffer,
-    held: bool,
-}
-
-/// A received buffer kept past its callback; give it back with [`Rpmsg::release_rx`].
-#[derive(Debug)]
-#[must_use = "a held buffer is lost to the peer until released"]
-pub struct HeldRx {
-    /// Sender's address.
-    pub src: u32,
-    /// Destination address.
-    pub dst: u32,
-    /// Payload length.
-    pub len: u16,
-    buf: Buffer,
-}
-
-/// Where a received payload lives, for copying it straight into another link's buffer
-/// ([`Rpmsg::send_copy_from`]). Valid while its message is being delivered or held.
-#[derive(Debug, Clone, Copy)]
-pub struct PayloadRef {
-    buf: Buffer,
-    len: u16,
-}
-
-impl PayloadRef {
-    /// Payload length.
-    pub fn len(&self) -> usize {
-        self.len as usize
-    }
-
-    /// Whether the payload is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl Received {
-    /// Where this message's payload lives.
-    pub fn payload_ref(&self) -> PayloadRef {
-        PayloadRef {
-            buf: self.buf,
-            len: self.len,
-        }
-    }
-}
-
-impl HeldRx {
-    /// Where this held message's payload lives.
-    pub fn payload_ref(&self) -> PayloadRef {
-        PayloadRef {
-            buf: self.buf,
-            len: self.len,
-        }
-    }
-}
-
 /// A transmit buffer borrowed for zero-copy sending; send it with [`Rpmsg::send_nocopy`] or
 /// give it back with [`Rpmsg::release_tx_buffer`].
 #[derive(Debug)]
@@ -250,70 +183,6 @@ impl TxBuffer {
     pub fn payload_address(&self) -> Option<u64> {
         let first = self.buf.segments().first()?;
         (first.len as usize > HEADER_LEN).then_some(first.addr + HEADER_LEN as u64)
-    }
-}
-
-/// A name-service announcement from the peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NsEvent<'a> {
-    /// The peer announced `name` at `addr`. `bound` is the local endpoint of the same name
-    /// that was waiting for a destination and is now bound to `addr`; when `None`, the
-    /// handler may create one (OpenAMP's `ns_bind_cb`).
-    Created {
-        /// Service name.
-        name: &'a [u8],
-        /// The peer's address.
-        addr: u32,
-        /// The endpoint bound by this announcement.
-        bound: Option<EptId>,
-    },
-    /// The peer withdrew `name` at `addr`. `unbound` is the local endpoint that pointed at it
-    /// and now has no destination (OpenAMP's `ns_unbind_cb`).
-    Destroyed {
-        /// Service name.
-        name: &'a [u8],
-        /// The peer's address.
-        addr: u32,
-        /// The endpoint that lost its destination.
-        unbound: Option<EptId>,
-    },
-}
-
-/// Why an incoming buffer was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dropped {
-    /// Shorter than a header, or its `len` runs past the bytes the peer reported.
-    Malformed {
-        /// Bytes the peer reported.
-        buffer_len: u32,
-        /// Payload length the header claims.
-        claimed: u16,
-    },
-    /// No endpoint at the destination address (Linux warns and drops too).
-    NoEndpoint {
-        /// Source address.
-        src: u32,
-        /// Destination address.
-        dst: u32,
-    },
-    /// A name-service message of the wrong length or flags.
-    BadNameService,
-}
-
-/// Receives what [`Rpmsg::poll`] delivers: the Rust form of OpenAMP's callbacks.
-pub trait Handler<T: Transport> {
-    /// A message for a local endpoint. Read it with [`Rpmsg::read_payload`]; keep its buffer
-    /// with [`Rpmsg::hold_rx`]; reply with any send call.
-    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received);
-
-    /// A name-service announcement from the peer.
-    fn on_name_service(&mut self, rpmsg: &mut Rpmsg<T>, event: NsEvent<'_>) {
-        let _ = (rpmsg, event);
-    }
-
-    /// An incoming buffer was dropped (it has already been given back to the peer).
-    fn on_dropped(&mut self, why: Dropped) {
-        log::debug!("rpmsg: dropped incoming message: {why:?}");
     }
 }
 
@@ -622,6 +491,7 @@ impl<T: Transport> Rpmsg<T> {
     }
 
     /// The endpoint at a local address.
+    #[inline]
     pub fn endpoint_by_addr(&self, addr: u32) -> Option<EptId> {
         let &index = self.by_addr.get(&addr)?;
         Some(EptId {
@@ -957,94 +827,6 @@ impl<T: Transport> Rpmsg<T> {
         self.transport.release_tx(tx.buf);
     }
 
-    // ----- receiving -------------------------------------------------------------------
-
-    /// Copies payload bytes of a message being delivered, from `offset`, into `out`.
-    pub fn read_payload(&self, msg: &Received, offset: usize, out: &mut [u8]) -> Result<(), Error> {
-        read_payload(&self.transport, &msg.buf, msg.len, offset, out)
-    }
-
-    /// Copies payload bytes of a held buffer.
-    pub fn read_held(&self, held: &HeldRx, offset: usize, out: &mut [u8]) -> Result<(), Error> {
-        read_payload(&self.transport, &held.buf, held.len, offset, out)
-    }
-
-    /// The payload of a message, copied into a vector.
-    pub fn payload(&self, msg: &Received) -> Result<Vec<u8>, Error> {
-        let mut v = alloc::vec![0u8; msg.len as usize];
-        self.read_payload(msg, 0, &mut v)?;
-        Ok(v)
-    }
-
-    /// Where the payload of a message lives in shared memory (for zero-copy readers), as
-    /// (address, length) of its first segment after the header.
-    pub fn payload_segment(&self, msg: &Received) -> Option<(u64, usize)> {
-        let first = msg.buf.segments().first()?;
-        let len = (first.len as usize)
-            .checked_sub(HEADER_LEN)?
-            .min(msg.len as usize);
-        Some((first.addr + HEADER_LEN as u64, len))
-    }
-
-    /// Keeps a message's buffer after the callback returns (OpenAMP `rpmsg_hold_rx_buffer`).
-    pub fn hold_rx(&mut self, msg: &mut Received) -> HeldRx {
-        msg.held = true;
-        self.held_rx += 1;
-        HeldRx {
-            src: msg.src,
-            dst: msg.dst,
-            len: msg.len,
-            buf: msg.buf,
-        }
-    }
-
-    /// Gives a held buffer back to the peer (OpenAMP `rpmsg_release_rx_buffer`).
-    pub fn release_rx(&mut self, held: HeldRx) -> Result<(), Error> {
-        self.transport.release_rx(held.buf)?;
-        self.held_rx -= 1;
-        self.flush_unless_batched()?;
-        Ok(())
-    }
-
-    /// Processes every message waiting, delivering them to `handler`, then sends queued
-    /// announcements. Returns the number of buffers processed.
-    pub fn poll<H: Handler<T>>(&mut self, handler: &mut H) -> Result<usize, Error> {
-        self.poll_budget(handler, usize::MAX)
-    }
-
-    /// [`poll`](Self::poll), processing at most `budget` buffers: a peer that reposts its
-    /// ring as fast as it is read cannot keep one call going. When it returns `budget`, more
-    /// may be waiting: the caller polls again later (the peer does not kick for those).
-    pub fn poll_budget<H: Handler<T>>(
-        &mut self,
-        handler: &mut H,
-        budget: usize,
-    ) -> Result<usize, Error> {
-        let mut count = 0;
-        self.flush_announcements()?;
-        // What the handler sends and releases is announced once, at the end.
-        self.batches += 1;
-        let dispatched = (|| {
-            while count < budget
-                && let Some(buf) = self.transport.take_rx()?
-            {
-                count += 1;
-                self.dispatch(buf, handler)?;
-                // Returning the buffer counts too, even when the handler sent nothing.
-                self.flush_unless_batched()?;
-            }
-            self.flush_announcements()
-        })();
-        self.batches -= 1;
-        if let Err(e) = dispatched {
-            // What went out before the failure still gets its notification, if it can.
-            let _ = self.flush_unless_batched();
-            return Err(e);
-        }
-        self.flush_unless_batched()?;
-        Ok(count)
-    }
-
     /// Opens a batch: until the matching [`end_batch`](Self::end_batch), sends and buffer
     /// releases publish their buffers at once but make no notification decision; `end_batch`
     /// makes one for all of them (with EVENT_IDX, at most one interrupt for the batch; a long batch
@@ -1078,144 +860,10 @@ impl<T: Transport> Rpmsg<T> {
         self.transport.flush()?;
         Ok(())
     }
-
-    fn dispatch<H: Handler<T>>(&mut self, buf: Buffer, handler: &mut H) -> Result<(), Error> {
-        let mut raw = [0u8; HEADER_LEN];
-        let header = if buf.len() as usize >= HEADER_LEN {
-            buf.read(self.transport.memory(), 0, &mut raw)
-                .ok()
-                .map(|()| {
-                    let h = RpmsgHeader::new_unchecked(&raw[..], self.endian());
-                    (h.src(), h.dst(), h.len())
-                })
-        } else {
-            None
-        };
-        let Some((src, dst, len)) =
-            header.filter(|&(_, _, len)| HEADER_LEN + len as usize <= buf.len() as usize)
-        else {
-            let claimed = RpmsgHeader::new_unchecked(&raw[..], self.endian()).len();
-            return self.drop_rx(
-                buf,
-                handler,
-                Dropped::Malformed {
-                    buffer_len: buf.len(),
-                    claimed,
-                },
-            );
-        };
-
-        if dst == NS_ADDR && self.config.name_service {
-            if len as usize != NS_MSG_LEN {
-                return self.drop_rx(buf, handler, Dropped::BadNameService);
-            }
-            let mut bytes = [0u8; NS_MSG_LEN];
-            buf.read(self.transport.memory(), HEADER_LEN, &mut bytes)?;
-            self.transport.release_rx(buf)?;
-            match NameServiceMsg::parse(&bytes, self.endian()) {
-                Ok(msg) => self.handle_ns(msg, handler),
-                Err(_) => {
-                    self.stats.dropped += 1;
-                    handler.on_dropped(Dropped::BadNameService);
-                }
-            }
-            return Ok(());
-        }
-
-        let Some(ept) = self.endpoint_by_addr(dst) else {
-            return self.drop_rx(buf, handler, Dropped::NoEndpoint { src, dst });
-        };
-        if self.config.bind_on_first_message
-            && let Ok(e) = self.slot_mut(ept)
-            && e.dest == ADDR_ANY
-        {
-            e.dest = src;
-        }
-        self.stats.received += 1;
-        let mut msg = Received {
-            ept,
-            src,
-            dst,
-            len,
-            buf,
-            held: false,
-        };
-        handler.on_message(self, &mut msg);
-        if !msg.held {
-            self.transport.release_rx(msg.buf)?;
-        }
-        Ok(())
-    }
-
-    fn drop_rx<H: Handler<T>>(
-        &mut self,
-        buf: Buffer,
-        handler: &mut H,
-        why: Dropped,
-    ) -> Result<(), Error> {
-        self.stats.dropped += 1;
-        self.transport.release_rx(buf)?;
-        handler.on_dropped(why);
-        Ok(())
-    }
-
-    fn handle_ns<H: Handler<T>>(&mut self, msg: NameServiceMsg, handler: &mut H) {
-        let candidates: Vec<EptId> = self.endpoints_named(msg.name()).collect();
-        match msg.flags {
-            NsFlags::Create => {
-                let bound = candidates.into_iter().find(|&id| {
-                    self.endpoint(id)
-                        .is_some_and(|e| e.dest == ADDR_ANY || e.dest == msg.addr)
-                });
-                if let Some(id) = bound {
-                    let _ = self.set_dest(id, msg.addr);
-                }
-                handler.on_name_service(
-                    self,
-                    NsEvent::Created {
-                        name: msg.name(),
-                        addr: msg.addr,
-                        bound,
-                    },
-                );
-            }
-            NsFlags::Destroy => {
-                let unbound = candidates
-                    .into_iter()
-                    .find(|&id| self.endpoint(id).is_some_and(|e| e.dest == msg.addr));
-                if let Some(id) = unbound {
-                    let _ = self.set_dest(id, ADDR_ANY);
-                }
-                handler.on_name_service(
-                    self,
-                    NsEvent::Destroyed {
-                        name: msg.name(),
-                        addr: msg.addr,
-                        unbound,
-                    },
-                );
-            }
-        }
-    }
 }
 
-fn read_payload<T: Transport>(
-    transport: &T,
-    buf: &Buffer,
-    len: u16,
-    offset: usize,
-    out: &mut [u8],
-) -> Result<(), Error> {
-    let end = offset.saturating_add(out.len());
-    if end > len as usize {
-        return Err(Error::TooLarge {
-            len: end,
-            max: len as usize,
-        });
-    }
-    buf.read(transport.memory(), HEADER_LEN + offset, out)?;
-    Ok(())
-}
+mod receive;
+pub use receive::{Dropped, Event, Handler, HeldRx, NameService, NsEvent, PayloadRef, Received};
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use crate::control::{Control, ResetNotice};
 use crate::guest_memory::{
     GuestMemoryMap, GuestRam, check_table, max_mapped, register_table, take_faults,
 };
-use crate::hub::{Hub, LinkId, Notifier, RingsInfo};
+use crate::hub::{Hub, LinkId, Notifier, Reports, RingsInfo};
 use crate::sandbox::{self, ThreadKind};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -96,7 +96,9 @@ pub struct RpmsgBackend {
     id: LinkId,
     name: String,
     hub: Arc<Mutex<Hub>>,
-    mem: Option<GuestMemoryMap>,
+    /// The guest's memory table, made a [`GuestRam`] once per table (in `update_memory`),
+    /// not per kick.
+    ram: Option<GuestRam>,
     acked_features: u64,
     event_idx: bool,
     vrings: Option<(Vec<VringRwLock>, Arc<dyn Notifier>)>,
@@ -107,7 +109,7 @@ pub struct RpmsgBackend {
     /// connection) is dropped. Without this every connection leaked an eventfd.
     exit_consumers: Mutex<Vec<std::os::fd::RawFd>>,
     /// Memory tables refused on this connection (for rate-limited logging).
-    refused_tables: u64,
+    refused_tables: Reports,
 }
 
 impl Drop for RpmsgBackend {
@@ -143,13 +145,13 @@ impl RpmsgBackend {
             id,
             name,
             hub,
-            mem: None,
+            ram: None,
             acked_features: 0,
             event_idx: false,
             vrings: None,
             reset_notice: None,
             exit_consumers: Mutex::new(Vec::new()),
-            refused_tables: 0,
+            refused_tables: Reports::default(),
         }
     }
 
@@ -250,19 +252,18 @@ impl VhostUserBackendMut for RpmsgBackend {
             mem.lock()
                 .map(|guard| guard.replace(GuestMemoryMmap::new()))
                 .ok();
-            self.mem = None;
-            self.refused_tables += 1;
+            self.ram = None;
             // Rate-limited: a VMM can resend a bad table in a loop.
-            if self.refused_tables.is_power_of_two() {
+            if self.refused_tables.worth_logging(Reports::FIRST) {
                 log::warn!(
                     "guest {}: memory table refused ({} so far): {e}",
                     self.name,
-                    self.refused_tables
+                    self.refused_tables.count()
                 );
             }
             return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
         }
-        self.mem = Some(mem);
+        self.ram = Some(GuestRam::snapshot(&mem));
         Ok(())
     }
 
@@ -298,7 +299,7 @@ impl VhostUserBackendMut for RpmsgBackend {
         if device_event as usize >= NUM_QUEUES {
             return Err(io::Error::other(format!("unexpected event {device_event}")));
         }
-        let Some(mem) = self.mem.as_ref() else {
+        let Some(ram) = self.ram.as_ref() else {
             return Ok(());
         };
         if self.vrings.is_none() {
@@ -311,7 +312,6 @@ impl VhostUserBackendMut for RpmsgBackend {
         let Some(info) = self.rings_info(vrings) else {
             return Ok(());
         };
-        let ram = GuestRam::snapshot(mem);
         let notifier = self
             .vrings
             .as_ref()
@@ -321,7 +321,7 @@ impl VhostUserBackendMut for RpmsgBackend {
         // the notifier's `needs_reset`.
         let at = {
             let mut hub = lock_hub(&self.hub);
-            let at = hub.service(self.id, &ram, info, &notifier);
+            let at = hub.service(self.id, ram, info, &notifier);
             // Memory that vanished under any thread (this one or another) costs its own guest
             // its link (see crate::guest_memory).
             for owner in take_faults() {

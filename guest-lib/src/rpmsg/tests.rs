@@ -745,3 +745,237 @@ fn announce_as_names_an_existing_endpoint_once() {
         Some(&(b"late-name".to_vec(), addr, false, None))
     );
 }
+
+/// What a receiver saw, in order: the same record for the pull API and the callback layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Message(EptId, u32, u32, Vec<u8>),
+    NameService(Vec<u8>, u32, bool, Option<EptId>),
+    Dropped(Dropped),
+}
+
+impl Seen {
+    fn of_ns(e: NsEvent<'_>) -> Seen {
+        match e {
+            NsEvent::Created { name, addr, bound } => {
+                Seen::NameService(name.to_vec(), addr, true, bound)
+            }
+            NsEvent::Destroyed {
+                name,
+                addr,
+                unbound,
+            } => Seen::NameService(name.to_vec(), addr, false, unbound),
+        }
+    }
+}
+
+/// Messages with an odd payload length are held (to be released later); the rest end with
+/// their delivery.
+fn keep(len: u16) -> bool {
+    len % 2 == 1
+}
+
+/// The callback side of the comparison.
+#[derive(Debug, Default)]
+struct Log {
+    seen: Vec<Seen>,
+    held: Vec<HeldRx>,
+}
+
+impl<T: Transport> Handler<T> for Log {
+    fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
+        let data = rpmsg.payload(msg).unwrap();
+        self.seen
+            .push(Seen::Message(msg.ept, msg.src, msg.dst, data));
+        if keep(msg.len) {
+            self.held.push(rpmsg.hold_rx(msg));
+        }
+    }
+    fn on_name_service(&mut self, _: &mut Rpmsg<T>, e: NsEvent<'_>) {
+        self.seen.push(Seen::of_ns(e));
+    }
+    fn on_dropped(&mut self, why: Dropped) {
+        self.seen.push(Seen::Dropped(why));
+    }
+}
+
+/// The pull side of the comparison: one round of at most `budget` events, recorded as [`Log`]
+/// records them. Returns the buffers taken.
+fn pull_round<T: Transport>(rpmsg: &mut Rpmsg<T>, log: &mut Log, budget: usize) -> usize {
+    rpmsg.begin_poll().unwrap();
+    let mut count = 0;
+    while count < budget
+        && let Some(event) = rpmsg.next_event().unwrap()
+    {
+        count += 1;
+        match event {
+            Event::Message(mut msg) => {
+                let data = rpmsg.payload(&msg).unwrap();
+                log.seen
+                    .push(Seen::Message(msg.ept, msg.src, msg.dst, data));
+                if keep(msg.len) {
+                    log.held.push(rpmsg.hold_rx(&mut msg));
+                }
+                rpmsg.finish_rx(msg).unwrap();
+            }
+            Event::NameService(ns) => log.seen.push(Seen::of_ns(ns.event())),
+            Event::Dropped(why) => log.seen.push(Seen::Dropped(why)),
+        }
+    }
+    rpmsg.end_poll().unwrap();
+    count
+}
+
+#[test]
+fn the_pull_api_returns_events_without_calling_back() {
+    // Without EVENT_IDX the remote asks for every notification: the round's batching shows.
+    let (mut host, mut remote, hk, _) = pair_with(256, BufferConfig::default(), false);
+    let h_ept = host.create_ept(b"", ADDR_ANY, ADDR_ANY).unwrap();
+    let r_ept = remote.create_ept(CHANNEL, ADDR_ANY, ADDR_ANY).unwrap();
+    let w_ept = host.create_ept(CHANNEL, ADDR_ANY, ADDR_ANY).unwrap();
+    remote.sendto(r_ept, 1024, b"one").unwrap();
+    remote.sendto(r_ept, 4242, b"lost").unwrap();
+    remote.sendto(r_ept, 1024, b"four").unwrap();
+    let kicks_before = hk.kicks.get();
+
+    host.begin_poll().unwrap();
+    // The announcement binds the waiting endpoint before the caller hears of it.
+    let Some(Event::NameService(ns)) = host.next_event().unwrap() else {
+        panic!("expected the announcement");
+    };
+    assert_eq!(
+        ns.event(),
+        NsEvent::Created {
+            name: CHANNEL,
+            addr: 1024,
+            bound: Some(w_ept)
+        }
+    );
+    assert_eq!(host.endpoint(w_ept).unwrap().dest(), 1024);
+    let Some(Event::Message(mut first)) = host.next_event().unwrap() else {
+        panic!("expected a message");
+    };
+    assert_eq!((first.ept, first.src, first.dst), (h_ept, 1024, 1024));
+    assert_eq!(host.payload(&first).unwrap(), b"one");
+    // Between events the caller uses the engine as it likes: here it replies and holds.
+    host.sendto(h_ept, 1024, b"reply").unwrap();
+    let held = host.hold_rx(&mut first);
+    host.finish_rx(first).unwrap();
+    assert_eq!(host.held_rx_count(), 1);
+    assert!(matches!(
+        host.next_event().unwrap(),
+        Some(Event::Dropped(Dropped::NoEndpoint {
+            src: 1024,
+            dst: 4242
+        }))
+    ));
+    let Some(Event::Message(second)) = host.next_event().unwrap() else {
+        panic!("expected a message");
+    };
+    assert_eq!(host.payload(&second).unwrap(), b"four");
+    host.finish_rx(second).unwrap();
+    assert!(host.next_event().unwrap().is_none());
+    assert_eq!(
+        hk.kicks.get(),
+        kicks_before,
+        "nothing notified inside the round"
+    );
+    host.end_poll().unwrap();
+    assert!(
+        hk.kicks.get() != kicks_before,
+        "the round's end notifies once for what it sent and returned"
+    );
+    assert_eq!(host.stats().received, 2);
+    assert_eq!(host.stats().dropped, 1);
+    let mut out = [0u8; 3];
+    host.read_held(&held, 0, &mut out).unwrap();
+    assert_eq!(&out, b"one");
+    host.release_rx(held).unwrap();
+    assert_eq!(host.held_rx_count(), 0);
+    let mut r = Recorder::default();
+    remote.poll(&mut r).unwrap();
+    assert_eq!(r.messages, vec![(r_ept, 1024, b"reply".to_vec())]);
+}
+
+/// Two identical pairs, fed the same steps by their remotes.
+struct Twins {
+    pull: (Host, Remote, TestEnv, TestEnv),
+    callback: (Host, Remote, TestEnv, TestEnv),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// The pull API and the callback layer deliver the same events in the same order, with the
+    /// same endpoint bindings, counters, held buffers and notifications, under random traffic,
+    /// announcements, misaddressed and malformed input, budgets and held buffers.
+    #[test]
+    fn pull_and_callbacks_deliver_the_same_sequence(
+        steps in proptest::collection::vec((0u8..7, 0usize..497), 1..150),
+        ring_pow in 1u32..5,
+        event_idx: bool,
+    ) {
+        let ring = 1 << ring_pow;
+        let mut t = Twins {
+            pull: pair_with(ring, BufferConfig::default(), event_idx),
+            callback: pair_with(ring, BufferConfig::default(), event_idx),
+        };
+        let (mut pull_log, mut callback_log) = (Log::default(), Log::default());
+        for side in [&mut t.pull, &mut t.callback] {
+            side.0.create_ept(b"", ADDR_ANY, ADDR_ANY).unwrap();
+            side.0.create_ept(CHANNEL, ADDR_ANY, ADDR_ANY).unwrap();
+            side.1.create_ept(b"", ADDR_ANY, 1024).unwrap();
+        }
+        let mut remote_channel: Vec<Option<EptId>> = vec![None, None];
+        for (n, (op, size)) in steps.into_iter().enumerate() {
+            let msg: Vec<u8> = (0..size).map(|i| (i + n) as u8).collect();
+            match op {
+                // Traffic to a known address, an unknown one and the name-service address.
+                0..=2 => {
+                    let dst = [1024, 1024 + 4242, NS_ADDR][op as usize];
+                    let a = t.pull.1.send_offchannel_raw(1024, dst, &msg, false);
+                    let b = t.callback.1.send_offchannel_raw(1024, dst, &msg, false);
+                    prop_assert_eq!(a, b);
+                }
+                // The remote announces or withdraws its channel.
+                3 => {
+                    for (k, side) in [&mut t.pull, &mut t.callback].into_iter().enumerate() {
+                        match remote_channel[k].take() {
+                            Some(id) => side.1.destroy_ept(id).unwrap(),
+                            None => {
+                                remote_channel[k] = side.1.create_ept(CHANNEL, ADDR_ANY, ADDR_ANY).ok();
+                            }
+                        }
+                    }
+                }
+                // The host polls with a budget.
+                4 | 5 => {
+                    let budget = if op == 4 { usize::MAX } else { 1 + size % 3 };
+                    let a = pull_round(&mut t.pull.0, &mut pull_log, budget);
+                    let b = t.callback.0.poll_budget(&mut callback_log, budget).unwrap();
+                    prop_assert_eq!(a, b);
+                }
+                // The host gives back what it held.
+                _ => {
+                    for held in pull_log.held.drain(..) {
+                        t.pull.0.release_rx(held).unwrap();
+                    }
+                    for held in callback_log.held.drain(..) {
+                        t.callback.0.release_rx(held).unwrap();
+                    }
+                }
+            }
+            prop_assert_eq!(&pull_log.seen, &callback_log.seen);
+            prop_assert_eq!(t.pull.0.stats(), t.callback.0.stats());
+            prop_assert_eq!(t.pull.0.held_rx_count(), t.callback.0.held_rx_count());
+            prop_assert_eq!(t.pull.2.kicks.get(), t.callback.2.kicks.get());
+        }
+        for id in [0, 1] {
+            let ept = t.pull.0.endpoints_named(if id == 0 { b"" } else { CHANNEL }).next();
+            let other = t.callback.0.endpoints_named(if id == 0 { b"" } else { CHANNEL }).next();
+            prop_assert_eq!(
+                ept.and_then(|e| t.pull.0.endpoint(e).cloned()),
+                other.and_then(|e| t.callback.0.endpoint(e).cloned())
+            );
+        }
+    }
+}
