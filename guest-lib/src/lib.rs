@@ -8,6 +8,7 @@
 //!   another party writes is never turned into a Rust reference.
 //! - [`vring`]: split virtqueues in the driver role (host/master) and the device role (remote).
 //! - [`transport`]: moving rpmsg buffers over two vrings, in either role.
+//! - [`virtio`]: the rpmsg device's virtio facts: device ID, queues, feature and status bits.
 //! - [`rpmsg`]: endpoints, addressing, name service, send/receive: the OpenAMP API.
 //!
 //! The crate is `no_std` and needs only `alloc` (a global allocator). The `std` feature adds
@@ -24,6 +25,7 @@ extern crate std;
 pub mod mem;
 pub mod rpmsg;
 pub mod transport;
+pub mod virtio;
 pub mod vring;
 pub mod wire;
 

@@ -16,12 +16,13 @@ use crate::rpmsg::{Config, Rpmsg};
 use crate::transport::{
     BufferConfig, DeviceTransport, DriverLayout, DriverTransport, Environment, Transport,
 };
+use crate::virtio::{
+    STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_STARTED,
+    VIRTIO_ID_RPMSG, VIRTIO_RPMSG_F_NS,
+};
 use crate::vring::VringLayout;
 use crate::wire::Endian;
-use crate::wire::resource_table::{
-    RSC_VDEV, ResourceTable, ResourceTableBuilder, STATUS_ACKNOWLEDGE, STATUS_DRIVER,
-    STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_ID_RPMSG, VdevVringSpec,
-};
+use crate::wire::resource_table::{RSC_VDEV, ResourceTable, ResourceTableBuilder, VdevVringSpec};
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -51,8 +52,6 @@ pub const VRING_ALIGN: u32 = 0x1000;
 pub const SHARED_BUF_ADDR: u64 = 0x10000;
 /// Size of the rpmsg buffer pool.
 pub const SHARED_BUF_SIZE: u64 = 0x40000;
-/// The rpmsg name-service feature bit.
-pub const VIRTIO_RPMSG_F_NS: u32 = 1 << 0;
 /// Resource table bytes read by the host (ample for a few entries).
 const RSC_TABLE_MAX: usize = 0x1000;
 
@@ -305,7 +304,8 @@ pub fn write_resource_table(shm: &ShmFile) -> Result<usize, NativeError> {
     b.add_vdev(
         VIRTIO_ID_RPMSG,
         0,
-        VIRTIO_RPMSG_F_NS,
+        // A vdev entry carries the low 32 feature bits.
+        VIRTIO_RPMSG_F_NS as u32,
         &[],
         &[ring(VRING0_ADDR, 1), ring(VRING1_ADDR, 2)],
     )
@@ -433,7 +433,7 @@ pub fn start_remote(
         BufferConfig::default().r2h_buf_size,
     )?;
     let config = Config {
-        name_service: features & VIRTIO_RPMSG_F_NS != 0,
+        name_service: u64::from(features) & VIRTIO_RPMSG_F_NS != 0,
         ..Config::default()
     };
     Ok(Rpmsg::new(t, config))
@@ -477,7 +477,7 @@ fn start_host_with<T: Transport>(
     // The virtio handshake, in the resource table.
     set_status(&shm, info.offset, 0)?;
     set_status(&shm, info.offset, STATUS_ACKNOWLEDGE | STATUS_DRIVER)?;
-    let features = info.dfeatures & VIRTIO_RPMSG_F_NS;
+    let features = info.dfeatures & VIRTIO_RPMSG_F_NS as u32;
     shm.write(
         RSC_TABLE_ADDR + info.offset + VDEV_GFEATURES,
         &features.to_ne_bytes(),
@@ -496,13 +496,9 @@ fn start_host_with<T: Transport>(
         buffers: BufferConfig::default(),
     };
     let t = DriverTransport::new(shm.clone(), env, layout, Endian::NATIVE, false)?;
-    set_status(
-        &shm,
-        info.offset,
-        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-    )?;
+    set_status(&shm, info.offset, STATUS_STARTED)?;
     let config = Config {
-        name_service: features & VIRTIO_RPMSG_F_NS != 0,
+        name_service: u64::from(features) & VIRTIO_RPMSG_F_NS != 0,
         ..Config::default()
     };
     let mut rpmsg = Rpmsg::new(wrap(t), config);

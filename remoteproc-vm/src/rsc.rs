@@ -24,9 +24,10 @@
 
 use crate::backend::{BackendError, RemoteBackend};
 use vamp_rpmsg::mem::{MemError, SharedMemory};
+use vamp_rpmsg::virtio::VIRTIO_ID_RPMSG;
 use vamp_rpmsg::vring::{MAX_QUEUE_SIZE, VringError, VringLayout};
 use vamp_rpmsg::wire::resource_table::{
-    FW_RSC_ADDR_ANY, Resource, ResourceTable, TABLE_HEADER_LEN, VIRTIO_ID_RPMSG,
+    FW_RSC_ADDR_ANY, Resource, ResourceTable, TABLE_HEADER_LEN,
 };
 use vamp_rpmsg::wire::{Endian, WireError};
 

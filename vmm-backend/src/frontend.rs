@@ -38,8 +38,11 @@ use std::time::{Duration, Instant};
 use vamp_rpmsg::mem::{RawMemory, SharedMemory};
 use vamp_rpmsg::rpmsg::{Config, Handler, Rpmsg};
 use vamp_rpmsg::transport::{
-    BufferConfig, DriverLayout, DriverTransport, Environment, LinkError, RX_QUEUE, TX_QUEUE,
-    Transport,
+    BufferConfig, DriverLayout, DriverTransport, Environment, LinkError, Transport,
+};
+use vamp_rpmsg::virtio::{
+    NUM_QUEUES, RX_QUEUE, STATUS_NEEDS_RESET, STATUS_STARTED, TX_QUEUE, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RPMSG_F_NS,
 };
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::Endian;
@@ -50,37 +53,10 @@ use vhost::vhost_user::{
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EFD_CLOEXEC, EFD_NONBLOCK, EventFd};
 
-/// The rpmsg name-service feature (VIRTIO_RPMSG_F_NS, bit 0).
-pub const VIRTIO_RPMSG_F_NS: u64 = 1 << 0;
-/// VIRTIO_RING_F_EVENT_IDX (bit 29).
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// VHOST_USER_F_PROTOCOL_FEATURES (bit 30).
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
-/// VIRTIO_F_VERSION_1 (bit 32).
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Features the backend must offer.
 pub const REQUIRED_FEATURES: u64 = VIRTIO_RPMSG_F_NS | VIRTIO_F_VERSION_1;
-
-/// Device status bits (virtio 1.x, 2.1).
-pub mod status {
-    /// The guest noticed the device.
-    pub const ACKNOWLEDGE: u8 = 0x01;
-    /// The guest knows how to drive it.
-    pub const DRIVER: u8 = 0x02;
-    /// The driver is ready.
-    pub const DRIVER_OK: u8 = 0x04;
-    /// Feature negotiation is complete.
-    pub const FEATURES_OK: u8 = 0x08;
-    /// The device hit an error it cannot recover from: the driver must reset it.
-    pub const DEVICE_NEEDS_RESET: u8 = 0x40;
-    /// The driver gave up on the device.
-    pub const FAILED: u8 = 0x80;
-    /// What a started native guest sets.
-    pub const STARTED: u8 = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
-}
-
-/// An rpmsg device has two queues: vq 0 (driver receives) and vq 1 (driver transmits).
-const NUM_QUEUES: usize = 2;
 /// Alignment of each ring block and of the pool inside guest memory.
 const PAGE: u64 = 4096;
 /// Pause between connection attempts.
@@ -534,7 +510,7 @@ impl NativeGuest {
             config_changes_waited: 0,
             rpmsg,
         };
-        guest.set_status(status::STARTED)?;
+        guest.set_status(STATUS_STARTED)?;
         Ok(guest)
     }
 
@@ -620,7 +596,7 @@ impl NativeGuest {
             self.acked,
             self.event_idx,
         )?;
-        self.set_status(status::STARTED)
+        self.set_status(STATUS_STARTED)
     }
 
     /// The device status (`GET_STATUS`), or `None` when the backend does not offer
@@ -642,9 +618,7 @@ impl NativeGuest {
     /// Whether the backend set DEVICE_NEEDS_RESET (always `false` without
     /// `VHOST_USER_PROTOCOL_F_STATUS`). The driver's answer is [`reset`](Self::reset).
     pub fn needs_reset(&mut self) -> Result<bool, FrontendError> {
-        Ok(self
-            .status()?
-            .is_some_and(|s| s & status::DEVICE_NEEDS_RESET != 0))
+        Ok(self.status()?.is_some_and(|s| s & STATUS_NEEDS_RESET != 0))
     }
 
     /// Configuration-change notices received on the backend channel so far (handling any

@@ -46,7 +46,7 @@ pub const RSC_CARVEOUT: u32 = 0;
 pub const RSC_DEVMEM: u32 = 1;
 /// Resource type: a trace (log) buffer the remote writes.
 pub const RSC_TRACE: u32 = 2;
-/// Resource type: a virtio device header (for rpmsg: [`VIRTIO_ID_RPMSG`]).
+/// Resource type: a virtio device header (for rpmsg: [`VIRTIO_ID_RPMSG`](crate::virtio::VIRTIO_ID_RPMSG)).
 pub const RSC_VDEV: u32 = 3;
 /// First vendor-specific resource type.
 pub const RSC_VENDOR_START: u32 = 128;
@@ -59,22 +59,6 @@ pub const FW_RSC_ADDR_ANY: u32 = 0xFFFF_FFFF;
 pub const RSC_NAME_LEN: usize = 32;
 /// The only resource table version there is.
 pub const RSC_TABLE_VERSION: u32 = 1;
-
-/// Virtio status bit: the host noticed the device.
-pub const STATUS_ACKNOWLEDGE: u8 = 1;
-/// Virtio status bit: the host has a driver for the device.
-pub const STATUS_DRIVER: u8 = 2;
-/// Virtio status bit: the host driver is ready; the remote waits for this before using vrings.
-pub const STATUS_DRIVER_OK: u8 = 4;
-/// Virtio status bit: feature negotiation is complete.
-pub const STATUS_FEATURES_OK: u8 = 8;
-/// Virtio status bit: the device hit an error and must be reset.
-pub const STATUS_NEEDS_RESET: u8 = 0x40;
-/// Virtio status bit: the host gave up on the device.
-pub const STATUS_FAILED: u8 = 0x80;
-
-/// Virtio device id of an rpmsg device.
-pub const VIRTIO_ID_RPMSG: u32 = 7;
 
 /// Bytes in the table header before the offset array (`ver`, `num`, `reserved[2]`).
 pub const TABLE_HEADER_LEN: usize = 16;
@@ -434,7 +418,7 @@ impl<T: AsRef<[u8]>> Vdev<T> {
     getters! {
         /// The entry's `type` word.
         rtype: u32 = field::TYPE;
-        /// Virtio device id ([`VIRTIO_ID_RPMSG`] for rpmsg).
+        /// Virtio device id ([`VIRTIO_ID_RPMSG`](crate::virtio::VIRTIO_ID_RPMSG) for rpmsg).
         id: u32 = field::VDEV_ID;
         /// Notify id for status and feature changes of the whole device.
         notifyid: u32 = field::VDEV_NOTIFYID;
@@ -444,7 +428,7 @@ impl<T: AsRef<[u8]>> Vdev<T> {
         gfeatures: u32 = field::VDEV_GFEATURES;
         /// Length of the config space that follows the vrings.
         config_len: u32 = field::VDEV_CONFIG_LEN;
-        /// Virtio status (the `STATUS_*` bits, written by the host).
+        /// Virtio status (the `STATUS_*` bits of [`crate::virtio`], written by the host).
         status: u8 = field::VDEV_STATUS;
         /// Number of vring entries that follow the fixed part.
         num_of_vrings: u8 = field::VDEV_NUM_VRINGS;
@@ -1236,6 +1220,9 @@ impl<'a> ResourceTableBuilder<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::{
+        STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_ID_RPMSG,
+    };
     use alloc::format;
     use alloc::vec;
     use alloc::vec::Vec;
