@@ -45,14 +45,8 @@ use vamp_rpmsg::virtio::{STATUS_DRIVER_OK, VIRTIO_ID_RPMSG, VIRTIO_RPMSG_F_NS};
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::Endian;
 
-/// Notify the host (value: notify id).
-pub const KICK_PORT: u16 = 0x500;
-/// Wait for a notification from the host.
-pub const WAIT_PORT: u16 = 0x504;
-/// Console output, one byte per write.
-pub const CONSOLE_PORT: u16 = 0x508;
-/// Stop with an exit code.
-pub const EXIT_PORT: u16 = 0x50c;
+// The platform's ports, defined once for the firmware and the host.
+pub use vamp_rpmsg::wire::platform::{CONSOLE_PORT, EXIT_PORT, KICK_PORT, WAIT_PORT};
 
 /// Writes `value` to an I/O port.
 #[inline(always)]

@@ -47,17 +47,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::mem::SharedMemory;
+use vamp_rpmsg::wire::platform::{CONSOLE_PORT, EXIT_PORT, KICK_PORT, WAIT_PORT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-/// Port the firmware writes a notify id to (an ioeventfd).
-pub const KICK_PORT: u16 = 0x500;
-/// Port the firmware writes to when it has nothing to do.
-pub const WAIT_PORT: u16 = 0x504;
-/// Console output port.
-pub const CONSOLE_PORT: u16 = 0x508;
-/// Exit port.
-pub const EXIT_PORT: u16 = 0x50c;
 /// Below this the host keeps its own structures; firmware loads above it.
 pub const HOST_RESERVED: u64 = 0x10_0000;
 /// Default RAM of a remote.
