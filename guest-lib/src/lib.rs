@@ -12,8 +12,9 @@
 //! - [`rpmsg`]: endpoints, addressing, name service, send/receive: the OpenAMP API.
 //!
 //! The crate is `no_std` and needs only `alloc` (a global allocator). The `std` feature adds
-//! the Linux pieces: a std [`Environment`](transport::Environment) and the native two-process
-//! link laid out as OpenAMP's native-Linux machine. The `testing` feature adds the `testing` module:
+//! the Linux pieces: a std [`Environment`](transport::Environment), the native two-process
+//! link laid out as OpenAMP's native-Linux machine, a file mapped as shared memory
+//! (`mapped_file`) and futex waits (`futex`). The `testing` feature adds the `testing` module:
 //! test doubles of other stacks' behaviour on the wire.
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
@@ -31,8 +32,12 @@ pub mod wire;
 
 #[cfg(feature = "std")]
 pub mod apps;
+#[cfg(feature = "std")]
+pub mod futex;
 #[cfg(feature = "vm-memory")]
 pub mod guest_ram;
+#[cfg(feature = "std")]
+pub mod mapped_file;
 #[cfg(feature = "std")]
 pub mod native;
 #[cfg(feature = "testing")]

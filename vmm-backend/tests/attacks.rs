@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use vamp_rpmsg::mapped_file::MappedFile;
 use vamp_rpmsg::mem::SharedMemory;
 use vamp_rpmsg::rpmsg::{EptId, Error as RpmsgError, Handler, NsEvent, Received, Rpmsg};
 use vamp_rpmsg::transport::Transport;
@@ -37,7 +38,7 @@ use vamp_rpmsg::vring::{
 };
 use vamp_rpmsg::wire::{ADDR_ANY, Endian, HEADER_LEN, NS_ADDR, encode_header};
 use vamp_vmm_backend::backend::lock_hub;
-use vamp_vmm_backend::frontend::{GuestMemory, GuestOptions, NativeGuest};
+use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
 use vamp_vmm_backend::hub::{LinkStats, MAX_NAMES_PER_LINK, MAX_REPLY_PROXIES_PER_SOURCE};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 
@@ -289,7 +290,7 @@ impl Evil {
         pump(&mut self.g, &mut self.inbox, what, done)
     }
 
-    fn mem(&self) -> &GuestMemory {
+    fn mem(&self) -> &MappedFile {
         self.g.memory()
     }
 
@@ -432,7 +433,7 @@ impl Evil {
     }
 
     /// A memory table entry mapping `memory` where the attacker's memory is mapped.
-    fn region_over(&self, memory: &GuestMemory) -> VhostUserMemoryRegionInfo {
+    fn region_over(&self, memory: &MappedFile) -> VhostUserMemoryRegionInfo {
         VhostUserMemoryRegionInfo {
             guest_phys_addr: 0,
             memory_size: memory.size() as u64,
@@ -1247,7 +1248,7 @@ fn attack_device_reset_in_the_middle_of_traffic() {
 fn attack_memory_table_swapped_for_garbage() {
     let mut s = Scene::new("mallory-memswap");
     // A new memory table: same size, other memory, full of 0xFF.
-    let junk = GuestMemory::new(s.evil.mem().size()).unwrap();
+    let junk = MappedFile::anonymous(c"junk", s.evil.mem().size()).unwrap();
     junk.fill(0, junk.size(), 0xFF).unwrap();
     let region = s.evil.region_over(&junk);
     s.evil.g.frontend_mut().set_mem_table(&[region]).unwrap();
@@ -1259,7 +1260,7 @@ fn attack_memory_table_swapped_for_garbage() {
 #[test]
 fn attack_memory_table_shrunk_under_the_rings() {
     let mut s = Scene::new("mallory-memshrink");
-    let small = GuestMemory::new(4096).unwrap();
+    let small = MappedFile::anonymous(c"small", 4096).unwrap();
     let region = s.evil.region_over(&small);
     s.evil.g.frontend_mut().set_mem_table(&[region]).unwrap();
     s.evil.kick(TXQ);
