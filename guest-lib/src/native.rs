@@ -23,7 +23,9 @@ use crate::virtio::{
 };
 use crate::vring::VringLayout;
 use crate::wire::Endian;
-use crate::wire::resource_table::{RSC_VDEV, ResourceTable, ResourceTableBuilder, VdevVringSpec};
+use crate::wire::resource_table::{
+    RSC_VDEV, ResourceTable, ResourceTableBuilder, VDEV_GFEATURES_AT, VDEV_STATUS_AT, VdevVringSpec,
+};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -288,14 +290,9 @@ fn read_vdev(shm: &MappedFile) -> Result<VdevInfo, NativeError> {
     })
 }
 
-// Field offsets inside a vdev entry (type, id, notifyid, dfeatures, gfeatures, config_len,
-// status): the only two fields the host writes after start-up.
-const VDEV_GFEATURES: u64 = 16;
-const VDEV_STATUS: u64 = 24;
-
 fn set_status(shm: &MappedFile, vdev: u64, status: u8) -> Result<(), NativeError> {
     crate::mem::write_barrier();
-    shm.write(RSC_TABLE_ADDR + vdev + VDEV_STATUS, &[status])
+    shm.write(RSC_TABLE_ADDR + vdev + VDEV_STATUS_AT as u64, &[status])
         .map_err(|_| NativeError::ResourceTable("status outside the file"))
 }
 
@@ -403,7 +400,7 @@ fn start_host_with<T: Transport>(
     set_status(&shm, info.offset, STATUS_ACKNOWLEDGE | STATUS_DRIVER)?;
     let features = info.dfeatures & VIRTIO_RPMSG_F_NS as u32;
     shm.write(
-        RSC_TABLE_ADDR + info.offset + VDEV_GFEATURES,
+        RSC_TABLE_ADDR + info.offset + VDEV_GFEATURES_AT as u64,
         &features.to_ne_bytes(),
     )
     .map_err(|_| NativeError::ResourceTable("features outside the file"))?;

@@ -44,6 +44,7 @@ use vamp_rpmsg::transport::{DeviceTransport, Environment, Transport};
 use vamp_rpmsg::virtio::{STATUS_DRIVER_OK, VIRTIO_ID_RPMSG, VIRTIO_RPMSG_F_NS};
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::Endian;
+use vamp_rpmsg::wire::resource_table::{VDEV_GFEATURES_AT, VDEV_STATUS_AT};
 
 // The platform's ports, defined once for the firmware and the host.
 pub use vamp_rpmsg::wire::platform::{CONSOLE_PORT, EXIT_PORT, KICK_PORT, WAIT_PORT};
@@ -418,12 +419,13 @@ impl ResourceTable {
 
     /// The vdev status the host wrote.
     pub fn vdev_status(&self) -> u8 {
-        (self.word(VDEV_AT + 6) & 0xff) as u8
+        // The status byte is the low byte of its (little-endian) word.
+        (self.word(VDEV_AT + VDEV_STATUS_AT / 4) & 0xff) as u8
     }
 
     /// Features the host accepted.
     pub fn vdev_gfeatures(&self) -> u32 {
-        self.word(VDEV_AT + 4)
+        self.word(VDEV_AT + VDEV_GFEATURES_AT / 4)
     }
 
     /// Where the host placed the trace buffer, and its length.

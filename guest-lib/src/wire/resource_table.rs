@@ -75,6 +75,14 @@ pub const VDEV_LEN: usize = 28;
 /// Bytes in one vring entry of a vdev.
 pub const VRING_ENTRY_LEN: usize = 20;
 
+/// Byte offset of a vdev's `gfeatures` from its `type` word. The host writes this field (and
+/// the next two) into the remote's own table after reading it, by address, not through a view.
+pub const VDEV_GFEATURES_AT: usize = field::VDEV_GFEATURES.offset();
+/// Byte offset of a vdev's `status` from its `type` word.
+pub const VDEV_STATUS_AT: usize = field::VDEV_STATUS.offset();
+/// Byte offset of a trace entry's `da` from its `type` word.
+pub const TRACE_DA_AT: usize = field::TRACE_DA.offset();
+
 /// Most bytes of a name the builder writes: one less than the field, so a NUL always ends it.
 pub const RSC_NAME_MAX: usize = RSC_NAME_LEN - 1;
 

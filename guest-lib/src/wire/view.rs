@@ -75,6 +75,11 @@ impl<W: Word> Field<W> {
         }
     }
 
+    /// Where the field starts, in bytes from the start of the structure.
+    pub(crate) const fn offset(self) -> usize {
+        self.at
+    }
+
     /// The same field in a structure that starts `by` bytes into the buffer (an entry in a
     /// table, a vring in a vdev). An offset past `usize::MAX` lies outside every buffer.
     pub(crate) const fn shifted(self, by: usize) -> Self {
