@@ -92,6 +92,13 @@ impl MappedFile {
         Self::map(fd, size, "mmap memfd")
     }
 
+    /// Maps the first `size` bytes of the file `fd`: the other end of a file shared with
+    /// [`anonymous`](Self::anonymous), e.g. a descriptor a child process inherited. A file
+    /// shorter than `size` is refused (bytes past its end could not be accessed).
+    pub fn from_fd(fd: OwnedFd, size: usize) -> Result<Self, MapError> {
+        Self::map(fd, size, "mmap shared file")
+    }
+
     /// Maps the first `size` bytes of `fd`, which holds at least that many.
     fn map(fd: OwnedFd, size: usize, what: &'static str) -> Result<Self, MapError> {
         if size == 0 {
@@ -100,6 +107,18 @@ impl MappedFile {
                 source: io::Error::new(io::ErrorKind::InvalidInput, "an empty mapping"),
             });
         }
+        let file = File::from(fd);
+        let len = file
+            .metadata()
+            .map_err(|source| MapError { what, source })?
+            .len();
+        if len < size as u64 {
+            return Err(MapError {
+                what,
+                source: io::Error::new(io::ErrorKind::InvalidInput, "the file is shorter"),
+            });
+        }
+        let fd = OwnedFd::from(file);
         // SAFETY: a fresh shared mapping of a file we own, at an address the kernel picks; it
         // aliases no memory of ours, and the result is checked before use.
         let ptr = unsafe {
@@ -185,7 +204,7 @@ mod tests {
         assert_eq!(buf, [0; 8]);
         // A second mapping of the same descriptor sees the first one's writes.
         let fd = a.as_fd().try_clone_to_owned().unwrap();
-        let b = MappedFile::map(fd, 1 << 16, "map again").unwrap();
+        let b = MappedFile::from_fd(fd, 1 << 16).unwrap();
         a.write(0x100, b"written").unwrap();
         let mut seen = [0u8; 7];
         b.read(0x100, &mut seen).unwrap();
@@ -221,8 +240,12 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_mapping_is_an_error() {
+    fn an_empty_mapping_or_one_past_the_file_is_an_error() {
         let e = MappedFile::anonymous(c"vamp-test", 0).unwrap_err();
+        assert_eq!(e.source.kind(), io::ErrorKind::InvalidInput);
+        let a = MappedFile::anonymous(c"vamp-test", 4096).unwrap();
+        let fd = a.as_fd().try_clone_to_owned().unwrap();
+        let e = MappedFile::from_fd(fd, 8192).unwrap_err();
         assert_eq!(e.source.kind(), io::ErrorKind::InvalidInput);
     }
 }
