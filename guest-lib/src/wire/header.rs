@@ -1,3 +1,7 @@
+//! The rpmsg header that precedes every message: a view ([`RpmsgHeader`]) over a buffer's
+//! bytes, with the payload the header's `len` announces, and [`encode_header`] for the 16
+//! bytes alone.
+
 use super::view::Field;
 use super::{Endian, WireError, check_len};
 
