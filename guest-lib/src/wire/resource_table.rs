@@ -46,7 +46,8 @@ pub const RSC_CARVEOUT: u32 = 0;
 pub const RSC_DEVMEM: u32 = 1;
 /// Resource type: a trace (log) buffer the remote writes.
 pub const RSC_TRACE: u32 = 2;
-/// Resource type: a virtio device header (for rpmsg: [`VIRTIO_ID_RPMSG`](crate::virtio::VIRTIO_ID_RPMSG)).
+/// Resource type: a virtio device header (for rpmsg:
+/// [`VIRTIO_ID_RPMSG`](crate::virtio::VIRTIO_ID_RPMSG)).
 pub const RSC_VDEV: u32 = 3;
 /// First vendor-specific resource type.
 pub const RSC_VENDOR_START: u32 = 128;
@@ -75,8 +76,9 @@ pub const VDEV_LEN: usize = 28;
 /// Bytes in one vring entry of a vdev.
 pub const VRING_ENTRY_LEN: usize = 20;
 
-/// Byte offset of a vdev's `gfeatures` from its `type` word. The host writes this field (and
-/// the next two) into the remote's own table after reading it, by address, not through a view.
+/// Byte offset of a vdev's `gfeatures` from its `type` word. The host writes this field, a
+/// vdev's `status` and an allocated trace buffer's `da` into the remote's own table after it
+/// read a copy: by address in remote memory, not through a view, hence these three offsets.
 pub const VDEV_GFEATURES_AT: usize = field::VDEV_GFEATURES.offset();
 /// Byte offset of a vdev's `status` from its `type` word.
 pub const VDEV_STATUS_AT: usize = field::VDEV_STATUS.offset();
@@ -207,7 +209,13 @@ impl fmt::Debug for NameDebug<'_> {
 
 /// A memory entry: a carveout ([`RSC_CARVEOUT`]) or a devmem ([`RSC_DEVMEM`]), the two
 /// entries that share one layout, `type, da, pa, len, flags, reserved, name[32]`. `RTYPE` is
-/// the type the entry must have; use it through [`Carveout`] and [`Devmem`].
+/// the type the entry must have, one of the two (anything else does not compile); use it
+/// through [`Carveout`] and [`Devmem`].
+///
+/// ```compile_fail
+/// # use vamp_rpmsg::wire::{Endian, resource_table::{MemoryEntry, RSC_TRACE}};
+/// let trace = MemoryEntry::<&[u8], RSC_TRACE>::new_unchecked(&[], Endian::Little);
+/// ```
 #[derive(Clone, Copy)]
 pub struct MemoryEntry<T: AsRef<[u8]>, const RTYPE: u32> {
     buffer: T,
@@ -228,6 +236,7 @@ impl<T: AsRef<[u8]>, const RTYPE: u32> MemoryEntry<T, RTYPE> {
     /// Wraps the entry's bytes (starting at its `type` word) without checks. Accessors never
     /// panic: fields past the end of a short buffer read as 0, the name as empty.
     pub const fn new_unchecked(buffer: T, endian: Endian) -> Self {
+        const { assert!(RTYPE == RSC_CARVEOUT || RTYPE == RSC_DEVMEM) };
         MemoryEntry { buffer, endian }
     }
 
