@@ -34,7 +34,7 @@ macro_rules! socket_waiter {
     };
 }
 
-type Shm = std::sync::Arc<native::ShmFile>;
+type Shm = std::sync::Arc<vamp_rpmsg::mapped_file::MappedFile>;
 socket_waiter!(DeviceTransport<Shm, SocketEnv>);
 socket_waiter!(DriverTransport<Shm, SocketEnv>);
 

@@ -8,11 +8,13 @@
 //!   another party writes is never turned into a Rust reference.
 //! - [`vring`]: split virtqueues in the driver role (host/master) and the device role (remote).
 //! - [`transport`]: moving rpmsg buffers over two vrings, in either role.
+//! - [`virtio`]: the rpmsg device's virtio facts: device ID, queues, feature and status bits.
 //! - [`rpmsg`]: endpoints, addressing, name service, send/receive: the OpenAMP API.
 //!
 //! The crate is `no_std` and needs only `alloc` (a global allocator). The `std` feature adds
-//! the Linux pieces: a std [`Environment`](transport::Environment) and the native two-process
-//! link laid out as OpenAMP's native-Linux machine. The `testing` feature adds the `testing` module:
+//! the Linux pieces: a std [`Environment`](transport::Environment), the native two-process
+//! link laid out as OpenAMP's native-Linux machine, a file mapped as shared memory
+//! (`mapped_file`) and futex waits (`futex`). The `testing` feature adds the `testing` module:
 //! a dummy environment, an in-memory link between two engines, a recording handler, and test
 //! doubles of other stacks' behaviour on the wire.
 #![no_std]
@@ -25,13 +27,18 @@ extern crate std;
 pub mod mem;
 pub mod rpmsg;
 pub mod transport;
+pub mod virtio;
 pub mod vring;
 pub mod wire;
 
 #[cfg(feature = "std")]
 pub mod apps;
+#[cfg(feature = "std")]
+pub mod futex;
 #[cfg(feature = "vm-memory")]
 pub mod guest_ram;
+#[cfg(feature = "std")]
+pub mod mapped_file;
 #[cfg(feature = "std")]
 pub mod native;
 #[cfg(any(test, feature = "testing"))]

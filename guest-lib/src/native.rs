@@ -11,23 +11,25 @@
 //! - Start-up: the host negotiates features and sets DRIVER_OK in the vdev's status; the
 //!   remote waits for it, as OpenAMP's `rpmsg_virtio_wait_remote_ready` does.
 
-use crate::mem::{RawMemory, SharedMemory};
+use crate::mapped_file::{MapError, MappedFile};
+use crate::mem::SharedMemory;
 use crate::rpmsg::{Config, Rpmsg};
 use crate::transport::{
     BufferConfig, DeviceTransport, DriverLayout, DriverTransport, Environment, Transport,
 };
+use crate::virtio::{
+    STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_STARTED,
+    VIRTIO_ID_RPMSG, VIRTIO_RPMSG_F_NS,
+};
 use crate::vring::VringLayout;
 use crate::wire::Endian;
 use crate::wire::resource_table::{
-    RSC_VDEV, ResourceTable, ResourceTableBuilder, STATUS_ACKNOWLEDGE, STATUS_DRIVER,
-    STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_ID_RPMSG, VdevVringSpec,
+    RSC_VDEV, ResourceTable, ResourceTableBuilder, VDEV_GFEATURES_AT, VDEV_STATUS_AT, VdevVringSpec,
 };
-use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,8 +53,6 @@ pub const VRING_ALIGN: u32 = 0x1000;
 pub const SHARED_BUF_ADDR: u64 = 0x10000;
 /// Size of the rpmsg buffer pool.
 pub const SHARED_BUF_SIZE: u64 = 0x40000;
-/// The rpmsg name-service feature bit.
-pub const VIRTIO_RPMSG_F_NS: u32 = 1 << 0;
 /// Resource table bytes read by the host (ample for a few entries).
 const RSC_TABLE_MAX: usize = 0x1000;
 
@@ -103,90 +103,15 @@ impl core::fmt::Display for NativeError {
 
 impl std::error::Error for NativeError {}
 
+impl From<MapError> for NativeError {
+    fn from(e: MapError) -> Self {
+        NativeError::Io(e.what, e.source)
+    }
+}
+
 impl From<crate::transport::LinkError> for NativeError {
     fn from(e: crate::transport::LinkError) -> Self {
         NativeError::Link(e)
-    }
-}
-
-/// A shared file mapped into this process.
-#[derive(Debug)]
-pub struct ShmFile {
-    raw: RawMemory,
-    path: PathBuf,
-}
-
-impl ShmFile {
-    /// Opens (creating if needed) and maps `size` bytes of the file at `path`.
-    pub fn open(path: &Path, size: usize) -> Result<Self, NativeError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| NativeError::Io("open shared file", e))?;
-        if file
-            .metadata()
-            .map_err(|e| NativeError::Io("stat shared file", e))?
-            .len()
-            < size as u64
-        {
-            file.set_len(size as u64)
-                .map_err(|e| NativeError::Io("size shared file", e))?;
-        }
-        // SAFETY: a fresh shared mapping of an open file; the kernel picks the address and we
-        // check the result before use. The mapping outlives the file descriptor.
-        let ptr = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(NativeError::Io(
-                "map shared file",
-                io::Error::last_os_error(),
-            ));
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(NativeError::Io(
-            "map shared file",
-            io::Error::other("null mapping"),
-        ))?;
-        // SAFETY: the mapping is `size` bytes, readable and writable, and stays mapped until
-        // `Drop` unmaps it, after the RawMemory (owned by self) is gone.
-        let raw = unsafe { RawMemory::new(ptr, size, 0) };
-        Ok(ShmFile {
-            raw,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for ShmFile {
-    fn drop(&mut self) {
-        if let Some(p) = self.raw.region(0, self.raw.len()) {
-            // SAFETY: unmaps exactly the mapping made in `open`; nothing borrows it any more
-            // since we are dropping its only owner.
-            unsafe { libc::munmap(p.as_ptr().cast(), self.raw.len()) };
-        }
-    }
-}
-
-// SAFETY: delegates to the RawMemory over our mapping, which lives as long as `self`.
-unsafe impl SharedMemory for ShmFile {
-    #[inline]
-    fn region(&self, addr: u64, len: usize) -> Option<NonNull<u8>> {
-        self.raw.region(addr, len)
     }
 }
 
@@ -287,12 +212,12 @@ impl Environment for SocketEnv {
 }
 
 /// The engine of the host (driver) side of a native link.
-pub type HostRpmsg = Rpmsg<DriverTransport<Arc<ShmFile>, SocketEnv>>;
+pub type HostRpmsg = Rpmsg<DriverTransport<Arc<MappedFile>, SocketEnv>>;
 /// The engine of the remote (device) side of a native link.
-pub type RemoteRpmsg = Rpmsg<DeviceTransport<Arc<ShmFile>, SocketEnv>>;
+pub type RemoteRpmsg = Rpmsg<DeviceTransport<Arc<MappedFile>, SocketEnv>>;
 
 /// Writes OpenAMP's native-machine resource table into `shm` at 0 (status and features 0).
-pub fn write_resource_table(shm: &ShmFile) -> Result<usize, NativeError> {
+pub fn write_resource_table(shm: &MappedFile) -> Result<usize, NativeError> {
     let mut table = [0u8; 256];
     let bad = |_| NativeError::ResourceTable("cannot build the table");
     let mut b = ResourceTableBuilder::new(&mut table, Endian::NATIVE, 1).map_err(bad)?;
@@ -305,7 +230,8 @@ pub fn write_resource_table(shm: &ShmFile) -> Result<usize, NativeError> {
     b.add_vdev(
         VIRTIO_ID_RPMSG,
         0,
-        VIRTIO_RPMSG_F_NS,
+        // A vdev entry carries the low 32 feature bits.
+        VIRTIO_RPMSG_F_NS as u32,
         &[],
         &[ring(VRING0_ADDR, 1), ring(VRING1_ADDR, 2)],
     )
@@ -326,7 +252,7 @@ struct VdevInfo {
     rings: [VringLayout; 2],
 }
 
-fn read_vdev(shm: &ShmFile) -> Result<VdevInfo, NativeError> {
+fn read_vdev(shm: &MappedFile) -> Result<VdevInfo, NativeError> {
     // The peer may write the table while we look: parse a private copy.
     let mut copy = std::vec![0u8; RSC_TABLE_MAX];
     shm.read(RSC_TABLE_ADDR, &mut copy)
@@ -364,14 +290,9 @@ fn read_vdev(shm: &ShmFile) -> Result<VdevInfo, NativeError> {
     })
 }
 
-// Field offsets inside a vdev entry (type, id, notifyid, dfeatures, gfeatures, config_len,
-// status): the only two fields the host writes after start-up.
-const VDEV_GFEATURES: u64 = 16;
-const VDEV_STATUS: u64 = 24;
-
-fn set_status(shm: &ShmFile, vdev: u64, status: u8) -> Result<(), NativeError> {
+fn set_status(shm: &MappedFile, vdev: u64, status: u8) -> Result<(), NativeError> {
     crate::mem::write_barrier();
-    shm.write(RSC_TABLE_ADDR + vdev + VDEV_STATUS, &[status])
+    shm.write(RSC_TABLE_ADDR + vdev + VDEV_STATUS_AT as u64, &[status])
         .map_err(|_| NativeError::ResourceTable("status outside the file"))
 }
 
@@ -382,7 +303,7 @@ pub fn start_remote(
     timeout: Option<Duration>,
     mut on_listening: impl FnMut(),
 ) -> Result<RemoteRpmsg, NativeError> {
-    let shm = Arc::new(ShmFile::open(&paths.shm, SHM_SIZE)?);
+    let shm = Arc::new(MappedFile::open(&paths.shm, SHM_SIZE)?);
     write_resource_table(&shm)?;
     let _ = std::fs::remove_file(&paths.socket);
     let listener = UnixListener::bind(&paths.socket)
@@ -433,7 +354,7 @@ pub fn start_remote(
         BufferConfig::default().r2h_buf_size,
     )?;
     let config = Config {
-        name_service: features & VIRTIO_RPMSG_F_NS != 0,
+        name_service: u64::from(features) & VIRTIO_RPMSG_F_NS != 0,
         ..Config::default()
     };
     Ok(Rpmsg::new(t, config))
@@ -459,7 +380,7 @@ pub fn start_openamp_style_host(
 fn start_host_with<T: Transport>(
     paths: &NativePaths,
     timeout: Duration,
-    wrap: impl FnOnce(DriverTransport<Arc<ShmFile>, SocketEnv>) -> T,
+    wrap: impl FnOnce(DriverTransport<Arc<MappedFile>, SocketEnv>) -> T,
 ) -> Result<Rpmsg<T>, NativeError> {
     let deadline = Instant::now() + timeout;
     let stream = loop {
@@ -472,14 +393,14 @@ fn start_host_with<T: Transport>(
         }
     };
     let env = SocketEnv::new(stream)?;
-    let shm = Arc::new(ShmFile::open(&paths.shm, SHM_SIZE)?);
+    let shm = Arc::new(MappedFile::open(&paths.shm, SHM_SIZE)?);
     let info = read_vdev(&shm)?;
     // The virtio handshake, in the resource table.
     set_status(&shm, info.offset, 0)?;
     set_status(&shm, info.offset, STATUS_ACKNOWLEDGE | STATUS_DRIVER)?;
-    let features = info.dfeatures & VIRTIO_RPMSG_F_NS;
+    let features = info.dfeatures & VIRTIO_RPMSG_F_NS as u32;
     shm.write(
-        RSC_TABLE_ADDR + info.offset + VDEV_GFEATURES,
+        RSC_TABLE_ADDR + info.offset + VDEV_GFEATURES_AT as u64,
         &features.to_ne_bytes(),
     )
     .map_err(|_| NativeError::ResourceTable("features outside the file"))?;
@@ -496,13 +417,9 @@ fn start_host_with<T: Transport>(
         buffers: BufferConfig::default(),
     };
     let t = DriverTransport::new(shm.clone(), env, layout, Endian::NATIVE, false)?;
-    set_status(
-        &shm,
-        info.offset,
-        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-    )?;
+    set_status(&shm, info.offset, STATUS_STARTED)?;
     let config = Config {
-        name_service: features & VIRTIO_RPMSG_F_NS != 0,
+        name_service: u64::from(features) & VIRTIO_RPMSG_F_NS != 0,
         ..Config::default()
     };
     let mut rpmsg = Rpmsg::new(wrap(t), config);
@@ -543,7 +460,7 @@ mod tests {
     #[test]
     fn resource_table_has_openamps_layout() {
         let paths = temp_paths("rsc");
-        let shm = ShmFile::open(&paths.shm, SHM_SIZE).unwrap();
+        let shm = MappedFile::open(&paths.shm, SHM_SIZE).unwrap();
         let len = write_resource_table(&shm).unwrap();
         // Header 16 + one offset 4, then the vdev entry: 28 + 2 vrings of 20.
         assert_eq!(len, 20 + 28 + 40);
@@ -574,7 +491,7 @@ mod tests {
     #[test]
     fn host_refuses_a_garbage_table() {
         let paths = temp_paths("garbage");
-        let shm = ShmFile::open(&paths.shm, SHM_SIZE).unwrap();
+        let shm = MappedFile::open(&paths.shm, SHM_SIZE).unwrap();
         shm.write(0, &[0xff; 64]).unwrap();
         assert!(matches!(
             read_vdev(&shm),
@@ -595,7 +512,7 @@ mod tests {
     #[test]
     fn shared_file_is_bounds_checked() {
         let paths = temp_paths("bounds");
-        let shm = ShmFile::open(&paths.shm, 4096).unwrap();
+        let shm = MappedFile::open(&paths.shm, 4096).unwrap();
         assert!(shm.write(4095, &[1]).is_ok());
         assert!(shm.write(4095, &[1, 2]).is_err());
         assert!(shm.read(u64::MAX - 1, &mut [0; 4]).is_err());

@@ -17,10 +17,7 @@ use crate::vring::{Chain, DeviceQueue, DriverQueue, PopError, Segment, VringErro
 use crate::wire::Endian;
 use alloc::vec::Vec;
 
-/// The queue the driver receives on (device transmits on).
-pub const RX_QUEUE: u16 = 0;
-/// The queue the driver transmits on (device receives on).
-pub const TX_QUEUE: u16 = 1;
+pub use crate::virtio::{RX_QUEUE, TX_QUEUE};
 
 /// What OpenAMP's libmetal gives a port, reduced to what the engine needs.
 pub trait Environment {
@@ -568,7 +565,7 @@ impl<M: SharedMemory, E: Environment> Transport for DriverTransport<M, E> {
         if self.kick_rx {
             self.kick_rx = false;
             if self.rx.should_kick(&self.mem)? {
-                self.env.notify(crate::transport::RX_QUEUE);
+                self.env.notify(RX_QUEUE);
             }
         }
         if self.kick_tx {

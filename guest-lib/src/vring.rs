@@ -26,8 +26,6 @@ pub const VRING_DESC_F_INDIRECT: u16 = 4;
 pub const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// Device to driver: do not kick me (without EVENT_IDX).
 pub const VRING_USED_F_NO_NOTIFY: u16 = 1;
-/// Feature bit: event-index notification suppression.
-pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 /// Largest queue size the split ring allows.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 /// Most descriptors one buffer may span in vamp (rpmsg buffers are one descriptor in Linux and

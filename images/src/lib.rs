@@ -41,17 +41,13 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use vamp_rpmsg::mem::RawMemory;
 use vamp_rpmsg::rpmsg::{Config, Error, Handler, Rpmsg};
 use vamp_rpmsg::transport::{DeviceTransport, Environment, Transport};
+use vamp_rpmsg::virtio::{STATUS_DRIVER_OK, VIRTIO_ID_RPMSG, VIRTIO_RPMSG_F_NS};
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::Endian;
+use vamp_rpmsg::wire::resource_table::{VDEV_GFEATURES_AT, VDEV_STATUS_AT};
 
-/// Notify the host (value: notify id).
-pub const KICK_PORT: u16 = 0x500;
-/// Wait for a notification from the host.
-pub const WAIT_PORT: u16 = 0x504;
-/// Console output, one byte per write.
-pub const CONSOLE_PORT: u16 = 0x508;
-/// Stop with an exit code.
-pub const EXIT_PORT: u16 = 0x50c;
+// The platform's ports, defined once for the firmware and the host.
+pub use vamp_rpmsg::wire::platform::{CONSOLE_PORT, EXIT_PORT, KICK_PORT, WAIT_PORT};
 
 /// Writes `value` to an I/O port.
 #[inline(always)]
@@ -378,12 +374,13 @@ impl ResourceTable {
             w[c + 6 + i] = n[i];
             i += 1;
         }
-        // Vdev: type 3, id 7, notifyid, dfeatures F_NS, gfeatures, config_len, status/nvrings.
+        // Vdev: type 3, id, notifyid, dfeatures (the low 32 bits: F_NS), gfeatures, config_len,
+        // status/nvrings.
         let v = VDEV_AT;
         w[v] = 3;
-        w[v + 1] = 7;
+        w[v + 1] = VIRTIO_ID_RPMSG;
         w[v + 2] = 2;
-        w[v + 3] = 1;
+        w[v + 3] = VIRTIO_RPMSG_F_NS as u32;
         w[v + 6] = 2 << 8; // status 0, num_of_vrings 2
         let mut r = 0;
         while r < 2 {
@@ -422,12 +419,13 @@ impl ResourceTable {
 
     /// The vdev status the host wrote.
     pub fn vdev_status(&self) -> u8 {
-        (self.word(VDEV_AT + 6) & 0xff) as u8
+        // The status byte is the low byte of its (little-endian) word.
+        (self.word(VDEV_AT + VDEV_STATUS_AT / 4) & 0xff) as u8
     }
 
     /// Features the host accepted.
     pub fn vdev_gfeatures(&self) -> u32 {
-        self.word(VDEV_AT + 4)
+        self.word(VDEV_AT + VDEV_GFEATURES_AT / 4)
     }
 
     /// Where the host placed the trace buffer, and its length.
@@ -555,7 +553,7 @@ pub fn ram() -> RawMemory {
 /// Waits for the host to bring the vdev up (DRIVER_OK), then attaches to its rings in the mode
 /// the host chose (see [`serve`]).
 pub fn connect(table: &'static ResourceTable) -> FirmwareRpmsg {
-    while table.vdev_status() & 4 == 0 {
+    while table.vdev_status() & STATUS_DRIVER_OK == 0 {
         out32(WAIT_PORT, 0);
     }
     if table.tsc_khz() != 0 {
@@ -598,7 +596,7 @@ pub fn connect(table: &'static ResourceTable) -> FirmwareRpmsg {
         }
     };
     let config = Config {
-        name_service: table.vdev_gfeatures() & 1 != 0,
+        name_service: u64::from(table.vdev_gfeatures()) & VIRTIO_RPMSG_F_NS != 0,
         ..Config::default()
     };
     Rpmsg::new(transport, config)

@@ -4,11 +4,13 @@
 use crate::elf::{self, ElfError, ElfInfo};
 use crate::image::ImageStore;
 use std::fmt::Write;
+use vamp_rpmsg::virtio::{
+    STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK,
+    STATUS_NEEDS_RESET, VIRTIO_ID_RPMSG,
+};
 use vamp_rpmsg::wire::Endian;
 use vamp_rpmsg::wire::resource_table::{
-    FW_RSC_ADDR_ANY, RSC_VENDOR_END, RSC_VENDOR_START, Resource, ResourceTable, STATUS_ACKNOWLEDGE,
-    STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
-    VIRTIO_ID_RPMSG,
+    FW_RSC_ADDR_ANY, RSC_VENDOR_END, RSC_VENDOR_START, Resource, ResourceTable,
 };
 
 /// Describes the image in `store`. Fails only if its ELF headers are unusable; a table that

@@ -45,19 +45,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use vamp_rpmsg::futex::{futex_wait, futex_wake};
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::mem::SharedMemory;
+use vamp_rpmsg::wire::platform::{CONSOLE_PORT, EXIT_PORT, KICK_PORT, WAIT_PORT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-/// Port the firmware writes a notify id to (an ioeventfd).
-pub const KICK_PORT: u16 = 0x500;
-/// Port the firmware writes to when it has nothing to do.
-pub const WAIT_PORT: u16 = 0x504;
-/// Console output port.
-pub const CONSOLE_PORT: u16 = 0x508;
-/// Exit port.
-pub const EXIT_PORT: u16 = 0x50c;
 /// Below this the host keeps its own structures; firmware loads above it.
 pub const HOST_RESERVED: u64 = 0x10_0000;
 /// Default RAM of a remote.
@@ -202,38 +196,6 @@ struct Shared {
     /// Device address of the firmware's heartbeat word in its platform entry (0: none).
     heartbeat_at: AtomicU64,
     counters: Counters,
-}
-
-/// Wakes threads sleeping on `word` (at most `n`).
-fn futex_wake(word: &AtomicU32, n: i32) {
-    // SAFETY: FUTEX_WAKE only reads the address of a live AtomicU32; no memory is written.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            n,
-        )
-    };
-}
-
-/// Sleeps while `word` holds `expected`, at most `timeout` (or until a signal).
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: the word is a live AtomicU32 and `ts` a valid timespec for the call; the kernel
-    // only compares the word with `expected` and sleeps.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            &ts as *const libc::timespec,
-        )
-    };
 }
 
 impl Shared {

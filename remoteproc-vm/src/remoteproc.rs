@@ -56,14 +56,12 @@ use vamp_rpmsg::rpmsg::{Config, Rpmsg};
 use vamp_rpmsg::transport::{
     BufferConfig, DriverLayout, DriverTransport, Environment, LinkError, Transport,
 };
-use vamp_rpmsg::vring::VIRTIO_RING_F_EVENT_IDX;
-use vamp_rpmsg::wire::Endian;
-use vamp_rpmsg::wire::resource_table::{
-    STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK,
+use vamp_rpmsg::virtio::{
+    STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_FAILED, STATUS_FEATURES_OK, STATUS_STARTED,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RPMSG_F_NS,
 };
+use vamp_rpmsg::wire::Endian;
 
-/// The rpmsg name-service feature bit.
-pub const VIRTIO_RPMSG_F_NS: u32 = 1 << 0;
 /// Alignment of a buffer pool the host allocates.
 pub const POOL_ALIGN: u64 = 4096;
 /// The states an image may be loaded in: offline, ready (the loaded image is replaced) or
@@ -891,16 +889,17 @@ impl<B: RemoteBackend> Remoteproc<B> {
         set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER)?;
         let mut wanted = VIRTIO_RPMSG_F_NS;
         if self.config.event_idx {
-            wanted |= 1 << VIRTIO_RING_F_EVENT_IDX;
+            wanted |= VIRTIO_RING_F_EVENT_IDX;
         }
-        let features = v.dfeatures & wanted;
-        mem.write(v.gfeatures_addr(), &table_endian.u32_bytes(features))?;
+        // A vdev entry carries the low 32 feature bits.
+        let features = u64::from(v.dfeatures) & wanted;
+        mem.write(v.gfeatures_addr(), &table_endian.u32_bytes(features as u32))?;
         set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK)?;
         let env = make_env(
             self.backend.doorbell(),
             [v.vrings[0].notifyid, v.vrings[1].notifyid],
         );
-        let event_idx = features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let event_idx = features & VIRTIO_RING_F_EVENT_IDX != 0;
         let transport =
             match DriverTransport::new(mem.clone(), env, layout, Endian::NATIVE, event_idx) {
                 Ok(t) => t,
@@ -909,7 +908,7 @@ impl<B: RemoteBackend> Remoteproc<B> {
                     return Err(link(e));
                 }
             };
-        set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK)?;
+        set_status(STATUS_STARTED)?;
         let config = Config {
             name_service: features & VIRTIO_RPMSG_F_NS != 0,
             ..Config::default()

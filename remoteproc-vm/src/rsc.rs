@@ -24,9 +24,11 @@
 
 use crate::backend::{BackendError, RemoteBackend};
 use vamp_rpmsg::mem::{MemError, SharedMemory};
+use vamp_rpmsg::virtio::VIRTIO_ID_RPMSG;
 use vamp_rpmsg::vring::{MAX_QUEUE_SIZE, VringError, VringLayout};
 use vamp_rpmsg::wire::resource_table::{
-    FW_RSC_ADDR_ANY, Resource, ResourceTable, TABLE_HEADER_LEN, VIRTIO_ID_RPMSG,
+    FW_RSC_ADDR_ANY, Resource, ResourceTable, TABLE_HEADER_LEN, TRACE_DA_AT, VDEV_GFEATURES_AT,
+    VDEV_STATUS_AT,
 };
 use vamp_rpmsg::wire::{Endian, WireError};
 
@@ -36,12 +38,6 @@ pub const MAX_TABLE_LEN: u64 = 1 << 20;
 pub const CARVEOUT_ALIGN: u64 = 4096;
 /// Alignment of allocated trace buffers.
 pub const TRACE_ALIGN: u64 = 8;
-/// Offset of `gfeatures` in a vdev entry.
-pub const VDEV_GFEATURES_OFFSET: u64 = 16;
-/// Offset of `status` in a vdev entry.
-pub const VDEV_STATUS_OFFSET: u64 = 24;
-/// Offset of `da` in a trace entry.
-const TRACE_DA_OFFSET: usize = 4;
 
 /// Why a resource table could not be handled.
 #[derive(Debug, thiserror::Error)]
@@ -210,12 +206,12 @@ impl VdevSetup {
 
     /// Address of its `status` byte.
     pub fn status_addr(&self) -> u64 {
-        self.entry_addr + VDEV_STATUS_OFFSET
+        self.entry_addr + VDEV_STATUS_AT as u64
     }
 
     /// Address of its `gfeatures` word.
     pub fn gfeatures_addr(&self) -> u64 {
-        self.entry_addr + VDEV_GFEATURES_OFFSET
+        self.entry_addr + VDEV_GFEATURES_AT as u64
     }
 }
 
@@ -519,7 +515,7 @@ pub fn handle_resources<B: RemoteBackend + ?Sized>(
                         .map_err(backend_err(index, format!("allocate trace \"{name}\"")))?;
                     let da32 = fit32(index, da)?;
                     zero(backend.memory(), index, da, u64::from(len))?;
-                    patch = Some((entry_offset + TRACE_DA_OFFSET, da32));
+                    patch = Some((entry_offset + TRACE_DA_AT, da32));
                     da
                 } else {
                     let da = u64::from(tr.da());

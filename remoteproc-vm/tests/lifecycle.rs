@@ -12,10 +12,11 @@ use vamp_remoteproc::remoteproc::{
 };
 use vamp_rpmsg::mem::SharedMemory;
 use vamp_rpmsg::transport::BufferConfig;
+use vamp_rpmsg::virtio::VIRTIO_ID_RPMSG;
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::Endian;
 use vamp_rpmsg::wire::resource_table::{
-    FW_RSC_ADDR_ANY, Resource, ResourceTable, ResourceTableBuilder, VIRTIO_ID_RPMSG, VdevVringSpec,
+    FW_RSC_ADDR_ANY, Resource, ResourceTable, ResourceTableBuilder, VdevVringSpec,
 };
 
 fn source(class64: bool) -> ImageSource {

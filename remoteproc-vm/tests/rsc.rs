@@ -7,10 +7,11 @@ use std::sync::atomic::Ordering;
 use vamp_remoteproc::backend::RemoteBackend;
 use vamp_remoteproc::rsc::{RscError, handle_resources};
 use vamp_rpmsg::mem::SharedMemory;
+use vamp_rpmsg::virtio::VIRTIO_ID_RPMSG;
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::Endian;
 use vamp_rpmsg::wire::resource_table::{
-    FW_RSC_ADDR_ANY, Resource, ResourceTable, ResourceTableBuilder, VIRTIO_ID_RPMSG, VdevVringSpec,
+    FW_RSC_ADDR_ANY, Resource, ResourceTable, ResourceTableBuilder, VdevVringSpec,
 };
 
 const TABLE: u64 = 0x8000;

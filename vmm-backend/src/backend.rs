@@ -14,6 +14,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, TryLockError};
 use std::time::Duration;
+use vamp_rpmsg::virtio::{NUM_QUEUES, VIRTIO_RPMSG_F_NS};
 use vhost::vhost_user::Listener;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
@@ -26,12 +27,6 @@ use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
-/// virtio device ID of rpmsg.
-pub const VIRTIO_ID_RPMSG: u32 = 7;
-/// The rpmsg name-service feature (the only upstream rpmsg feature bit).
-pub const VIRTIO_RPMSG_F_NS: u64 = 1 << 0;
-/// vq 0 (device to driver) and vq 1 (driver to device).
-pub const NUM_QUEUES: usize = 2;
 /// Largest queue the backend accepts.
 pub const MAX_QUEUE_SIZE: usize = 1024;
 

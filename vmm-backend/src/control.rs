@@ -46,12 +46,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use vamp_rpmsg::virtio::STATUS_NEEDS_RESET as VIRTIO_CONFIG_S_NEEDS_RESET;
 use vhost::vhost_user::message::{FrontendReq, VhostUserProtocolFeatures};
 use vmm_sys_util::eventfd::{EFD_CLOEXEC, EFD_NONBLOCK, EventFd};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-/// virtio's DEVICE_NEEDS_RESET status bit.
-pub const VIRTIO_CONFIG_S_NEEDS_RESET: u8 = 0x40;
 /// The backend channel's configuration-change message (`VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`).
 pub const BACKEND_CONFIG_CHANGE_MSG: u32 = 2;
 

@@ -27,19 +27,21 @@
 use std::fmt;
 use std::io;
 use std::io::{Read as _, Write as _};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use vamp_rpmsg::mem::{RawMemory, SharedMemory};
+use vamp_rpmsg::mapped_file::MappedFile;
 use vamp_rpmsg::rpmsg::{Config, Handler, Rpmsg};
 use vamp_rpmsg::transport::{
-    BufferConfig, DriverLayout, DriverTransport, Environment, LinkError, RX_QUEUE, TX_QUEUE,
-    Transport,
+    BufferConfig, DriverLayout, DriverTransport, Environment, LinkError, Transport,
+};
+use vamp_rpmsg::virtio::{
+    NUM_QUEUES, RX_QUEUE, STATUS_NEEDS_RESET, STATUS_STARTED, TX_QUEUE, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RPMSG_F_NS,
 };
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::Endian;
@@ -50,37 +52,10 @@ use vhost::vhost_user::{
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EFD_CLOEXEC, EFD_NONBLOCK, EventFd};
 
-/// The rpmsg name-service feature (VIRTIO_RPMSG_F_NS, bit 0).
-pub const VIRTIO_RPMSG_F_NS: u64 = 1 << 0;
-/// VIRTIO_RING_F_EVENT_IDX (bit 29).
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// VHOST_USER_F_PROTOCOL_FEATURES (bit 30).
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
-/// VIRTIO_F_VERSION_1 (bit 32).
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Features the backend must offer.
 pub const REQUIRED_FEATURES: u64 = VIRTIO_RPMSG_F_NS | VIRTIO_F_VERSION_1;
-
-/// Device status bits (virtio 1.x, 2.1).
-pub mod status {
-    /// The guest noticed the device.
-    pub const ACKNOWLEDGE: u8 = 0x01;
-    /// The guest knows how to drive it.
-    pub const DRIVER: u8 = 0x02;
-    /// The driver is ready.
-    pub const DRIVER_OK: u8 = 0x04;
-    /// Feature negotiation is complete.
-    pub const FEATURES_OK: u8 = 0x08;
-    /// The device hit an error it cannot recover from: the driver must reset it.
-    pub const DEVICE_NEEDS_RESET: u8 = 0x40;
-    /// The driver gave up on the device.
-    pub const FAILED: u8 = 0x80;
-    /// What a started native guest sets.
-    pub const STARTED: u8 = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
-}
-
-/// An rpmsg device has two queues: vq 0 (driver receives) and vq 1 (driver transmits).
-const NUM_QUEUES: usize = 2;
 /// Alignment of each ring block and of the pool inside guest memory.
 const PAGE: u64 = 4096;
 /// Pause between connection attempts.
@@ -89,7 +64,7 @@ const CONNECT_RETRY: Duration = Duration::from_millis(20);
 /// The engine of a native guest.
 pub type GuestRpmsg = Rpmsg<GuestTransport>;
 /// The transport of a native guest: driver role over its memfd, kicks over eventfds.
-pub type GuestTransport = DriverTransport<Arc<GuestMemory>, GuestEnv>;
+pub type GuestTransport = DriverTransport<Arc<MappedFile>, GuestEnv>;
 
 /// An [`apps::Waiter`](vamp_rpmsg::apps::Waiter) for a native guest's engine: waits for the
 /// hub's interrupts (the call eventfds).
@@ -223,95 +198,6 @@ impl GuestOptions {
     }
 }
 
-/// Guest RAM: a memfd mapped shared into this process, addressed from guest-physical 0.
-///
-/// The backend maps the same file (its descriptor travels in `SET_MEM_TABLE`), so both see
-/// every byte the other writes. Accesses go through [`SharedMemory`] (volatile, checked).
-#[derive(Debug)]
-pub struct GuestMemory {
-    raw: RawMemory,
-    fd: OwnedFd,
-}
-
-impl GuestMemory {
-    /// Creates `size` bytes of zeroed shared memory.
-    pub fn new(size: usize) -> Result<Self, FrontendError> {
-        if size == 0 {
-            return Err(FrontendError::Options("guest memory cannot be empty"));
-        }
-        let io = |what| move |source| FrontendError::Io { what, source };
-        // SAFETY: the name is a NUL-terminated static string; the call has no other inputs.
-        let fd = unsafe { libc::memfd_create(c"vamp-native-guest".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io("memfd_create")(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just returned by memfd_create and is owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let len = libc::off_t::try_from(size)
-            .map_err(|_| FrontendError::Options("guest memory size too large"))?;
-        // SAFETY: plain system call on a descriptor we own.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
-            return Err(io("ftruncate guest memory")(io::Error::last_os_error()));
-        }
-        // SAFETY: a fresh shared mapping of our own file, at an address the kernel picks; the
-        // result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io("mmap guest memory")(io::Error::last_os_error()));
-        }
-        let Some(ptr) = NonNull::new(ptr.cast::<u8>()) else {
-            return Err(io("mmap guest memory")(io::Error::other("null mapping")));
-        };
-        // SAFETY: the mapping is `size` readable and writable bytes and stays mapped until
-        // `Drop` unmaps it, when the RawMemory (owned by self) goes too.
-        let raw = unsafe { RawMemory::new(ptr, size, 0) };
-        Ok(GuestMemory { raw, fd })
-    }
-
-    /// Size in bytes.
-    pub fn size(&self) -> usize {
-        self.raw.len()
-    }
-
-    /// Where the memory is mapped in this process (the "frontend virtual address" of
-    /// guest-physical 0, as vhost-user messages carry it).
-    pub fn host_address(&self) -> u64 {
-        self.region(0, 0).map_or(0, |p| p.as_ptr() as u64)
-    }
-
-    /// The memfd, as sent in `SET_MEM_TABLE`.
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-impl Drop for GuestMemory {
-    fn drop(&mut self) {
-        if let Some(p) = self.raw.region(0, self.raw.len()) {
-            // SAFETY: unmaps exactly the mapping made in `new`; we are dropping its only owner,
-            // so nothing can use it afterwards.
-            unsafe { libc::munmap(p.as_ptr().cast(), self.raw.len()) };
-        }
-    }
-}
-
-// SAFETY: delegates to the RawMemory over our mapping, which lives as long as `self`.
-unsafe impl SharedMemory for GuestMemory {
-    #[inline]
-    fn region(&self, addr: u64, len: usize) -> Option<NonNull<u8>> {
-        self.raw.region(addr, len)
-    }
-}
-
 /// A native guest's environment: kicks are writes to the queues' kick eventfds, the
 /// backend's interrupts arrive on the call eventfds.
 #[derive(Debug)]
@@ -437,7 +323,7 @@ impl AsRawFd for Fd {
 /// driver role over the device's two vrings.
 pub struct NativeGuest {
     frontend: Frontend,
-    mem: Arc<GuestMemory>,
+    mem: Arc<MappedFile>,
     layout: DriverLayout,
     event_idx: bool,
     offered: u64,
@@ -472,7 +358,14 @@ impl NativeGuest {
     /// block QEMU): vhost's frontend retries interrupted and timed-out reads itself.
     pub fn connect(socket: &Path, opts: GuestOptions) -> Result<Self, FrontendError> {
         let layout = opts.driver_layout()?;
-        let mem = Arc::new(GuestMemory::new(opts.mem_size)?);
+        let mem = Arc::new(
+            MappedFile::anonymous(c"vamp-native-guest", opts.mem_size).map_err(|e| {
+                FrontendError::Io {
+                    what: e.what,
+                    source: e.source,
+                }
+            })?,
+        );
         let stream = connect_with_retry(socket, opts.connect_timeout)?;
         let mut frontend = Frontend::from_stream(stream, NUM_QUEUES as u64);
 
@@ -534,7 +427,7 @@ impl NativeGuest {
             config_changes_waited: 0,
             rpmsg,
         };
-        guest.set_status(status::STARTED)?;
+        guest.set_status(STATUS_STARTED)?;
         Ok(guest)
     }
 
@@ -578,7 +471,7 @@ impl NativeGuest {
     }
 
     /// Guest RAM, for raw access (tests that play a misbehaving guest).
-    pub fn memory(&self) -> &Arc<GuestMemory> {
+    pub fn memory(&self) -> &Arc<MappedFile> {
         &self.mem
     }
 
@@ -620,7 +513,7 @@ impl NativeGuest {
             self.acked,
             self.event_idx,
         )?;
-        self.set_status(status::STARTED)
+        self.set_status(STATUS_STARTED)
     }
 
     /// The device status (`GET_STATUS`), or `None` when the backend does not offer
@@ -642,9 +535,7 @@ impl NativeGuest {
     /// Whether the backend set DEVICE_NEEDS_RESET (always `false` without
     /// `VHOST_USER_PROTOCOL_F_STATUS`). The driver's answer is [`reset`](Self::reset).
     pub fn needs_reset(&mut self) -> Result<bool, FrontendError> {
-        Ok(self
-            .status()?
-            .is_some_and(|s| s & status::DEVICE_NEEDS_RESET != 0))
+        Ok(self.status()?.is_some_and(|s| s & STATUS_NEEDS_RESET != 0))
     }
 
     /// Configuration-change notices received on the backend channel so far (handling any
@@ -800,7 +691,7 @@ fn connect_with_retry(path: &Path, timeout: Duration) -> Result<UnixStream, Fron
 /// learns their addresses), enable, and a first kick for the posted receive buffers.
 fn start(
     frontend: &mut Frontend,
-    mem: &Arc<GuestMemory>,
+    mem: &Arc<MappedFile>,
     layout: DriverLayout,
     acked: u64,
     event_idx: bool,
@@ -1271,18 +1162,5 @@ mod tests {
             ragged.driver_layout(),
             Err(FrontendError::Options(_))
         ));
-    }
-
-    #[test]
-    fn guest_memory_is_a_bounds_checked_memfd() {
-        let mem = GuestMemory::new(1 << 16).unwrap();
-        assert_eq!(mem.size(), 1 << 16);
-        assert!(mem.fd() >= 0);
-        assert_ne!(mem.host_address(), 0);
-        mem.write(0xfff0, &[7; 16]).unwrap();
-        assert!(mem.write(0xfff1, &[7; 16]).is_err());
-        let mut b = [0u8; 2];
-        mem.read(0xfffe, &mut b).unwrap();
-        assert_eq!(b, [7, 7]);
     }
 }

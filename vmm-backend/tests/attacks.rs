@@ -27,6 +27,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{Ordering, fence};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
+use vamp_rpmsg::mapped_file::MappedFile;
 use vamp_rpmsg::mem::SharedMemory;
 use vamp_rpmsg::rpmsg::{EptId, Error as RpmsgError};
 use vamp_rpmsg::transport::Transport;
@@ -35,7 +36,7 @@ use vamp_rpmsg::vring::{
 };
 use vamp_rpmsg::wire::{ADDR_ANY, Endian, HEADER_LEN, NS_ADDR, encode_header};
 use vamp_vmm_backend::backend::lock_hub;
-use vamp_vmm_backend::frontend::{GuestMemory, NativeGuest};
+use vamp_vmm_backend::frontend::NativeGuest;
 use vamp_vmm_backend::hub::{LinkStats, MAX_NAMES_PER_LINK, MAX_REPLY_PROXIES_PER_SOURCE};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 
@@ -261,7 +262,7 @@ impl Evil {
         pump(&mut self.g, &mut self.inbox, what, done)
     }
 
-    fn mem(&self) -> &GuestMemory {
+    fn mem(&self) -> &MappedFile {
         self.g.memory()
     }
 
@@ -404,7 +405,7 @@ impl Evil {
     }
 
     /// A memory table entry mapping `memory` where the attacker's memory is mapped.
-    fn region_over(&self, memory: &GuestMemory) -> VhostUserMemoryRegionInfo {
+    fn region_over(&self, memory: &MappedFile) -> VhostUserMemoryRegionInfo {
         VhostUserMemoryRegionInfo {
             guest_phys_addr: 0,
             memory_size: memory.size() as u64,
@@ -1000,7 +1001,7 @@ fn attack_device_reset_in_the_middle_of_traffic() {
 fn attack_memory_table_swapped_for_garbage() {
     let mut s = Scene::new("mallory-memswap");
     // A new memory table: same size, other memory, full of 0xFF.
-    let junk = GuestMemory::new(s.evil.mem().size()).unwrap();
+    let junk = MappedFile::anonymous(c"junk", s.evil.mem().size()).unwrap();
     junk.fill(0, junk.size(), 0xFF).unwrap();
     let region = s.evil.region_over(&junk);
     s.evil.g.frontend_mut().set_mem_table(&[region]).unwrap();
@@ -1012,7 +1013,7 @@ fn attack_memory_table_swapped_for_garbage() {
 #[test]
 fn attack_memory_table_shrunk_under_the_rings() {
     let mut s = Scene::new("mallory-memshrink");
-    let small = GuestMemory::new(4096).unwrap();
+    let small = MappedFile::anonymous(c"small", 4096).unwrap();
     let region = s.evil.region_over(&small);
     s.evil.g.frontend_mut().set_mem_table(&[region]).unwrap();
     s.evil.kick(TXQ);

@@ -1,4 +1,8 @@
-use super::view::{Field, getters, setters, view};
+//! The rpmsg header that precedes every message: a view ([`RpmsgHeader`]) over a buffer's
+//! bytes, with the payload the header's `len` announces, and [`encode_header`] for the 16
+//! bytes alone.
+
+use super::view::Field;
 use super::{Endian, WireError, check_len};
 
 /// Length of the rpmsg header that precedes every payload.
@@ -14,24 +18,36 @@ mod field {
     pub const FLAGS: Field<u16> = Field::at(14);
 }
 
-view! {
-    /// A view of an rpmsg message: `u32 src, u32 dst, u32 reserved, u16 len, u16 flags`, then
-    /// `len` payload bytes.
-    ///
-    /// The payload length comes from `len`, never from the buffer or descriptor length: OpenAMP
-    /// reports the whole buffer as used, Linux 16 + payload.
-    #[derive(Debug, Clone, Copy)]
-    pub struct RpmsgHeader;
-
-    /// Wraps `buffer` without checks: header fields past the end of a short buffer read as 0,
-    /// but the payload accessors may panic. Prefer [`new_checked`](Self::new_checked).
-    fn new_unchecked;
-
-    /// Wraps `buffer` after checking that it holds the header and the `len` payload bytes.
-    fn new_checked;
+/// A view of an rpmsg message: `u32 src, u32 dst, u32 reserved, u16 len, u16 flags`, then
+/// `len` payload bytes.
+///
+/// The payload length comes from `len`, never from the buffer or descriptor length: OpenAMP
+/// reports the whole buffer as used, Linux 16 + payload.
+#[derive(Debug, Clone, Copy)]
+pub struct RpmsgHeader<T: AsRef<[u8]>> {
+    buffer: T,
+    endian: Endian,
 }
 
 impl<T: AsRef<[u8]>> RpmsgHeader<T> {
+    /// Wraps `buffer` without checks: header fields past the end of a short buffer read as 0,
+    /// but the payload accessors may panic. Prefer [`new_checked`](Self::new_checked).
+    pub const fn new_unchecked(buffer: T, endian: Endian) -> Self {
+        RpmsgHeader { buffer, endian }
+    }
+
+    /// Wraps `buffer` after checking that it holds the header and the `len` payload bytes.
+    pub fn new_checked(buffer: T, endian: Endian) -> Result<Self, WireError> {
+        let view = Self::new_unchecked(buffer, endian);
+        view.check()?;
+        Ok(view)
+    }
+
+    /// Gives back the wrapped buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
     /// Checks that the buffer holds the header and the payload `len` announces.
     pub fn check(&self) -> Result<(), WireError> {
         let buf = self.buffer.as_ref();
@@ -39,17 +55,29 @@ impl<T: AsRef<[u8]>> RpmsgHeader<T> {
         check_len(buf, HEADER_LEN + self.len() as usize)
     }
 
-    getters! {
-        /// Source address.
-        src: u32 = field::SRC;
-        /// Destination address.
-        dst: u32 = field::DST;
-        /// Reserved word (senders write 0).
-        reserved: u32 = field::RESERVED;
-        /// Payload length.
-        len: u16 = field::LEN;
-        /// Flags (senders write 0).
-        flags: u16 = field::FLAGS;
+    /// Source address.
+    pub fn src(&self) -> u32 {
+        field::SRC.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Destination address.
+    pub fn dst(&self) -> u32 {
+        field::DST.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Reserved word (senders write 0).
+    pub fn reserved(&self) -> u32 {
+        field::RESERVED.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Payload length.
+    pub fn len(&self) -> u16 {
+        field::LEN.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Flags (senders write 0).
+    pub fn flags(&self) -> u16 {
+        field::FLAGS.get(self.buffer.as_ref(), self.endian)
     }
 
     /// Whether the payload is empty.
@@ -64,13 +92,19 @@ impl<T: AsRef<[u8]>> RpmsgHeader<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> RpmsgHeader<T> {
-    setters! {
-        /// Sets the source address.
-        set_src(v: u32) = field::SRC;
-        /// Sets the destination address.
-        set_dst(v: u32) = field::DST;
-        /// Sets the payload length.
-        set_len(v: u16) = field::LEN;
+    /// Sets the source address.
+    pub fn set_src(&mut self, v: u32) {
+        field::SRC.set(self.buffer.as_mut(), self.endian, v)
+    }
+
+    /// Sets the destination address.
+    pub fn set_dst(&mut self, v: u32) {
+        field::DST.set(self.buffer.as_mut(), self.endian, v)
+    }
+
+    /// Sets the payload length.
+    pub fn set_len(&mut self, v: u16) {
+        field::LEN.set(self.buffer.as_mut(), self.endian, v)
     }
 
     /// Writes a whole header (reserved and flags 0) into the first 16 bytes.

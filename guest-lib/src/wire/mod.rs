@@ -1,9 +1,19 @@
-//! Wire formats: typed views over byte buffers, in the style of smoltcp's `wire` module.
+//! Wire formats, in one style, smoltcp's:
 //!
-//! Every view has a checked constructor (`new_checked`) that validates lengths once, so the
-//! accessors afterwards cannot go out of bounds. Malformed input gives a [`WireError`], never a
-//! panic. Multi-byte fields are read in the [`Endian`] the link negotiated: legacy virtio
-//! (remoteproc) is native-endian, VIRTIO_F_VERSION_1 is little-endian.
+//! - A **view** over bytes that are read or edited in place (`Foo<T: AsRef<[u8]>>`):
+//!   [`RpmsgHeader`] and the resource table's [`ResourceTable`](resource_table::ResourceTable),
+//!   [`Carveout`](resource_table::Carveout), [`Vdev`](resource_table::Vdev) and the rest. Each
+//!   has a checked constructor (`new_checked`) that validates lengths once, so the accessors
+//!   afterwards cannot go out of bounds; field offsets live in the file's private `mod field`,
+//!   and every accessor is written out (`pub fn da(&self) -> u32`).
+//! - A **parsed form** with `parse` and `encode` where a whole message is handled at once:
+//!   [`NameServiceMsg`], [`proxy::Syscall`].
+//! - The [`platform`] entry is a layout of byte offsets: both sides access it by address in
+//!   memory the other writes, never as a local buffer.
+//!
+//! Malformed input gives a [`WireError`], never a panic. Multi-byte fields are read in the
+//! [`Endian`] the link negotiated: legacy virtio (remoteproc) is native-endian,
+//! VIRTIO_F_VERSION_1 is little-endian.
 
 mod endian;
 mod header;

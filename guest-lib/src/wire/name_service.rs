@@ -1,3 +1,6 @@
+//! The name-service message (at [`NS_ADDR`]): an endpoint announced or withdrawn by name.
+//! [`NameServiceMsg`] is its parsed form, with `parse` and `encode` for the 40 wire bytes.
+
 use super::view::{Field, until_nul};
 use super::{Endian, WireError, check_len};
 

@@ -18,6 +18,21 @@
 //!
 //! Everything the firmware writes is untrusted: the host reads the magic, version and features
 //! once and the heartbeat only to compare it with its last value.
+//!
+//! Beside the entry, the platform's I/O ports: the firmware writes to them (`out`), and the
+//! host's KVM backend turns each write into an event. Anything else the firmware does to leave
+//! its RAM stops the VM.
+
+/// Port the firmware writes a notify id to (out u32): the ring with this notify id has news.
+/// The host serves it with an ioeventfd.
+pub const KICK_PORT: u16 = 0x500;
+/// Port the firmware writes to (out u32) when it has nothing to do: sleep until the host
+/// notifies it (or a short timeout).
+pub const WAIT_PORT: u16 = 0x504;
+/// Console output port: one byte per write (out u8).
+pub const CONSOLE_PORT: u16 = 0x508;
+/// Exit port: the firmware stops with the exit code it writes (out u32).
+pub const EXIT_PORT: u16 = 0x50c;
 
 /// Resource entry type: the first vendor type (Linux's `RSC_VENDOR_START`).
 pub const RSC_VAMP_PLATFORM: u32 = 128;

@@ -37,7 +37,7 @@
 use core::fmt;
 use core::iter::FusedIterator;
 
-use super::view::{Field, Word, getters, setters, until_nul, view};
+use super::view::{Field, Word, until_nul};
 use super::{Endian, WireError, check_len};
 
 /// Resource type: a physically contiguous memory region the host must allocate or map.
@@ -46,7 +46,8 @@ pub const RSC_CARVEOUT: u32 = 0;
 pub const RSC_DEVMEM: u32 = 1;
 /// Resource type: a trace (log) buffer the remote writes.
 pub const RSC_TRACE: u32 = 2;
-/// Resource type: a virtio device header (for rpmsg: [`VIRTIO_ID_RPMSG`]).
+/// Resource type: a virtio device header (for rpmsg:
+/// [`VIRTIO_ID_RPMSG`](crate::virtio::VIRTIO_ID_RPMSG)).
 pub const RSC_VDEV: u32 = 3;
 /// First vendor-specific resource type.
 pub const RSC_VENDOR_START: u32 = 128;
@@ -59,22 +60,6 @@ pub const FW_RSC_ADDR_ANY: u32 = 0xFFFF_FFFF;
 pub const RSC_NAME_LEN: usize = 32;
 /// The only resource table version there is.
 pub const RSC_TABLE_VERSION: u32 = 1;
-
-/// Virtio status bit: the host noticed the device.
-pub const STATUS_ACKNOWLEDGE: u8 = 1;
-/// Virtio status bit: the host has a driver for the device.
-pub const STATUS_DRIVER: u8 = 2;
-/// Virtio status bit: the host driver is ready; the remote waits for this before using vrings.
-pub const STATUS_DRIVER_OK: u8 = 4;
-/// Virtio status bit: feature negotiation is complete.
-pub const STATUS_FEATURES_OK: u8 = 8;
-/// Virtio status bit: the device hit an error and must be reset.
-pub const STATUS_NEEDS_RESET: u8 = 0x40;
-/// Virtio status bit: the host gave up on the device.
-pub const STATUS_FAILED: u8 = 0x80;
-
-/// Virtio device id of an rpmsg device.
-pub const VIRTIO_ID_RPMSG: u32 = 7;
 
 /// Bytes in the table header before the offset array (`ver`, `num`, `reserved[2]`).
 pub const TABLE_HEADER_LEN: usize = 16;
@@ -90,6 +75,15 @@ pub const TRACE_LEN: usize = 48;
 pub const VDEV_LEN: usize = 28;
 /// Bytes in one vring entry of a vdev.
 pub const VRING_ENTRY_LEN: usize = 20;
+
+/// Byte offset of a vdev's `gfeatures` from its `type` word. The host writes this field, a
+/// vdev's `status` and an allocated trace buffer's `da` into the remote's own table after it
+/// read a copy: by address in remote memory, not through a view, hence these three offsets.
+pub const VDEV_GFEATURES_AT: usize = field::VDEV_GFEATURES.offset();
+/// Byte offset of a vdev's `status` from its `type` word.
+pub const VDEV_STATUS_AT: usize = field::VDEV_STATUS.offset();
+/// Byte offset of a trace entry's `da` from its `type` word.
+pub const TRACE_DA_AT: usize = field::TRACE_DA.offset();
 
 /// Most bytes of a name the builder writes: one less than the field, so a NUL always ends it.
 pub const RSC_NAME_MAX: usize = RSC_NAME_LEN - 1;
@@ -213,136 +207,190 @@ impl fmt::Debug for NameDebug<'_> {
 // ---------------------------------------------------------------------------------------------
 // Carveout, devmem and trace
 
-/// Declares the view of a fixed-size entry with a name (carveout, devmem, trace): the struct,
-/// its constructors, `check` (the length and the `type` word), `rtype` and `name`.
-macro_rules! named_entry {
-    (
-        $(#[$doc:meta])*
-        $name:ident: $rtype:ident, $len:ident, $what:literal, name at $name_field:expr
-    ) => {
-        view! {
-            $(#[$doc])*
-            #[derive(Clone, Copy)]
-            pub struct $name;
+/// A memory entry: a carveout ([`RSC_CARVEOUT`]) or a devmem ([`RSC_DEVMEM`]), the two
+/// entries that share one layout, `type, da, pa, len, flags, reserved, name[32]`. `RTYPE` is
+/// the type the entry must have, one of the two (anything else does not compile); use it
+/// through [`Carveout`] and [`Devmem`].
+///
+/// ```compile_fail
+/// # use vamp_rpmsg::wire::{Endian, resource_table::{MemoryEntry, RSC_TRACE}};
+/// let trace = MemoryEntry::<&[u8], RSC_TRACE>::new_unchecked(&[], Endian::Little);
+/// ```
+#[derive(Clone, Copy)]
+pub struct MemoryEntry<T: AsRef<[u8]>, const RTYPE: u32> {
+    buffer: T,
+    endian: Endian,
+}
 
-            /// Wraps the entry's bytes (starting at its `type` word) without checks. Accessors
-            /// never panic: fields past the end of a short buffer read as 0, the name as empty.
-            fn new_unchecked;
+/// A carveout entry ([`RSC_CARVEOUT`]).
+///
+/// The firmware asks for a contiguous region; with `da` or `pa` set to [`FW_RSC_ADDR_ANY`]
+/// the host allocates it and writes the addresses back.
+pub type Carveout<T> = MemoryEntry<T, RSC_CARVEOUT>;
 
-            /// Wraps the entry's bytes after [`check`](Self::check).
-            fn new_checked;
-        }
+/// A devmem entry ([`RSC_DEVMEM`]): the firmware asks the host to map the peripheral at `pa`
+/// to `da` in its IOMMU.
+pub type Devmem<T> = MemoryEntry<T, RSC_DEVMEM>;
 
-        impl<T: AsRef<[u8]>> $name<T> {
-            #[doc = concat!(
-                "Checks that the buffer holds a whole entry and that its type is [`",
-                stringify!($rtype),
-                "`]."
-            )]
-            pub fn check(&self) -> Result<(), WireError> {
-                check_entry(
-                    self.buffer.as_ref(),
-                    self.endian,
-                    $len,
-                    $rtype,
-                    concat!("resource entry is not ", $what),
-                )
-            }
+impl<T: AsRef<[u8]>, const RTYPE: u32> MemoryEntry<T, RTYPE> {
+    /// Wraps the entry's bytes (starting at its `type` word) without checks. Accessors never
+    /// panic: fields past the end of a short buffer read as 0, the name as empty.
+    pub const fn new_unchecked(buffer: T, endian: Endian) -> Self {
+        const { assert!(RTYPE == RSC_CARVEOUT || RTYPE == RSC_DEVMEM) };
+        MemoryEntry { buffer, endian }
+    }
 
-            getters! {
-                /// The entry's `type` word.
-                rtype: u32 = field::TYPE;
-            }
+    /// Wraps the entry's bytes after [`check`](Self::check).
+    pub fn new_checked(buffer: T, endian: Endian) -> Result<Self, WireError> {
+        let view = Self::new_unchecked(buffer, endian);
+        view.check()?;
+        Ok(view)
+    }
 
-            /// The name: bytes up to the first NUL, never more than [`RSC_NAME_LEN`].
-            pub fn name(&self) -> &[u8] {
-                name_at(self.buffer.as_ref(), $name_field)
-            }
-        }
+    /// Gives back the wrapped buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    /// What the entry is called in messages and `Debug`.
+    const WHAT: &'static str = if RTYPE == RSC_CARVEOUT {
+        "Carveout"
+    } else {
+        "Devmem"
     };
+
+    /// Checks that the buffer holds a whole entry and that its type is `RTYPE`.
+    pub fn check(&self) -> Result<(), WireError> {
+        let (len, not) = if RTYPE == RSC_CARVEOUT {
+            (CARVEOUT_LEN, "resource entry is not a carveout")
+        } else {
+            (DEVMEM_LEN, "resource entry is not a devmem")
+        };
+        check_entry(self.buffer.as_ref(), self.endian, len, RTYPE, not)
+    }
+
+    /// The entry's `type` word.
+    pub fn rtype(&self) -> u32 {
+        field::TYPE.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Device address (as the remote sees the region), or [`FW_RSC_ADDR_ANY`].
+    pub fn da(&self) -> u32 {
+        field::MEM_DA.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Physical address, or [`FW_RSC_ADDR_ANY`].
+    pub fn pa(&self) -> u32 {
+        field::MEM_PA.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Length of the region in bytes.
+    pub fn len(&self) -> u32 {
+        field::MEM_LEN.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Whether the region is empty (`len` is 0).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// IOMMU protection flags.
+    pub fn flags(&self) -> u32 {
+        field::MEM_FLAGS.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Reserved word (firmware writes 0).
+    pub fn reserved(&self) -> u32 {
+        field::MEM_RESERVED.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// The name: bytes up to the first NUL, never more than [`RSC_NAME_LEN`].
+    pub fn name(&self) -> &[u8] {
+        name_at(self.buffer.as_ref(), field::MEM_NAME)
+    }
 }
 
-/// Declares a carveout or devmem view: the two entries share one layout.
-macro_rules! memory_entry {
-    ($(#[$doc:meta])* $name:ident: $rtype:ident, $len:ident, $what:literal) => {
-        named_entry! {
-            $(#[$doc])*
-            $name: $rtype, $len, $what, name at field::MEM_NAME
-        }
+impl<T: AsRef<[u8]> + AsMut<[u8]>, const RTYPE: u32> MemoryEntry<T, RTYPE> {
+    /// Sets the device address (the host does, for a [`FW_RSC_ADDR_ANY`] request).
+    pub fn set_da(&mut self, da: u32) {
+        field::MEM_DA.set(self.buffer.as_mut(), self.endian, da)
+    }
 
-        impl<T: AsRef<[u8]>> $name<T> {
-            getters! {
-                /// Device address (as the remote sees the region), or [`FW_RSC_ADDR_ANY`].
-                da: u32 = field::MEM_DA;
-                /// Physical address, or [`FW_RSC_ADDR_ANY`].
-                pa: u32 = field::MEM_PA;
-                /// Length of the region in bytes.
-                len: u32 = field::MEM_LEN;
-                /// IOMMU protection flags.
-                flags: u32 = field::MEM_FLAGS;
-                /// Reserved word (firmware writes 0).
-                reserved: u32 = field::MEM_RESERVED;
-            }
-
-            /// Whether the region is empty (`len` is 0).
-            pub fn is_empty(&self) -> bool {
-                self.len() == 0
-            }
-        }
-
-        impl<T: AsRef<[u8]> + AsMut<[u8]>> $name<T> {
-            setters! {
-                /// Sets the device address (the host does, for a [`FW_RSC_ADDR_ANY`] request).
-                set_da(da: u32) = field::MEM_DA;
-                /// Sets the physical address (the host does, once it allocated the region).
-                set_pa(pa: u32) = field::MEM_PA;
-            }
-        }
-
-        impl<T: AsRef<[u8]>> fmt::Debug for $name<T> {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_struct(stringify!($name))
-                    .field("da", &format_args!("{:#x}", self.da()))
-                    .field("pa", &format_args!("{:#x}", self.pa()))
-                    .field("len", &format_args!("{:#x}", self.len()))
-                    .field("flags", &format_args!("{:#x}", self.flags()))
-                    .field("reserved", &self.reserved())
-                    .field("name", &NameDebug(self.name()))
-                    .finish()
-            }
-        }
-    };
+    /// Sets the physical address (the host does, once it allocated the region).
+    pub fn set_pa(&mut self, pa: u32) {
+        field::MEM_PA.set(self.buffer.as_mut(), self.endian, pa)
+    }
 }
 
-memory_entry! {
-    /// A carveout entry ([`RSC_CARVEOUT`]): `type, da, pa, len, flags, reserved, name[32]`.
-    ///
-    /// The firmware asks for a contiguous region; with `da` or `pa` set to
-    /// [`FW_RSC_ADDR_ANY`] the host allocates it and writes the addresses back.
-    Carveout: RSC_CARVEOUT, CARVEOUT_LEN, "a carveout"
+impl<T: AsRef<[u8]>, const RTYPE: u32> fmt::Debug for MemoryEntry<T, RTYPE> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(Self::WHAT)
+            .field("da", &format_args!("{:#x}", self.da()))
+            .field("pa", &format_args!("{:#x}", self.pa()))
+            .field("len", &format_args!("{:#x}", self.len()))
+            .field("flags", &format_args!("{:#x}", self.flags()))
+            .field("reserved", &self.reserved())
+            .field("name", &NameDebug(self.name()))
+            .finish()
+    }
 }
 
-memory_entry! {
-    /// A devmem entry ([`RSC_DEVMEM`]): `type, da, pa, len, flags, reserved, name[32]`.
-    ///
-    /// The firmware asks the host to map the peripheral at `pa` to `da` in its IOMMU.
-    Devmem: RSC_DEVMEM, DEVMEM_LEN, "a devmem"
-}
-
-named_entry! {
-    /// A trace entry ([`RSC_TRACE`]): `type, da, len, reserved, name[32]`, a log buffer the
-    /// remote writes and the host may read.
-    Trace: RSC_TRACE, TRACE_LEN, "a trace", name at field::TRACE_NAME
+/// A trace entry ([`RSC_TRACE`]): `type, da, len, reserved, name[32]`, a log buffer the
+/// remote writes and the host may read.
+#[derive(Clone, Copy)]
+pub struct Trace<T: AsRef<[u8]>> {
+    buffer: T,
+    endian: Endian,
 }
 
 impl<T: AsRef<[u8]>> Trace<T> {
-    getters! {
-        /// Device address of the trace buffer.
-        da: u32 = field::TRACE_DA;
-        /// Length of the trace buffer in bytes.
-        len: u32 = field::TRACE_LEN;
-        /// Reserved word (firmware writes 0).
-        reserved: u32 = field::TRACE_RESERVED;
+    /// Wraps the entry's bytes (starting at its `type` word) without checks. Accessors never
+    /// panic: fields past the end of a short buffer read as 0, the name as empty.
+    pub const fn new_unchecked(buffer: T, endian: Endian) -> Self {
+        Trace { buffer, endian }
+    }
+
+    /// Wraps the entry's bytes after [`check`](Self::check).
+    pub fn new_checked(buffer: T, endian: Endian) -> Result<Self, WireError> {
+        let view = Self::new_unchecked(buffer, endian);
+        view.check()?;
+        Ok(view)
+    }
+
+    /// Gives back the wrapped buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    /// Checks that the buffer holds a whole entry and that its type is [`RSC_TRACE`].
+    pub fn check(&self) -> Result<(), WireError> {
+        let not = "resource entry is not a trace";
+        check_entry(self.buffer.as_ref(), self.endian, TRACE_LEN, RSC_TRACE, not)
+    }
+
+    /// The entry's `type` word.
+    pub fn rtype(&self) -> u32 {
+        field::TYPE.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// The name: bytes up to the first NUL, never more than [`RSC_NAME_LEN`].
+    pub fn name(&self) -> &[u8] {
+        name_at(self.buffer.as_ref(), field::TRACE_NAME)
+    }
+
+    /// Device address of the trace buffer.
+    pub fn da(&self) -> u32 {
+        field::TRACE_DA.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Length of the trace buffer in bytes.
+    pub fn len(&self) -> u32 {
+        field::TRACE_LEN.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Reserved word (firmware writes 0).
+    pub fn reserved(&self) -> u32 {
+        field::TRACE_RESERVED.get(self.buffer.as_ref(), self.endian)
     }
 
     /// Whether the trace buffer is empty (`len` is 0).
@@ -393,26 +441,38 @@ pub struct VdevVringSpec {
     pub notifyid: u32,
 }
 
-view! {
-    /// A vdev entry ([`RSC_VDEV`]): the virtio header of a device shared with the remote.
-    ///
-    /// `type, id, notifyid, dfeatures, gfeatures, config_len, u8 status, u8 num_of_vrings,
-    /// u8 reserved[2]`, then `num_of_vrings` [vring entries](VdevVring), then `config_len`
-    /// bytes of config space. The host writes `gfeatures` (negotiated features), `status` and
-    /// any vring or notify id it allocates.
-    #[derive(Clone, Copy)]
-    pub struct Vdev;
-
-    /// Wraps the entry's bytes (starting at its `type` word) without checks. Accessors never
-    /// panic: fields past the end of a short buffer read as 0, vrings past it are absent and
-    /// the config space is cut short.
-    fn new_unchecked;
-
-    /// Wraps the entry's bytes after [`check`](Self::check).
-    fn new_checked;
+/// A vdev entry ([`RSC_VDEV`]): the virtio header of a device shared with the remote.
+///
+/// `type, id, notifyid, dfeatures, gfeatures, config_len, u8 status, u8 num_of_vrings,
+/// u8 reserved[2]`, then `num_of_vrings` [vring entries](VdevVring), then `config_len`
+/// bytes of config space. The host writes `gfeatures` (negotiated features), `status` and
+/// any vring or notify id it allocates.
+#[derive(Clone, Copy)]
+pub struct Vdev<T: AsRef<[u8]>> {
+    buffer: T,
+    endian: Endian,
 }
 
 impl<T: AsRef<[u8]>> Vdev<T> {
+    /// Wraps the entry's bytes (starting at its `type` word) without checks. Accessors never
+    /// panic: fields past the end of a short buffer read as 0, vrings past it are absent and
+    /// the config space is cut short.
+    pub const fn new_unchecked(buffer: T, endian: Endian) -> Self {
+        Vdev { buffer, endian }
+    }
+
+    /// Wraps the entry's bytes after [`check`](Self::check).
+    pub fn new_checked(buffer: T, endian: Endian) -> Result<Self, WireError> {
+        let view = Self::new_unchecked(buffer, endian);
+        view.check()?;
+        Ok(view)
+    }
+
+    /// Gives back the wrapped buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
     /// Checks that the type is [`RSC_VDEV`] and that the buffer holds the fixed part, every
     /// vring and the whole config space.
     pub fn check(&self) -> Result<(), WireError> {
@@ -431,23 +491,44 @@ impl<T: AsRef<[u8]>> Vdev<T> {
         Ok(())
     }
 
-    getters! {
-        /// The entry's `type` word.
-        rtype: u32 = field::TYPE;
-        /// Virtio device id ([`VIRTIO_ID_RPMSG`] for rpmsg).
-        id: u32 = field::VDEV_ID;
-        /// Notify id for status and feature changes of the whole device.
-        notifyid: u32 = field::VDEV_NOTIFYID;
-        /// Device features the firmware offers (for rpmsg, bit 0 is `VIRTIO_RPMSG_F_NS`).
-        dfeatures: u32 = field::VDEV_DFEATURES;
-        /// Features the host accepted (written by the host).
-        gfeatures: u32 = field::VDEV_GFEATURES;
-        /// Length of the config space that follows the vrings.
-        config_len: u32 = field::VDEV_CONFIG_LEN;
-        /// Virtio status (the `STATUS_*` bits, written by the host).
-        status: u8 = field::VDEV_STATUS;
-        /// Number of vring entries that follow the fixed part.
-        num_of_vrings: u8 = field::VDEV_NUM_VRINGS;
+    /// The entry's `type` word.
+    pub fn rtype(&self) -> u32 {
+        field::TYPE.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Virtio device id ([`VIRTIO_ID_RPMSG`](crate::virtio::VIRTIO_ID_RPMSG) for rpmsg).
+    pub fn id(&self) -> u32 {
+        field::VDEV_ID.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Notify id for status and feature changes of the whole device.
+    pub fn notifyid(&self) -> u32 {
+        field::VDEV_NOTIFYID.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Device features the firmware offers (for rpmsg, bit 0 is `VIRTIO_RPMSG_F_NS`).
+    pub fn dfeatures(&self) -> u32 {
+        field::VDEV_DFEATURES.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Features the host accepted (written by the host).
+    pub fn gfeatures(&self) -> u32 {
+        field::VDEV_GFEATURES.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Length of the config space that follows the vrings.
+    pub fn config_len(&self) -> u32 {
+        field::VDEV_CONFIG_LEN.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Virtio status (the `STATUS_*` bits of [`crate::virtio`], written by the host).
+    pub fn status(&self) -> u8 {
+        field::VDEV_STATUS.get(self.buffer.as_ref(), self.endian)
+    }
+
+    /// Number of vring entries that follow the fixed part.
+    pub fn num_of_vrings(&self) -> u8 {
+        field::VDEV_NUM_VRINGS.get(self.buffer.as_ref(), self.endian)
     }
 
     /// The two reserved bytes (firmware writes 0).
@@ -505,13 +586,19 @@ impl<T: AsRef<[u8]>> Vdev<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Vdev<T> {
-    setters! {
-        /// Sets the device's notify id.
-        set_notifyid(notifyid: u32) = field::VDEV_NOTIFYID;
-        /// Sets the negotiated features (the host's side of feature negotiation).
-        set_gfeatures(gfeatures: u32) = field::VDEV_GFEATURES;
-        /// Sets the virtio status byte.
-        set_status(status: u8) = field::VDEV_STATUS;
+    /// Sets the device's notify id.
+    pub fn set_notifyid(&mut self, notifyid: u32) {
+        field::VDEV_NOTIFYID.set(self.buffer.as_mut(), self.endian, notifyid)
+    }
+
+    /// Sets the negotiated features (the host's side of feature negotiation).
+    pub fn set_gfeatures(&mut self, gfeatures: u32) {
+        field::VDEV_GFEATURES.set(self.buffer.as_mut(), self.endian, gfeatures)
+    }
+
+    /// Sets the virtio status byte.
+    pub fn set_status(&mut self, status: u8) {
+        field::VDEV_STATUS.set(self.buffer.as_mut(), self.endian, status)
     }
 
     /// Writes `word` of vring `i`. Fails if there is no vring `i`.
@@ -678,24 +765,36 @@ impl Span {
 // ---------------------------------------------------------------------------------------------
 // ResourceTable
 
-view! {
-    /// A view of a whole resource table: header, offset array and entries.
-    ///
-    /// Once [`new_checked`](Self::new_checked) succeeded every [`entry`](Self::entry) is `Ok`.
-    /// All methods are panic-free whatever the bytes, even on a view made with
-    /// [`new_unchecked`](Self::new_unchecked): header fields of a buffer too short to hold them
-    /// read as 0 and entries that do not fit give an error.
-    #[derive(Debug, Clone, Copy)]
-    pub struct ResourceTable;
-
-    /// Wraps `buffer` without checks.
-    fn new_unchecked;
-
-    /// Wraps `buffer` after [`check`](Self::check).
-    fn new_checked;
+/// A view of a whole resource table: header, offset array and entries.
+///
+/// Once [`new_checked`](Self::new_checked) succeeded every [`entry`](Self::entry) is `Ok`.
+/// All methods are panic-free whatever the bytes, even on a view made with
+/// [`new_unchecked`](Self::new_unchecked): header fields of a buffer too short to hold them
+/// read as 0 and entries that do not fit give an error.
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceTable<T: AsRef<[u8]>> {
+    buffer: T,
+    endian: Endian,
 }
 
 impl<T: AsRef<[u8]>> ResourceTable<T> {
+    /// Wraps `buffer` without checks.
+    pub const fn new_unchecked(buffer: T, endian: Endian) -> Self {
+        ResourceTable { buffer, endian }
+    }
+
+    /// Wraps `buffer` after [`check`](Self::check).
+    pub fn new_checked(buffer: T, endian: Endian) -> Result<Self, WireError> {
+        let view = Self::new_unchecked(buffer, endian);
+        view.check()?;
+        Ok(view)
+    }
+
+    /// Gives back the wrapped buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
     /// Validates the table:
     /// - the 16-byte header is there and `ver` is 1 (nonzero `reserved` words are tolerated);
     /// - the `num` offsets fit in the buffer;
@@ -726,9 +825,9 @@ impl<T: AsRef<[u8]>> ResourceTable<T> {
         self.endian
     }
 
-    getters! {
-        /// The `ver` field (1 in a valid table).
-        version: u32 = field::VER;
+    /// The `ver` field (1 in a valid table).
+    pub fn version(&self) -> u32 {
+        field::VER.get(self.buffer.as_ref(), self.endian)
     }
 
     /// The `num` field: how many entries the offset array lists.
@@ -1236,6 +1335,9 @@ impl<'a> ResourceTableBuilder<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::{
+        STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, VIRTIO_ID_RPMSG,
+    };
     use alloc::format;
     use alloc::vec;
     use alloc::vec::Vec;

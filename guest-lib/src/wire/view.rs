@@ -1,6 +1,7 @@
-//! What the views of this module share, in the style of smoltcp's `wire` module: typed fields
-//! at fixed offsets, read and written in the link's byte order, and macros that write a view's
-//! struct, constructors and one accessor per field.
+//! What the views of this module share, in the style of smoltcp's `wire` module: a typed
+//! [`Field`] at a fixed offset, read and written in the link's byte order. Each view writes out
+//! its own struct, constructors and one accessor per field (`pub fn da(&self) -> u32`), so a
+//! reader finds every accessor where the view is defined.
 //!
 //! Field reads and writes never panic: a field that runs past the end of the bytes reads as 0
 //! and a write to it is dropped. A view's `check` is what reports a short buffer; once it
@@ -34,28 +35,28 @@ impl Word for u8 {
     }
 }
 
-/// Implements [`Word`] for an integer wider than a byte with [`Endian`]'s readers and writers.
-macro_rules! word {
-    ($($ty:ident: $n:literal, $encode:ident;)*) => {
-        $(
-            impl Word for $ty {
-                type Bytes = [u8; $n];
+impl Word for u16 {
+    type Bytes = [u8; 2];
 
-                fn decode(bytes: [u8; $n], endian: Endian) -> $ty {
-                    endian.$ty(bytes)
-                }
+    fn decode(bytes: [u8; 2], endian: Endian) -> u16 {
+        endian.u16(bytes)
+    }
 
-                fn encode(self, endian: Endian) -> [u8; $n] {
-                    endian.$encode(self)
-                }
-            }
-        )*
-    };
+    fn encode(self, endian: Endian) -> [u8; 2] {
+        endian.u16_bytes(self)
+    }
 }
 
-word! {
-    u16: 2, u16_bytes;
-    u32: 4, u32_bytes;
+impl Word for u32 {
+    type Bytes = [u8; 4];
+
+    fn decode(bytes: [u8; 4], endian: Endian) -> u32 {
+        endian.u32(bytes)
+    }
+
+    fn encode(self, endian: Endian) -> [u8; 4] {
+        endian.u32_bytes(self)
+    }
 }
 
 /// A field of type `W` at a fixed byte offset of a wire structure.
@@ -72,6 +73,11 @@ impl<W: Word> Field<W> {
             at,
             word: PhantomData,
         }
+    }
+
+    /// Where the field starts, in bytes from the start of the structure.
+    pub(crate) const fn offset(self) -> usize {
+        self.at
     }
 
     /// The same field in a structure that starts `by` bytes into the buffer (an entry in a
@@ -111,76 +117,6 @@ impl<W: Word> Field<W> {
 pub(crate) fn until_nul(field: &[u8]) -> &[u8] {
     field.split(|&b| b == 0).next().unwrap_or(field)
 }
-
-/// Declares a view: a struct over a buffer `T` read in an [`Endian`], with `new_unchecked`,
-/// `new_checked` (which runs the view's own `check`) and `into_inner`. The attributes of the
-/// struct and the doc comments of the two constructors come from the invocation.
-macro_rules! view {
-    (
-        $(#[$attr:meta])*
-        pub struct $name:ident;
-        $(#[$unchecked:meta])*
-        fn new_unchecked;
-        $(#[$checked:meta])*
-        fn new_checked;
-    ) => {
-        $(#[$attr])*
-        pub struct $name<T: AsRef<[u8]>> {
-            buffer: T,
-            endian: $crate::wire::Endian,
-        }
-
-        impl<T: AsRef<[u8]>> $name<T> {
-            $(#[$unchecked])*
-            pub const fn new_unchecked(buffer: T, endian: $crate::wire::Endian) -> Self {
-                $name { buffer, endian }
-            }
-
-            $(#[$checked])*
-            pub fn new_checked(
-                buffer: T,
-                endian: $crate::wire::Endian,
-            ) -> Result<Self, $crate::wire::WireError> {
-                let view = Self::new_unchecked(buffer, endian);
-                view.check()?;
-                Ok(view)
-            }
-
-            /// Gives back the wrapped buffer.
-            pub fn into_inner(self) -> T {
-                self.buffer
-            }
-        }
-    };
-}
-
-/// Writes a view's getters, one a line: `name: Type = FIELD;` reads the [`Field`] `FIELD`
-/// from the view's buffer (in an `impl` of a `view!` struct).
-macro_rules! getters {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty = $field:expr;)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(&self) -> $ty {
-                $field.get(self.buffer.as_ref(), self.endian)
-            }
-        )*
-    };
-}
-
-/// Writes a view's setters, one a line: `name(arg: Type) = FIELD;` writes `arg` into the
-/// [`Field`] `FIELD` of the view's buffer.
-macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident($arg:ident: $ty:ty) = $field:expr;)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(&mut self, $arg: $ty) {
-                $field.set(self.buffer.as_mut(), self.endian, $arg)
-            }
-        )*
-    };
-}
-
-pub(crate) use {getters, setters, view};
 
 #[cfg(test)]
 mod tests {

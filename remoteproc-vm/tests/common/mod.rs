@@ -13,10 +13,10 @@ use vamp_rpmsg::mem::{HeapMemory, SharedMemory};
 use vamp_rpmsg::rpmsg::{Config, EptId, Rpmsg};
 use vamp_rpmsg::testing::Recorder;
 use vamp_rpmsg::transport::{BufferConfig, DeviceTransport, Environment, Transport};
+use vamp_rpmsg::virtio::{STATUS_DRIVER_OK, VIRTIO_ID_RPMSG};
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::resource_table::{
-    FW_RSC_ADDR_ANY, RSC_VDEV, ResourceTable, ResourceTableBuilder, STATUS_DRIVER_OK,
-    VIRTIO_ID_RPMSG, VdevVringSpec,
+    FW_RSC_ADDR_ANY, RSC_VDEV, ResourceTable, ResourceTableBuilder, VdevVringSpec,
 };
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
 
