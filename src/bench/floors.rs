@@ -4,10 +4,11 @@
 
 use super::clients::{BURSTS, Lat, lat_from, median};
 use super::peer::{Peer, arg};
-use super::sys::{Shm, close_fd, efd_read, efd_write, futex_wait, futex_wake, new_eventfd, pin};
+use super::sys::{Shm, close_fd, efd_read, efd_write, new_eventfd, pin};
 use super::{RING_SLOTS, Res, SLOT_BYTES, STEP_TIMEOUT};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use vamp_rpmsg::futex::{futex_wait, futex_wake};
 use vamp_rpmsg::mem::HeapMemory;
 
 // Offsets in the floors' shared memory: every word on its own pair of cache lines.
@@ -51,7 +52,7 @@ pub(super) fn peer_pingpong(args: &[String], spin: bool) -> Res<()> {
             if spin {
                 std::hint::spin_loop();
             } else {
-                futex_wait(ping, last);
+                futex_wait(ping, last, Duration::MAX);
             }
             continue;
         }
@@ -61,7 +62,7 @@ pub(super) fn peer_pingpong(args: &[String], spin: bool) -> Res<()> {
         last = v;
         pong.store(v, Ordering::Release);
         if !spin {
-            futex_wake(pong);
+            futex_wake(pong, 1);
         }
     }
 }
@@ -164,7 +165,7 @@ pub(super) fn floor_pingpong(iters: usize, me: usize, peer: usize, spin: bool) -
         let t0 = Instant::now();
         ping.store(seq, Ordering::Release);
         if !spin {
-            futex_wake(ping);
+            futex_wake(ping, 1);
         }
         loop {
             let got = pong.load(Ordering::Acquire);
@@ -177,7 +178,7 @@ pub(super) fn floor_pingpong(iters: usize, me: usize, peer: usize, spin: bool) -
                     return Err("spin peer does not answer".into());
                 }
             } else {
-                futex_wait(pong, got);
+                futex_wait(pong, got, Duration::MAX);
             }
         }
         if i as usize >= warm {
@@ -185,7 +186,7 @@ pub(super) fn floor_pingpong(iters: usize, me: usize, peer: usize, spin: bool) -
         }
     }
     ping.store(PING_STOP, Ordering::Release);
-    futex_wake(ping);
+    futex_wake(ping, 1);
     p.finish()?;
     Ok(lat_from(v))
 }

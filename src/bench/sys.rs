@@ -1,10 +1,12 @@
 //! The operating-system pieces the bench measures with: CPU pinning, CPU time and memory
-//! figures of this process, temporary directories, a shared memfd mapping, and thin futex and
-//! eventfd wrappers.
+//! figures of this process, temporary directories, a shared memfd mapping, and thin eventfd
+//! wrappers (futex waits are the engine's `vamp_rpmsg::futex`).
 
 use super::Res;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
+use vamp_rpmsg::mapped_file::MappedFile;
 
 pub(super) fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data and all-zero is the empty set; the call writes at most
@@ -78,107 +80,48 @@ impl Drop for TempDir {
     }
 }
 
-/// A memfd mapped shared; its descriptor is inherited by the peer processes we spawn.
+/// A memfd mapped shared (the engine's [`MappedFile`]) whose descriptor the peer processes we
+/// spawn inherit, seen as the futex words and message slots the floors use.
 #[derive(Debug)]
-pub(super) struct Shm {
-    ptr: *mut u8,
-    len: usize,
-    fd: i32,
-}
-
-// SAFETY: the mapping is plain shared memory; every access goes through atomics or raw copies
-// whose ownership the ring protocol hands over with acquire/release indices.
-unsafe impl Send for Shm {}
-// SAFETY: as above.
-unsafe impl Sync for Shm {}
+pub(super) struct Shm(MappedFile);
 
 impl Shm {
     pub(super) fn create(len: usize) -> Res<Self> {
-        // SAFETY: a static NUL-terminated name; no CLOEXEC so that spawned peers inherit it.
-        let fd = unsafe { libc::memfd_create(c"vamp-bench".as_ptr(), 0) };
-        if fd < 0 {
-            return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+        let file = MappedFile::anonymous(c"vamp-bench", len).map_err(|e| e.to_string())?;
+        // The memfd is made close-on-exec; the peers we spawn must inherit it.
+        // SAFETY: F_SETFD on a descriptor `file` owns; it changes only that descriptor's flags.
+        if unsafe { libc::fcntl(file.fd(), libc::F_SETFD, 0) } != 0 {
+            return Err(format!("fcntl: {}", std::io::Error::last_os_error()));
         }
-        // SAFETY: plain system call on the descriptor we just made.
-        if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
-            let e = std::io::Error::last_os_error();
-            // SAFETY: closing our own descriptor.
-            unsafe { libc::close(fd) };
-            return Err(format!("ftruncate: {e}"));
-        }
-        Self::map(fd, len)
+        Ok(Shm(file))
     }
 
+    /// Maps the memfd `fd` that this process inherited from the bench's parent.
     pub(super) fn map(fd: i32, len: usize) -> Res<Self> {
-        // SAFETY: a fresh shared mapping of `fd`, at an address the kernel picks; the result
-        // is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-        }
-        Ok(Shm {
-            ptr: ptr.cast(),
-            len,
-            fd,
-        })
+        // SAFETY: the parent passed us this descriptor on our command line; nothing else in
+        // this process owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        MappedFile::from_fd(fd, len)
+            .map(Shm)
+            .map_err(|e| e.to_string())
     }
 
     /// The memfd, for a peer process to map (it is inherited across spawn).
     pub(super) fn fd(&self) -> i32 {
-        self.fd
+        self.0.fd()
     }
 
     pub(super) fn word(&self, off: usize) -> &AtomicU32 {
-        assert!(off.is_multiple_of(4) && off + 4 <= self.len);
+        assert!(off.is_multiple_of(4) && off + 4 <= self.0.size());
         // SAFETY: in bounds and 4-byte aligned (checked above; the mapping is page aligned);
         // the mapping lives as long as `self`, and every party accesses the word atomically.
-        unsafe { &*self.ptr.add(off).cast::<AtomicU32>() }
+        unsafe { &*(self.0.host_address() as usize as *const AtomicU32).byte_add(off) }
     }
 
     pub(super) fn slot(&self, off: usize, len: usize) -> *mut u8 {
-        assert!(off + len <= self.len);
-        // SAFETY: in bounds (checked above).
-        unsafe { self.ptr.add(off) }
+        assert!(off + len <= self.0.size());
+        (self.0.host_address() as usize + off) as *mut u8
     }
-}
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly our mapping and closes our descriptor; nothing borrows them
-        // any more since we are dropping their only owner.
-        unsafe {
-            libc::munmap(self.ptr.cast(), self.len);
-            libc::close(self.fd);
-        }
-    }
-}
-
-pub(super) fn futex_wait(word: &AtomicU32, seen: u32) {
-    // SAFETY: the futex word is a valid, aligned u32 for the call (shared: no PRIVATE flag, the
-    // peer is another process); a null timeout waits until woken or the value differs.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            seen,
-            std::ptr::null::<libc::timespec>(),
-        )
-    };
-}
-
-pub(super) fn futex_wake(word: &AtomicU32) {
-    // SAFETY: as in `futex_wait`; wakes at most one waiter.
-    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1) };
 }
 
 pub(super) fn efd_write(fd: i32, v: u64) {
