@@ -6,6 +6,9 @@
 #   2. the crates, fetched once into the root's registry (later runs are offline)
 #   3. the no_std engine (vamp-rpmsg, no default features) for three bare-metal targets
 #      through -Zbuild-std, with the code size of its own rlib's .text per target
+#   4. the whole workspace for aarch64-unknown-linux-gnu (the ZynqMP's A53 hosts)
+#   5. the engine's unit tests for aarch64-unknown-linux-gnu, run under qemu-user (the hub and
+#      remoteproc tests need an arm64 kernel: KVM, seccomp; they run in no arm64 lane yet)
 # Each sub-step prints its time; one that cannot run says why; any failure fails the step.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -78,6 +81,10 @@ t_all=$(date +%s)
 if sub "provision the toolchain root" tests/provision/arm64-toolchain.sh &&
     sub "fetch the crates" fetch; then
     bare_metal
+    sub "cargo build --target aarch64-unknown-linux-gnu --workspace" \
+        $run cargo build --offline --locked --quiet --target aarch64-unknown-linux-gnu --workspace || true
+    sub "engine unit tests for aarch64 under qemu-user" \
+        $run cargo test --offline --locked --quiet -p vamp-rpmsg --target aarch64-unknown-linux-gnu || true
 else
     echo "arm64: the lane cannot run without the toolchain and the crates (see above)"
 fi
