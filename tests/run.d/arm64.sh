@@ -7,8 +7,9 @@
 #   3. the no_std engine (vamp-rpmsg, no default features) for three bare-metal targets
 #      through -Zbuild-std, with the code size of its own rlib's .text per target
 #   4. the whole workspace for aarch64-unknown-linux-gnu (the ZynqMP's A53 hosts)
-#   5. the engine's unit tests for aarch64-unknown-linux-gnu, run under qemu-user (the hub and
-#      remoteproc tests need an arm64 kernel: KVM, seccomp; they run in no arm64 lane yet)
+#   5. the engine's unit tests for aarch64-unknown-linux-gnu, run under qemu-user
+#   6. the remoteproc and hub unit tests inside an emulated arm64 KVM host (nested KVM under
+#      qemu-system-aarch64, tests/provision/arm64-kvm-host.sh): the arm64 KVM backend for real
 # Each sub-step prints its time; one that cannot run says why; any failure fails the step.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -77,6 +78,18 @@ bare_metal() {
     done
 }
 
+# Unit tests of one crate, built for aarch64 and run inside the emulated arm64 KVM host.
+in_kvm_host() {
+    local pkg=$1 bin
+    shift
+    bin=$($run cargo test --offline --locked -p "$pkg" --lib --target aarch64-unknown-linux-gnu \
+        --no-run 2>&1 | sed -n 's/.*Executable unittests .*(\(.*\))$/\1/p')
+    [ -n "$bin" ] || { echo "arm64: no unit test binary for $pkg"; return 1; }
+    tests/provision/arm64-kvm-host.sh run "$bin" --test-threads 1 "$@" | tr -d '\r' |
+        grep -Ev '^\[ *[0-9]+\.[0-9]+\]'
+    return "${PIPESTATUS[0]}"
+}
+
 t_all=$(date +%s)
 if sub "provision the toolchain root" tests/provision/arm64-toolchain.sh &&
     sub "fetch the crates" fetch; then
@@ -85,6 +98,13 @@ if sub "provision the toolchain root" tests/provision/arm64-toolchain.sh &&
         $run cargo build --offline --locked --quiet --target aarch64-unknown-linux-gnu --workspace || true
     sub "engine unit tests for aarch64 under qemu-user" \
         $run cargo test --offline --locked --quiet -p vamp-rpmsg --target aarch64-unknown-linux-gnu || true
+    if sub "provision the arm64 KVM host" tests/provision/arm64-kvm-host.sh provision; then
+        sub "remoteproc unit tests in the arm64 KVM host" in_kvm_host vamp-remoteproc || true
+        echo "arm64: hub unit tests: config::tests::example_configs_in_the_repo_load cannot run in the" \
+            "arm64 KVM host (it reads configs/ from the repository, which the guest has no copy of)"
+        sub "hub unit tests in the arm64 KVM host" in_kvm_host vamp-vmm-backend \
+            --skip config::tests::example_configs_in_the_repo_load || true
+    fi
 else
     echo "arm64: the lane cannot run without the toolchain and the crates (see above)"
 fi
