@@ -3,7 +3,8 @@
 //! This module is the architecture-neutral part: the VM and its memory slot, the kick
 //! ioeventfd, the doorbell, the vCPU thread's run loop, the watchdog, the platform entry and
 //! the [`RemoteBackend`] lifecycle. How the vCPU starts and how the firmware reaches the host
-//! (its "ports") is per architecture, behind the same small interface (see `Arch` below):
+//! (its "ports") is per architecture, behind the same small interface (the `arch` module:
+//! `probe`, `KICK_ADDRESS`, `Cpu` for the vCPU setup, `Exits` for what its exits mean):
 //!
 //! - `x86_64`: 64-bit mode at CPL3, I/O ports (see its module docs);
 //! - `aarch64`: EL1h with the MMU off, MMIO stores, PSCI `SYSTEM_OFF` (see its module docs).
