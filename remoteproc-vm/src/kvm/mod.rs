@@ -1,17 +1,23 @@
-//! The KVM backend: a remote's ELF runs as a micro-VM, started straight in 64-bit mode.
+//! The KVM backend: a remote's ELF runs as a micro-VM with one vCPU.
 //!
-//! The firmware runs at CPL3 (user mode) with all of RAM identity-mapped: on a software
-//! hypervisor (this project's test machines) guest kernel-mode code is emulated and slow while
-//! user-mode code runs natively; on VMX/SVM hosts both run natively, so the same setup serves
-//! both. The platform the firmware sees (see `images/src/lib.rs`):
+//! This module is the architecture-neutral part: the VM and its memory slot, the kick
+//! ioeventfd, the doorbell, the vCPU thread's run loop, the watchdog, the platform entry and
+//! the [`RemoteBackend`] lifecycle. How the vCPU starts and how the firmware reaches the host
+//! (its "ports") is per architecture, behind the same small interface (the `arch` module:
+//! `probe`, `KICK_ADDRESS`, `Cpu` for the vCPU setup, `Exits` for what its exits mean):
 //!
-//! - RAM from 0 to the configured size; the host keeps 0..1 MiB for page tables, GDT and TSS
-//!   and allocates rings, buffer pools and trace buffers from the top of RAM downwards.
-//! - `rdi` = RAM size at entry; `rsp` is the firmware's business.
-//! - I/O ports (allowed for CPL3 by the TSS I/O bitmap): kick (0x500, an ioeventfd: no exit to
-//!   user space), wait (0x504), console (0x508), exit (0x50c).
-//! - A fault (no IDT: a triple fault), `hlt`, an access outside RAM, or no sign of life for
-//!   the watchdog period stops the VM and the remote is reported crashed.
+//! - `x86_64`: 64-bit mode at CPL3, I/O ports (see its module docs);
+//! - `aarch64`: EL1h with the MMU off, MMIO stores, PSCI `SYSTEM_OFF` (see its module docs).
+//!
+//! What every architecture shares (see `images/src/lib.rs`):
+//!
+//! - RAM from 0 to the configured size; the host keeps 0..1 MiB ([`HOST_RESERVED`]) for its
+//!   own structures and allocates rings, buffer pools and trace buffers from the top of RAM
+//!   downwards.
+//! - The RAM size in the first argument register at entry.
+//! - Four platform registers: kick (an ioeventfd: no exit to user space), wait, console, exit.
+//! - A fault, an access outside RAM, or no sign of life for the watchdog period stops the VM
+//!   and the remote is reported crashed.
 //!
 //! # The platform entry: how the firmware waits
 //!
@@ -36,8 +42,8 @@
 //! [`vamp_rpmsg::wire::platform`].
 
 use crate::backend::{BackendError, Doorbell, Exit, RemoteBackend};
-use kvm_bindings::{kvm_regs, kvm_segment, kvm_userspace_memory_region};
-use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuExit, VcpuFd, VmFd};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, NoDatamatch, VcpuExit, VcpuFd, VmFd};
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
@@ -48,9 +54,21 @@ use std::time::{Duration, Instant};
 use vamp_rpmsg::futex::{futex_wait, futex_wake};
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::mem::SharedMemory;
-use vamp_rpmsg::wire::platform::{CONSOLE_PORT, EXIT_PORT, KICK_PORT, WAIT_PORT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+// The architecture's side: `probe`, `KICK_ADDRESS`, `Cpu` (vCPU setup) and `Exits` (what its
+// platform's exits mean), the same names on every architecture.
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "aarch64")]
+use aarch64 as arch;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+#[cfg(target_arch = "x86_64")]
+use x86_64 as arch;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("the KVM backend supports x86_64 and aarch64 hosts");
 
 /// Below this the host keeps its own structures; firmware loads above it.
 pub const HOST_RESERVED: u64 = 0x10_0000;
@@ -75,18 +93,6 @@ use vamp_rpmsg::wire::platform::{
     MAGIC_AT as PLATFORM_AT_MAGIC, MODE_AT as PLATFORM_AT_MODE, SPIN_US_AT as PLATFORM_AT_SPIN_US,
     TSC_KHZ_AT as PLATFORM_AT_TSC_KHZ, VERSION_AT as PLATFORM_AT_VERSION,
 };
-
-const PML4: u64 = 0x1000;
-const PDPT: u64 = 0x2000;
-const PD: u64 = 0x3000;
-const GDT: u64 = 0x5000;
-const TSS: u64 = 0x6000;
-const TSS_LEN: u64 = 0x68;
-const IOPB_LEN: u64 = 0x2000 + 1;
-const KERNEL_STACK_TOP: u64 = 0xf000;
-const USER_CS: u16 = 0x33;
-const USER_DS: u16 = 0x2b;
-const TSS_SEL: u16 = 0x40;
 
 /// Options of a KVM remote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,9 +157,31 @@ pub struct KvmStats {
 
 /// Whether KVM can be used here: `Err` says why not.
 pub fn kvm_available() -> Result<(), String> {
-    Kvm::new()
-        .map(|_| ())
-        .map_err(|e| format!("/dev/kvm not usable: {e}"))
+    let kvm = Kvm::new().map_err(|e| format!("/dev/kvm not usable: {e}"))?;
+    arch::probe(&kvm)
+}
+
+/// What a vCPU exit means to the run loop, once the architecture has decoded it.
+#[derive(Debug)]
+enum Event {
+    /// A kick that did not go through the ioeventfd.
+    Kick,
+    /// The firmware has nothing to do (the wait register).
+    Wait,
+    /// A console byte.
+    Console(u8),
+    /// The remote stopped: exited, faulted, or broke the platform's rules.
+    Stop(Exit),
+    /// Nothing for the host to do: run on.
+    Resume,
+}
+
+/// The value of a little-endian register write of 1 to 4 bytes (more are cut to the low 4).
+fn le_value(data: &[u8]) -> u32 {
+    data.iter()
+        .take(4)
+        .rev()
+        .fold(0u32, |v, &b| (v << 8) | b as u32)
 }
 
 /// The host-to-remote doorbell is a futex word: nothing new (and the vCPU thread is not asleep),
@@ -397,8 +425,8 @@ pub struct KvmRemote {
     alloc_top: u64,
     busy_poll: bool,
     wait_spin: Duration,
-    /// TSC frequency of the vCPU in kHz (0: unknown), for the firmware's clock.
-    tsc_khz: u32,
+    /// The architecture's vCPU state (clock, how to reset the vCPU).
+    cpu: arch::Cpu,
     /// The loaded firmware's platform entry.
     platform: Option<PlatformEntry>,
     stats: Option<VcpuStats>,
@@ -453,18 +481,10 @@ impl KvmRemote {
             what: "eventfd",
             source: e,
         })?;
-        vm.register_ioevent(
-            &from_remote,
-            &IoEventAddress::Pio(KICK_PORT as u64),
-            NoDatamatch,
-        )
-        .map_err(io("register the kick ioeventfd"))?;
+        vm.register_ioevent(&from_remote, &arch::KICK_ADDRESS, NoDatamatch)
+            .map_err(io("register the kick ioeventfd"))?;
         let vcpu = vm.create_vcpu(0).map_err(io("create vCPU"))?;
-        let cpuid = kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(io("read supported CPUID"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(io("set CPUID"))?;
-        let tsc_khz = vcpu.get_tsc_khz().unwrap_or(0);
+        let cpu = arch::Cpu::new(&kvm, &vm, &vcpu)?;
         let stats = VcpuStats::open(&vcpu);
         let shared = Arc::new(Shared::new(from_remote));
         Ok(KvmRemote {
@@ -477,7 +497,7 @@ impl KvmRemote {
             alloc_top: memory,
             busy_poll: options.busy_poll,
             wait_spin: options.wait_spin.min(MAX_WAIT_SPIN),
-            tsc_khz,
+            cpu,
             platform: None,
             stats,
             shared,
@@ -531,130 +551,9 @@ impl KvmRemote {
         [
             (PLATFORM_AT_MODE, mode),
             (PLATFORM_AT_SPIN_US, spin_us),
-            (PLATFORM_AT_TSC_KHZ, self.tsc_khz),
+            (PLATFORM_AT_TSC_KHZ, self.cpu.clock_khz()),
         ]
     }
-
-    /// Writes the page tables, GDT and TSS below 1 MiB.
-    fn write_platform(&self) -> Result<(), BackendError> {
-        let m = &self.ram;
-        let bad = |_| BackendError::Other("cannot write the platform tables".into());
-        m.fill(0, HOST_RESERVED as usize, 0).map_err(bad)?;
-        // Identity map the first GiB with 2 MiB pages, user-accessible and writable.
-        const P: u64 = 1;
-        const RW: u64 = 2;
-        const US: u64 = 4;
-        const PS: u64 = 0x80;
-        m.store_u64(PML4, (PDPT | P | RW | US).to_le())
-            .map_err(bad)?;
-        m.store_u64(PDPT, (PD | P | RW | US).to_le()).map_err(bad)?;
-        for i in 0..(self.memory >> 21) {
-            m.store_u64(PD + 8 * i, ((i << 21) | P | RW | US | PS).to_le())
-                .map_err(bad)?;
-        }
-        // GDT: null, kernel code 0x08, kernel data 0x10, user data 0x28 (0x2b), user code
-        // 0x30 (0x33), TSS 0x40 (two slots).
-        let gdt: [u64; 10] = [
-            0,
-            0x00af_9b00_0000_ffff,
-            0x00cf_9300_0000_ffff,
-            0,
-            0,
-            0x00cf_f300_0000_ffff,
-            0x00af_fb00_0000_ffff,
-            0,
-            tss_low(TSS, TSS_LEN + IOPB_LEN - 1),
-            TSS >> 32,
-        ];
-        for (i, d) in gdt.iter().enumerate() {
-            m.store_u64(GDT + 8 * i as u64, d.to_le()).map_err(bad)?;
-        }
-        // TSS: rsp0 (never used: no interrupts) and the I/O bitmap right after it, every
-        // port denied but the platform's.
-        m.write(TSS + 4, &KERNEL_STACK_TOP.to_le_bytes())
-            .map_err(bad)?;
-        m.store_u16(TSS + 0x66, (TSS_LEN as u16).to_le())
-            .map_err(bad)?;
-        m.fill(TSS + TSS_LEN, IOPB_LEN as usize, 0xff)
-            .map_err(bad)?;
-        for port in KICK_PORT..=EXIT_PORT + 3 {
-            let at = TSS + TSS_LEN + (port / 8) as u64;
-            let mut b = [0u8];
-            m.read(at, &mut b).map_err(bad)?;
-            b[0] &= !(1 << (port % 8));
-            m.write(at, &b).map_err(bad)?;
-        }
-        Ok(())
-    }
-
-    fn setup_vcpu(&self, vcpu: &VcpuFd, entry: u64) -> Result<(), BackendError> {
-        let mut sregs = vcpu.get_sregs().map_err(io("read sregs"))?;
-        let seg = |selector: u16, type_: u8, l: u8, db: u8| kvm_segment {
-            base: 0,
-            limit: 0xffff_ffff,
-            selector,
-            type_,
-            present: 1,
-            dpl: 3,
-            db,
-            s: 1,
-            l,
-            g: 1,
-            avl: 0,
-            unusable: 0,
-            padding: 0,
-        };
-        sregs.cs = seg(USER_CS, 11, 1, 0);
-        let data = seg(USER_DS, 3, 0, 1);
-        sregs.ds = data;
-        sregs.es = data;
-        sregs.ss = data;
-        sregs.fs = data;
-        sregs.gs = data;
-        sregs.tr = kvm_segment {
-            base: TSS,
-            limit: (TSS_LEN + IOPB_LEN - 1) as u32,
-            selector: TSS_SEL,
-            type_: 11,
-            present: 1,
-            dpl: 0,
-            db: 0,
-            s: 0,
-            l: 0,
-            g: 0,
-            avl: 0,
-            unusable: 0,
-            padding: 0,
-        };
-        sregs.gdt.base = GDT;
-        sregs.gdt.limit = (10 * 8 - 1) as u16;
-        sregs.idt.base = 0;
-        sregs.idt.limit = 0;
-        sregs.cr3 = PML4;
-        // PE | MP | ET | NE | WP | PG
-        sregs.cr0 = 1 | 2 | 0x10 | 0x20 | 0x1_0000 | 0x8000_0000;
-        // PAE | OSFXSR | OSXMMEXCPT: SSE works in the firmware.
-        sregs.cr4 = 0x20 | 0x200 | 0x400;
-        // LME | LMA
-        sregs.efer = 0x100 | 0x400;
-        vcpu.set_sregs(&sregs).map_err(io("set sregs"))?;
-        let regs = kvm_regs {
-            rip: entry,
-            rdi: self.memory,
-            rflags: 0x2,
-            ..Default::default()
-        };
-        vcpu.set_regs(&regs).map_err(io("set regs"))?;
-        Ok(())
-    }
-}
-
-fn tss_low(base: u64, limit: u64) -> u64 {
-    (limit & 0xffff)
-        | ((base & 0xff_ffff) << 16)
-        | (0x89 << 40) // present, 64-bit available TSS
-        | (((limit >> 16) & 0xf) << 48)
-        | (((base >> 24) & 0xff) << 56)
 }
 
 /// Signal used to pull the vCPU thread out of KVM_RUN.
@@ -679,6 +578,7 @@ fn install_kick_handler() {
 }
 
 fn run_vcpu(mut vcpu: VcpuFd, shared: Arc<Shared>) -> VcpuFd {
+    let mut exits = arch::Exits::new();
     shared.alive();
     loop {
         if shared.stop.load(Ordering::SeqCst) {
@@ -686,57 +586,47 @@ fn run_vcpu(mut vcpu: VcpuFd, shared: Arc<Shared>) -> VcpuFd {
         }
         let ran = vcpu.run();
         shared.counters.vmm_exits.fetch_add(1, Ordering::Relaxed);
-        let exit = match ran {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                let value = data.iter().rev().fold(0u32, |v, &b| (v << 8) | b as u32);
-                match port {
-                    WAIT_PORT => {
-                        shared.alive();
-                        shared.counters.wait_exits.fetch_add(1, Ordering::Relaxed);
-                        shared.wait_for_ring();
-                        None
-                    }
-                    CONSOLE_PORT => {
-                        shared.alive();
-                        // Bounded: a remote printing faster than the host reads loses
-                        // bytes, never grows this process.
-                        crate::console::push_bounded(
-                            &mut shared.console.lock().unwrap_or_else(|p| p.into_inner()),
-                            &[value as u8],
-                        );
-                        None
-                    }
-                    EXIT_PORT => Some(Exit::Exited(value)),
-                    KICK_PORT => {
-                        // Without the ioeventfd (it only matches some sizes) the kick exits here.
-                        let _ = shared.from_remote.write(1);
-                        None
-                    }
-                    _ => Some(Exit::Crashed(format!(
-                        "write to unknown I/O port {port:#x}"
-                    ))),
+        let event = match ran {
+            Ok(exit) => match exits.decode(exit) {
+                Ok(event) => event,
+                Err(VcpuExit::MmioRead(addr, _)) | Err(VcpuExit::MmioWrite(addr, _)) => {
+                    Event::Stop(Exit::Crashed(format!("access outside RAM at {addr:#x}")))
                 }
+                Err(VcpuExit::InternalError) => Event::Stop(Exit::Crashed(
+                    "KVM internal error (the hypervisor could not run an instruction)".into(),
+                )),
+                Err(VcpuExit::FailEntry(reason, _)) => Event::Stop(Exit::Crashed(format!(
+                    "KVM could not enter the guest (reason {reason:#x})"
+                ))),
+                Err(VcpuExit::Intr) => Event::Resume,
+                Err(other) => Event::Stop(Exit::Crashed(format!("unexpected VM exit {other:?}"))),
+            },
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Event::Resume,
+            Err(e) => Event::Stop(Exit::Crashed(format!("KVM_RUN failed: {e}"))),
+        };
+        let exit = match event {
+            Event::Wait => {
+                shared.alive();
+                shared.counters.wait_exits.fetch_add(1, Ordering::Relaxed);
+                shared.wait_for_ring();
+                None
             }
-            Ok(VcpuExit::IoIn(port, _)) => {
-                Some(Exit::Crashed(format!("read from I/O port {port:#x}")))
+            Event::Console(byte) => {
+                shared.alive();
+                // Bounded: a remote printing faster than the host reads loses bytes, never
+                // grows this process.
+                crate::console::push_bounded(
+                    &mut shared.console.lock().unwrap_or_else(|p| p.into_inner()),
+                    &[byte],
+                );
+                None
             }
-            Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => {
-                Some(Exit::Crashed(format!("access outside RAM at {addr:#x}")))
+            Event::Kick => {
+                let _ = shared.from_remote.write(1);
+                None
             }
-            Ok(VcpuExit::Shutdown) => Some(Exit::Crashed(
-                "the firmware faulted (triple fault: no handler for an exception)".into(),
-            )),
-            Ok(VcpuExit::Hlt) => Some(Exit::Crashed("the firmware halted".into())),
-            Ok(VcpuExit::InternalError) => Some(Exit::Crashed(
-                "KVM internal error (the hypervisor could not run an instruction)".into(),
-            )),
-            Ok(VcpuExit::FailEntry(reason, _)) => Some(Exit::Crashed(format!(
-                "KVM could not enter the guest (reason {reason:#x})"
-            ))),
-            Ok(VcpuExit::Intr) => None,
-            Ok(other) => Some(Exit::Crashed(format!("unexpected VM exit {other:?}"))),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
-            Err(e) => Some(Exit::Crashed(format!("KVM_RUN failed: {e}"))),
+            Event::Resume => None,
+            Event::Stop(exit) => Some(exit),
         };
         if let Some(exit) = exit {
             shared.finish(exit);
@@ -891,10 +781,7 @@ impl RemoteBackend for KvmRemote {
         let Some(vcpu) = self.vcpu.take() else {
             return Err(BackendError::Other("the remote is already running".into()));
         };
-        if let Err(e) = self
-            .write_platform()
-            .and_then(|()| self.setup_vcpu(&vcpu, entry))
-        {
+        if let Err(e) = self.cpu.reset(&vcpu, &self.ram, self.memory, entry) {
             self.vcpu = Some(vcpu);
             return Err(e);
         }
@@ -992,9 +879,9 @@ impl Drop for KvmRemote {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object::read::elf::{FileHeader, ProgramHeader};
 
-    fn kvm_or_skip(test: &str) -> bool {
+    /// Whether KVM can run a remote of this architecture here; says why not if not.
+    pub(super) fn kvm_or_skip(test: &str) -> bool {
         match kvm_available() {
             Ok(()) => true,
             Err(why) => {
@@ -1002,19 +889,6 @@ mod tests {
                 false
             }
         }
-    }
-
-    /// Copies the PT_LOAD segments of a built-in image (the full loader lives in `elf`).
-    fn load_segments(remote: &KvmRemote, image: &[u8]) -> u64 {
-        let header = object::elf::FileHeader64::<object::Endianness>::parse(image).unwrap();
-        let endian = header.endian().unwrap();
-        for ph in header.program_headers(endian, image).unwrap() {
-            if ph.p_type(endian) == object::elf::PT_LOAD {
-                let data = ph.data(endian, image).unwrap();
-                remote.memory().write(ph.p_paddr(endian), data).unwrap();
-            }
-        }
-        header.e_entry(endian)
     }
 
     fn shared() -> Arc<Shared> {
@@ -1063,102 +937,5 @@ mod tests {
         waiter.join().unwrap();
         assert!(s.counters.sleeps.load(Ordering::SeqCst) >= 1);
         assert_eq!(s.bell.load(Ordering::SeqCst), BELL_IDLE);
-    }
-
-    #[test]
-    fn firmware_runs_at_cpl3_and_waits() {
-        if !kvm_or_skip("firmware_runs_at_cpl3_and_waits") {
-            return;
-        }
-        let mut remote = KvmRemote::new(KvmOptions::default()).unwrap();
-        let entry = load_segments(&remote, crate::images::builtin("echo").unwrap());
-        remote.start(entry).unwrap();
-        // The echo firmware waits for DRIVER_OK through the wait port: alive, not crashed.
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(
-            remote.poll_exit(),
-            None,
-            "console: {:?}",
-            String::from_utf8_lossy(&remote.take_console())
-        );
-        remote.stop().unwrap();
-        assert_eq!(
-            remote.poll_exit(),
-            Some(Exit::Crashed("stopped by the host".into()))
-        );
-    }
-
-    /// Regression: the watchdog held the vCPU's lock while pulling it out of KVM_RUN, so a
-    /// stop could hang forever.
-    #[test]
-    fn stop_always_returns() {
-        if !kvm_or_skip("stop_always_returns") {
-            return;
-        }
-        let mut remote = KvmRemote::new(KvmOptions::default()).unwrap();
-        let image = crate::images::builtin("echo").unwrap();
-        for round in 0..20 {
-            let entry = load_segments(&remote, image);
-            remote.start(entry).unwrap();
-            std::thread::sleep(Duration::from_millis(round % 5));
-            let t0 = Instant::now();
-            remote.stop().unwrap();
-            assert!(
-                t0.elapsed() < Duration::from_secs(2),
-                "round {round}: stop took {:?}",
-                t0.elapsed()
-            );
-            assert!(remote.poll_exit().is_some());
-        }
-    }
-
-    #[test]
-    fn a_fault_is_a_crash() {
-        if !kvm_or_skip("a_fault_is_a_crash") {
-            return;
-        }
-        let mut remote = KvmRemote::new(KvmOptions::default()).unwrap();
-        // Jump to an address no page table maps: a page fault with no IDT is a triple fault.
-        remote.start(0x8000_0000).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let exit = loop {
-            if let Some(e) = remote.poll_exit() {
-                break e;
-            }
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        assert!(
-            matches!(exit, Exit::Crashed(ref why) if why.contains("fault") || why.contains("KVM")),
-            "{exit:?}"
-        );
-    }
-
-    #[test]
-    fn a_silent_remote_trips_the_watchdog() {
-        if !kvm_or_skip("a_silent_remote_trips_the_watchdog") {
-            return;
-        }
-        let mut remote = KvmRemote::new(KvmOptions {
-            watchdog: Duration::from_millis(200),
-            ..Default::default()
-        })
-        .unwrap();
-        // `jmp $` at 1 MiB: spins at CPL3 without a single exit.
-        remote.memory().write(HOST_RESERVED, &[0xeb, 0xfe]).unwrap();
-        remote.start(HOST_RESERVED).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let exit = loop {
-            if let Some(e) = remote.poll_exit() {
-                break e;
-            }
-            assert!(Instant::now() < deadline, "watchdog never fired");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        assert!(
-            matches!(exit, Exit::Crashed(ref why) if why.contains("watchdog")),
-            "{exit:?}"
-        );
-        remote.stop().unwrap();
     }
 }

@@ -1,0 +1,17 @@
+# shellcheck shell=bash
+# Shared helpers for the arm64 lane (sourced after lib.sh): where the sid toolchain root and the
+# cross-build caches live, and how to run a command inside that root.
+#   $VAMP_ARM64_ROOT             Debian sid root with the cross toolchain (arm64-toolchain.sh)
+#   $VAMP_ARM64_DIR/cargo-home   CARGO_HOME used inside the root (registry seeded from the host's)
+#   $VAMP_ARM64_DIR/target       cargo target dir of the cross builds (kept between runs)
+
+VAMP_ARM64_ROOT="${VAMP_ARM64_ROOT:-$VAMP_CACHE/arm64-root}"
+VAMP_ARM64_DIR="${VAMP_ARM64_DIR:-$VAMP_CACHE/arm64}"
+export VAMP_ARM64_ROOT VAMP_ARM64_DIR
+
+# arm64_exec CMD ARGS...: run CMD inside the sid root, in the current directory, through the
+# QEMU wrapper's --exec (private mount namespace; binds /proc /sys /dev /tmp $VAMP_CACHE, the
+# cwd and $VAMP_QEMU_BIND; the mounts vanish with the command).
+arm64_exec() {
+    VAMP_ROOT="$VAMP_ARM64_ROOT" "$VAMP_PROVISION_DIR/qemu" --exec "$@"
+}
