@@ -12,12 +12,12 @@
 //! - a fault (no IDT: a triple fault) or `hlt` ends the remote as crashed.
 
 use super::{Event, HOST_RESERVED, io, le_value};
-use vamp_rpmsg::wire::platform::{CONSOLE_PORT, EXIT_PORT, KICK_PORT, WAIT_PORT};
 use crate::backend::{BackendError, Exit};
 use kvm_bindings::{kvm_regs, kvm_segment};
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::mem::SharedMemory;
+use vamp_rpmsg::wire::platform::{CONSOLE_PORT, EXIT_PORT, KICK_PORT, WAIT_PORT};
 
 const PML4: u64 = 0x1000;
 const PDPT: u64 = 0x2000;
