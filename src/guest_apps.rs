@@ -3,8 +3,8 @@
 
 use std::path::Path;
 use std::time::Duration;
+use vamp_rpmsg::apps::EnvWaiter;
 use vamp_rpmsg::apps::{AppError, EchoService, PingSummary, ping, serve_echo};
-pub use vamp_vmm_backend::frontend::CallWaiter;
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
 
 fn connect(socket: &Path, tag: &str) -> Result<NativeGuest, AppError> {
@@ -24,7 +24,7 @@ fn connect(socket: &Path, tag: &str) -> Result<NativeGuest, AppError> {
 /// A guest that offers an echo under `name` until told to stop.
 pub fn run_offer(socket: &Path, name: &str, tag: &str) -> Result<EchoService, AppError> {
     let mut guest = connect(socket, tag)?;
-    serve_echo(guest.rpmsg(), &mut CallWaiter, name, tag)
+    serve_echo(guest.rpmsg(), &mut EnvWaiter, name, tag)
 }
 
 /// A guest that finds `name` through the hub and pings it `count` times.
@@ -36,5 +36,5 @@ pub fn run_ping(
     tag: &str,
 ) -> Result<PingSummary, AppError> {
     let mut guest = connect(socket, tag)?;
-    ping(guest.rpmsg(), &mut CallWaiter, name, count, timeout, tag)
+    ping(guest.rpmsg(), &mut EnvWaiter, name, count, timeout, tag)
 }

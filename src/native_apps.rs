@@ -4,39 +4,10 @@
 
 use std::time::Duration;
 use vamp_rpmsg::apps::{
-    AppError, ECHO_CHANNEL, EchoService, PingSummary, SAMPLE_CHANNEL, Waiter, ping, ping_sample,
+    AppError, ECHO_CHANNEL, EchoService, EnvWaiter, PingSummary, SAMPLE_CHANNEL, ping, ping_sample,
     serve_echo_on,
 };
-use vamp_rpmsg::native::{self, NativePaths, SocketEnv};
-use vamp_rpmsg::rpmsg::Rpmsg;
-use vamp_rpmsg::transport::{DeviceTransport, DriverTransport};
-
-/// Waits for kick bytes on the native link's socket.
-#[derive(Debug, Default)]
-pub struct SocketWaiter;
-
-macro_rules! socket_waiter {
-    ($transport:ty) => {
-        impl Waiter<$transport> for SocketWaiter {
-            fn wait(
-                &mut self,
-                rpmsg: &mut Rpmsg<$transport>,
-                timeout: Duration,
-            ) -> Result<(), AppError> {
-                let env: &mut SocketEnv = rpmsg.transport_mut().env_mut();
-                if env.peer_gone() {
-                    return Err(AppError::PeerGone);
-                }
-                env.wait_for_kick(timeout);
-                Ok(())
-            }
-        }
-    };
-}
-
-type Shm = std::sync::Arc<vamp_rpmsg::mapped_file::MappedFile>;
-socket_waiter!(DeviceTransport<Shm, SocketEnv>);
-socket_waiter!(DriverTransport<Shm, SocketEnv>);
+use vamp_rpmsg::native::{self, NativePaths};
 
 /// Which of OpenAMP's two echo protocols a program speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +47,7 @@ pub fn run_echo_remote(
     })?;
     println!("[{tag}] host set DRIVER_OK");
     let channels: Vec<&str> = protocols.iter().map(|p| p.channel()).collect();
-    serve_echo_on(&mut rpmsg, &mut SocketWaiter, &channels, tag)
+    serve_echo_on(&mut rpmsg, &mut EnvWaiter, &channels, tag)
 }
 
 /// Connects as the host, waits for the protocol's channel, sends `count` requests, verifies
@@ -98,12 +69,12 @@ pub fn run_ping_host(
     match protocol {
         Protocol::Demo => ping(
             &mut rpmsg,
-            &mut SocketWaiter,
+            &mut EnvWaiter,
             ECHO_CHANNEL,
             count,
             timeout,
             tag,
         ),
-        Protocol::Sample => ping_sample(&mut rpmsg, &mut SocketWaiter, count, timeout, tag),
+        Protocol::Sample => ping_sample(&mut rpmsg, &mut EnvWaiter, count, timeout, tag),
     }
 }

@@ -2,7 +2,7 @@
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use vamp::native_apps::SocketWaiter;
+use vamp_rpmsg::apps::EnvWaiter;
 use vamp_rpmsg::apps::{AppError, ECHO_CHANNEL, PingSummary, ping, ping_sample};
 use vamp_rpmsg::native;
 
@@ -158,7 +158,7 @@ fn remote_serves_a_host_that_sizes_recycled_buffers_by_used_length() {
     let (_, r) = openamp_host_against_remote("it-openamp-driver", &[], |host| {
         ping(
             host,
-            &mut SocketWaiter,
+            &mut EnvWaiter,
             ECHO_CHANNEL,
             480,
             Duration::from_secs(60),
@@ -190,7 +190,7 @@ fn remote_serves_the_sample_protocol_to_an_openamp_style_host() {
         openamp_host_against_remote("it-openamp-sample", &["--protocol", "sample"], |host| {
             ping_sample(
                 host,
-                &mut SocketWaiter,
+                &mut EnvWaiter,
                 480,
                 Duration::from_secs(60),
                 "openamp-style host",

@@ -74,6 +74,24 @@ pub trait Waiter<T: Transport> {
     fn wait(&mut self, rpmsg: &mut Rpmsg<T>, timeout: Duration) -> Result<(), AppError>;
 }
 
+/// The [`Waiter`] built on the transport's
+/// [`Environment`](crate::transport::Environment), for every link whose environment can block
+/// (the native link, native guests of the hub): sleeps in its `wait` and reports a peer that
+/// is gone.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EnvWaiter;
+
+impl<T: Transport> Waiter<T> for EnvWaiter {
+    fn wait(&mut self, rpmsg: &mut Rpmsg<T>, timeout: Duration) -> Result<(), AppError> {
+        let env = rpmsg.transport_mut().environment();
+        if env.peer_gone() {
+            return Err(AppError::PeerGone);
+        }
+        env.wait(u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX));
+        Ok(())
+    }
+}
+
 /// Echoes every message back to its sender; stops on the shutdown word, after echoing
 /// [`SAMPLE_BYE`] on the sample channel, or when the peer withdraws one of its channels.
 #[derive(Debug, Default)]

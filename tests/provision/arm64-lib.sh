@@ -3,11 +3,15 @@
 # cross-build caches live, and how to run a command inside that root.
 #   $VAMP_ARM64_ROOT             Debian sid root with the cross toolchain (arm64-toolchain.sh)
 #   $VAMP_ARM64_DIR/cargo-home   CARGO_HOME used inside the root (registry seeded from the host's)
-#   $VAMP_ARM64_DIR/target       cargo target dir of the cross builds (kept between runs)
+#   $VAMP_ARM64_TARGET           cargo target dir of the cross builds (kept between runs):
+#                                $VAMP_ARM64_DIR/target/<hash of the checkout's path>, one per
+#                                checkout, since build scripts record absolute paths (the
+#                                firmware's linker script) that another checkout lacks
 
 VAMP_ARM64_ROOT="${VAMP_ARM64_ROOT:-$VAMP_CACHE/arm64-root}"
 VAMP_ARM64_DIR="${VAMP_ARM64_DIR:-$VAMP_CACHE/arm64}"
-export VAMP_ARM64_ROOT VAMP_ARM64_DIR
+VAMP_ARM64_TARGET="$VAMP_ARM64_DIR/target/$(readlink -f "$VAMP_PROVISION_DIR/../.." | sha256sum | cut -c1-12)"
+export VAMP_ARM64_ROOT VAMP_ARM64_DIR VAMP_ARM64_TARGET
 
 # arm64_exec CMD ARGS...: run CMD inside the sid root, in the current directory, through the
 # QEMU wrapper's --exec (private mount namespace; binds /proc /sys /dev /tmp $VAMP_CACHE, the

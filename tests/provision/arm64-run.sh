@@ -3,7 +3,7 @@
 # with the cross-build environment:
 #   CARGO_HOME        $VAMP_ARM64_DIR/cargo-home, its registry seeded once from the host's
 #                     (index and .crate files), so a cached run needs no network
-#   CARGO_TARGET_DIR  $VAMP_ARM64_DIR/target (kept between runs, outside the repository)
+#   CARGO_TARGET_DIR  $VAMP_ARM64_TARGET (arm64-lib.sh: one per checkout, outside the repository)
 #   CARGO_HTTP_CAINFO the host's CA bundle (copied next to it), for a first fetch
 #   the aarch64-linux-gnu linker and the qemu-user runner (`cargo test --target ...` runs the
 #   arm64 test binaries under qemu-aarch64)
@@ -30,7 +30,7 @@ if [[ ! -d $cargo_home/registry && -d $host_registry ]]; then
         [[ -d $host_registry/$part ]] && cp -a "$host_registry/$part" "$cargo_home/registry/"
     done
 fi
-mkdir -p "$cargo_home" "$VAMP_ARM64_DIR/target"
+mkdir -p "$cargo_home" "$VAMP_ARM64_TARGET"
 ca=""
 for f in "${CARGO_HTTP_CAINFO:-}" "${SSL_CERT_FILE:-}" /etc/ssl/certs/ca-certificates.crt; do
     if [[ -n $f && -r $f ]]; then
@@ -44,7 +44,7 @@ read -r -a extra <<<"${VAMP_ARM64_ENV:-}"
 exec env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin TERM="${TERM:-dumb}" \
     VAMP_CACHE="$VAMP_CACHE" VAMP_ROOT="$VAMP_ARM64_ROOT" VAMP_QEMU_BIND="${VAMP_QEMU_BIND:-}" \
     "$VAMP_PROVISION_DIR/qemu" --exec env \
-    CARGO_HOME="$cargo_home" CARGO_TARGET_DIR="$VAMP_ARM64_DIR/target" \
+    CARGO_HOME="$cargo_home" CARGO_TARGET_DIR="$VAMP_ARM64_TARGET" \
     ${ca:+CARGO_HTTP_CAINFO="$ca"} \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \

@@ -20,6 +20,10 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
+# shellcheck source=../provision/lib.sh
+. tests/provision/lib.sh
+# shellcheck source=../provision/arm64-lib.sh
+. tests/provision/arm64-lib.sh
 run=tests/provision/arm64-run.sh
 failed=()
 
@@ -58,7 +62,7 @@ fetch() {
 # without core, alloc, hashbrown or any monomorphised generic code an application adds).
 text_size() {
     local triple=$1 size_tool=$2 rlib
-    rlib="${VAMP_CACHE:-/var/cache/vamp}/arm64/target/$triple/release/libvamp_rpmsg.rlib"
+    rlib="$VAMP_ARM64_TARGET/$triple/release/libvamp_rpmsg.rlib"
     $run sh -c "$size_tool -A '$rlib' 2>/dev/null" |
         awk '$1 ~ /^\.text/ { s += $2 } END { print s + 0 }'
 }

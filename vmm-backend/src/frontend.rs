@@ -66,22 +66,6 @@ pub type GuestRpmsg = Rpmsg<GuestTransport>;
 /// The transport of a native guest: driver role over its memfd, kicks over eventfds.
 pub type GuestTransport = DriverTransport<Arc<MappedFile>, GuestEnv>;
 
-/// An [`apps::Waiter`](vamp_rpmsg::apps::Waiter) for a native guest's engine: waits for the
-/// hub's interrupts (the call eventfds).
-#[derive(Debug, Default)]
-pub struct CallWaiter;
-
-impl vamp_rpmsg::apps::Waiter<GuestTransport> for CallWaiter {
-    fn wait(
-        &mut self,
-        rpmsg: &mut GuestRpmsg,
-        timeout: Duration,
-    ) -> Result<(), vamp_rpmsg::apps::AppError> {
-        rpmsg.transport_mut().env_mut().wait_for_call(timeout);
-        Ok(())
-    }
-}
-
 /// Why a native guest could not come up or carry on.
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {

@@ -5,12 +5,13 @@ mod common;
 
 use common::{ALICE_AND_R5, TestHub};
 use std::time::{Duration, Instant};
+use vamp_rpmsg::apps::EnvWaiter;
 use vamp_rpmsg::apps::ping;
 use vamp_rpmsg::rpmsg::{Handler, NsEvent, Received, Rpmsg};
 use vamp_rpmsg::transport::Transport;
 use vamp_rpmsg::wire::ADDR_ANY;
 use vamp_vmm_backend::backend::lock_hub;
-use vamp_vmm_backend::frontend::{CallWaiter, NativeGuest};
+use vamp_vmm_backend::frontend::NativeGuest;
 use vamp_vmm_backend::remote::serve_remote;
 
 fn kvm_or_skip(test: &str) -> bool {
@@ -44,7 +45,7 @@ fn a_guest_pings_a_kvm_remote_through_the_hub() {
     let mut alice = hub.connect(0);
     let summary = ping(
         alice.rpmsg(),
-        &mut CallWaiter,
+        &mut EnvWaiter,
         "rpmsg-openamp-demo-channel",
         1000,
         Duration::from_secs(20),
@@ -190,7 +191,7 @@ to = ["alice"]
     let mut alice = hub.connect(0);
     let summary = ping(
         alice.rpmsg(),
-        &mut CallWaiter,
+        &mut EnvWaiter,
         "rpmsg-client-sample",
         100,
         Duration::from_secs(20),
