@@ -25,45 +25,14 @@ BOOTSTRAP_MARK="$VAMP_ARM64_ROOT/.vamp-debootstrap-done"
 need_root
 t_start=$(now_ms)
 
-# Remove a root left half-made; refuse if anything is mounted below it.
-remove_root() {
-    local root
-    root="$(readlink -f "$VAMP_ARM64_ROOT")"
-    if awk -v r="$root" '$5 == r || index($5, r "/") == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
-        die "something is mounted below $root: unmount it first"
-    fi
-    rm -rf --one-file-system "$root"
-}
-
 do_debootstrap() {
-    apt_ensure debootstrap debian-archive-keyring
-    local mirror
-    mirror="$(debian_mirror)"
-    log "debootstrap sid from the host's Debian mirror into $VAMP_ARM64_ROOT"
-    [[ -e $VAMP_ARM64_ROOT ]] && remove_root
-    mkdir -p "$(dirname "$VAMP_ARM64_ROOT")"
-    debootstrap --variant=minbase sid "$VAMP_ARM64_ROOT" "$mirror" >"$VAMP_CACHE/arm64-debootstrap.log" 2>&1 ||
-        die "debootstrap failed, see $VAMP_CACHE/arm64-debootstrap.log"
-    touch "$BOOTSTRAP_MARK"
+    debootstrap_root sid "$VAMP_ARM64_ROOT" "$VAMP_CACHE/arm64-debootstrap.log"
 }
 
 do_install() {
-    local mirror
-    mirror="$(debian_mirror)"
-    rm -f "$VAMP_ARM64_ROOT/etc/apt/sources.list"
-    cat >"$VAMP_ARM64_ROOT/etc/apt/sources.list.d/debian.sources" <<EOS
-Types: deb
-URIs: $mirror
-Suites: sid
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOS
+    prepare_root_apt "$VAMP_ARM64_ROOT" sid
     # The mirror may serve a dated snapshot whose Release file reads as expired.
     echo 'Acquire::Check-Valid-Until "false";' >"$VAMP_ARM64_ROOT/etc/apt/apt.conf.d/99vamp-no-valid-until"
-    cp -L /etc/resolv.conf "$VAMP_ARM64_ROOT/etc/resolv.conf" 2>/dev/null || true
-    # No services may start inside the root.
-    printf '#!/bin/sh\nexit 101\n' >"$VAMP_ARM64_ROOT/usr/sbin/policy-rc.d"
-    chmod 755 "$VAMP_ARM64_ROOT/usr/sbin/policy-rc.d"
     {
         arm64_exec dpkg --add-architecture arm64 &&
             arm64_exec apt-get update -qq &&

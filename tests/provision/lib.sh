@@ -113,3 +113,47 @@ apt_ensure() {
 vamp_qemu() {
     echo "$VAMP_PROVISION_DIR/qemu"
 }
+
+# remove_root ROOT: removes a Debian root left half-made; refuses if anything is mounted below
+# it (a bind mount left by a killed run would otherwise take the host's files with it).
+remove_root() {
+    local root
+    root="$(readlink -f "$1")"
+    if awk -v r="$root" '$5 == r || index($5, r "/") == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
+        die "something is mounted below $root: unmount it first"
+    fi
+    rm -rf --one-file-system "$root"
+}
+
+# debootstrap_root SUITE ROOT LOG: a minbase Debian SUITE in ROOT from the host's mirror, its
+# output in LOG; marks ROOT/.vamp-debootstrap-done when complete.
+debootstrap_root() {
+    local suite=$1 root=$2 logfile=$3 mirror
+    apt_ensure debootstrap debian-archive-keyring
+    mirror="$(debian_mirror)"
+    log "debootstrap $suite from the host's Debian mirror into $root"
+    [[ -e $root ]] && remove_root "$root"
+    mkdir -p "$(dirname "$root")"
+    debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$logfile" 2>&1 ||
+        die "debootstrap failed, see $logfile"
+    touch "$root/.vamp-debootstrap-done"
+}
+
+# prepare_root_apt ROOT SUITE...: points ROOT's apt at the host's mirror for SUITEs, gives it
+# name resolution, and forbids services to start inside it.
+prepare_root_apt() {
+    local root=$1 mirror
+    shift
+    mirror="$(debian_mirror)"
+    rm -f "$root/etc/apt/sources.list"
+    cat >"$root/etc/apt/sources.list.d/debian.sources" <<EOS
+Types: deb
+URIs: $mirror
+Suites: $*
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOS
+    cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+    printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+    chmod 755 "$root/usr/sbin/policy-rc.d"
+}

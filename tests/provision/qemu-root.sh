@@ -17,44 +17,12 @@ QEMU="$VAMP_PROVISION_DIR/qemu"
 need_root
 t_start=$(now_ms)
 
-# Remove a root left half-made; refuse if anything is mounted below it.
-remove_root() {
-    local root
-    root="$(readlink -f "$VAMP_ROOT")"
-    if awk -v r="$root" '$5 == r || index($5, r "/") == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
-        die "something is mounted below $root: unmount it first"
-    fi
-    rm -rf --one-file-system "$root"
-}
-
 do_debootstrap() {
-    apt_ensure debootstrap debian-archive-keyring
-    local mirror
-    mirror="$(debian_mirror)"
-    log "debootstrap trixie from the host's Debian mirror into $VAMP_ROOT"
-    [[ -e $VAMP_ROOT ]] && remove_root
-    mkdir -p "$(dirname "$VAMP_ROOT")"
-    debootstrap --variant=minbase trixie "$VAMP_ROOT" "$mirror" >"$VAMP_CACHE/debootstrap.log" 2>&1 ||
-        die "debootstrap failed, see $VAMP_CACHE/debootstrap.log"
-    touch "$BOOTSTRAP_MARK"
+    debootstrap_root trixie "$VAMP_ROOT" "$VAMP_CACHE/debootstrap.log"
 }
 
 do_qemu_install() {
-    local mirror
-    mirror="$(debian_mirror)"
-    rm -f "$VAMP_ROOT/etc/apt/sources.list"
-    cat >"$VAMP_ROOT/etc/apt/sources.list.d/debian.sources" <<EOF
-Types: deb
-URIs: $mirror
-Suites: trixie trixie-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-    # Name resolution for apt inside the root.
-    cp -L /etc/resolv.conf "$VAMP_ROOT/etc/resolv.conf" 2>/dev/null || true
-    # No services may start inside the root.
-    printf '#!/bin/sh\nexit 101\n' >"$VAMP_ROOT/usr/sbin/policy-rc.d"
-    chmod 755 "$VAMP_ROOT/usr/sbin/policy-rc.d"
+    prepare_root_apt "$VAMP_ROOT" trixie trixie-backports
     {
         "$QEMU" --exec apt-get update -qq &&
             "$QEMU" --exec env DEBIAN_FRONTEND=noninteractive \
