@@ -331,15 +331,19 @@ impl VhostUserBackendMut for RpmsgBackend {
     }
 }
 
-/// Runs `work` on the hub, on a thread of its own (`vamp-ring-work`) confined as
-/// [`ThreadKind::RingWork`], and returns its result. For the threads outside the sandbox (the
-/// vhost-user request thread, the accept thread, a remote's thread) whose events make the hub
-/// write into other guests' rings (see crate::sandbox). If no thread can be made, the work
-/// runs here, logged.
+/// Runs `work` on the hub from a confined thread and returns its result: here if the calling
+/// thread is confined already (the request, control and remote-ring threads), else on a
+/// thread of its own (`vamp-ring-work`) confined as [`ThreadKind::RingWork`]. For the events
+/// that make the hub write into other guests' rings (a disconnect seen by the accept thread,
+/// a remote's start or end seen by its lifecycle thread; see crate::sandbox). If no thread
+/// can be made, the work runs here, logged.
 pub fn run_ring_work<R: Send + 'static, W: FnOnce(&mut Hub) -> R + Send + 'static>(
     hub: &Arc<Mutex<Hub>>,
     work: W,
 ) -> R {
+    if sandbox::is_confined() {
+        return work(&mut lock_hub(hub));
+    }
     let shared = hub.clone();
     let slot = Arc::new(Mutex::new(Some(work)));
     let theirs = slot.clone();
@@ -413,7 +417,7 @@ pub fn serve_guest(
         backend.set_reset_notice(notice.clone());
         let backend = Arc::new(RwLock::new(backend));
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon = VhostUserDaemon::new(format!("vhost-user-rpmsg-{name}"), backend, mem)?;
+        let mut daemon = VhostUserDaemon::new(format!("vamp-vu-{name}"), backend, mem)?;
         log::info!(
             "guest {name}: waiting for a frontend on {}",
             socket.display()
@@ -424,7 +428,7 @@ pub fn serve_guest(
         let result = accept(&listener).and_then(|frontend| {
             let started = Control::start(
                 frontend,
-                |path| daemon.start_client(path),
+                |path| start_confined(&mut daemon, path),
                 hub.clone(),
                 id,
                 notice.clone(),
@@ -445,6 +449,27 @@ pub fn serve_guest(
             Err(e) => log::warn!("guest {name}: connection ended: {e}"),
         }
     }
+}
+
+/// Connects `daemon` to the control thread's private socket at `path` and starts its request
+/// thread, from a short-lived thread confined as [`ThreadKind::Request`]: the request thread
+/// inherits the filter, so it is confined before it reads the frontend's first message.
+fn start_confined(
+    daemon: &mut VhostUserDaemon<Arc<RwLock<RpmsgBackend>>>,
+    path: &str,
+) -> Result<(), vhost_user_backend::Error> {
+    std::thread::scope(|scope| {
+        let starter = std::thread::Builder::new()
+            .name("vamp-vhost-start".into())
+            .spawn_scoped(scope, || {
+                sandbox::enter(ThreadKind::Request);
+                daemon.start_client(path)
+            })
+            .map_err(vhost_user_backend::Error::StartDaemon)?;
+        starter
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// The next frontend connection on `listener`.

@@ -37,6 +37,7 @@
 
 use crate::backend::lock_hub;
 use crate::hub::{Hub, LinkId};
+use crate::sandbox::{self, ThreadKind};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
@@ -124,7 +125,11 @@ impl Control {
         };
         let thread = std::thread::Builder::new()
             .name("vhost-user-ctl".into())
-            .spawn(move || proxy.run())?;
+            .spawn(move || {
+                // Before the first byte from the frontend is read.
+                sandbox::enter(ThreadKind::Control);
+                proxy.run()
+            })?;
         Ok(Control {
             thread: Some(thread),
             frontend,

@@ -90,7 +90,8 @@ fn handle_signals(sockets: Vec<PathBuf>) {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
-    std::thread::spawn(move || {
+    let signals = std::thread::Builder::new().name("vamp-signals".into());
+    let _ = signals.spawn(move || {
         let mut sig: libc::c_int = 0;
         // SAFETY: `set` is initialised before use and `sig` is a valid out-pointer.
         unsafe {
@@ -129,7 +130,7 @@ fn main() -> ExitCode {
             match policy {
                 Policy::Off => log::warn!("sandbox off: the vring workers run unconfined"),
                 Policy::On(v) => log::info!(
-                    "sandbox on: vring workers and the hub's clock are confined by seccomp \
+                    "sandbox on: the threads that read guest, VMM or remote input are confined by seccomp \
                      (forbidden calls: {})",
                     if v == Violation::Kill {
                         "kill the process"
@@ -154,13 +155,19 @@ fn main() -> ExitCode {
     for (index, spec) in topology_remotes.into_iter().enumerate() {
         let hub = hub.clone();
         let id = guest_count + index;
-        threads.push(std::thread::spawn(move || {
+        // The remote's lifecycle (KVM calls, outside the sandbox); its rings are served by
+        // a confined thread of its own (crate::remote).
+        let lifecycle = std::thread::Builder::new().name("vamp-remote".into());
+        threads.push(spawn_named(lifecycle, move || {
             vamp_vmm_backend::remote::serve_remote(hub, id, spec).map_err(|e| e.to_string())
         }));
     }
     for (id, socket) in sockets.into_iter().enumerate() {
         let hub = hub.clone();
-        threads.push(std::thread::spawn(move || {
+        // Accepts the guest's frontend connections (outside the sandbox: it touches no guest
+        // memory and reads nothing the frontend sends; see crate::sandbox).
+        let accept = std::thread::Builder::new().name("vamp-accept".into());
+        threads.push(spawn_named(accept, move || {
             serve_guest(hub, id, &socket).map_err(|e| e.to_string())
         }));
     }
@@ -180,4 +187,18 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Starts a named thread of the hub at start-up, or ends the process saying why.
+fn spawn_named<F>(
+    builder: std::thread::Builder,
+    f: F,
+) -> std::thread::JoinHandle<Result<(), String>>
+where
+    F: FnOnce() -> Result<(), String> + Send + 'static,
+{
+    builder.spawn(f).unwrap_or_else(|e| {
+        eprintln!("vhost-user-rpmsg: cannot start a thread: {e}");
+        std::process::exit(1)
+    })
 }

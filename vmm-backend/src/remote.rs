@@ -6,7 +6,10 @@
 use crate::backend::{lock_hub, run_ring_work, stop};
 use crate::config::RemoteSpec;
 use crate::hub::{Hub, LinkEnv, LinkId, Notifier};
+use crate::sandbox::{self, ThreadKind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 use vamp_remoteproc::backend::Doorbell;
 use vamp_remoteproc::config::{BackendSpec, Recovery};
@@ -67,11 +70,11 @@ pub fn image_source(spec: &RemoteSpec) -> Result<ImageSource, RemoteError> {
 }
 
 fn bring_up(
-    hub: &Mutex<Hub>,
+    hub: &Arc<Mutex<Hub>>,
     id: LinkId,
     rp: &mut Remoteproc<KvmRemote>,
     name: &str,
-) -> Result<(), RemoteError> {
+) -> Result<RingServer, RemoteError> {
     let lifecycle = |source| RemoteError::Lifecycle {
         remote: name.to_string(),
         source,
@@ -85,9 +88,57 @@ fn bring_up(
         })
         .map_err(lifecycle)?;
     let (transport, config) = rpmsg.into_parts();
-    lock_hub(hub).attach(id, transport, config.name_service);
-    Ok(())
+    // Attaching flushes the hub's announcements into the remote's rings: ring work.
+    run_ring_work(hub, move |hub| {
+        hub.attach(id, transport, config.name_service)
+    });
+    Ok(RingServer::start(hub.clone(), id, rp.doorbell(), name))
 }
+
+/// The thread that serves a remote's rings (`vamp-remote-rings`), confined as
+/// [`ThreadKind::RemoteRings`]: it waits on the remote's doorbell and runs the hub for the
+/// remote's link, reading what the firmware wrote. The remote's lifecycle thread, which makes
+/// the KVM calls no sandbox list could hold, never touches the rings itself.
+struct RingServer {
+    done: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RingServer {
+    fn start(hub: Arc<Mutex<Hub>>, id: LinkId, doorbell: Arc<dyn Doorbell>, name: &str) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let theirs = done.clone();
+        let serve = move || {
+            sandbox::enter(ThreadKind::RemoteRings);
+            while !theirs.load(Ordering::Acquire) {
+                doorbell.wait(Duration::from_millis(100));
+                lock_hub(&hub).service_attached(id);
+                if doorbell.stopped() {
+                    // Nothing more will come (a wait would return at once): the lifecycle
+                    // thread sees the end and stops the link.
+                    break;
+                }
+            }
+        };
+        let thread = std::thread::Builder::new()
+            .name("vamp-remote-rings".into())
+            .spawn(serve)
+            .map_err(|e| log::error!("remote {name}: cannot start its ring thread: {e}"))
+            .ok();
+        RingServer { done, thread }
+    }
+
+    /// Ends the thread and waits for it: no more reads of the remote's rings after this.
+    fn stop(mut self) {
+        self.done.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How often a remote's lifecycle thread looks for an exit or a crash and relays its console.
+const LIFECYCLE_POLL: Duration = Duration::from_millis(50);
 
 /// Runs remote `id` of the hub's topology: starts it, attaches its rpmsg device to the hub,
 /// serves its notifications, and applies its recovery policy when it crashes. Returns when
@@ -119,21 +170,20 @@ pub fn serve_remote(hub: Arc<Mutex<Hub>>, id: LinkId, spec: RemoteSpec) -> Resul
     rp.load_source(image_source(&spec)?).map_err(lifecycle)?;
     rp.start().map_err(lifecycle)?;
     log::info!("remote {name}: started ({:?})", spec.image);
-    bring_up(&hub, id, &mut rp, &name)?;
-    let doorbell = rp.doorbell();
+    let mut rings = bring_up(&hub, id, &mut rp, &name)?;
     let max_restarts = match spec.recovery {
         Recovery::None => 0,
         Recovery::Restart { max_restarts } => max_restarts,
     };
     loop {
-        doorbell.wait(Duration::from_millis(100));
-        lock_hub(&hub).service_attached(id);
+        std::thread::sleep(LIFECYCLE_POLL);
         for line in String::from_utf8_lossy(&rp.take_console()).lines() {
             log::info!("remote {name} console: {line}");
         }
         match rp.poll() {
             RemoteEvent::Idle => {}
             RemoteEvent::Exited(code) => {
+                rings.stop();
                 run_ring_work(
                     &hub,
                     stop(id, format!("the remote exited with code {code}")),
@@ -142,6 +192,7 @@ pub fn serve_remote(hub: Arc<Mutex<Hub>>, id: LinkId, spec: RemoteSpec) -> Resul
                 return Ok(());
             }
             RemoteEvent::Crashed(why) => {
+                rings.stop();
                 run_ring_work(&hub, stop(id, "the remote crashed"));
                 log::error!("remote {name}: crashed: {why}");
                 if rp.restarts() >= max_restarts {
@@ -157,7 +208,7 @@ pub fn serve_remote(hub: Arc<Mutex<Hub>>, id: LinkId, spec: RemoteSpec) -> Resul
                     "remote {name}: restarted ({} of {max_restarts})",
                     rp.restarts()
                 );
-                bring_up(&hub, id, &mut rp, &name)?;
+                rings = bring_up(&hub, id, &mut rp, &name)?;
             }
         }
     }

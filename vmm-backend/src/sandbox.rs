@@ -7,26 +7,35 @@
 //!
 //! # Which threads
 //!
-//! - **vring workers** ([`ThreadKind::Worker`]): the threads rust-vmm's vhost-user-backend
-//!   spawns per connection to serve a guest's kicks. They run the hub (`Hub::service`): every
-//!   read of a guest's rings and every copy between guests. vhost-user-backend gives a backend
-//!   no hook on its worker threads other than `handle_event`, so the filter is installed at
-//!   the first event a worker handles ([`enter`], guarded by a thread-local flag), before any
-//!   guest memory is read. Before that the worker has only waited on its epoll set.
-//! - **the hub's clock** ([`ThreadKind::Clock`]): `Hub::tick` gives up on stuck receivers,
-//!   returning buffers into guests' used rings; the filter is installed before its first tick.
+//! Every thread that reads what a guest, its VMM or a remote writes runs under a filter of
+//! its own kind (the lists: [`allowed_syscalls`]; `tests/sandbox.rs` checks /proc for each):
 //!
-//! - **ring work** ([`ThreadKind::RingWork`]): stopping a link (a device reset or a ring stop
-//!   seen by the vhost-user request thread, a disconnect seen by the accept thread, a remote's
-//!   exit or crash) withdraws its names from the other guests and returns their held buffers:
-//!   writes into other guests' rings. Those threads hand it to a short-lived thread
-//!   (`vamp-ring-work`, [`crate::backend::run_ring_work`]) that installs this filter first.
+//! | thread (name in /proc) | untrusted input | kind |
+//! | --- | --- | --- |
+//! | `vring_worker` (rust-vmm's, one per connection) | the guest's rings and buffers, other guests' rings | [`ThreadKind::Worker`] |
+//! | `vamp-vu-<guest>` (the daemon's request thread) | the VMM's vhost-user messages, fds, memory tables | [`ThreadKind::Request`] |
+//! | `vhost-user-ctl` ([`crate::control`]) | the VMM's messages (device status, backend channel) | [`ThreadKind::Control`] |
+//! | `vamp-hub-clock` | every guest's rings (timeouts return held buffers) | [`ThreadKind::Clock`] |
+//! | `vamp-remote-rings` ([`crate::remote`]) | a remote's rings, other guests' rings | [`ThreadKind::RemoteRings`] |
+//! | `vamp-ring-work` (short-lived) | other guests' rings (withdrawals, held buffers) | [`ThreadKind::RingWork`] |
 //!
-//! Not covered yet: the vhost-user request thread of each connection (it maps the memory
-//! tables the frontend sends and receives file descriptors; its stops go to ring work), the
-//! control-connection thread ([`crate::control`]), the threads that accept connections, and
-//! the remotes' threads (the remote-serving thread still services the remote's rings itself)
-//! and KVM threads. They need `mmap` of file descriptors, `recvmsg`, `accept` and KVM ioctls.
+//! - **vring workers**: vhost-user-backend gives a backend no hook on its worker threads other
+//!   than `handle_event`, so the filter is installed at the first event a worker handles
+//!   ([`enter`], guarded by a thread-local flag), before any guest memory is read. Before that
+//!   the worker has only waited on its epoll set.
+//! - **request thread**: rust-vmm's daemon starts it when it connects; the connecting is done
+//!   by a short-lived thread (`vamp-vhost-start`) that installs the filter first, so the
+//!   request thread inherits it before it reads the first message.
+//! - **ring work**: stopping or attaching a link writes into other guests' rings. A confined
+//!   thread does it in place; the unconfined threads below hand it to a short-lived
+//!   `vamp-ring-work` thread ([`crate::backend::run_ring_work`]) that installs this filter.
+//!
+//! Outside the sandbox, reading nothing a guest, VMM or remote writes: the main thread
+//! (configuration), `vamp-accept` (accepts a guest's connections and starts their threads),
+//! `vamp-signals`, `vamp-remote` (a remote's lifecycle: the KVM calls no list could hold; it
+//! parses the remote's resource table through the engine's checked views when it attaches),
+//! and remoteproc-vm's `remote-vcpu` (KVM_RUN; the exits' values) and `remote-watchdog`
+//! (compares the heartbeat word).
 //!
 //! # SIGBUS on guest memory
 //!
@@ -68,10 +77,24 @@ pub enum ThreadKind {
     Worker,
     /// The hub's clock: sleeps, ticks the hub.
     Clock,
-    /// A short-lived thread that stops a link for a thread outside the sandbox (a reset or
-    /// disconnect seen by the vhost-user request or accept thread, a remote's end): it walks
-    /// other guests' rings (withdrawals, returned buffers) and exits. Only the common calls.
+    /// A short-lived thread that stops or attaches a link for an unconfined thread (a
+    /// disconnect seen by the accept thread, a remote's start or end seen by its lifecycle
+    /// thread): it walks other guests' rings (withdrawals, returned buffers, announcements)
+    /// and exits. Only the common calls.
     RingWork,
+    /// The vhost-user request thread of a connection (rust-vmm's daemon thread, named after
+    /// the guest): reads the frontend's messages and the descriptors they carry, maps the
+    /// memory table's regions, registers kick eventfds with the workers. The filter goes on
+    /// the short-lived thread that connects the daemon and starts it, so the request thread
+    /// inherits it from its first instruction.
+    Request,
+    /// The control thread of a connection (`vhost-user-ctl`, `crate::control`): relays
+    /// the frontend's messages to the request thread, reads the device status it sets and
+    /// the backend channel it opens.
+    Control,
+    /// A remote's ring thread (`vamp-remote-rings`, `crate::remote`): waits on the remote's
+    /// doorbell and runs the hub for its link. Only the common calls.
+    RemoteRings,
 }
 
 /// What happens when a sandboxed thread makes a call outside its list.
@@ -162,9 +185,13 @@ pub fn enter(kind: ThreadKind) {
     }
 }
 
-/// Whether the calling thread is confined.
+/// Whether the calling thread is confined: it installed a filter ([`enter`]), or it inherited
+/// one (the daemon's request thread, started by a confined thread).
 pub fn is_confined() -> bool {
-    CONFINED.get()
+    // A thread that installed its own filter knows without asking the kernel (and the
+    // workers' and clock's lists have no prctl to ask with).
+    // SAFETY: PR_GET_SECCOMP takes no pointer; it returns the calling thread's mode.
+    CONFINED.get() || unsafe { libc::prctl(libc::PR_GET_SECCOMP) } == 2
 }
 
 /// Threads confined since the process started.
@@ -189,6 +216,9 @@ pub fn check(violation: Violation) -> Result<(), SandboxError> {
     filter(ThreadKind::Worker, violation)?;
     filter(ThreadKind::Clock, violation)?;
     filter(ThreadKind::RingWork, violation)?;
+    filter(ThreadKind::Request, violation)?;
+    filter(ThreadKind::Control, violation)?;
+    filter(ThreadKind::RemoteRings, violation)?;
     std::thread::Builder::new()
         .name("vamp-sandbox-check".into())
         .spawn(move || install(ThreadKind::Clock, violation))
@@ -203,6 +233,7 @@ pub fn install(kind: ThreadKind, violation: Violation) -> Result<(), SandboxErro
     // Built before the filter goes in: this also makes the thread's allocator arena, whose
     // set-up reads /sys (not allowed afterwards).
     let program = filter(kind, violation)?;
+    fix_arena_limit();
     if violation == Violation::Refuse {
         install_sigsys_handler()?;
     }
@@ -210,6 +241,24 @@ pub fn install(kind: ThreadKind, violation: Violation) -> Result<(), SandboxErro
     CONFINED.set(true);
     INSTALLS.fetch_add(1, Ordering::SeqCst);
     Ok(())
+}
+
+/// Fixes glibc's limit on malloc arenas while the process may still read files. Left to
+/// itself, glibc counts the CPUs from /sys (or /proc) the first time a thread needs a new
+/// arena, which may be a confined thread (a new request thread inherits its filter before its
+/// first allocation): that read would be refused. The limit set is glibc's own default on
+/// 64-bit systems, eight arenas per CPU.
+fn fix_arena_limit() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        #[cfg(target_env = "gnu")]
+        {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let limit = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
+            // SAFETY: mallopt only sets a malloc tunable; it takes no pointers.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, limit) };
+        }
+    });
 }
 
 /// The system calls a `kind` thread may make, by name, with why.
@@ -237,6 +286,11 @@ enum Only {
     ThisProcess,
     /// Reading a descriptor's flags (fcntl: F_GETFD).
     GetFd,
+    /// Unix-domain sockets only (socket: domain).
+    UnixSockets,
+    /// Duplicating a descriptor and reading or setting its flags, reading a file's seals
+    /// (fcntl: F_GETFD, F_DUPFD_CLOEXEC, F_GETFL, F_SETFL, F_GET_SEALS), nothing else.
+    FdFlags,
 }
 
 macro_rules! allow {
@@ -334,8 +388,136 @@ fn rules(kind: ThreadKind) -> Vec<Allowed> {
         }
         // Locks, the allocator, call eventfds, log lines and thread exit: all common.
         ThreadKind::RingWork => {}
+        ThreadKind::RemoteRings => {
+            #[cfg(target_arch = "x86_64")]
+            rules.push(allow!(
+                SYS_poll,
+                Any,
+                "waiting for the remote's kick (an eventfd)"
+            ));
+            rules.push(allow!(
+                SYS_ppoll,
+                Any,
+                "waiting for the remote's kick (an eventfd)"
+            ));
+            rules.push(allow!(SYS_read, Any, "the remote's kick eventfd"));
+        }
+        ThreadKind::Request => {
+            rules.push(allow!(
+                SYS_recvmsg,
+                Any,
+                "the frontend's messages and their descriptors"
+            ));
+            rules.push(allow!(SYS_sendmsg, Any, "replies to the frontend"));
+            rules.push(allow!(
+                SYS_recvfrom,
+                Any,
+                "the frontend's messages (plain reads)"
+            ));
+            rules.push(allow!(
+                SYS_shutdown,
+                Any,
+                "ending the connection when the thread ends"
+            ));
+            rules.push(allow!(
+                SYS_setsockopt,
+                Any,
+                "socket options of the connection"
+            ));
+            rules.push(allow!(
+                SYS_sendto,
+                Any,
+                "replies to the frontend (plain writes)"
+            ));
+            rules.push(allow!(SYS_read, Any, "eventfds"));
+            rules.push(allow!(
+                SYS_mmap,
+                NoExec,
+                "mapping the memory table's regions (shared files); never executable"
+            ));
+            #[cfg(target_arch = "x86_64")]
+            rules.push(allow!(SYS_fstat, Any, "a region's file size (check_table)"));
+            rules.push(allow!(
+                SYS_newfstatat,
+                Any,
+                "a region's file size (check_table)"
+            ));
+            rules.push(allow!(SYS_statx, Any, "a region's file size (check_table)"));
+            rules.push(allow!(
+                SYS_epoll_ctl,
+                Any,
+                "kick eventfds into the workers' epoll sets"
+            ));
+            rules.push(allow!(
+                SYS_socket,
+                UnixSockets,
+                "the daemon connects to the control thread's private socket"
+            ));
+            rules.push(allow!(
+                SYS_connect,
+                Any,
+                "the daemon connects to the control thread"
+            ));
+            rules.push(allow!(
+                SYS_fcntl,
+                FdFlags,
+                "the daemon duplicates its connection; a region's seals (check_table)"
+            ));
+            rules.extend(spawn_rules());
+        }
+        ThreadKind::Control => {
+            rules.push(allow!(
+                SYS_recvmsg,
+                Any,
+                "messages and descriptors from both ends"
+            ));
+            rules.push(allow!(
+                SYS_sendmsg,
+                Any,
+                "relaying messages and descriptors"
+            ));
+            rules.push(allow!(
+                SYS_recvfrom,
+                Any,
+                "messages from both ends (plain reads)"
+            ));
+            rules.push(allow!(SYS_sendto, Any, "relaying messages (plain writes)"));
+            rules.push(allow!(SYS_read, Any, "the reset notice (an eventfd)"));
+            #[cfg(target_arch = "x86_64")]
+            rules.push(allow!(SYS_poll, Any, "waiting on both ends"));
+            rules.push(allow!(SYS_ppoll, Any, "waiting on both ends"));
+            rules.push(allow!(SYS_shutdown, Any, "ending the relay"));
+            rules.push(allow!(
+                SYS_setsockopt,
+                Any,
+                "write timeouts on the backend channel"
+            ));
+            rules.push(allow!(
+                SYS_fcntl,
+                FdFlags,
+                "duplicating descriptors it relays; blocking mode"
+            ));
+        }
     }
     rules
+}
+
+/// What starting the daemon's request thread takes (its stack is anonymous memory, common),
+/// and asking the kernel whether a thread is confined (`prctl(PR_GET_SECCOMP)`).
+fn spawn_rules() -> Vec<Allowed> {
+    use Only::*;
+    vec![
+        allow!(SYS_clone3, Any, "starting the daemon's request thread"),
+        allow!(SYS_clone, Any, "starting a thread, where clone3 is missing"),
+        allow!(SYS_set_robust_list, Any, "a new thread's lock list"),
+        allow!(SYS_rseq, Any, "a new thread's restartable sequences"),
+        allow!(
+            SYS_prctl,
+            Any,
+            "a new thread's name; whether this thread is confined"
+        ),
+        allow!(SYS_sched_getaffinity, Any, "a new thread's CPU set (glibc)"),
+    ]
 }
 
 fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SandboxError> {
@@ -359,21 +541,30 @@ pub fn filter(kind: ThreadKind, violation: Violation) -> Result<BpfProgram, Sand
     let pid = std::process::id() as u64;
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for r in rules(kind) {
-        let conditions = match r.only {
+        let cmd = |c: i32| condition(1, SeccompCmpOp::Eq, c as u64);
+        // Each inner list is one rule (its conditions all hold); any one rule allows the call.
+        let rules: Vec<Vec<SeccompCondition>> = match r.only {
             Only::Any => vec![],
-            Only::AnonNoExec => vec![
+            Only::AnonNoExec => vec![vec![
                 condition(2, SeccompCmpOp::MaskedEq(exec), 0)?,
                 condition(3, SeccompCmpOp::MaskedEq(anon), anon)?,
+            ]],
+            Only::NoExec => vec![vec![condition(2, SeccompCmpOp::MaskedEq(exec), 0)?]],
+            Only::ThisProcess => vec![vec![condition(0, SeccompCmpOp::Eq, pid)?]],
+            Only::GetFd => vec![vec![cmd(libc::F_GETFD)?]],
+            Only::UnixSockets => vec![vec![condition(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?]],
+            Only::FdFlags => vec![
+                vec![cmd(libc::F_GETFD)?],
+                vec![cmd(libc::F_DUPFD_CLOEXEC)?],
+                vec![cmd(libc::F_GETFL)?],
+                vec![cmd(libc::F_SETFL)?],
+                vec![cmd(libc::F_GET_SEALS)?],
             ],
-            Only::NoExec => vec![condition(2, SeccompCmpOp::MaskedEq(exec), 0)?],
-            Only::ThisProcess => vec![condition(0, SeccompCmpOp::Eq, pid)?],
-            Only::GetFd => vec![condition(1, SeccompCmpOp::Eq, libc::F_GETFD as u64)?],
         };
-        let rule = if conditions.is_empty() {
-            vec![]
-        } else {
-            vec![SeccompRule::new(conditions)?]
-        };
+        let rule = rules
+            .into_iter()
+            .map(SeccompRule::new)
+            .collect::<Result<Vec<_>, _>>()?;
         map.insert(r.nr, rule);
     }
     let refused = match violation {

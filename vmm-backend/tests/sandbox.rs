@@ -345,22 +345,27 @@ struct Backend {
 impl Backend {
     fn start(dir: &Path, extra: &[&str]) -> (Backend, Vec<PathBuf>) {
         let base = dir.join("g.sock");
+        let sockets: Vec<PathBuf> = (0..2)
+            .map(|i| PathBuf::from(format!("{}{i}", base.display())))
+            .collect();
+        let mut args = vec!["--socket-path".to_string(), base.display().to_string()];
+        args.extend(["--socket-count", "2", "--echo", "echo"].map(String::from));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        (Backend::run(dir, &args, &sockets), sockets)
+    }
+
+    /// Runs the binary with `args` and waits for `sockets` to appear.
+    fn run(dir: &Path, args: &[String], sockets: &[PathBuf]) -> Backend {
         let log = dir.join("backend.log");
         let child = Command::new(env!("CARGO_BIN_EXE_vhost-user-rpmsg"))
-            .arg("--socket-path")
-            .arg(&base)
-            .args(["--socket-count", "2", "--echo", "echo"])
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let sockets: Vec<PathBuf> = (0..2)
-            .map(|i| PathBuf::from(format!("{}{i}", base.display())))
-            .collect();
-        wait_for_paths(&sockets, "the backend's sockets", WAIT);
-        (Backend { child, log }, sockets)
+        wait_for_paths(sockets, "the backend's sockets", WAIT);
+        Backend { child, log }
     }
 
     fn log(&self) -> String {
@@ -383,7 +388,8 @@ fn binary_traffic(extra: &[&str]) -> (Vec<u32>, String) {
     let dir = TempDir::new(&format!("sandbox-bin{}", extra.len()));
     let (backend, sockets) = Backend::start(dir.path(), extra);
     let opts = GuestOptions::default();
-    let mut a = NativeGuest::connect(&sockets[0], opts).unwrap();
+    let mut a = NativeGuest::connect(&sockets[0], opts)
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", backend.log()));
     let mut ai = Inbox::default();
     pump(&mut a, &mut ai, "echo", |i| i.announced("echo").is_some());
     let modes = seccomp_modes(backend.child.id(), "vring_worker");
@@ -482,4 +488,114 @@ fn a_disconnect_stops_the_link_on_a_confined_thread() {
         "the link was stopped by a thread that confined itself"
     );
     assert_eq!(sandbox::refusals(), refusals, "nothing legitimate refused");
+}
+
+/// Each thread of process `pid`: its name (as /proc shows it, at most 15 bytes), whether it is
+/// the main thread, and its seccomp mode (0 none, 2 filter).
+fn threads_of(pid: u32) -> Vec<(String, bool, u32)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let tid: u32 = task.file_name().to_string_lossy().parse().unwrap();
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        threads.push((comm.trim_end().to_string(), tid == pid, mode));
+    }
+    threads
+}
+
+/// The hub's threads that may run outside the sandbox, and why: they read nothing a guest, a
+/// VMM or a remote writes (see vamp_vmm_backend::sandbox).
+const UNCONFINED: [&str; 6] = [
+    // Accepts connections, starts a connection's threads, hands a disconnect to ring work.
+    "vamp-accept",
+    // A remote's lifecycle: KVM calls; its rings are served by "vamp-remote-rings".
+    "vamp-remote",
+    // Waits for SIGINT/SIGTERM.
+    "vamp-signals",
+    // remoteproc-vm's KVM threads: the vCPU (KVM_RUN and the exits' values: kick, console
+    // byte, exit code) and the watchdog (compares the platform entry's heartbeat word).
+    "remote-vcpu",
+    "remote-watchdog",
+    // Not ours: the kernel's KVM worker (kvm-nx-lpage-recovery) shows among a KVM user's
+    // threads.
+    "kvm-nx-lpage-re",
+];
+
+#[test]
+fn attack_threads_outside_sandbox() {
+    let _serial = serial();
+    let dir = TempDir::new("sandbox-threads");
+    let sockets = [dir.path().join("a.sock"), dir.path().join("b.sock")];
+    let mut toml = TOPOLOGY.replace("{dir}", &dir.path().display().to_string());
+    let with_remote = vamp_remoteproc::kvm::kvm_available().is_ok();
+    if with_remote {
+        toml.push_str("[[remote]]\nname = \"r\"\nimage = \"echo\"\n");
+    } else {
+        eprintln!("no KVM here: the remote's ring thread is not checked");
+    }
+    let config = dir.path().join("hub.toml");
+    std::fs::write(&config, toml).unwrap();
+    let backend = Backend::run(
+        dir.path(),
+        &["--config".to_string(), config.display().to_string()],
+        &sockets,
+    );
+    // A guest with its memory table set, its rings up and traffic: every connection thread
+    // exists and has read what its VMM sent.
+    let mut a = NativeGuest::connect(&sockets[0], GuestOptions::default())
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", backend.log()));
+    let mut ai = Inbox::default();
+    pump(&mut a, &mut ai, "echo", |i| i.announced("echo").is_some());
+    // And b: a worker confines itself at its first event, before it reads any guest memory.
+    let mut b = NativeGuest::connect(&sockets[1], GuestOptions::default()).unwrap();
+    let mut bi = Inbox::default();
+    pump(&mut b, &mut bi, "echo", |i| i.announced("echo").is_some());
+    let mut expected = vec![
+        "vring_worker",
+        "vhost-user-ctl",
+        "vamp-vu-a",
+        "vamp-hub-clock",
+    ];
+    if with_remote {
+        expected.push("vamp-remote-rin");
+    }
+    let deadline = Instant::now() + WAIT;
+    let threads = loop {
+        let threads = threads_of(backend.child.id());
+        if expected
+            .iter()
+            .all(|name| threads.iter().any(|(comm, _, _)| comm == name))
+        {
+            break threads;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "threads {expected:?} never all ran: {threads:?}\n{}",
+            backend.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for (comm, main, mode) in &threads {
+        if *main || UNCONFINED.contains(&comm.as_str()) {
+            continue;
+        }
+        assert_eq!(
+            *mode, 2,
+            "thread {comm:?} runs outside the sandbox: {threads:?}"
+        );
+    }
+    // Everything a connection does, under the filters: a reset, a disconnect, a reconnect.
+    drop(a);
+    drop(b);
+    traffic(&sockets);
+    let log = backend.log();
+    assert!(!log.contains("refused system call"), "{log}");
 }
