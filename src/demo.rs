@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vamp_rpmsg::apps::{AppError, PingSummary};
 use vamp_rpmsg::native;
-use vamp_vmm_backend::backend::serve_guest;
 use vamp_vmm_backend::config::Topology;
 use vamp_vmm_backend::hub::Hub;
+use vamp_vmm_backend::vhost_user::serve_guest;
 
 const HUB_SERVICE: &str = "vamp-demo-echo";
 
@@ -118,7 +118,7 @@ fn hub_part(count: u32) -> Result<(PingSummary, ExitStatus), AppError> {
         let _ = offerer.kill();
     }
     let offer_status = wait_child(&mut offerer)?;
-    let stats = vamp_vmm_backend::backend::lock_hub(&hub).stats(1);
+    let stats = vamp_vmm_backend::hub::lock_hub(&hub).stats(1);
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "   hub: {} messages forwarded from bob to alice, {} dropped",
@@ -184,7 +184,7 @@ fn remote_part(count: u32) -> Result<Option<ExitStatus>, AppError> {
         carol.as_os_str(),
     ])?;
     let status = wait_child(&mut pinger)?;
-    let stats = vamp_vmm_backend::backend::lock_hub(&hub).stats(1);
+    let stats = vamp_vmm_backend::hub::lock_hub(&hub).stats(1);
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "   hub: {} messages forwarded from the remote to carol",

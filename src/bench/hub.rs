@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vamp_rpmsg::wire::ADDR_ANY;
-use vamp_vmm_backend::backend::serve_guest;
 use vamp_vmm_backend::config::{ChannelSpec, GuestSpec, ServiceKind, ServiceSpec, Topology};
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
 use vamp_vmm_backend::hub::Hub;
+use vamp_vmm_backend::vhost_user::serve_guest;
 
 pub(super) fn topology(guests: usize, pairs: bool, socket_dir: &Path) -> Res<Topology> {
     let name = |i: usize| format!("g{i}");

@@ -12,8 +12,8 @@ use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::rpmsg::{Config, Rpmsg};
 use vamp_rpmsg::transport::{DriverTransport, Environment, Transport};
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
-use vamp_vmm_backend::backend::lock_hub;
 use vamp_vmm_backend::frontend::GuestOptions;
+use vamp_vmm_backend::hub::lock_hub;
 use vamp_vmm_backend::hub::{Hub, Notifier, RingsInfo};
 
 /// An Environment counting kicks and writing them to an eventfd (the cost a kick has).

@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 use vamp_rpmsg::wire::ADDR_ANY;
-use vamp_vmm_backend::backend::{lock_hub, serve_guest};
+use vamp_vmm_backend::hub::lock_hub;
 use vamp_vmm_backend::hub::{Hub, Notifier, POLL_BUDGET};
+use vamp_vmm_backend::vhost_user::serve_guest;
 
 /// Endpoint counts of the endpoint scale.
 pub(super) const ENDPOINT_COUNTS: [u32; 3] = [1, 100, 10_000];

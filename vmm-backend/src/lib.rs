@@ -2,19 +2,20 @@
 //! between the guests it serves.
 //!
 //! - [`config`]: the topology file (guests, host services, channels).
-//! - [`hub`]: per-guest links, name offering and address translation between guests.
-//! - [`backend`]: the vhost-user backend of one guest, on rust-vmm's vhost-user-backend.
+//! - [`hub`]: per-guest links, name offering and address translation between guests; the
+//!   hub's lock and the threads that work on it.
+//! - [`vhost_user`]: the vhost-user side: each guest's socket and connection, its device on
+//!   rust-vmm's vhost-user-backend, and the control relay (device status, DEVICE_NEEDS_RESET).
 //! - [`guest_memory`]: guest RAM from the vhost-user memory table, for the engine.
-//! - [`control`]: the vhost-user control connection: device status, DEVICE_NEEDS_RESET.
+//! - [`remote`]: KVM remotes in the hub.
 //! - [`sandbox`]: the seccomp filter of the threads that touch guest memory.
 //! - [`frontend`]: a vhost-user frontend that plays a guest with vamp's driver role (tests,
 //!   the demo, and native guests without QEMU).
 
-pub mod backend;
 pub mod config;
-pub mod control;
 pub mod frontend;
 pub mod guest_memory;
 pub mod hub;
 pub mod remote;
 pub mod sandbox;
+pub mod vhost_user;

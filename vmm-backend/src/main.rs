@@ -5,11 +5,11 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use vamp_vmm_backend::backend::serve_guest;
 use vamp_vmm_backend::config::Topology;
 use vamp_vmm_backend::guest_memory::{DEFAULT_MAX_MAPPED, set_max_mapped};
 use vamp_vmm_backend::hub::Hub;
 use vamp_vmm_backend::sandbox::{self, Policy, Violation};
+use vamp_vmm_backend::vhost_user::serve_guest;
 
 #[derive(Parser, Debug)]
 #[command(

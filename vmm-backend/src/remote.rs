@@ -3,9 +3,9 @@
 //! are offered to guests as the topology says, like any guest's; a crash withdraws them, and
 //! recovery (per the topology) brings the remote and its channels back.
 
-use crate::backend::{lock_hub, run_ring_work, stop};
 use crate::config::RemoteSpec;
 use crate::hub::{Hub, LinkEnv, LinkId, Notifier};
+use crate::hub::{lock_hub, run_ring_work, stop};
 use crate::sandbox::{self, ThreadKind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

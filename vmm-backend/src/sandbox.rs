@@ -14,7 +14,7 @@
 //! | --- | --- | --- |
 //! | `vring_worker` (rust-vmm's, one per connection) | the guest's rings and buffers, other guests' rings | [`ThreadKind::Worker`] |
 //! | `vamp-vu-<guest>` (the daemon's request thread) | the VMM's vhost-user messages, fds, memory tables | [`ThreadKind::Request`] |
-//! | `vhost-user-ctl` ([`crate::control`]) | the VMM's messages (device status, backend channel) | [`ThreadKind::Control`] |
+//! | `vhost-user-ctl` ([`crate::vhost_user::control`]) | the VMM's messages (device status, backend channel) | [`ThreadKind::Control`] |
 //! | `vamp-hub-clock` | every guest's rings (timeouts return held buffers) | [`ThreadKind::Clock`] |
 //! | `vamp-remote-rings` ([`crate::remote`]) | a remote's rings, other guests' rings | [`ThreadKind::RemoteRings`] |
 //! | `vamp-ring-work` (short-lived) | other guests' rings (withdrawals, held buffers) | [`ThreadKind::RingWork`] |
@@ -28,7 +28,7 @@
 //!   request thread inherits it before it reads the first message.
 //! - **ring work**: stopping or attaching a link writes into other guests' rings. A confined
 //!   thread does it in place; the unconfined threads below hand it to a short-lived
-//!   `vamp-ring-work` thread ([`crate::backend::run_ring_work`]) that installs this filter.
+//!   `vamp-ring-work` thread ([`crate::hub::run_ring_work`]) that installs this filter.
 //!
 //! Outside the sandbox, reading nothing a guest, VMM or remote writes: the main thread
 //! (configuration), `vamp-accept` (accepts a guest's connections and starts their threads),
@@ -88,7 +88,7 @@ pub enum ThreadKind {
     /// the short-lived thread that connects the daemon and starts it, so the request thread
     /// inherits it from its first instruction.
     Request,
-    /// The control thread of a connection (`vhost-user-ctl`, `crate::control`): relays
+    /// The control thread of a connection (`vhost-user-ctl`, `crate::vhost_user::control`): relays
     /// the frontend's messages to the request thread, reads the device status it sets and
     /// the backend channel it opens.
     Control,

@@ -35,8 +35,8 @@ use vamp_rpmsg::vring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VringLayout,
 };
 use vamp_rpmsg::wire::{ADDR_ANY, Endian, HEADER_LEN, NS_ADDR, encode_header};
-use vamp_vmm_backend::backend::lock_hub;
 use vamp_vmm_backend::frontend::NativeGuest;
+use vamp_vmm_backend::hub::lock_hub;
 use vamp_vmm_backend::hub::{LinkStats, MAX_NAMES_PER_LINK, MAX_REPLY_PROXIES_PER_SOURCE};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use vamp_rpmsg::rpmsg::{Error as RpmsgError, Handler, HeldRx, Received, Rpmsg};
 use vamp_rpmsg::transport::Transport;
 use vamp_rpmsg::wire::{ADDR_ANY, Endian, NS_ADDR, NameServiceMsg, NsFlags};
-use vamp_vmm_backend::backend::lock_hub;
 use vamp_vmm_backend::hub::POLL_BUDGET;
+use vamp_vmm_backend::hub::lock_hub;
 
 /// alice offers "a-svc" to everyone, carol "c-svc" to bob and the attacker; any name of the
 /// attacker is offered to carol. Every guest sees the hub's "echo".

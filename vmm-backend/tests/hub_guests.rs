@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use vamp_rpmsg::mem::SharedMemory;
 use vamp_rpmsg::rpmsg::Error as RpmsgError;
 use vamp_rpmsg::wire::ADDR_ANY;
-use vamp_vmm_backend::backend::lock_hub;
+use vamp_vmm_backend::hub::lock_hub;
 
 #[test]
 fn echo_service_answers_every_size() {

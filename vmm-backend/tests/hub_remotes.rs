@@ -10,8 +10,8 @@ use vamp_rpmsg::apps::ping;
 use vamp_rpmsg::rpmsg::{Handler, NsEvent, Received, Rpmsg};
 use vamp_rpmsg::transport::Transport;
 use vamp_rpmsg::wire::ADDR_ANY;
-use vamp_vmm_backend::backend::lock_hub;
 use vamp_vmm_backend::frontend::NativeGuest;
+use vamp_vmm_backend::hub::lock_hub;
 use vamp_vmm_backend::remote::serve_remote;
 
 fn kvm_or_skip(test: &str) -> bool {

@@ -463,7 +463,7 @@ fn a_disconnect_stops_the_link_on_a_confined_thread() {
             .unwrap(),
     )));
     assert!(!sandbox::is_confined());
-    assert!(vamp_vmm_backend::backend::run_ring_work(&direct, |_| {
+    assert!(vamp_vmm_backend::hub::run_ring_work(&direct, |_| {
         sandbox::is_confined()
     }));
     // A disconnect seen by the accept thread (outside the sandbox) makes a confined thread

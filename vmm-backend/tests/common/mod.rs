@@ -22,10 +22,11 @@ use vamp_rpmsg::transport::{
 };
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
-use vamp_vmm_backend::backend::{lock_hub, serve_guest};
 use vamp_vmm_backend::config::Topology;
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
+use vamp_vmm_backend::hub::lock_hub;
 use vamp_vmm_backend::hub::{Hub, LinkEnv, LinkStats, Notifier};
+use vamp_vmm_backend::vhost_user::serve_guest;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 // Each test binary uses some of these.

@@ -35,7 +35,7 @@
 //! The control path only: kicks and interrupts go straight between the frontend and the
 //! daemon's eventfds, never through here.
 
-use crate::backend::lock_hub;
+use crate::hub::lock_hub;
 use crate::hub::{Hub, LinkId};
 use crate::sandbox::{self, ThreadKind};
 use std::io::{self, Read, Write};

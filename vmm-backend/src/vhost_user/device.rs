@@ -1,27 +1,24 @@
-//! The vhost-user backend of one guest, on rust-vmm's vhost-user-backend.
-//!
-//! Each guest has its own socket and daemon thread; all of them share one [`Hub`] behind a
-//! mutex, which moves messages between their rings.
+//! The vhost-user device of one guest on rust-vmm's vhost-user-backend: [`RpmsgBackend`]
+//! answers the frontend's feature and ring set-up, turns its memory table into the hub's
+//! `GuestRam` (once per table), and runs the hub for each kick (`handle_event`, on the
+//! connection's vring worker, confined at its first event).
 
-use crate::control::{Control, ResetNotice};
+use super::control::ResetNotice;
 use crate::guest_memory::{
     GuestMemoryMap, GuestRam, check_table, max_mapped, register_table, take_faults,
 };
-use crate::hub::{Hub, LinkId, Notifier, Reports, RingsInfo};
+use crate::hub::{Hub, LinkId, Notifier, Reports, RingsInfo, lock_hub, run_ring_work, stop};
 use crate::sandbox::{self, ThreadKind};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock, TryLockError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 use vamp_rpmsg::virtio::{NUM_QUEUES, VIRTIO_RPMSG_F_NS};
-use vhost::vhost_user::Listener;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
@@ -30,25 +27,9 @@ use vmm_sys_util::event::{
 /// Largest queue the backend accepts.
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
-/// Locks the hub, surviving a panic in another guest's thread: the hub's state is kept
-/// consistent between calls, so a poisoned lock only means that thread died.
-pub fn lock_hub(hub: &Mutex<Hub>) -> std::sync::MutexGuard<'_, Hub> {
-    let (mut guard, waited) = match hub.try_lock() {
-        Ok(guard) => (guard, false),
-        Err(TryLockError::Poisoned(poisoned)) => (poisoned.into_inner(), false),
-        Err(TryLockError::WouldBlock) => (
-            hub.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
-            true,
-        ),
-    };
-    // Counted inside the hub, under its lock: no shared counter of its own on the hot path.
-    guard.count_lock(waited);
-    guard
-}
-
 struct VringNotifier {
     vrings: Vec<VringRwLock>,
-    /// Woken when the hub breaks the guest's link (see [`crate::control`]).
+    /// Woken when the hub breaks the guest's link (see [`crate::vhost_user::control`]).
     reset_notice: Option<Arc<ResetNotice>>,
 }
 
@@ -97,7 +78,7 @@ pub struct RpmsgBackend {
     acked_features: u64,
     event_idx: bool,
     vrings: Option<(Vec<VringRwLock>, Arc<dyn Notifier>)>,
-    /// Told when the hub breaks this guest's link (see [`crate::control`]).
+    /// Told when the hub breaks this guest's link (see [`crate::vhost_user::control`]).
     reset_notice: Option<Arc<ResetNotice>>,
     /// Exit-event consumers given to vhost-user-backend: it registers each with its epoll by
     /// raw descriptor and never closes it (0.24), so they are closed when this backend (one per
@@ -328,163 +309,5 @@ impl VhostUserBackendMut for RpmsgBackend {
             Self::record(vrings, at);
         }
         Ok(())
-    }
-}
-
-/// Runs `work` on the hub from a confined thread and returns its result: here if the calling
-/// thread is confined already (the request, control and remote-ring threads), else on a
-/// thread of its own (`vamp-ring-work`) confined as [`ThreadKind::RingWork`]. For the events
-/// that make the hub write into other guests' rings (a disconnect seen by the accept thread,
-/// a remote's start or end seen by its lifecycle thread; see crate::sandbox). If no thread
-/// can be made, the work runs here, logged.
-pub fn run_ring_work<R: Send + 'static, W: FnOnce(&mut Hub) -> R + Send + 'static>(
-    hub: &Arc<Mutex<Hub>>,
-    work: W,
-) -> R {
-    if sandbox::is_confined() {
-        return work(&mut lock_hub(hub));
-    }
-    let shared = hub.clone();
-    let slot = Arc::new(Mutex::new(Some(work)));
-    let theirs = slot.clone();
-    let take = |slot: &Mutex<Option<_>>| slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let spawned = std::thread::Builder::new()
-        .name("vamp-ring-work".into())
-        .spawn(move || {
-            sandbox::enter(ThreadKind::RingWork);
-            take(&theirs).map(|work: W| work(&mut lock_hub(&shared)))
-        });
-    match spawned.map(|t| t.join()) {
-        Ok(Ok(Some(result))) => result,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Ok(Ok(None)) | Err(_) => {
-            log::error!("cannot start a ring-work thread: the work runs unconfined");
-            let work = take(&slot).expect("not taken: the thread never ran it");
-            work(&mut lock_hub(hub))
-        }
-    }
-}
-
-/// The work of stopping guest `id`'s link, for [`run_ring_work`].
-pub fn stop(id: LinkId, reason: impl Into<String>) -> impl FnOnce(&mut Hub) -> Option<[u16; 2]> {
-    let reason = reason.into();
-    move |hub| hub.stop(id, &reason)
-}
-
-/// How often the hub's clock ticks (see [`Hub::tick`]).
-pub const TICK: Duration = Duration::from_millis(100);
-
-/// Calls [`Hub::tick`] every [`TICK`] on a thread of its own, until the hub is dropped. The
-/// hub is otherwise driven by kicks alone, and a guest whose sends are blocked does not kick:
-/// without a clock, a stuck receiver would hold its senders' buffers until some other event.
-pub fn spawn_clock(hub: &Arc<Mutex<Hub>>) {
-    let hub = Arc::downgrade(hub);
-    let clock = move || {
-        sandbox::enter(ThreadKind::Clock);
-        while let Some(hub) = hub.upgrade() {
-            lock_hub(&hub).tick();
-            drop(hub);
-            std::thread::sleep(TICK);
-        }
-    };
-    if let Err(e) = std::thread::Builder::new()
-        .name("vamp-hub-clock".into())
-        .spawn(clock)
-    {
-        log::error!("cannot start the hub's clock: {e}; timeouts are checked at kicks only");
-    }
-}
-
-/// Serves guest `id` on its socket until the process ends: one frontend connection at a time,
-/// a fresh backend for each, the guest's link withdrawn whenever its frontend goes away.
-///
-/// The listening socket stays open across connections, so a frontend that reconnects (QEMU's
-/// `reconnect=`) waits in its backlog instead of finding no socket.
-pub fn serve_guest(
-    hub: Arc<Mutex<Hub>>,
-    id: LinkId,
-    socket: &Path,
-) -> Result<(), vhost_user_backend::Error> {
-    let name = lock_hub(&hub).topology().guests[id].name.clone();
-    if lock_hub(&hub).claim_clock() {
-        spawn_clock(&hub);
-    }
-    let listener =
-        Listener::new(socket, true).map_err(vhost_user_backend::Error::CreateBackendListener)?;
-    let notice = Arc::new(ResetNotice::new().map_err(vhost_user_backend::Error::StartDaemon)?);
-    loop {
-        let mut backend = RpmsgBackend::new(hub.clone(), id);
-        backend.set_reset_notice(notice.clone());
-        let backend = Arc::new(RwLock::new(backend));
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon = VhostUserDaemon::new(format!("vamp-vu-{name}"), backend, mem)?;
-        log::info!(
-            "guest {name}: waiting for a frontend on {}",
-            socket.display()
-        );
-        // The frontend talks to the daemon through a control thread, which adds device status
-        // and the backend channel (crate::control).
-        let mut control = None;
-        let result = accept(&listener).and_then(|frontend| {
-            let started = Control::start(
-                frontend,
-                |path| start_confined(&mut daemon, path),
-                hub.clone(),
-                id,
-                notice.clone(),
-            );
-            control = Some(started.map_err(vhost_user_backend::Error::StartDaemon)?);
-            daemon.wait()
-        });
-        // Dropping the daemon stops and joins its worker threads: only then can no late kick
-        // of the old connection bring the link back up.
-        drop(daemon);
-        drop(control);
-        run_ring_work(&hub, stop(id, "the frontend disconnected"));
-        match result {
-            Ok(()) => log::info!("guest {name}: frontend disconnected"),
-            Err(vhost_user_backend::Error::HandleRequest(
-                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-            )) => log::info!("guest {name}: frontend disconnected"),
-            Err(e) => log::warn!("guest {name}: connection ended: {e}"),
-        }
-    }
-}
-
-/// Connects `daemon` to the control thread's private socket at `path` and starts its request
-/// thread, from a short-lived thread confined as [`ThreadKind::Request`]: the request thread
-/// inherits the filter, so it is confined before it reads the frontend's first message.
-fn start_confined(
-    daemon: &mut VhostUserDaemon<Arc<RwLock<RpmsgBackend>>>,
-    path: &str,
-) -> Result<(), vhost_user_backend::Error> {
-    std::thread::scope(|scope| {
-        let starter = std::thread::Builder::new()
-            .name("vamp-vhost-start".into())
-            .spawn_scoped(scope, || {
-                sandbox::enter(ThreadKind::Request);
-                daemon.start_client(path)
-            })
-            .map_err(vhost_user_backend::Error::StartDaemon)?;
-        starter
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-/// The next frontend connection on `listener`.
-fn accept(
-    listener: &Listener,
-) -> Result<std::os::unix::net::UnixStream, vhost_user_backend::Error> {
-    loop {
-        match listener.accept() {
-            Ok(Some(stream)) => return Ok(stream),
-            Ok(None) => continue,
-            Err(e) => {
-                // Out of file descriptors or the like: do not spin.
-                std::thread::sleep(Duration::from_millis(100));
-                return Err(vhost_user_backend::Error::CreateBackendListener(e));
-            }
-        }
     }
 }
