@@ -34,6 +34,20 @@ pub const CONSOLE_PORT: u16 = 0x508;
 /// Exit port: the firmware stops with the exit code it writes (out u32).
 pub const EXIT_PORT: u16 = 0x50c;
 
+/// The same four operations on an arm64 host, where the firmware has no I/O ports: 32-bit
+/// stores to an MMIO window right above the largest RAM a remote gets (1 GiB), in the order
+/// and spacing of the ports. The host serves the kick with an ioeventfd; any other access in
+/// the window stops the VM.
+pub const AARCH64_MMIO_BASE: u64 = 1 << 30;
+/// arm64: the firmware stores a notify id here (the x86 [`KICK_PORT`]).
+pub const AARCH64_KICK_MMIO: u64 = AARCH64_MMIO_BASE;
+/// arm64: the firmware stores here when it has nothing to do (the x86 [`WAIT_PORT`]).
+pub const AARCH64_WAIT_MMIO: u64 = AARCH64_MMIO_BASE + 0x4;
+/// arm64: console output, the low byte of a store (the x86 [`CONSOLE_PORT`]).
+pub const AARCH64_CONSOLE_MMIO: u64 = AARCH64_MMIO_BASE + 0x8;
+/// arm64: the stored value is the exit code (the x86 [`EXIT_PORT`]).
+pub const AARCH64_EXIT_MMIO: u64 = AARCH64_MMIO_BASE + 0xc;
+
 /// Resource entry type: the first vendor type (Linux's `RSC_VENDOR_START`).
 pub const RSC_VAMP_PLATFORM: u32 = 128;
 /// Bytes of the body (after the type word).

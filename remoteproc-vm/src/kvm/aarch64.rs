@@ -10,8 +10,8 @@
 //!   MMU and caches off, as the architecture resets them (a firmware that wants atomics or
 //!   unaligned accesses turns its MMU on first: with it off, all data accesses are Device).
 //! - The platform registers: 32-bit stores to an MMIO window right above the largest RAM,
-//!   [`MMIO_BASE`] + kick (an ioeventfd: no exit to user space), wait, console, exit, in the
-//!   order and spacing of the x86 ports.
+//!   `AARCH64_MMIO_BASE` (guest-lib's `wire::platform`) + kick (an ioeventfd: no exit to user
+//!   space), wait, console, exit, in the order and spacing of the x86 ports.
 //! - PSCI 0.2 through `hvc`: `SYSTEM_OFF` ends the remote as exited (0), `SYSTEM_RESET` and
 //!   a crash report as crashed.
 //! - `VBAR_EL1` points at a vector table the host writes into the reserved MiB: every
@@ -31,17 +31,14 @@ use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use std::mem::offset_of;
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::mem::SharedMemory;
+use vamp_rpmsg::wire::platform::{
+    AARCH64_CONSOLE_MMIO, AARCH64_EXIT_MMIO, AARCH64_KICK_MMIO, AARCH64_MMIO_BASE,
+    AARCH64_WAIT_MMIO,
+};
 
-/// Base of the platform's MMIO window: 1 GiB, right above the largest RAM a remote gets.
-pub const MMIO_BASE: u64 = 1 << 30;
-/// The firmware stores a notify id here (an ioeventfd).
-pub const KICK_MMIO: u64 = MMIO_BASE;
-/// The firmware stores here when it has nothing to do.
-pub const WAIT_MMIO: u64 = MMIO_BASE + 0x4;
-/// Console output: the low byte of a store.
-pub const CONSOLE_MMIO: u64 = MMIO_BASE + 0x8;
-/// Exit: the stored value is the exit code.
-pub const EXIT_MMIO: u64 = MMIO_BASE + 0xc;
+// The firmware-visible registers are defined once, beside the x86 ports, in
+// vamp_rpmsg::wire::platform; the fault registers below are the host's own (its vectors).
+const MMIO_BASE: u64 = AARCH64_MMIO_BASE;
 /// The host's exception vectors store `ESR_EL1` here (a crash).
 const FAULT_MMIO: u64 = MMIO_BASE + 0x10;
 /// ... after storing `ELR_EL1` here.
@@ -62,7 +59,7 @@ const PSTATE_EL1H_MASKED: u64 = 0x5 | 0xf << 6;
 /// event.
 const PSCI_OFF: u32 = KVM_SYSTEM_EVENT_SHUTDOWN;
 
-pub(super) const KICK_ADDRESS: IoEventAddress = IoEventAddress::Mmio(KICK_MMIO);
+pub(super) const KICK_ADDRESS: IoEventAddress = IoEventAddress::Mmio(AARCH64_KICK_MMIO);
 
 /// Whether this host's KVM can run an arm64 vCPU (not, for one, an x86 /dev/kvm reached from an
 /// arm64 binary under qemu-user).
@@ -213,11 +210,11 @@ impl Exits {
             VcpuExit::MmioWrite(addr, data) if (MMIO_BASE..MMIO_END).contains(&addr) => {
                 let value = le_value(data);
                 match addr {
-                    WAIT_MMIO => Event::Wait,
-                    CONSOLE_MMIO => Event::Console(value as u8),
-                    EXIT_MMIO => Event::Stop(Exit::Exited(value)),
+                    AARCH64_WAIT_MMIO => Event::Wait,
+                    AARCH64_CONSOLE_MMIO => Event::Console(value as u8),
+                    AARCH64_EXIT_MMIO => Event::Stop(Exit::Exited(value)),
                     // Without the ioeventfd the kick exits here.
-                    KICK_MMIO => Event::Kick,
+                    AARCH64_KICK_MMIO => Event::Kick,
                     FAULT_ADDRESS_MMIO => {
                         self.fault_address = Some(le_u64(data));
                         Event::Resume
