@@ -80,7 +80,8 @@ fn fields(entry: &Resource<&[u8]>) -> Fields {
             )
         }
         Resource::Vendor { rtype, body, .. } => Fields::Vendor(*rtype, body.to_vec()),
-        Resource::Unknown { .. } => Fields::Unknown,
+        // Unknown types, and entry kinds the engine may add (`Resource` is non-exhaustive).
+        _ => Fields::Unknown,
     }
 }
 

@@ -31,6 +31,7 @@ pub const SAMPLE_COUNT: u32 = 100;
 
 /// Why a demo program stopped early.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum AppError {
     /// The link could not be set up.
     Link(String),

@@ -18,7 +18,7 @@
 //! a dummy environment, an in-memory link between two engines, a recording handler, and test
 //! doubles of other stacks' behaviour on the wire.
 #![no_std]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 extern crate alloc;
 #[cfg(feature = "std")]

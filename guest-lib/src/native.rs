@@ -76,6 +76,7 @@ impl Default for NativePaths {
 
 /// Why a native link could not come up.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum NativeError {
     /// A system call failed.
     Io(&'static str, io::Error),

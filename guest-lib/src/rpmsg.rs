@@ -35,6 +35,7 @@ const DYNAMIC_ADDRESSES: u32 = 1 << 20;
 
 /// Why an engine call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Error {
     /// The endpoint does not know its destination yet (OpenAMP: not ready).
     NotReady,
@@ -250,6 +251,80 @@ impl AddressBitmap {
 }
 
 /// The RPMsg engine of one virtio-rpmsg device, in either role.
+///
+/// Two engines over one block of memory, a host (driver role) and a remote (device role);
+/// `examples/loopback_echo.rs` is the same, commented, as a program:
+///
+/// ```
+/// use std::sync::Arc;
+/// use vamp_rpmsg::mem::HeapMemory;
+/// use vamp_rpmsg::rpmsg::{Config, Handler, NsEvent, Received, Rpmsg};
+/// use vamp_rpmsg::transport::{
+///     BufferConfig, DeviceTransport, DriverLayout, DriverTransport, Environment, Transport,
+/// };
+/// use vamp_rpmsg::vring::VringLayout;
+/// use vamp_rpmsg::wire::{ADDR_ANY, Endian};
+///
+/// // Both engines run in this thread and poll in turn: no kicks, no waits.
+/// #[derive(Default)]
+/// struct Polled(u64);
+/// impl Environment for Polled {
+///     fn notify(&mut self, _queue: u16) {}
+///     fn now_us(&mut self) -> u64 {
+///         self.0 += 1;
+///         self.0
+///     }
+/// }
+///
+/// // Records announcements and messages.
+/// #[derive(Default)]
+/// struct Seen {
+///     names: Vec<(Vec<u8>, u32)>,
+///     messages: Vec<Vec<u8>>,
+/// }
+/// impl<T: Transport> Handler<T> for Seen {
+///     fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
+///         self.messages.push(rpmsg.payload(msg).unwrap());
+///     }
+///     fn on_name_service(&mut self, _: &mut Rpmsg<T>, event: NsEvent<'_>) {
+///         if let NsEvent::Created { name, addr, .. } = event {
+///             self.names.push((name.to_vec(), addr));
+///         }
+///     }
+/// }
+///
+/// let mem = Arc::new(HeapMemory::new(0x40000, 0));
+/// let buffers = BufferConfig::default();
+/// let layout = DriverLayout {
+///     rx_ring: VringLayout::legacy(0x4000, 64, 0x1000).unwrap(),
+///     tx_ring: VringLayout::legacy(0x8000, 64, 0x1000).unwrap(),
+///     pool_addr: 0x10000,
+///     pool_len: 0x30000,
+///     buffers,
+/// };
+/// let driver =
+///     DriverTransport::new(mem.clone(), Polled::default(), layout, Endian::Little, true).unwrap();
+/// let device = DeviceTransport::new(
+///     mem, Polled::default(), layout.rx_ring, layout.tx_ring, Endian::Little, true,
+///     buffers.r2h_buf_size,
+/// )
+/// .unwrap();
+/// let mut host = Rpmsg::new(driver, Config::default());
+/// let mut remote = Rpmsg::new(device, Config::default());
+///
+/// // The remote's named endpoint is announced; the host binds to it and sends.
+/// remote.create_ept(b"svc", ADDR_ANY, ADDR_ANY).unwrap();
+/// let mut at_host = Seen::default();
+/// host.poll(&mut at_host).unwrap();
+/// let (name, addr) = at_host.names[0].clone();
+/// assert_eq!(name, b"svc");
+/// let ept = host.create_ept(b"svc", ADDR_ANY, addr).unwrap();
+/// host.send(ept, b"ping").unwrap();
+///
+/// let mut at_remote = Seen::default();
+/// remote.poll(&mut at_remote).unwrap();
+/// assert_eq!(at_remote.messages, [b"ping".to_vec()]);
+/// ```
 #[derive(Debug)]
 pub struct Rpmsg<T: Transport> {
     transport: T,

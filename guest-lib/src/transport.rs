@@ -147,6 +147,7 @@ pub fn copy_buffer<A: SharedMemory + ?Sized, B: SharedMemory + ?Sized>(
 
 /// Why a transport could not move a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LinkError {
     /// The peer broke the ring protocol; the link needs a reset.
     Vring(VringError),

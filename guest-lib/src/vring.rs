@@ -36,6 +36,7 @@ const DESC_SIZE: u64 = 16;
 
 /// Why a ring operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VringError {
     /// The layout is impossible (size not a power of two, zero, misaligned, overflowing).
     BadLayout(&'static str),

@@ -15,6 +15,7 @@ pub enum Exit {
 
 /// Why a backend operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BackendError {
     /// The address range is not memory the remote can use.
     #[error("{len:#x} bytes at device address {da:#x} are not remote memory")]

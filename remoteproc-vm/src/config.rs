@@ -35,6 +35,7 @@ pub const DEFAULT_MAX_RESTARTS: u32 = 3;
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("reading {}: {source}", path.display())]

@@ -200,6 +200,7 @@ impl LoadedImage {
 
 /// Why an image could not be read or loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ElfError {
     /// No `\x7fELF` magic.
     #[error("not an ELF image (no \\x7fELF magic)")]

@@ -266,6 +266,10 @@ pub fn describe_table(bytes: &[u8], endian: Endian) -> String {
             Resource::Unknown { rtype, .. } => {
                 let _ = writeln!(o, "  [{i}] at {at:#x}: unknown type {rtype}");
             }
+            // An entry type the engine learned after this printer was written.
+            _ => {
+                let _ = writeln!(o, "  [{i}] at {at:#x}: type {}", e.rtype());
+            }
         }
     }
     o

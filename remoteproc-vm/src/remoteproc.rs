@@ -124,6 +124,7 @@ fn hint(op: &str, state: RemoteState) -> &'static str {
 
 /// Why a lifecycle operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LifecycleError {
     /// The operation is not allowed in the current state; nothing changed.
     #[error("cannot {op} a remote that is {state}{}", hint(op, *state))]

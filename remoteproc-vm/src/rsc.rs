@@ -41,6 +41,7 @@ pub const TRACE_ALIGN: u64 = 8;
 
 /// Why a resource table could not be handled.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RscError {
     /// The table is not in remote memory.
     #[error("the resource table ({len:#x} bytes at {addr:#x}) is not in remote memory")]

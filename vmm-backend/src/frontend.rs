@@ -68,6 +68,7 @@ pub type GuestTransport = DriverTransport<Arc<MappedFile>, GuestEnv>;
 
 /// Why a native guest could not come up or carry on.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrontendError {
     /// Nobody accepted a connection on the socket before the timeout.
     #[error("cannot connect to vhost-user socket {path} within {timeout:?}: {source}")]

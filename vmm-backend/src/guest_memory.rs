@@ -37,6 +37,7 @@ pub fn max_mapped() -> u64 {
 
 /// Why a memory table was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TableError {
     /// A region with no file behind it (vhost-user always sends one).
     NoFile { region: usize },

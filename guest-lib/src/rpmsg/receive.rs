@@ -149,6 +149,7 @@ impl NameService {
 
 /// Why an incoming buffer was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Dropped {
     /// Shorter than a header, or its `len` runs past the bytes the peer reported.
     Malformed {
@@ -171,6 +172,8 @@ pub enum Dropped {
 /// One thing found in the receive ring by [`Rpmsg::next_event`].
 #[derive(Debug)]
 #[must_use = "a message's buffer is lost to the peer until given to Rpmsg::finish_rx"]
+// Exhaustive on purpose: an event kind a caller does not know could hold a buffer it must
+// give back, so a new kind is a breaking change that makes every caller look.
 pub enum Event {
     /// A message for a local endpoint: end it with [`Rpmsg::finish_rx`].
     Message(Received),

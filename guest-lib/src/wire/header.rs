@@ -23,6 +23,24 @@ mod field {
 ///
 /// The payload length comes from `len`, never from the buffer or descriptor length: OpenAMP
 /// reports the whole buffer as used, Linux 16 + payload.
+///
+/// ```
+/// use vamp_rpmsg::wire::{Endian, HEADER_LEN, RpmsgHeader, WireError, encode_header};
+///
+/// // A message from 0x400 to 53 carrying "hi".
+/// let mut buf = [0u8; HEADER_LEN + 2];
+/// buf[..HEADER_LEN].copy_from_slice(&encode_header(Endian::Little, 0x400, 53, 2));
+/// buf[HEADER_LEN..].copy_from_slice(b"hi");
+/// let msg = RpmsgHeader::new_checked(&buf[..], Endian::Little).unwrap();
+/// assert_eq!((msg.src(), msg.dst(), msg.payload()), (0x400, 53, &b"hi"[..]));
+///
+/// // A header whose `len` claims more than the buffer holds is refused, not read past.
+/// let lying = encode_header(Endian::Little, 0x400, 53, 100);
+/// assert!(matches!(
+///     RpmsgHeader::new_checked(&lying[..], Endian::Little),
+///     Err(WireError::Truncated { .. })
+/// ));
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct RpmsgHeader<T: AsRef<[u8]>> {
     buffer: T,

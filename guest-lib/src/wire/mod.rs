@@ -34,6 +34,7 @@ pub const RESERVED_ADDRESSES: u32 = 1024;
 
 /// Why bytes could not be read as a wire structure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WireError {
     /// The buffer is shorter than the structure (or than a length field inside it claims).
     Truncated {

@@ -41,6 +41,21 @@ impl NsFlags {
 ///
 /// As Linux does, the name ends at the first NUL or at byte 31, whichever comes first: a
 /// name without NUL never reads past its field.
+///
+/// ```
+/// use vamp_rpmsg::wire::{Endian, NS_MSG_LEN, NameServiceMsg, NsFlags};
+///
+/// let announce = NameServiceMsg::new(b"rpmsg-raw", 0x400, NsFlags::Create);
+/// let bytes: [u8; NS_MSG_LEN] = announce.encode(Endian::Little);
+/// let parsed = NameServiceMsg::parse(&bytes, Endian::Little).unwrap();
+/// assert_eq!(parsed, announce);
+/// assert_eq!(parsed.name(), b"rpmsg-raw");
+///
+/// // Flags other than create (0) or destroy (1) are malformed.
+/// let mut bad = bytes;
+/// bad[36] = 7;
+/// assert!(NameServiceMsg::parse(&bad, Endian::Little).is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NameServiceMsg {
     name: [u8; NS_NAME_LEN],

@@ -656,6 +656,7 @@ impl<T: AsRef<[u8]>> fmt::Debug for Vdev<T> {
 ///
 /// The standard entries are views over the entry's bytes, starting at its `type` word.
 #[derive(Clone, Copy)]
+#[non_exhaustive]
 pub enum Resource<T: AsRef<[u8]>> {
     /// A carveout ([`RSC_CARVEOUT`]).
     Carveout(Carveout<T>),
@@ -771,6 +772,27 @@ impl Span {
 /// All methods are panic-free whatever the bytes, even on a view made with
 /// [`new_unchecked`](Self::new_unchecked): header fields of a buffer too short to hold them
 /// read as 0 and entries that do not fit give an error.
+///
+/// ```
+/// use vamp_rpmsg::wire::Endian;
+/// use vamp_rpmsg::wire::resource_table::{
+///     FW_RSC_ADDR_ANY, Resource, ResourceTable, ResourceTableBuilder, VdevVringSpec,
+/// };
+///
+/// // A table with one rpmsg vdev (virtio ID 7, name service offered) and two rings.
+/// let mut buf = [0u8; 256];
+/// let mut builder = ResourceTableBuilder::new(&mut buf, Endian::Little, 1).unwrap();
+/// let ring = |notifyid| VdevVringSpec { da: FW_RSC_ADDR_ANY, align: 0x1000, num: 256, notifyid };
+/// builder.add_vdev(7, 0, 1, &[], &[ring(0), ring(1)]).unwrap();
+/// let len = builder.finish().unwrap();
+///
+/// let table = ResourceTable::new_checked(&buf[..len], Endian::Little).unwrap();
+/// assert_eq!(table.num_entries(), 1);
+/// match table.entry(0).unwrap() {
+///     Resource::Vdev(vdev) => assert_eq!((vdev.id(), vdev.num_of_vrings()), (7, 2)),
+///     _ => panic!("not a vdev"),
+/// }
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct ResourceTable<T: AsRef<[u8]>> {
     buffer: T,
