@@ -54,8 +54,13 @@ struct vtr_rpmsg_hdr {
 	u8 data[];
 } __packed;
 
-/* Device-side state of one split vring. */
+/*
+ * Device-side state of one split vring. The ring layout is copied by value: the virtqueue that
+ * holds Linux's copy is freed when the vdev stops, before ops->stop ends the thread, while the
+ * ring memory itself (a carveout) lives until the resources are cleaned up after ops->stop.
+ */
 struct vtr_ring {
+	struct vring layout;
 	const struct vring *vr;
 	u16 last_avail;
 	int notifyid;
@@ -238,9 +243,11 @@ static bool vtr_rings_ready(struct vtr_core *core)
 	svq = READ_ONCE(rvdev->vring[1].vq);
 	if (!rvq || !svq)
 		return false;
-	core->rx.vr = virtqueue_get_vring(rvq);
+	core->rx.layout = *virtqueue_get_vring(rvq);
+	core->rx.vr = &core->rx.layout;
 	core->rx.notifyid = rvdev->vring[0].notifyid;
-	core->tx.vr = virtqueue_get_vring(svq);
+	core->tx.layout = *virtqueue_get_vring(svq);
+	core->tx.vr = &core->tx.layout;
 	core->tx.notifyid = rvdev->vring[1].notifyid;
 	/* Announce only once Linux has posted its receive buffers (its driver is up). */
 	return READ_ONCE(core->rx.vr->avail->idx) != 0;
