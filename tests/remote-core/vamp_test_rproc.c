@@ -26,6 +26,7 @@
  * stops and restarts it.
  */
 #include <linux/dma-mapping.h>
+#include <linux/io.h>
 #include <linux/kthread.h>
 #include <linux/module.h>
 #include <linux/platform_device.h>
@@ -33,6 +34,9 @@
 #include <linux/rpmsg/ns.h>
 #include <linux/virtio_ring.h>
 #include <linux/wait.h>
+
+/* rproc_elf_* and rproc_vq_interrupt(): exported, declared in the core's internal header. */
+#include "remoteproc_internal.h"
 
 #define VTR_NAME "vamp-test-core"
 #define VTR_FIRMWARE "vamp-test-core.elf"
@@ -85,7 +89,7 @@ struct vtr_core {
 
 static struct platform_device *vtr_pdev;
 
-static void vtr_trace(struct vtr_core *core, const char *fmt, ...)
+static __printf(2, 3) void vtr_trace(struct vtr_core *core, const char *fmt, ...)
 {
 	char line[96];
 	va_list ap;
