@@ -6,7 +6,7 @@
 #   /sys/bus/rpmsg/devices; echo messages through /dev/rpmsg_ctrl0 (RPMSG_CREATE_EPT_IOCTL, by
 #   vamp-guest-agent); read the trace from debugfs; stop (channels gone); start again; crash
 #   through debugfs, then by a "crash" message to the core, and see recovery bring the channels
-#   back and echo again each time.
+#   back and echo again each time; "goodbye!" on the sample channel withdraws it.
 # Each step prints a RC-STEP line; the host checks them all.
 # Needs: all.sh done (kernel with modules, guest agent, remote-core.sh). Output: the console log
 # in $VAMP_CACHE/remote-core-smoke/console.log; exit 0 only if every step passed.
@@ -93,6 +93,13 @@ echo "send crash: $out"
 crashed crash-by-message 2
 channels recovery-2
 echo_test echo-after-recovery-2 rpmsg-openamp-demo-channel 0x401
+# The sample channel's last message: the core echoes it and withdraws the channel.
+out=$($A send --ctrl /dev/rpmsg_ctrl0 --name rpmsg-client-sample --dst 0x400 --text 'goodbye!' 2>&1)
+$A wait-channel --name rpmsg-client-sample --gone --timeout-ms 30000 >/dev/null &&
+    $A wait-channel --name rpmsg-openamp-demo-channel --timeout-ms 1000 >/dev/null &&
+    ok goodbye "$out; sample withdrawn, demo left: $(ls /sys/bus/rpmsg/devices | tr '\n' ' ')" ||
+    bad goodbye "$out; $(ls /sys/bus/rpmsg/devices | tr '\n' ' ')"
+echo "resource table:"; cat $D/resource_table
 echo "state=$(cat $R/state) recovery=$(cat $D/recovery 2>/dev/null)"
 echo stop >$R/state
 echo RC-DONE
@@ -126,6 +133,6 @@ grep -q '^RC-DONE' "$WORK/console.log" || die "the guest did not finish its step
 grep -q 'RC-STEP .* FAILED' "$WORK/console.log" && die "a step failed (see $WORK/console.log)"
 grep -qE 'BUG:|WARNING:' "$WORK/console.log" && die "the kernel logged a BUG/WARNING (see $WORK/console.log)"
 n=$(grep -c 'RC-STEP .* ok' "$WORK/console.log")
-[[ $n -eq 14 ]] || die "expected 14 passed steps, saw $n (see $WORK/console.log)"
+[[ $n -eq 15 ]] || die "expected 15 passed steps, saw $n (see $WORK/console.log)"
 log "all $n steps passed in $(fmt_ms $(($(now_ms) - t0)))"
 echo "remote-core-smoke: ok, $n steps"

@@ -11,7 +11,8 @@
  * ".resource_table" section declares a trace buffer and a vdev (rpmsg, two vrings, name-service
  * feature), and `start`/`stop`/`kick` drive the core. The "core" is a kernel thread that plays the
  * remote's side of the rpmsg vdev (the virtio device role): it announces "rpmsg-client-sample"
- * and "rpmsg-openamp-demo-channel" through the name service, echoes every message it receives,
+ * and "rpmsg-openamp-demo-channel" through the name service, echoes every message it receives
+ * (after echoing "goodbye!" on the sample channel it withdraws that channel),
  * writes lines to the trace buffer, and interrupts Linux with rproc_vq_interrupt().
  *
  * What it does not model: TCM banks and their lockstep/split modes, power domains, the IPI
@@ -42,9 +43,13 @@
 #define VTR_FIRMWARE "vamp-test-core.elf"
 /* The core's local memory: device addresses [0, VTR_SRAM_SIZE). */
 #define VTR_SRAM_SIZE 0x10000
-/* Endpoint addresses the remote announces. */
+/* The channels the remote announces, at these endpoint addresses. */
+#define VTR_SAMPLE_NAME "rpmsg-client-sample"
 #define VTR_ADDR_SAMPLE 0x400
+#define VTR_DEMO_NAME "rpmsg-openamp-demo-channel"
 #define VTR_ADDR_DEMO 0x401
+/* After echoing this on the sample channel the remote withdraws that channel (as the sample does). */
+#define VTR_GOODBYE "goodbye!"
 /* How often the thread looks at the rings without a kick (it also waits for Linux's rx buffers). */
 #define VTR_POLL_MS 50
 
@@ -221,17 +226,19 @@ static bool vtr_send(struct vtr_core *core, u32 src, u32 dst, const void *data, 
 	return true;
 }
 
-static void vtr_announce(struct vtr_core *core, const char *name, u32 addr)
+/* A name-service message: flags RPMSG_NS_CREATE announces the channel, RPMSG_NS_DESTROY withdraws it. */
+static void vtr_announce(struct vtr_core *core, const char *name, u32 addr, u32 flags)
 {
+	const char *what = flags == RPMSG_NS_CREATE ? "announced" : "withdrew";
 	struct rpmsg_ns_msg ns = {};
 
 	strscpy(ns.name, name, sizeof(ns.name));
 	ns.addr = (__force __rpmsg32)cpu_to_le32(addr);
-	ns.flags = (__force __rpmsg32)cpu_to_le32(RPMSG_NS_CREATE);
+	ns.flags = (__force __rpmsg32)cpu_to_le32(flags);
 	if (vtr_send(core, addr, RPMSG_NS_ADDR, &ns, sizeof(ns)))
-		vtr_trace(core, "announced %s at 0x%x", name, addr);
+		vtr_trace(core, "%s %s at 0x%x", what, name, addr);
 	else
-		vtr_trace(core, "no rx buffer to announce %s", name);
+		vtr_trace(core, "no rx buffer: not %s %s", what, name);
 }
 
 /* The vdev's vrings once Linux's virtio driver has set up its queues. */
@@ -292,6 +299,11 @@ static unsigned int vtr_serve(struct vtr_core *core)
 				core->echoed++;
 				vtr_trace(core, "echo %u bytes 0x%x->0x%x (#%lu)", plen, src, dst,
 					  core->echoed);
+				/* The sample's last message: answer it, then withdraw the channel. */
+				if (dst == VTR_ADDR_SAMPLE && plen == sizeof(VTR_GOODBYE) - 1 &&
+				    !memcmp(msg->data, VTR_GOODBYE, plen))
+					vtr_announce(core, VTR_SAMPLE_NAME, VTR_ADDR_SAMPLE,
+						     RPMSG_NS_DESTROY);
 			} else {
 				vtr_trace(core, "no rx buffer for the echo to 0x%x", src);
 			}
@@ -320,8 +332,8 @@ static int vtr_thread(void *data)
 		if (!core->announced) {
 			if (!vtr_rings_ready(core))
 				continue;
-			vtr_announce(core, "rpmsg-client-sample", VTR_ADDR_SAMPLE);
-			vtr_announce(core, "rpmsg-openamp-demo-channel", VTR_ADDR_DEMO);
+			vtr_announce(core, VTR_SAMPLE_NAME, VTR_ADDR_SAMPLE, RPMSG_NS_CREATE);
+			vtr_announce(core, VTR_DEMO_NAME, VTR_ADDR_DEMO, RPMSG_NS_CREATE);
 			core->announced = true;
 			rproc_vq_interrupt(core->rproc, core->rx.notifyid);
 		}
