@@ -6,7 +6,7 @@
 #   /sys/bus/rpmsg/devices; echo messages through /dev/rpmsg_ctrl0 (RPMSG_CREATE_EPT_IOCTL, by
 #   vamp-guest-agent); read the trace from debugfs; stop (channels gone); start again; crash
 #   through debugfs, then by a "crash" message to the core, and see recovery bring the channels
-#   back and echo again each time; "goodbye!" on the sample channel withdraws it.
+#   back and echo again each time; "goodbye!" on the sample channel withdraws it; rmmod.
 # Each step prints a RC-STEP line; the host checks them all.
 # Needs: all.sh done (kernel with modules, guest agent, remote-core.sh). Output: the console log
 # in $VAMP_CACHE/remote-core-smoke/console.log; exit 0 only if every step passed.
@@ -102,6 +102,7 @@ $A wait-channel --name rpmsg-client-sample --gone --timeout-ms 30000 >/dev/null 
 echo "resource table:"; cat $D/resource_table
 echo "state=$(cat $R/state) recovery=$(cat $D/recovery 2>/dev/null)"
 echo stop >$R/state
+rmmod vamp_test_rproc && [ ! -e $R ] && ok rmmod "remoteproc0 gone" || bad rmmod "$(ls /sys/class/remoteproc)"
 echo RC-DONE
 reboot -f
 EOF_INIT
@@ -133,6 +134,6 @@ grep -q '^RC-DONE' "$WORK/console.log" || die "the guest did not finish its step
 grep -q 'RC-STEP .* FAILED' "$WORK/console.log" && die "a step failed (see $WORK/console.log)"
 grep -qE 'BUG:|WARNING:' "$WORK/console.log" && die "the kernel logged a BUG/WARNING (see $WORK/console.log)"
 n=$(grep -c 'RC-STEP .* ok' "$WORK/console.log")
-[[ $n -eq 15 ]] || die "expected 15 passed steps, saw $n (see $WORK/console.log)"
+[[ $n -eq 16 ]] || die "expected 16 passed steps, saw $n (see $WORK/console.log)"
 log "all $n steps passed in $(fmt_ms $(($(now_ms) - t0)))"
 echo "remote-core-smoke: ok, $n steps"
