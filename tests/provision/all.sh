@@ -4,6 +4,7 @@
 #   2. guest-kernel.sh   minimal 6.12 PREEMPT_RT guest kernel with the rpmsg drivers
 #   3. initramfs.sh      busybox-static for the initramfs images (--fetch-only)
 #   4. guest-agent.sh    static vamp-guest-agent for the guest
+#   5. remote-core.sh    the test remote core module (tests/remote-core) for that kernel
 # Idempotent: a second run only checks stamps (a few seconds).
 # Pass --smoke to run boot-smoke.sh at the end.
 set -euo pipefail
@@ -38,6 +39,7 @@ run qemu-root qemu-root.sh
 run guest-kernel guest-kernel.sh
 run busybox initramfs.sh --fetch-only
 run guest-agent guest-agent.sh
+run remote-core remote-core.sh
 if [[ $smoke -eq 1 ]]; then
     run boot-smoke boot-smoke.sh
 fi
@@ -48,4 +50,5 @@ log "  total          $(fmt_ms $(($(now_ms) - t0)))"
 echo "QEMU:   $("$VAMP_PROVISION_DIR/qemu" --version | head -n1)"
 echo "kernel: $VAMP_GUEST_DIR/bzImage ($(cat "$VAMP_GUEST_DIR/kernel-release" 2>/dev/null || echo '?'))"
 echo "agent:  $VAMP_GUEST_DIR/vamp-guest-agent"
+echo "rproc:  $VAMP_GUEST_DIR/vamp_test_rproc.ko"
 echo "qemu:   $VAMP_PROVISION_DIR/qemu"

@@ -42,6 +42,10 @@ REQUIRED_Y=(
     HW_RANDOM HW_RANDOM_VIRTIO
     # Convenience: timestamps on the console, POSIX timers for user space.
     PRINTK_TIME POSIX_TIMERS
+    # The test remote core (tests/remote-core, built by remote-core.sh): a loadable module
+    # that registers a remoteproc, so the guest needs modules, the remoteproc core (with its
+    # character device) and debugfs (the core's trace/crash files live there).
+    MODULES MODULE_UNLOAD REMOTEPROC REMOTEPROC_CDEV DEBUG_FS
 )
 # Options that must have an exact value.
 REQUIRED_VAL=(
@@ -52,7 +56,6 @@ REQUIRED_VAL=(
 REQUIRED_N=(
     # INTx only: what the notes measured (virtio-pci without MSI).
     PCI_MSI
-    MODULES
 )
 
 need_root
@@ -60,7 +63,7 @@ t_start=$(now_ms)
 
 recipe() {
     local ver=$1
-    echo "kernel v1 $SRC_PKG=$ver tinyconfig +${REQUIRED_Y[*]} ${REQUIRED_VAL[*]} -${REQUIRED_N[*]}"
+    echo "kernel v2 $SRC_PKG=$ver tinyconfig +${REQUIRED_Y[*]} ${REQUIRED_VAL[*]} -${REQUIRED_N[*]}"
 }
 
 # Version of the source package cached in DL_DIR (empty if none).

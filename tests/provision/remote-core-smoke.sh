@@ -1,0 +1,139 @@
+#!/bin/bash
+# Remote-core smoke test: boot the guest kernel under TCG with the test remote core
+# (vamp_test_rproc.ko) and drive it through the upstream remoteproc + rpmsg stack:
+#   insmod; firmware (tests/remote-core/make-firmware.py) in /lib/firmware; start through
+#   /sys/class/remoteproc/remoteproc0/state; wait for the two announced channels in
+#   /sys/bus/rpmsg/devices; echo messages through /dev/rpmsg_ctrl0 (RPMSG_CREATE_EPT_IOCTL, by
+#   vamp-guest-agent); read the trace from debugfs; stop (channels gone); start again; crash
+#   through debugfs, then by a "crash" message to the core, and see recovery bring the channels
+#   back and echo again each time; "goodbye!" on the sample channel withdraws it; rmmod.
+# Each step prints a RC-STEP line; the host checks them all.
+# Needs: all.sh done (kernel with modules, guest agent, remote-core.sh). Output: the console log
+# in $VAMP_CACHE/remote-core-smoke/console.log; exit 0 only if every step passed.
+set -euo pipefail
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+VAMP_LOG_TAG=remote-core-smoke
+
+QEMU="$VAMP_PROVISION_DIR/qemu"
+KERNEL="$VAMP_GUEST_DIR/bzImage"
+AGENT="$VAMP_GUEST_DIR/vamp-guest-agent"
+MODULE="$VAMP_GUEST_DIR/vamp_test_rproc.ko"
+WORK="$VAMP_CACHE/remote-core-smoke"
+TIMEOUT_S="${VAMP_SMOKE_TIMEOUT:-300}"
+APPEND="console=ttyS0 panic=-1 tsc=reliable"
+
+need_root
+for f in "$KERNEL" "$AGENT" "$MODULE"; do
+    [[ -f $f ]] || die "missing $f: run tests/provision/all.sh"
+done
+mkdir -p "$WORK"
+python3 "$VAMP_PROVISION_DIR/../remote-core/make-firmware.py" "$WORK/vamp-test-core.elf"
+
+cat >"$WORK/init" <<'EOF_INIT'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t debugfs debugfs /sys/kernel/debug
+R=/sys/class/remoteproc/remoteproc0
+D=/sys/kernel/debug/remoteproc/remoteproc0
+A=/bin/vamp-guest-agent
+ok() { echo "RC-STEP $1 ok: $2"; }
+bad() { echo "RC-STEP $1 FAILED: $2"; }
+channels() {
+    s=$($A wait-channel --name rpmsg-client-sample --timeout-ms 60000) &&
+        d=$($A wait-channel --name rpmsg-openamp-demo-channel --timeout-ms 60000) &&
+        ok "$1" "sample at $s, demo at $d; $(ls /sys/bus/rpmsg/devices | tr '\n' ' ')" ||
+        bad "$1" "channels: $(ls /sys/bus/rpmsg/devices | tr '\n' ' ')"
+}
+echo_test() {
+    out=$($A echo-client --ctrl /dev/rpmsg_ctrl0 --name "$2" --dst "$3" --count 20 --timeout-ms 20000 2>&1) &&
+        ok "$1" "$out" || bad "$1" "$out"
+}
+echo VAMP-BOOT-OK
+if insmod /lib/modules/vamp_test_rproc.ko; then
+    ok insmod "$(cat $R/name) state=$(cat $R/state) firmware=$(cat $R/firmware)"
+else
+    bad insmod "exit $?"
+fi
+echo start >$R/state && ok start "state=$(cat $R/state)" || bad start "state=$(cat $R/state)"
+channels channels
+echo_test echo-sample rpmsg-client-sample 0x400
+echo_test echo-demo rpmsg-openamp-demo-channel 0x401
+echo "trace:"; cat $D/trace0
+grep -q "echo" $D/trace0 && ok trace "$(grep -c echo $D/trace0) echo lines" || bad trace "no echo lines"
+echo stop >$R/state
+$A wait-channel --name rpmsg-client-sample --gone --timeout-ms 30000 >/dev/null &&
+    ok stop "state=$(cat $R/state), channels gone" || bad stop "state=$(cat $R/state)"
+echo start >$R/state
+channels restart
+# Crash N: wait until the kernel logged the Nth crash and the recovery's boot (boot N+2: the
+# first start and the restart came before), so the channels seen next are the recovered core's.
+crashes() { dmesg | grep -c 'crash detected in vamp-test-core'; }
+boots() { dmesg | grep -c 'remote processor vamp-test-core is now up'; }
+crashed() {
+    i=0
+    while { [ "$(crashes)" -lt "$2" ] || [ "$(boots)" -lt $(($2 + 2)) ]; } && [ $i -lt 300 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    [ "$(crashes)" -ge "$2" ] && [ "$(boots)" -ge $(($2 + 2)) ] &&
+        ok "$1" "$(dmesg | grep 'crash detected' | tail -n 1 | cut -d] -f2-), booted again" ||
+        bad "$1" "$(crashes) crashes and $(boots) boots logged, want $2 and $(($2 + 2))"
+}
+# The core's debugfs crash file takes the crash type as a number (1: watchdog).
+echo 1 >$D/crash
+crashed crash-debugfs 1
+channels recovery
+echo_test echo-after-recovery rpmsg-client-sample 0x400
+# The core reports a crash itself when told "crash" on one of its channels.
+out=$($A send --ctrl /dev/rpmsg_ctrl0 --name rpmsg-openamp-demo-channel --dst 0x401 --text crash 2>&1)
+echo "send crash: $out"
+crashed crash-by-message 2
+channels recovery-2
+echo_test echo-after-recovery-2 rpmsg-openamp-demo-channel 0x401
+# The sample channel's last message: the core echoes it and withdraws the channel.
+out=$($A send --ctrl /dev/rpmsg_ctrl0 --name rpmsg-client-sample --dst 0x400 --text 'goodbye!' 2>&1)
+$A wait-channel --name rpmsg-client-sample --gone --timeout-ms 30000 >/dev/null &&
+    $A wait-channel --name rpmsg-openamp-demo-channel --timeout-ms 1000 >/dev/null &&
+    ok goodbye "$out; sample withdrawn, demo left: $(ls /sys/bus/rpmsg/devices | tr '\n' ' ')" ||
+    bad goodbye "$out; $(ls /sys/bus/rpmsg/devices | tr '\n' ' ')"
+echo "resource table:"; cat $D/resource_table
+echo "state=$(cat $R/state) recovery=$(cat $D/recovery 2>/dev/null)"
+echo stop >$R/state
+rmmod vamp_test_rproc && [ ! -e $R ] && ok rmmod "remoteproc0 gone" || bad rmmod "$(ls /sys/class/remoteproc)"
+echo RC-DONE
+reboot -f
+EOF_INIT
+
+bash "$VAMP_PROVISION_DIR/initramfs.sh" --add "$MODULE:/lib/modules/vamp_test_rproc.ko" \
+    --add "$WORK/vamp-test-core.elf:/lib/firmware/vamp-test-core.elf" \
+    "$WORK/initramfs.cpio.gz" "$WORK/init" "$AGENT" >/dev/null
+
+log "booting $KERNEL (TCG, 256M) with the test remote core"
+t0=$(now_ms)
+"$QEMU" -accel tcg -nographic -nodefaults -serial stdio -no-reboot -m 256M \
+    -kernel "$KERNEL" -initrd "$WORK/initramfs.cpio.gz" -append "$APPEND" \
+    </dev/null >"$WORK/console.log" 2>&1 &
+qpid=$!
+while kill -0 "$qpid" 2>/dev/null; do
+    if (($(now_ms) - t0 > TIMEOUT_S * 1000)); then
+        kill "$qpid" 2>/dev/null || true
+        wait "$qpid" 2>/dev/null || true
+        tail -n 40 "$WORK/console.log" >&2
+        die "QEMU did not finish within ${TIMEOUT_S}s"
+    fi
+    sleep 0.1
+done
+rc=0
+wait "$qpid" || rc=$?
+tr -d '\r' <"$WORK/console.log" | grep -E 'RC-STEP|remoteproc|vamp|rpmsg|BUG|WARNING' | sed 's/^/  | /' >&2
+[[ $rc -eq 0 ]] || die "QEMU exited with status $rc (see $WORK/console.log)"
+grep -q '^RC-DONE' "$WORK/console.log" || die "the guest did not finish its steps (see $WORK/console.log)"
+grep -q 'RC-STEP .* FAILED' "$WORK/console.log" && die "a step failed (see $WORK/console.log)"
+grep -qE 'BUG:|WARNING:' "$WORK/console.log" && die "the kernel logged a BUG/WARNING (see $WORK/console.log)"
+n=$(grep -c 'RC-STEP .* ok' "$WORK/console.log")
+[[ $n -eq 16 ]] || die "expected 16 passed steps, saw $n (see $WORK/console.log)"
+log "all $n steps passed in $(fmt_ms $(($(now_ms) - t0)))"
+echo "remote-core-smoke: ok, $n steps"
