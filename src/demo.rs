@@ -12,12 +12,11 @@
 use crate::native_apps::{Protocol, run_ping_host};
 use std::ffi::OsStr;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vamp_rpmsg::apps::{AppError, PingSummary};
 use vamp_rpmsg::native;
 use vamp_vmm_backend::config::Topology;
-use vamp_vmm_backend::hub::Hub;
+use vamp_vmm_backend::hub::{Hub, SharedHub};
 use vamp_vmm_backend::vhost_user::serve_guest;
 
 const HUB_SERVICE: &str = "vamp-demo-echo";
@@ -87,7 +86,7 @@ fn hub_part(count: u32) -> Result<(PingSummary, ExitStatus), AppError> {
         "2. vhost-user hub: guests alice and bob, each a process with vamp's own vhost-user frontend"
     );
     println!("   sockets {} and {}", alice.display(), bob.display());
-    let hub = Arc::new(Mutex::new(Hub::new(topology)));
+    let hub = SharedHub::new(Hub::new(topology));
     for (id, socket) in [alice.clone(), bob.clone()].into_iter().enumerate() {
         let hub = hub.clone();
         std::thread::spawn(move || serve_guest(hub, id, &socket));
@@ -118,7 +117,7 @@ fn hub_part(count: u32) -> Result<(PingSummary, ExitStatus), AppError> {
         let _ = offerer.kill();
     }
     let offer_status = wait_child(&mut offerer)?;
-    let stats = vamp_vmm_backend::hub::lock_hub(&hub).stats(1);
+    let stats = hub.lock().stats(1);
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "   hub: {} messages forwarded from bob to alice, {} dropped",
@@ -158,7 +157,7 @@ fn remote_part(count: u32) -> Result<Option<ExitStatus>, AppError> {
     println!(
         "3. KVM remote: the echo firmware (images/) as a micro-VM, reached by guest carol through the hub"
     );
-    let hub = Arc::new(Mutex::new(Hub::new(topology)));
+    let hub = SharedHub::new(Hub::new(topology));
     {
         let (hub, socket) = (hub.clone(), carol.clone());
         std::thread::spawn(move || serve_guest(hub, 0, &socket));
@@ -184,7 +183,7 @@ fn remote_part(count: u32) -> Result<Option<ExitStatus>, AppError> {
         carol.as_os_str(),
     ])?;
     let status = wait_child(&mut pinger)?;
-    let stats = vamp_vmm_backend::hub::lock_hub(&hub).stats(1);
+    let stats = hub.lock().stats(1);
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "   hub: {} messages forwarded from the remote to carol",

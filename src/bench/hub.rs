@@ -5,13 +5,13 @@ use super::clients::{Echo, Fig, find_name, measure, rerr};
 use super::sys::{TempDir, pin, temp_dir};
 use super::{Cpus, ECHO_NAME, PEER_NAME, Plan, Res};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vamp_rpmsg::wire::ADDR_ANY;
 use vamp_vmm_backend::config::{ChannelSpec, GuestSpec, ServiceKind, ServiceSpec, Topology};
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
-use vamp_vmm_backend::hub::Hub;
+use vamp_vmm_backend::hub::{Hub, SharedHub};
 use vamp_vmm_backend::vhost_user::serve_guest;
 
 pub(super) fn topology(guests: usize, pairs: bool, socket_dir: &Path) -> Res<Topology> {
@@ -48,7 +48,7 @@ pub(super) fn topology(guests: usize, pairs: bool, socket_dir: &Path) -> Res<Top
 /// A hub serving guests on vhost-user sockets from threads pinned to one CPU. The threads
 /// serve until the process ends (the hub has no stop call); the sockets go with the dir.
 pub(super) struct VhostHub {
-    pub(super) hub: Arc<Mutex<Hub>>,
+    pub(super) hub: SharedHub,
     pub(super) sockets: Vec<PathBuf>,
     pub(super) _dir: TempDir,
 }
@@ -57,7 +57,7 @@ pub(super) fn start_vhost_hub(guests: usize, pairs: bool, cpu: usize) -> Res<Vho
     let dir = temp_dir("hub")?;
     let t = topology(guests, pairs, &dir.0)?;
     let sockets: Vec<PathBuf> = t.guests.iter().map(|g| g.socket.clone()).collect();
-    let hub = Arc::new(Mutex::new(Hub::new(t)));
+    let hub = SharedHub::new(Hub::new(t));
     for (id, socket) in sockets.iter().enumerate() {
         let (hub, socket) = (hub.clone(), socket.clone());
         std::thread::spawn(move || {

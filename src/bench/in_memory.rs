@@ -5,15 +5,15 @@ use super::clients::{Echo, Fig, find_name, measure, rerr};
 use super::hub::topology;
 use super::sys::{TempDir, close_fd, efd_write, new_eventfd, pin, temp_dir};
 use super::{Cpus, ECHO_NAME, PEER_NAME, Plan, Res};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::rpmsg::{Config, Rpmsg};
 use vamp_rpmsg::transport::{DriverTransport, Environment, Transport};
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
 use vamp_vmm_backend::frontend::GuestOptions;
-use vamp_vmm_backend::hub::lock_hub;
+use vamp_vmm_backend::hub::SharedHub;
 use vamp_vmm_backend::hub::{Hub, Notifier, RingsInfo};
 
 /// An Environment counting kicks and writing them to an eventfd (the cost a kick has).
@@ -111,8 +111,8 @@ impl DirectGuest {
         })
     }
 
-    pub(super) fn serve(&self, hub: &Mutex<Hub>, notifier: &Arc<dyn Notifier>) {
-        lock_hub(hub).service(self.id, &self.ram, self.info, notifier);
+    pub(super) fn serve(&self, hub: &SharedHub, notifier: &Arc<dyn Notifier>) {
+        hub.lock().service(self.id, &self.ram, self.info, notifier);
     }
 
     fn kicks(&mut self) -> u64 {
@@ -137,17 +137,17 @@ pub(super) fn check_quiet(figs: [Res<Fig>; 2], notified: u64) -> [Res<Fig>; 2] {
     [Err(e.clone()), Err(e)]
 }
 
-pub(super) fn direct_hub(guests: usize, pairs: bool) -> Res<(Arc<Mutex<Hub>>, TempDir)> {
+pub(super) fn direct_hub(guests: usize, pairs: bool) -> Res<(SharedHub, TempDir)> {
     let dir = temp_dir("direct")?;
     let t = topology(guests, pairs, &dir.0)?;
-    Ok((Arc::new(Mutex::new(Hub::new(t))), dir))
+    Ok((SharedHub::new(Hub::new(t)), dir))
 }
 
 /// A thread on `cpu` that serves the given guests' rings in a loop until `stop`; `extra`
 /// runs in the same loop (an echo guest sharing the CPU).
 /// Returns, when stopped, the kicks the extra guest sent.
 fn hub_poller(
-    hub: Arc<Mutex<Hub>>,
+    hub: SharedHub,
     served: Vec<(usize, GuestRam, RingsInfo)>,
     mut extra: Option<DirectGuest>,
     cpu: usize,
@@ -160,7 +160,7 @@ fn hub_poller(
         let kicks0 = extra.as_mut().map_or(0, DirectGuest::kicks);
         while !stop.load(Ordering::Relaxed) {
             for (id, ram, info) in &served {
-                lock_hub(&hub).service(*id, ram, *info, &notifier);
+                hub.lock().service(*id, ram, *info, &notifier);
             }
             if let Some(g) = extra.as_mut() {
                 g.rpmsg.poll(&mut echo).map_err(rerr)?;

@@ -10,10 +10,10 @@ use super::sys::{cpu_time_ns, pin, read_status, temp_dir};
 use super::{Cpus, ECHO_NAME, PEER_NAME, Plan, Res};
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use vamp_rpmsg::wire::ADDR_ANY;
-use vamp_vmm_backend::hub::lock_hub;
+use vamp_vmm_backend::hub::SharedHub;
 use vamp_vmm_backend::hub::{Hub, Notifier, POLL_BUDGET};
 use vamp_vmm_backend::vhost_user::serve_guest;
 
@@ -99,16 +99,12 @@ pub(super) fn guest_scale(plan: &Plan, cpus: Cpus, guests: usize) -> Res<(Tput, 
         })
         .collect();
     ready.wait();
-    let (start, cpu0, locks0) = (
-        Instant::now(),
-        cpu_time_ns(),
-        lock_hub(&hub.hub).lock_counts(),
-    );
+    let (start, cpu0, locks0) = (Instant::now(), cpu_time_ns(), hub.hub.lock().lock_counts());
     done.wait();
     let (took, cpu, locks1) = (
         start.elapsed(),
         cpu_time_ns() - cpu0,
-        lock_hub(&hub.hub).lock_counts(),
+        hub.hub.lock().lock_counts(),
     );
     // Each guest's throughput() runs a warm-up before its timed bursts; the wall time covers
     // both, so both count.
@@ -265,7 +261,7 @@ pub(super) fn peer_hub_memory(args: &[String]) -> Res<()> {
     // allocator arenas, the hub itself) before the baseline is taken.
     let t = topology(guests + 1, false, &dir.0)?;
     let sockets: Vec<PathBuf> = t.guests.iter().map(|g| g.socket.clone()).collect();
-    let hub = Arc::new(Mutex::new(Hub::new(t)));
+    let hub = SharedHub::new(Hub::new(t));
     for (id, socket) in sockets.iter().enumerate() {
         let (hub, socket) = (hub.clone(), socket.clone());
         std::thread::spawn(move || serve_guest(hub, id, &socket));

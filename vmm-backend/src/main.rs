@@ -4,10 +4,9 @@
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use vamp_vmm_backend::config::Topology;
 use vamp_vmm_backend::guest_memory::{DEFAULT_MAX_MAPPED, set_max_mapped};
-use vamp_vmm_backend::hub::Hub;
+use vamp_vmm_backend::hub::{Hub, SharedHub};
 use vamp_vmm_backend::sandbox::{self, Policy, Violation};
 use vamp_vmm_backend::vhost_user::serve_guest;
 
@@ -150,7 +149,7 @@ fn main() -> ExitCode {
     handle_signals(sockets.clone());
     let guest_count = topology.guests.len();
     let topology_remotes = topology.remotes.clone();
-    let hub = Arc::new(Mutex::new(Hub::new(topology)));
+    let hub = SharedHub::new(Hub::new(topology));
     let mut threads: Vec<std::thread::JoinHandle<Result<(), String>>> = Vec::new();
     for (index, spec) in topology_remotes.into_iter().enumerate() {
         let hub = hub.clone();

@@ -4,11 +4,11 @@
 //! recovery (per the topology) brings the remote and its channels back.
 
 use crate::config::RemoteSpec;
-use crate::hub::{Hub, LinkEnv, LinkId, Notifier};
-use crate::hub::{lock_hub, run_ring_work, stop};
+use crate::hub::{LinkEnv, LinkId, Notifier};
+use crate::hub::{SharedHub, stop};
 use crate::sandbox::{self, ThreadKind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vamp_remoteproc::backend::Doorbell;
@@ -70,7 +70,7 @@ pub fn image_source(spec: &RemoteSpec) -> Result<ImageSource, RemoteError> {
 }
 
 fn bring_up(
-    hub: &Arc<Mutex<Hub>>,
+    hub: &SharedHub,
     id: LinkId,
     rp: &mut Remoteproc<KvmRemote>,
     name: &str,
@@ -89,9 +89,7 @@ fn bring_up(
         .map_err(lifecycle)?;
     let (transport, config) = rpmsg.into_parts();
     // Attaching flushes the hub's announcements into the remote's rings: ring work.
-    run_ring_work(hub, move |hub| {
-        hub.attach(id, transport, config.name_service)
-    });
+    hub.run_ring_work(move |hub| hub.attach(id, transport, config.name_service));
     Ok(RingServer::start(hub.clone(), id, rp.doorbell(), name))
 }
 
@@ -105,14 +103,14 @@ struct RingServer {
 }
 
 impl RingServer {
-    fn start(hub: Arc<Mutex<Hub>>, id: LinkId, doorbell: Arc<dyn Doorbell>, name: &str) -> Self {
+    fn start(hub: SharedHub, id: LinkId, doorbell: Arc<dyn Doorbell>, name: &str) -> Self {
         let done = Arc::new(AtomicBool::new(false));
         let theirs = done.clone();
         let serve = move || {
             sandbox::enter(ThreadKind::RemoteRings);
             while !theirs.load(Ordering::Acquire) {
                 doorbell.wait(Duration::from_millis(100));
-                lock_hub(&hub).service_attached(id);
+                hub.lock().service_attached(id);
                 if doorbell.stopped() {
                     // Nothing more will come (a wait would return at once): the lifecycle
                     // thread sees the end and stops the link.
@@ -143,7 +141,7 @@ const LIFECYCLE_POLL: Duration = Duration::from_millis(50);
 /// Runs remote `id` of the hub's topology: starts it, attaches its rpmsg device to the hub,
 /// serves its notifications, and applies its recovery policy when it crashes. Returns when
 /// it stopped for good.
-pub fn serve_remote(hub: Arc<Mutex<Hub>>, id: LinkId, spec: RemoteSpec) -> Result<(), RemoteError> {
+pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), RemoteError> {
     let name = spec.name.clone();
     let backend = |source| RemoteError::Backend {
         remote: name.clone(),
@@ -184,16 +182,13 @@ pub fn serve_remote(hub: Arc<Mutex<Hub>>, id: LinkId, spec: RemoteSpec) -> Resul
             RemoteEvent::Idle => {}
             RemoteEvent::Exited(code) => {
                 rings.stop();
-                run_ring_work(
-                    &hub,
-                    stop(id, format!("the remote exited with code {code}")),
-                );
+                hub.run_ring_work(stop(id, format!("the remote exited with code {code}")));
                 log::info!("remote {name}: exited with code {code}");
                 return Ok(());
             }
             RemoteEvent::Crashed(why) => {
                 rings.stop();
-                run_ring_work(&hub, stop(id, "the remote crashed"));
+                hub.run_ring_work(stop(id, "the remote crashed"));
                 log::error!("remote {name}: crashed: {why}");
                 if rp.restarts() >= max_restarts {
                     log::error!(

@@ -28,7 +28,7 @@
 //!   request thread inherits it before it reads the first message.
 //! - **ring work**: stopping or attaching a link writes into other guests' rings. A confined
 //!   thread does it in place; the unconfined threads below hand it to a short-lived
-//!   `vamp-ring-work` thread ([`crate::hub::run_ring_work`]) that installs this filter.
+//!   `vamp-ring-work` thread ([`crate::hub::SharedHub::run_ring_work`]) that installs this filter.
 //!
 //! Outside the sandbox, reading nothing a guest, VMM or remote writes: the main thread
 //! (configuration), `vamp-accept` (accepts a guest's connections and starts their threads),

@@ -19,7 +19,6 @@ use vamp_rpmsg::rpmsg::{Error as RpmsgError, Handler, HeldRx, Received, Rpmsg};
 use vamp_rpmsg::transport::Transport;
 use vamp_rpmsg::wire::{ADDR_ANY, Endian, NS_ADDR, NameServiceMsg, NsFlags};
 use vamp_vmm_backend::hub::POLL_BUDGET;
-use vamp_vmm_backend::hub::lock_hub;
 
 /// alice offers "a-svc" to everyone, carol "c-svc" to bob and the attacker; any name of the
 /// attacker is offered to carol. Every guest sees the hub's "echo".
@@ -53,7 +52,7 @@ fn start(tag: &str, pending_timeout: Duration) -> TestHub {
 }
 
 fn check_invariants(hub: &TestHub) {
-    if let Err(e) = lock_hub(&hub.hub).check_invariants() {
+    if let Err(e) = hub.hub.lock().check_invariants() {
         panic!("hub invariant broken: {e}");
     }
 }
@@ -119,7 +118,7 @@ fn attack_reply_proxy_via_announce_withdraw_cycles() {
     let hub = start("proxy-cycles", Duration::from_secs(30));
     let mut evil = Guest::connect_served(&hub, EVIL);
     let (mut carol, c_svc) = carol_offering_c_svc(&hub, &mut evil);
-    let base = lock_hub(&hub.hub).endpoints_in(CAROL);
+    let base = hub.hub.lock().endpoints_in(CAROL);
     let mut sources = BTreeSet::new();
     let mut announced_at = BTreeSet::new();
     let mut received = 0u32;
@@ -156,7 +155,7 @@ fn attack_reply_proxy_via_announce_withdraw_cycles() {
                 !attackers
             });
             carol.inbox.destroyed.clear();
-            let h = lock_hub(&hub.hub);
+            let h = hub.hub.lock();
             assert!(
                 h.proxies_for(CAROL, EVIL) <= 1,
                 "cycle {k}: {} proxies for the attacker in carol's link",
@@ -191,7 +190,7 @@ fn attack_reply_proxy_via_announce_withdraw_cycles() {
     });
     wait_until("the attacker's new link", || hub.stats(EVIL).ups > ups);
     {
-        let h = lock_hub(&hub.hub);
+        let h = hub.hub.lock();
         assert_eq!(h.proxies_for(CAROL, EVIL), 0);
         assert_eq!(h.endpoints_in(CAROL), base);
     }
@@ -263,18 +262,18 @@ fn attack_slow_receiver_pins_sender() {
         assert!(sent < 10_000, "no backpressure");
     }
     evil.g.poll(&mut holder).unwrap();
-    let queued = lock_hub(&hub.hub).queued_for(EVIL);
+    let queued = hub.hub.lock().queued_for(EVIL);
     assert!(queued > 0, "carol's messages wait for the attacker");
     // The attacker takes one message now and then, never letting the pending clock expire
     // by the old rule; the hub gives up on it all the same, and carol gets her buffers back.
     let pace = timeout - Duration::from_millis(100);
     let deadline = Instant::now() + WAIT;
-    while lock_hub(&hub.hub).queued_for(EVIL) > 0 {
+    while hub.hub.lock().queued_for(EVIL) > 0 {
         assert!(
             Instant::now() < deadline,
             "carol's buffers still pinned after {WAIT:?}: {} message(s) wait for the attacker, \
              which took {} so far",
-            lock_hub(&hub.hub).queued_for(EVIL),
+            hub.hub.lock().queued_for(EVIL),
             holder.seen
         );
         std::thread::sleep(pace);
@@ -336,7 +335,7 @@ fn attack_sender_floods_one_receiver() {
             Err(e) => panic!("{e}"),
         }
     }
-    let queued = lock_hub(&hub.hub).queued_for(CAROL);
+    let queued = hub.hub.lock().queued_for(CAROL);
     assert!(
         queued <= SHARE,
         "{queued} of the attacker's messages wait for carol (its share is {SHARE})"
@@ -353,7 +352,7 @@ fn attack_sender_floods_one_receiver() {
     let bob_ept = bob.g.rpmsg().create_ept(b"", ADDR_ANY, bob_c_svc).unwrap();
     bob.g.rpmsg().send(bob_ept, b"from bob").unwrap();
     wait_until("bob's message to wait for carol", || {
-        lock_hub(&hub.hub).queued_for(CAROL) == SHARE + 1
+        hub.hub.lock().queued_for(CAROL) == SHARE + 1
     });
     check_invariants(&hub);
     // carol reads: the first `kept` of the attacker's, in order, then bob's.
@@ -386,7 +385,7 @@ fn attack_busy_guest_cannot_hold_hub() {
     let dropped = hub.stats(EVIL).dropped;
     let spent = hub.stats(EVIL).budget_spent;
     {
-        let _busy = lock_hub(&hub.hub);
+        let _busy = hub.hub.lock();
         for k in 0..RING {
             evil.g
                 .rpmsg()

@@ -458,14 +458,12 @@ fn a_disconnect_stops_the_link_on_a_confined_thread() {
     assert_eq!(sandbox::policy(), Policy::On(Violation::Refuse));
     let refusals = sandbox::refusals();
     // The helper itself: the work runs confined, whoever asks.
-    let direct = std::sync::Arc::new(Mutex::new(vamp_vmm_backend::hub::Hub::new(
+    let direct = vamp_vmm_backend::hub::SharedHub::new(vamp_vmm_backend::hub::Hub::new(
         vamp_vmm_backend::config::Topology::all_to_all(vec![PathBuf::from("/unused")], &[])
             .unwrap(),
-    )));
+    ));
     assert!(!sandbox::is_confined());
-    assert!(vamp_vmm_backend::hub::run_ring_work(&direct, |_| {
-        sandbox::is_confined()
-    }));
+    assert!(direct.run_ring_work(|_| { sandbox::is_confined() }));
     // A disconnect seen by the accept thread (outside the sandbox) makes a confined thread
     // stop the link: withdrawing its names writes into the other guests' rings.
     let hub = TestHub::start("sandbox-ring-work", TOPOLOGY);

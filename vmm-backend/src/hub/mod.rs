@@ -53,7 +53,7 @@ mod tests;
 pub use forward::{DEFAULT_PENDING_TIMEOUT, MAX_QUEUED_PER_SENDER, POLL_BUDGET};
 pub use link::{LinkEngine, LinkEnv, LinkId, LinkTransport, MAX_BUFFER, Notifier, RingsInfo};
 pub use routes::{MAX_NAMES_PER_LINK, MAX_REPLY_PROXIES_PER_SOURCE};
-pub use shared::{TICK, lock_hub, run_ring_work, spawn_clock, stop};
+pub use shared::{SharedHub, TICK, stop};
 pub use stats::LinkStats;
 pub(crate) use stats::Reports;
 
@@ -80,7 +80,7 @@ pub struct Hub {
     max_queued_per_sender: usize,
     /// Someone calls [`tick`](Self::tick) periodically.
     clock_claimed: bool,
-    /// Times [`lock_hub`] took the hub's lock, and found it held.
+    /// Times [`SharedHub::lock`] took the hub's lock, and found it held.
     locks: (u64, u64),
     /// The receivers of the current forwarding round (see `forward.rs`), kept between rounds
     /// so that a kick allocates nothing.
@@ -153,7 +153,7 @@ impl Hub {
         }
     }
 
-    /// Notes one taking of the hub's lock (by [`lock_hub`]), and
+    /// Notes one taking of the hub's lock (by [`SharedHub::lock`]), and
     /// whether it had to wait for another thread.
     pub fn count_lock(&mut self, waited: bool) {
         self.locks.0 += 1;
@@ -161,7 +161,7 @@ impl Hub {
     }
 
     /// How often the hub's lock, which all guests share, was taken through
-    /// [`lock_hub`], and how often that had to wait for another
+    /// [`SharedHub::lock`], and how often that had to wait for another
     /// thread (`vamp bench` reports it for its many-guest runs).
     pub fn lock_counts(&self) -> (u64, u64) {
         self.locks

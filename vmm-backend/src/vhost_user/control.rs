@@ -1,7 +1,7 @@
 //! The vhost-user control connection of a guest: device status and DEVICE_NEEDS_RESET.
 //!
 //! When a guest breaks the ring protocol the hub cuts its link until the device is reset
-//! ([`Hub::is_broken`]). virtio's answer is the DEVICE_NEEDS_RESET status bit (0x40) and a
+//! ([`Hub::is_broken`](crate::hub::Hub::is_broken)). virtio's answer is the DEVICE_NEEDS_RESET status bit (0x40) and a
 //! configuration-change notification. vhost-user carries both: the device status with
 //! `VHOST_USER_PROTOCOL_F_STATUS` (`SET_STATUS`/`GET_STATUS`), the notification as
 //! `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG` on the backend channel
@@ -35,16 +35,16 @@
 //! The control path only: kicks and interrupts go straight between the frontend and the
 //! daemon's eventfds, never through here.
 
-use crate::hub::lock_hub;
-use crate::hub::{Hub, LinkId};
+use crate::hub::LinkId;
+use crate::hub::SharedHub;
 use crate::sandbox::{self, ThreadKind};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vamp_rpmsg::virtio::STATUS_NEEDS_RESET as VIRTIO_CONFIG_S_NEEDS_RESET;
@@ -105,12 +105,12 @@ impl Control {
     pub fn start(
         frontend: UnixStream,
         connect: impl FnOnce(&str) -> Result<(), vhost_user_backend::Error>,
-        hub: Arc<Mutex<Hub>>,
+        hub: SharedHub,
         id: LinkId,
         notice: Arc<ResetNotice>,
     ) -> io::Result<Control> {
         let daemon = connect_daemon(connect)?;
-        let name = lock_hub(&hub).topology().guests[id].name.clone();
+        let name = hub.lock().topology().guests[id].name.clone();
         let proxy = Proxy {
             frontend: frontend.try_clone()?,
             daemon: daemon.try_clone()?,
@@ -329,7 +329,7 @@ struct Proxy {
     /// The backend channel (`SET_BACKEND_REQ_FD`).
     channel: Option<UnixStream>,
     notice: Arc<ResetNotice>,
-    hub: Arc<Mutex<Hub>>,
+    hub: SharedHub,
     id: LinkId,
     name: String,
     /// Protocol features the frontend acknowledged.
@@ -400,7 +400,7 @@ impl Proxy {
     }
 
     fn broken(&self) -> bool {
-        lock_hub(&self.hub).is_broken(self.id)
+        self.hub.lock().is_broken(self.id)
     }
 
     /// The status `GET_STATUS` reports.
@@ -518,7 +518,7 @@ impl Proxy {
     /// Sends a configuration-change notice once per break of the guest's link.
     fn look_at_hub(&mut self) {
         let (broken, errors) = {
-            let hub = lock_hub(&self.hub);
+            let hub = self.hub.lock();
             (hub.is_broken(self.id), hub.stats(self.id).protocol_errors)
         };
         if !broken || self.reported == Some(errors) {

@@ -7,7 +7,7 @@ use super::control::ResetNotice;
 use crate::guest_memory::{
     GuestMemoryMap, GuestRam, check_table, max_mapped, register_table, take_faults,
 };
-use crate::hub::{Hub, LinkId, Notifier, Reports, RingsInfo, lock_hub, run_ring_work, stop};
+use crate::hub::{LinkId, Notifier, Reports, RingsInfo, SharedHub, stop};
 use crate::sandbox::{self, ThreadKind};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -71,7 +71,7 @@ impl Notifier for VringNotifier {
 pub struct RpmsgBackend {
     id: LinkId,
     name: String,
-    hub: Arc<Mutex<Hub>>,
+    hub: SharedHub,
     /// The guest's memory table, made a [`GuestRam`] once per table (in `update_memory`),
     /// not per kick.
     ram: Option<GuestRam>,
@@ -115,8 +115,8 @@ impl std::fmt::Debug for RpmsgBackend {
 
 impl RpmsgBackend {
     /// The backend for guest `id` of the hub.
-    pub fn new(hub: Arc<Mutex<Hub>>, id: LinkId) -> Self {
-        let name = lock_hub(&hub).topology().guests[id].name.clone();
+    pub fn new(hub: SharedHub, id: LinkId) -> Self {
+        let name = hub.lock().topology().guests[id].name.clone();
         RpmsgBackend {
             id,
             name,
@@ -206,7 +206,7 @@ impl VhostUserBackendMut for RpmsgBackend {
     }
 
     fn reset_device(&mut self) {
-        let at = run_ring_work(&self.hub, stop(self.id, "device reset"));
+        let at = self.hub.run_ring_work(stop(self.id, "device reset"));
         if let (Some((vrings, _)), Some(at)) = (&self.vrings, at) {
             Self::record(vrings, at);
         }
@@ -255,7 +255,9 @@ impl VhostUserBackendMut for RpmsgBackend {
     }
 
     fn stop_vring(&mut self, _queue_index: u32) -> io::Result<()> {
-        let at = run_ring_work(&self.hub, stop(self.id, "the frontend stopped the rings"));
+        let at = self
+            .hub
+            .run_ring_work(stop(self.id, "the frontend stopped the rings"));
         if let (Some((vrings, _)), Some(at)) = (&self.vrings, at) {
             Self::record(vrings, at);
         }
@@ -296,7 +298,7 @@ impl VhostUserBackendMut for RpmsgBackend {
         // A break, found here or on another guest's thread, reaches the control thread through
         // the notifier's `needs_reset`.
         let at = {
-            let mut hub = lock_hub(&self.hub);
+            let mut hub = self.hub.lock();
             let at = hub.service(self.id, ram, info, &notifier);
             // Memory that vanished under any thread (this one or another) costs its own guest
             // its link (see crate::guest_memory).

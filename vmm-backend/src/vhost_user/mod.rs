@@ -12,11 +12,11 @@ pub mod device;
 
 pub use device::{MAX_QUEUE_SIZE, RpmsgBackend};
 
-use crate::hub::{Hub, LinkId, lock_hub, run_ring_work, spawn_clock, stop};
+use crate::hub::{LinkId, SharedHub, stop};
 use crate::sandbox::{self, ThreadKind};
 use control::{Control, ResetNotice};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
@@ -28,13 +28,13 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 /// The listening socket stays open across connections, so a frontend that reconnects (QEMU's
 /// `reconnect=`) waits in its backlog instead of finding no socket.
 pub fn serve_guest(
-    hub: Arc<Mutex<Hub>>,
+    hub: SharedHub,
     id: LinkId,
     socket: &Path,
 ) -> Result<(), vhost_user_backend::Error> {
-    let name = lock_hub(&hub).topology().guests[id].name.clone();
-    if lock_hub(&hub).claim_clock() {
-        spawn_clock(&hub);
+    let name = hub.lock().topology().guests[id].name.clone();
+    if hub.lock().claim_clock() {
+        hub.spawn_clock();
     }
     let listener =
         Listener::new(socket, true).map_err(vhost_user_backend::Error::CreateBackendListener)?;
@@ -67,7 +67,7 @@ pub fn serve_guest(
         // of the old connection bring the link back up.
         drop(daemon);
         drop(control);
-        run_ring_work(&hub, stop(id, "the frontend disconnected"));
+        hub.run_ring_work(stop(id, "the frontend disconnected"));
         match result {
             Ok(()) => log::info!("guest {name}: frontend disconnected"),
             Err(vhost_user_backend::Error::HandleRequest(

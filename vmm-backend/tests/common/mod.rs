@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::mem::SharedMemory;
@@ -24,7 +24,7 @@ use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
 use vamp_vmm_backend::config::Topology;
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
-use vamp_vmm_backend::hub::lock_hub;
+use vamp_vmm_backend::hub::SharedHub;
 use vamp_vmm_backend::hub::{Hub, LinkEnv, LinkStats, Notifier};
 use vamp_vmm_backend::vhost_user::serve_guest;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -66,7 +66,7 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// A hub on threads of its own: one `serve_guest` thread per guest of its topology.
 pub struct TestHub {
-    pub hub: Arc<Mutex<Hub>>,
+    pub hub: SharedHub,
     /// The guests' sockets, by link id.
     pub sockets: Vec<PathBuf>,
     pub dir: TempDir,
@@ -86,7 +86,7 @@ impl TestHub {
         let sockets: Vec<PathBuf> = topology.guests.iter().map(|g| g.socket.clone()).collect();
         let mut hub = Hub::new(topology);
         setup(&mut hub);
-        let hub = Arc::new(Mutex::new(hub));
+        let hub = SharedHub::new(hub);
         for (id, socket) in sockets.iter().enumerate() {
             let (hub, socket) = (hub.clone(), socket.clone());
             std::thread::spawn(move || serve_guest(hub, id, &socket));
@@ -100,15 +100,15 @@ impl TestHub {
     }
 
     pub fn stats(&self, id: usize) -> LinkStats {
-        lock_hub(&self.hub).stats(id)
+        self.hub.lock().stats(id)
     }
 
     pub fn is_up(&self, id: usize) -> bool {
-        lock_hub(&self.hub).is_up(id)
+        self.hub.lock().is_up(id)
     }
 
     pub fn is_broken(&self, id: usize) -> bool {
-        lock_hub(&self.hub).is_broken(id)
+        self.hub.lock().is_broken(id)
     }
 }
 
@@ -334,7 +334,7 @@ pub struct PlayedRemote {
 
 impl PlayedRemote {
     /// Lays the link out and attaches the hub's side as link `id`, notifying `notifier`.
-    pub fn attach(hub: &Arc<Mutex<Hub>>, id: usize, notifier: Arc<dyn Notifier>) -> Self {
+    pub fn attach(hub: &SharedHub, id: usize, notifier: Arc<dyn Notifier>) -> Self {
         let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mem = GuestRam::new(ram);
         let layout = DriverLayout {
@@ -357,7 +357,7 @@ impl PlayedRemote {
         )
         .unwrap();
         let rpmsg = Rpmsg::new(device, Config::default());
-        lock_hub(hub).attach(id, driver, true);
+        hub.lock().attach(id, driver, true);
         PlayedRemote { rpmsg, mem, layout }
     }
 }
