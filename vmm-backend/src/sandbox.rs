@@ -288,6 +288,9 @@ enum Only {
     GetFd,
     /// Unix-domain sockets only (socket: domain).
     UnixSockets,
+    /// Naming the calling thread and asking whether it is confined (prctl: PR_SET_NAME,
+    /// PR_GET_SECCOMP), nothing else.
+    NameOrSeccompMode,
     /// Duplicating a descriptor and reading or setting its flags, reading a file's seals
     /// (fcntl: F_GETFD, F_DUPFD_CLOEXEC, F_GETFL, F_SETFL, F_GET_SEALS), nothing else.
     FdFlags,
@@ -513,7 +516,7 @@ fn spawn_rules() -> Vec<Allowed> {
         allow!(SYS_rseq, Any, "a new thread's restartable sequences"),
         allow!(
             SYS_prctl,
-            Any,
+            NameOrSeccompMode,
             "a new thread's name; whether this thread is confined"
         ),
         allow!(SYS_sched_getaffinity, Any, "a new thread's CPU set (glibc)"),
@@ -553,6 +556,10 @@ pub fn filter(kind: ThreadKind, violation: Violation) -> Result<BpfProgram, Sand
             Only::ThisProcess => vec![vec![condition(0, SeccompCmpOp::Eq, pid)?]],
             Only::GetFd => vec![vec![cmd(libc::F_GETFD)?]],
             Only::UnixSockets => vec![vec![condition(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?]],
+            Only::NameOrSeccompMode => vec![
+                vec![condition(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?],
+                vec![condition(0, SeccompCmpOp::Eq, libc::PR_GET_SECCOMP as u64)?],
+            ],
             Only::FdFlags => vec![
                 vec![cmd(libc::F_GETFD)?],
                 vec![cmd(libc::F_DUPFD_CLOEXEC)?],
