@@ -127,7 +127,14 @@ impl RingServer {
     }
 
     /// Ends the thread and waits for it: no more reads of the remote's rings after this.
-    fn stop(mut self) {
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for RingServer {
+    // However the lifecycle thread leaves (an error, a panic), the ring thread ends with it.
+    fn drop(&mut self) {
         self.done.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
