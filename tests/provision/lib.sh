@@ -157,3 +157,22 @@ EOS
     printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
     chmod 755 "$root/usr/sbin/policy-rc.d"
 }
+
+# wait_guest PID T0_MS TIMEOUT_S CONSOLE_LOG [EACH]: waits for the QEMU process PID started at
+# T0_MS (now_ms); calls the function EACH, if given, every 50 ms meanwhile; past TIMEOUT_S it
+# kills QEMU, shows the console's tail and dies. Sets WAIT_GUEST_RC to QEMU's exit status.
+wait_guest() {
+    local pid=$1 t0=$2 timeout_s=$3 console=$4 each=${5:-}
+    while kill -0 "$pid" 2>/dev/null; do
+        [[ -n $each ]] && "$each"
+        if (($(now_ms) - t0 > timeout_s * 1000)); then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+            tail -n 40 "$console" >&2
+            die "QEMU did not finish within ${timeout_s}s"
+        fi
+        sleep 0.05
+    done
+    WAIT_GUEST_RC=0
+    wait "$pid" || WAIT_GUEST_RC=$?
+}

@@ -117,17 +117,8 @@ t0=$(now_ms)
     -kernel "$KERNEL" -initrd "$WORK/initramfs.cpio.gz" -append "$APPEND" \
     </dev/null >"$WORK/console.log" 2>&1 &
 qpid=$!
-while kill -0 "$qpid" 2>/dev/null; do
-    if (($(now_ms) - t0 > TIMEOUT_S * 1000)); then
-        kill "$qpid" 2>/dev/null || true
-        wait "$qpid" 2>/dev/null || true
-        tail -n 40 "$WORK/console.log" >&2
-        die "QEMU did not finish within ${TIMEOUT_S}s"
-    fi
-    sleep 0.1
-done
-rc=0
-wait "$qpid" || rc=$?
+wait_guest "$qpid" "$t0" "$TIMEOUT_S" "$WORK/console.log"
+rc=$WAIT_GUEST_RC
 tr -d '\r' <"$WORK/console.log" | grep -E 'RC-STEP|remoteproc|vamp|rpmsg|BUG|WARNING' | sed 's/^/  | /' >&2
 [[ $rc -eq 0 ]] || die "QEMU exited with status $rc (see $WORK/console.log)"
 grep -q '^RC-DONE' "$WORK/console.log" || die "the guest did not finish its steps (see $WORK/console.log)"
