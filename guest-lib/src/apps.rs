@@ -298,16 +298,18 @@ fn wait_until<T: Transport>(
     }
 }
 
-/// Waits for `channel` to be announced, sends `count` requests of every size through it,
-/// verifies every echo, then sends the shutdown word.
-pub fn ping<T: Transport>(
+/// Waits (up to `timeout`) for a remote to announce `channel`, then binds a local endpoint to
+/// it, as Linux's rpmsg bus does on an announcement: not announced back; the echo side learns
+/// our address from the first message. Returns the client that keeps watching the channel, the
+/// endpoint and the remote's address.
+fn bind_announced<'a, T: Transport>(
     rpmsg: &mut Rpmsg<T>,
     waiter: &mut impl Waiter<T>,
-    channel: &str,
-    count: u32,
+    channel: &'a str,
+    what: &'static str,
     timeout: Duration,
     tag: &str,
-) -> Result<PingSummary, AppError> {
+) -> Result<(PingClient<'a>, EptId, u32), AppError> {
     let mut client = PingClient {
         channel_name: channel,
         channel: None,
@@ -320,13 +322,26 @@ pub fn ping<T: Transport>(
         waiter,
         &mut client,
         Instant::now() + timeout,
-        "the echo channel",
+        what,
         |c| c.channel.is_some(),
     )?;
     let remote_addr = client.channel.unwrap_or(ADDR_ANY);
-    // Like Linux's rpmsg bus on an announcement: a local endpoint bound to the channel, not
-    // announced back; the echo side learns our address from the first message.
     let ept = rpmsg.create_ept(channel.as_bytes(), ADDR_ANY, remote_addr)?;
+    Ok((client, ept, remote_addr))
+}
+
+/// Waits for `channel` to be announced, sends `count` requests of every size through it,
+/// verifies every echo, then sends the shutdown word.
+pub fn ping<T: Transport>(
+    rpmsg: &mut Rpmsg<T>,
+    waiter: &mut impl Waiter<T>,
+    channel: &str,
+    count: u32,
+    timeout: Duration,
+    tag: &str,
+) -> Result<PingSummary, AppError> {
+    let (mut client, ept, remote_addr) =
+        bind_announced(rpmsg, waiter, channel, "the echo channel", timeout, tag)?;
     let local = rpmsg.endpoint(ept).map(|e| e.addr()).unwrap_or(ADDR_ANY);
     println!(
         "[{tag}] name service: \"{channel}\" at {remote_addr:#x}; our endpoint {local:#x}; sending {count} messages"
@@ -373,23 +388,14 @@ pub fn ping_sample<T: Transport>(
     timeout: Duration,
     tag: &str,
 ) -> Result<PingSummary, AppError> {
-    let mut client = PingClient {
-        channel_name: SAMPLE_CHANNEL,
-        channel: None,
-        reply: None,
-        unbound: false,
-    };
-    println!("[{tag}] waiting for a remote to announce \"{SAMPLE_CHANNEL}\"");
-    wait_until(
+    let (mut client, ept, remote_addr) = bind_announced(
         rpmsg,
         waiter,
-        &mut client,
-        Instant::now() + timeout,
+        SAMPLE_CHANNEL,
         "the sample channel",
-        |c| c.channel.is_some(),
+        timeout,
+        tag,
     )?;
-    let remote_addr = client.channel.unwrap_or(ADDR_ANY);
-    let ept = rpmsg.create_ept(SAMPLE_CHANNEL.as_bytes(), ADDR_ANY, remote_addr)?;
     println!(
         "[{tag}] name service: \"{SAMPLE_CHANNEL}\" at {remote_addr:#x}; sending {count} messages"
     );
