@@ -1,21 +1,15 @@
 //! The runtime of vamp's remote firmware: start-up, the platform's ports, a heap, the
 //! resource table layout, and the rpmsg link to the host in the device role.
 //!
-//! # The vamp KVM remote platform
+//! # Platforms
 //!
-//! The host (`remoteproc-vm`) starts the firmware straight in 64-bit mode at CPL3 with all RAM
-//! identity-mapped (virtual = physical = device address), `rdi` = RAM size, at the ELF entry.
-//! The firmware talks to the host through I/O ports (allowed by the TSS I/O bitmap):
+//! One firmware source, three platforms, each in its own file under `arch/` (start-up, how to
+//! kick, wait, print, stop and crash, and the clock):
 //!
-//! | port | direction | meaning |
-//! | --- | --- | --- |
-//! | [`KICK_PORT`] | out u32 | notify the host: the ring with this notify id has news |
-//! | [`WAIT_PORT`] | out u32 | sleep until the host notifies us (or a short timeout) |
-//! | [`CONSOLE_PORT`] | out u8 | one byte of console output |
-//! | [`EXIT_PORT`] | out u32 | stop with this exit code |
-//!
-//! Anything else (a fault, `hlt`, touching memory outside RAM) stops the VM and the host
-//! reports the remote as crashed.
+//! - `x86_64`: the vamp KVM remote on an x86-64 host (64-bit mode at CPL3, I/O ports).
+//! - `aarch64`: the vamp KVM remote on an arm64 host (EL1, MMIO registers; the firmware maps
+//!   its memory first).
+//! - `arm`: a ZynqMP Cortex-R5 behind Linux's remoteproc (the echo image only).
 //!
 //! # How the firmware waits
 //!
@@ -37,7 +31,7 @@ extern crate alloc;
 
 use core::fmt::Write;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use vamp_rpmsg::mem::RawMemory;
 use vamp_rpmsg::rpmsg::{Config, Error, Handler, Rpmsg};
 use vamp_rpmsg::transport::{DeviceTransport, Environment, Transport};
@@ -46,33 +40,8 @@ use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::Endian;
 use vamp_rpmsg::wire::resource_table::{VDEV_GFEATURES_AT, VDEV_STATUS_AT};
 
-// The platform's ports, defined once for the firmware and the host.
-pub use vamp_rpmsg::wire::platform::{CONSOLE_PORT, EXIT_PORT, KICK_PORT, WAIT_PORT};
-
-/// Writes `value` to an I/O port.
-#[inline(always)]
-pub fn out32(port: u16, value: u32) {
-    // SAFETY: an `out` to the platform's ports only exits to the host; it touches no memory.
-    unsafe {
-        core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags))
-    };
-}
-
-/// Writes a byte to an I/O port.
-#[inline(always)]
-pub fn out8(port: u16, value: u8) {
-    // SAFETY: as for `out32`.
-    unsafe {
-        core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nostack, preserves_flags))
-    };
-}
-
-/// Stops the remote with `code`.
-pub fn exit(code: u32) -> ! {
-    loop {
-        out32(EXIT_PORT, code);
-    }
-}
+mod arch;
+pub use arch::exit;
 
 /// The console: `write!(Console, ...)`.
 #[derive(Debug, Clone, Copy)]
@@ -80,9 +49,7 @@ pub struct Console;
 
 impl Write for Console {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for b in s.bytes() {
-            out8(CONSOLE_PORT, b);
-        }
+        s.bytes().for_each(arch::console);
         Ok(())
     }
 }
@@ -106,7 +73,7 @@ static TRACE_POS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUs
 pub fn trace(table: &ResourceTable, line: &str) {
     let (da, len) = table.trace_area();
     let len = len.min(TRACE_LEN as u32) as usize;
-    if da == 0xffff_ffff || len < 2 || (da as u64 + len as u64) > ram_size() || da < 4096 {
+    if da == 0xffff_ffff || len < 2 || (da as u64 + len as u64) > ram_size() as u64 || da < 4096 {
         return;
     }
     let base = da as usize as *mut u8;
@@ -127,18 +94,17 @@ pub fn trace(table: &ResourceTable, line: &str) {
 
 // ----- start-up ------------------------------------------------------------------------------
 
-const STACK_LEN: usize = 64 * 1024;
-
 #[repr(C, align(16))]
-struct Stack([u8; STACK_LEN]);
+struct Stack([u8; arch::STACK_LEN]);
 
+// Named in each platform's `_start`.
 #[unsafe(no_mangle)]
-static mut FIRMWARE_STACK: Stack = Stack([0; STACK_LEN]);
+static mut FIRMWARE_STACK: Stack = Stack([0; arch::STACK_LEN]);
 
-static RAM_SIZE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static RAM_SIZE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
-/// Bytes of RAM the host gave us.
-pub fn ram_size() -> u64 {
+/// Bytes of RAM the host gave us (from address 0).
+pub fn ram_size() -> usize {
     RAM_SIZE.load(core::sync::atomic::Ordering::Relaxed)
 }
 
@@ -158,26 +124,8 @@ macro_rules! firmware_main {
     };
 }
 
-/// The entry point: set up the stack, then run the firmware.
-///
-/// # Safety
-///
-/// Only the host jumps here, once, with `rdi` = RAM size.
-#[unsafe(naked)]
-#[unsafe(no_mangle)]
-#[unsafe(link_section = ".text._start")]
-pub unsafe extern "C" fn _start() -> ! {
-    core::arch::naked_asm!(
-        "lea rsp, [rip + FIRMWARE_STACK + {len}]",
-        "xor ebp, ebp",
-        "call {rust_start}",
-        "ud2",
-        len = const STACK_LEN,
-        rust_start = sym rust_start,
-    )
-}
-
-extern "C" fn rust_start(ram_size: u64) -> ! {
+/// Where each platform's `_start` goes once it has a stack, with the RAM size.
+extern "C" fn rust_start(ram_size: usize) -> ! {
     RAM_SIZE.store(ram_size, core::sync::atomic::Ordering::Relaxed);
     heap::init();
     let code = vamp_firmware_main();
@@ -187,18 +135,14 @@ extern "C" fn rust_start(ram_size: u64) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let _ = writeln!(Console, "firmware panic: {info}");
-    // An invalid opcode with no IDT: a triple fault, which the host reports as a crash (with
-    // the message above on the console).
-    loop {
-        // SAFETY: deliberately faults; nothing after it runs.
-        unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
-    }
+    // The host reports the fault as a crash (with the message above on the console).
+    arch::crash()
 }
 
 mod heap {
     use linked_list_allocator::LockedHeap;
 
-    const HEAP_LEN: usize = 256 * 1024;
+    use super::arch::HEAP_LEN;
 
     #[repr(C, align(4096))]
     struct Arena([u8; HEAP_LEN]);
@@ -216,75 +160,6 @@ mod heap {
                 .init((&raw mut ARENA).cast::<u8>(), HEAP_LEN)
         };
     }
-}
-
-// The precompiled `core` for this target expects libc's memory functions. `rep` string
-// instructions keep LLVM from turning these loops back into calls to themselves.
-
-/// # Safety
-/// As C's memcpy.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller gives valid, non-overlapping ranges of `n` bytes.
-    unsafe {
-        core::arch::asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _, options(nostack, preserves_flags));
-    }
-    dst
-}
-
-/// # Safety
-/// As C's memmove.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    if (dst as usize).wrapping_sub(src as usize) >= n {
-        // SAFETY: copying forward is safe when dst is not inside (src, src + n).
-        unsafe { memcpy(dst, src, n) }
-    } else {
-        // SAFETY: copy backwards with the direction flag set, then clear it again.
-        unsafe {
-            core::arch::asm!(
-                "std", "rep movsb", "cld",
-                inout("rcx") n => _, inout("rdi") dst.add(n - 1) => _, inout("rsi") src.add(n - 1) => _,
-                options(nostack)
-            );
-        }
-        dst
-    }
-}
-
-/// # Safety
-/// As C's memset.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
-    // SAFETY: the caller gives a valid range of `n` bytes.
-    unsafe {
-        core::arch::asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8, options(nostack, preserves_flags));
-    }
-    dst
-}
-
-/// # Safety
-/// As C's memcmp.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-    let mut i = 0;
-    while i < n {
-        // SAFETY: `i < n`, inside both ranges the caller gave.
-        let (x, y) = unsafe { (a.add(i).read_volatile(), b.add(i).read_volatile()) };
-        if x != y {
-            return x as i32 - y as i32;
-        }
-        i += 1;
-    }
-    0
-}
-
-/// # Safety
-/// As C's bcmp.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-    // SAFETY: same contract as memcmp.
-    unsafe { memcmp(a, b, n) }
 }
 
 // ----- resource table ------------------------------------------------------------------------
@@ -394,7 +269,7 @@ impl ResourceTable {
         // Trace: type 2, da, len, reserved, name.
         let t = TRACE_AT;
         w[t] = 2;
-        w[t + 1] = ANY;
+        w[t + 1] = arch::TRACE_DA;
         w[t + 2] = TRACE_LEN as u32;
         let n = name_words(b"trace0");
         let mut i = 0;
@@ -455,8 +330,9 @@ impl ResourceTable {
         self.platform(PLATFORM_SPIN_US)
     }
 
-    /// The TSC frequency the host gave, in kHz (0: unknown).
-    pub fn tsc_khz(&self) -> u32 {
+    /// The frequency of the platform's clock (the TSC, the generic timer) the host gave, in
+    /// kHz (0: unknown).
+    pub fn clock_khz(&self) -> u32 {
         self.platform(PLATFORM_TSC_KHZ)
     }
 
@@ -499,15 +375,10 @@ macro_rules! resource_table {
 #[derive(Debug, Default)]
 pub struct FirmwareEnv;
 
-/// TSC ticks per millisecond (the host's figure; 1 GHz until it is known).
-static TSC_KHZ: AtomicU64 = AtomicU64::new(1_000_000);
+/// Clock ticks per millisecond (the host's figure; the platform's guess until it is known).
+static CLOCK_KHZ: AtomicU32 = AtomicU32::new(arch::DEFAULT_CLOCK_KHZ);
 /// The table [`connect`] was given: where the heartbeat is.
 static TABLE: AtomicPtr<ResourceTable> = AtomicPtr::new(core::ptr::null_mut());
-
-fn tsc() -> u64 {
-    // SAFETY: rdtsc has no side effects.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
 
 /// Counts the heartbeat up, once [`connect`] knows the table.
 fn beat() {
@@ -520,11 +391,11 @@ fn beat() {
 
 impl Environment for FirmwareEnv {
     fn notify(&mut self, queue: u16) {
-        out32(KICK_PORT, NOTIFY_IDS[queue as usize & 1]);
+        arch::kick(NOTIFY_IDS[queue as usize & 1]);
     }
 
     fn wait(&mut self, _timeout_us: u64) -> bool {
-        out32(WAIT_PORT, 0);
+        arch::wait();
         true
     }
 
@@ -532,7 +403,7 @@ impl Environment for FirmwareEnv {
         // The engine reads the clock while it waits for a buffer (in busy-poll mode, spinning,
         // with no exit the host would see): a sign of life.
         beat();
-        let (t, khz) = (tsc(), TSC_KHZ.load(Ordering::Relaxed));
+        let (t, khz) = (arch::ticks(), u64::from(CLOCK_KHZ.load(Ordering::Relaxed)));
         // In two steps: `t * 1000` would overflow after some months of host uptime.
         t / khz * 1000 + t % khz * 1000 / khz
     }
@@ -543,8 +414,8 @@ pub type FirmwareRpmsg = Rpmsg<DeviceTransport<RawMemory, FirmwareEnv>>;
 
 /// All of RAM, identity-mapped.
 pub fn ram() -> RawMemory {
-    let size = ram_size() as usize;
-    // SAFETY: the host maps RAM 0..size identity at CPL3 for the whole run. Address 0 is
+    let size = ram_size();
+    // SAFETY: RAM 0..size is identity-mapped for the whole run (each platform's start-up). Address 0 is
     // never dereferenced by the engine (it checks ranges against real ring addresses); we
     // start the region at 4096 to keep a NonNull base.
     unsafe { RawMemory::new(NonNull::new_unchecked(4096 as *mut u8), size - 4096, 4096) }
@@ -554,10 +425,10 @@ pub fn ram() -> RawMemory {
 /// the host chose (see [`serve`]).
 pub fn connect(table: &'static ResourceTable) -> FirmwareRpmsg {
     while table.vdev_status() & STATUS_DRIVER_OK == 0 {
-        out32(WAIT_PORT, 0);
+        arch::wait();
     }
-    if table.tsc_khz() != 0 {
-        TSC_KHZ.store(u64::from(table.tsc_khz()), Ordering::Relaxed);
+    if table.clock_khz() != 0 {
+        CLOCK_KHZ.store(table.clock_khz(), Ordering::Relaxed);
     }
     TABLE.store(
         (table as *const ResourceTable).cast_mut(),
@@ -611,8 +482,9 @@ pub fn serve<H: Handler<DeviceTransport<RawMemory, FirmwareEnv>>>(
     mut done: impl FnMut(&H) -> bool,
 ) -> Result<(), Error> {
     let busy = rpmsg.transport().busy_poll();
-    let window = u64::from(table.wait_spin_us()) * TSC_KHZ.load(Ordering::Relaxed) / 1000;
-    // When the last message came (TSC), while the window is open; None: closed.
+    let window =
+        u64::from(table.wait_spin_us()) * u64::from(CLOCK_KHZ.load(Ordering::Relaxed)) / 1000;
+    // When the last message came (clock ticks), while the window is open; None: closed.
     let mut last_work: Option<u64> = None;
     // Whether the host's kicks for new messages (vq 1) are on: they are after `connect`.
     let mut kicks = true;
@@ -623,7 +495,7 @@ pub fn serve<H: Handler<DeviceTransport<RawMemory, FirmwareEnv>>>(
         }
         if handled > 0 {
             if !busy && window > 0 {
-                last_work = Some(tsc());
+                last_work = Some(arch::ticks());
             }
             continue;
         }
@@ -633,7 +505,7 @@ pub fn serve<H: Handler<DeviceTransport<RawMemory, FirmwareEnv>>>(
             continue;
         }
         if let Some(t) = last_work {
-            if tsc().wrapping_sub(t) < window {
+            if arch::ticks().wrapping_sub(t) < window {
                 if kicks {
                     // Polling: the host need not ring.
                     rpmsg.transport_mut().want_rx_notifications(false)?;
@@ -651,12 +523,7 @@ pub fn serve<H: Handler<DeviceTransport<RawMemory, FirmwareEnv>>>(
                 continue;
             }
         }
-        out32(WAIT_PORT, 0);
+        arch::wait();
     }
     Ok(())
 }
-
-/// The precompiled `alloc` refers to the unwinding personality; firmware aborts on panic and
-/// never unwinds, so it is never called.
-#[unsafe(no_mangle)]
-pub extern "C" fn rust_eh_personality() {}

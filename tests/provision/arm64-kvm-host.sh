@@ -8,7 +8,7 @@
 #                                             program, dynamically linked) and run it there
 #
 # `run` builds an initramfs (busybox, the cross glibc, BINARY as /bin/payload), boots, runs
-# `payload ARGS` with /proc /sys /dev /tmp mounted, powers off, and exits with the payload's
+# `payload ARGS` with /proc /sys /dev /dev/shm /tmp mounted, powers off, and exits with the payload's
 # exit status (1 if the guest never reported one). The console goes to stdout.
 # Cache: $VAMP_ARM64_DIR/kvm-host/ (the kernel Image, busybox, the .debs).
 set -euo pipefail
@@ -80,6 +80,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
+mkdir -p /dev/shm && mount -t tmpfs shm /dev/shm
 echo "arm64 KVM host: \$(uname -r), \$(ls /dev/kvm 2>&1), \$(dmesg | grep -o 'VHE mode initialized.*' | head -n 1)"
 set --
 while IFS= read -r a; do set -- "\$@" "\$a"; done </args

@@ -5,8 +5,8 @@
 #                     (index and .crate files), so a cached run needs no network
 #   CARGO_TARGET_DIR  $VAMP_ARM64_TARGET (arm64-lib.sh: one per checkout, outside the repository)
 #   CARGO_HTTP_CAINFO the host's CA bundle (copied next to it), for a first fetch
-#   the aarch64-linux-gnu linker and the qemu-user runner (`cargo test --target ...` runs the
-#   arm64 test binaries under qemu-aarch64)
+#   the aarch64-linux-gnu linker, LLVM's linker (ld.lld) for the bare-metal targets, and the
+#   qemu-user runner (`cargo test --target ...` runs the arm64 test binaries under qemu-aarch64)
 # The environment is otherwise empty: nothing of the host's rustup reaches the root.
 #   tests/provision/arm64-run.sh cargo build --target aarch64-unknown-linux-gnu --workspace
 # Set VAMP_ARM64_ENV to extra NAME=VALUE words (space-separated) to pass more variables.
@@ -47,5 +47,6 @@ exec env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin TERM="$
     CARGO_HOME="$cargo_home" CARGO_TARGET_DIR="$VAMP_ARM64_TARGET" \
     ${ca:+CARGO_HTTP_CAINFO="$ca"} \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+    CARGO_TARGET_AARCH64_UNKNOWN_NONE_LINKER=ld.lld CARGO_TARGET_ARMV7R_NONE_EABIHF_LINKER=ld.lld \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
     "${extra[@]}" "$@"

@@ -7,9 +7,14 @@
 #   3. the no_std engine (vamp-rpmsg, no default features) for three bare-metal targets
 #      through -Zbuild-std, with the code size of its own rlib's .text per target
 #   4. the whole workspace for aarch64-unknown-linux-gnu (the ZynqMP's A53 hosts)
-#   5. the engine's unit tests for aarch64-unknown-linux-gnu, run under qemu-user
-#   6. the remoteproc and hub unit tests inside an emulated arm64 KVM host (nested KVM under
-#      qemu-system-aarch64, tests/provision/arm64-kvm-host.sh): the arm64 KVM backend for real
+#   4b. the engine's unit tests for aarch64-unknown-linux-gnu, run under qemu-user
+#   5. the firmware's echo for a Cortex-R5 (armv7r-none-eabihf, ELF32), and what
+#      `remoteproc-vm inspect` reads from it (its resource table)
+#   6. inside an emulated arm64 KVM host (nested KVM under qemu-system-aarch64,
+#      tests/provision/arm64-kvm-host.sh), the arm64 KVM backend for real: the remoteproc and
+#      hub unit tests, remoteproc's KVM integration tests with the arm64 firmware (echo,
+#      matrix, fault, busy-poll, lifecycle, attacks), `remoteproc-vm run echo --ping 1000`, and
+#      `vamp demo` (the native link, the hub with two native guests, a KVM remote behind it)
 # Each sub-step prints its time; one that cannot run says why; any failure fails the step.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -82,16 +87,79 @@ bare_metal() {
     done
 }
 
-# Unit tests of one crate, built for aarch64 and run inside the emulated arm64 KVM host.
+# Strips the kernel's log lines from the arm64 KVM host's console.
+host_console() {
+    tr -d '\r' | grep -Ev '^\[ *[0-9]+\.[0-9]+\]'
+}
+
+# One test binary of a crate (`--lib` or `--test NAME`), built for aarch64 and run inside the
+# emulated arm64 KVM host; ARGS after `--` go to the test harness.
 in_kvm_host() {
-    local pkg=$1 bin
-    shift
-    bin=$($run cargo test --offline --locked -p "$pkg" --lib --target aarch64-unknown-linux-gnu \
-        --no-run 2>&1 | sed -n 's/.*Executable unittests .*(\(.*\))$/\1/p')
-    [ -n "$bin" ] || { echo "arm64: no unit test binary for $pkg"; return 1; }
-    tests/provision/arm64-kvm-host.sh run "$bin" --test-threads 1 "$@" | tr -d '\r' |
-        grep -Ev '^\[ *[0-9]+\.[0-9]+\]'
+    local pkg=$1 kind=$2 bin pattern
+    shift 2
+    [ "${1:-}" = -- ] && shift
+    if [ "$kind" = --lib ]; then
+        pattern='Executable unittests .*(\(.*\))$'
+    else
+        pattern="Executable tests/$kind.rs (\\(.*\\))\$"
+        kind="--test $kind"
+    fi
+    # shellcheck disable=SC2086 # $kind is one or two words on purpose
+    bin=$($run cargo test --offline --locked -p "$pkg" $kind --target aarch64-unknown-linux-gnu \
+        --no-run 2>&1 | sed -n "s|.*$pattern|\\1|p")
+    [ -n "$bin" ] || { echo "arm64: no test binary for $pkg $kind"; return 1; }
+    tests/provision/arm64-kvm-host.sh run "$bin" --test-threads 1 "$@" | host_console
     return "${PIPESTATUS[0]}"
+}
+
+# The firmware's echo built for a Cortex-R5, and its resource table as remoteproc-vm reads it.
+r5_echo() {
+    local dir="$VAMP_ARM64_TARGET/images" elf out want
+    VAMP_ARM64_ENV=RUSTC_BOOTSTRAP=1 $run cargo build --offline --locked --quiet --release \
+        --manifest-path images/Cargo.toml --bin echo --target armv7r-none-eabihf \
+        -Zbuild-std=core,alloc -Zbuild-std-features=compiler-builtins-mem --target-dir "$dir" ||
+        return 1
+    elf="$dir/armv7r-none-eabihf/release/echo"
+    out=$(cargo run --quiet -p vamp-remoteproc --bin remoteproc-vm -- inspect "$elf") ||
+        { echo "$out"; return 1; }
+    sed 's/^/arm64:   | /' <<<"$out"
+    for want in 'ELF32 little-endian, machine ARM' 'entry 0x0' 'vdev id 7 (rpmsg)' \
+        'trace "trace0" da 0x3f000' 'carveout "vdev0buffer"'; do
+        grep -qF "$want" <<<"$out" || { echo "arm64: the R5 echo's inspect output lacks: $want"; return 1; }
+    done
+}
+
+# The firmware's lints on its ARM platforms (tests/run lints the x86 build with the workspace), in
+# a target dir of their own: sharing the build's, each would invalidate the other's std.
+firmware_clippy() {
+    local triple
+    for triple in aarch64-unknown-none armv7r-none-eabihf; do
+        VAMP_ARM64_ENV=RUSTC_BOOTSTRAP=1 $run cargo clippy --offline --locked --quiet --release \
+            --manifest-path images/Cargo.toml --target "$triple" -Zbuild-std=core,alloc \
+            -Zbuild-std-features=compiler-builtins-mem --target-dir "$VAMP_ARM64_TARGET/images-clippy" \
+            -- -D warnings || return 1
+    done
+}
+
+# A program of the workspace's aarch64 build, run in the arm64 KVM host; its output must hold
+# every line given after `--`, and the hub's sandbox must have refused nothing.
+program_in_kvm_host() {
+    local name=$1 out rc=0 want
+    shift
+    local args=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do args+=("$1"); shift; done
+    shift
+    out=$(tests/provision/arm64-kvm-host.sh run "$VAMP_ARM64_TARGET/aarch64-unknown-linux-gnu/debug/$name" \
+        "${args[@]}" | host_console) || rc=$?
+    echo "$out"
+    [ "$rc" -eq 0 ] || return "$rc"
+    for want in "$@"; do
+        grep -qF "$want" <<<"$out" || { echo "arm64: $name ${args[*]}: no \"$want\" in its output"; return 1; }
+    done
+    if grep -q 'sandbox: refused' <<<"$out"; then
+        echo "arm64: $name ${args[*]}: the sandbox refused a system call (see above)"
+        return 1
+    fi
 }
 
 t_all=$(date +%s)
@@ -102,12 +170,29 @@ if sub "provision the toolchain root" tests/provision/arm64-toolchain.sh &&
         $run cargo build --offline --locked --quiet --target aarch64-unknown-linux-gnu --workspace || true
     sub "engine unit tests for aarch64 under qemu-user" \
         $run cargo test --offline --locked --quiet -p vamp-rpmsg --target aarch64-unknown-linux-gnu || true
+    sub "firmware: the echo for a Cortex-R5 (armv7r-none-eabihf), inspected" r5_echo || true
+    sub "firmware: clippy for aarch64-unknown-none and armv7r-none-eabihf" firmware_clippy || true
     if sub "provision the arm64 KVM host" tests/provision/arm64-kvm-host.sh provision; then
-        sub "remoteproc unit tests in the arm64 KVM host" in_kvm_host vamp-remoteproc || true
+        sub "remoteproc unit tests in the arm64 KVM host" in_kvm_host vamp-remoteproc --lib || true
         echo "arm64: hub unit tests: config::tests::example_configs_in_the_repo_load cannot run in the" \
             "arm64 KVM host (it reads configs/ from the repository, which the guest has no copy of)"
-        sub "hub unit tests in the arm64 KVM host" in_kvm_host vamp-vmm-backend \
-            --skip config::tests::example_configs_in_the_repo_load || true
+        sub "hub unit tests in the arm64 KVM host" in_kvm_host vamp-vmm-backend --lib \
+            -- --skip config::tests::example_configs_in_the_repo_load || true
+        for t in kvm_remote matrix lifecycle; do
+            sub "remoteproc $t tests (arm64 firmware) in the arm64 KVM host" \
+                in_kvm_host vamp-remoteproc "$t" || true
+        done
+        echo "arm64: remoteproc attacks_remote: attack_missing_proxy_root_fails_before_the_remote_starts and" \
+            "attack_proxy_quota_from_the_command_line cannot run in the arm64 KVM host (they start the" \
+            "remoteproc-vm binary from the build tree, which the guest has no copy of; the next two steps run it)"
+        sub "remoteproc attacks_remote tests in the arm64 KVM host" in_kvm_host vamp-remoteproc attacks_remote \
+            -- --skip attack_missing_proxy_root_fails_before_the_remote_starts \
+            --skip attack_proxy_quota_from_the_command_line || true
+        sub "remoteproc-vm run echo --ping 1000 in the arm64 KVM host" \
+            program_in_kvm_host remoteproc-vm run echo --ping 1000 -- '1000/1000 echoes matched' || true
+        sub "vamp demo in the arm64 KVM host" \
+            program_in_kvm_host vamp demo -- 'hub 1000/1000 echoes between two guests' \
+            'KVM remote 1000/1000 echoes through the hub' || true
     fi
 else
     echo "arm64: the lane cannot run without the toolchain and the crates (see above)"
