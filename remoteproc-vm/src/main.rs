@@ -9,7 +9,7 @@ use vamp_remoteproc::image::{FileImage, ImageSource, MemoryImage};
 use vamp_remoteproc::kvm::{DEFAULT_MEMORY, KvmOptions, KvmRemote};
 use vamp_remoteproc::proxy::{self, ProxyServer, ProxyService};
 use vamp_remoteproc::remoteproc::{
-    ManagedRemote, RemoteEvent, RemoteRpmsg, RemoteWaiter, Remoteproc,
+    ManagedRemote, RemoteEvent, RemoteRpmsg, RemoteState, RemoteWaiter, Remoteproc,
 };
 use vamp_remoteproc::sysfs::SysfsRemote;
 use vamp_rpmsg::apps::{ECHO_CHANNEL, ping};
@@ -109,6 +109,27 @@ enum Command {
         config: PathBuf,
         /// The remote.
         name: String,
+    },
+    /// Recovers a crashed physical core (the kernel reloads and restarts it): for a core
+    /// configured with recovery = "none", which the kernel leaves crashed.
+    Recover {
+        /// The remotes file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The remote.
+        name: String,
+    },
+    /// Reports a crash of a running physical core through the kernel's debugfs, to test
+    /// recovery: the kernel restarts it, or leaves it crashed with recovery = "none".
+    Crash {
+        /// The remotes file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The remote.
+        name: String,
+        /// The kernel's crash type: 0 MMU fault, 1 watchdog, 2 fatal error.
+        #[arg(long, default_value_t = 1)]
+        kind: u32,
     },
 }
 
@@ -350,6 +371,11 @@ fn sysfs_of(spec: &RemoteSpec) -> Result<SysfsRemote, String> {
     }
 }
 
+/// The kernel's state string of a physical core.
+fn sysfs_state(core: &SysfsRemote) -> Result<String, String> {
+    core.raw_state().map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let result: Result<bool, String> = match Cli::parse().command {
@@ -388,9 +414,14 @@ fn main() -> ExitCode {
                     .filter(|s| name.as_ref().is_none_or(|n| *n == s.name))
                 {
                     match sysfs_of(spec) {
-                        Ok(mut core) => {
-                            println!("{}\tsysfs\t{}", spec.name, ManagedRemote::state(&mut core))
-                        }
+                        // The kernel's own state string, and the firmware it loads.
+                        Ok(core) => println!(
+                            "{}\tsysfs\t{}\t{}",
+                            spec.name,
+                            core.raw_state()
+                                .unwrap_or_else(|e| format!("unreadable ({e})")),
+                            core.firmware().unwrap_or_else(|_| "?".into())
+                        ),
                         Err(_) => {
                             println!("{}\tkvm\t(runs in the process that starts it)", spec.name)
                         }
@@ -402,15 +433,26 @@ fn main() -> ExitCode {
             configured(&config, &name).and_then(|(_, spec)| match &spec.backend {
                 BackendSpec::Sysfs { .. } => {
                     let mut core = sysfs_of(&spec)?;
-                    if let ImageSource::File(path) = spec
-                        .image
-                        .source(&spec.name, vamp_remoteproc::images::builtin)
-                        .map_err(|e| e.to_string())?
-                    {
-                        core.set_firmware(&path).map_err(|e| e.to_string())?;
+                    // Firmware and recovery policy only for a core start will take (a
+                    // detached one is attached to, not loaded); otherwise start says why not.
+                    let state = core.state().map_err(|e| e.to_string())?;
+                    if state == RemoteState::Offline {
+                        let image = spec
+                            .image
+                            .source(&spec.name, vamp_remoteproc::images::builtin)
+                            .map_err(|e| e.to_string())?;
+                        if let ImageSource::File(path) = image {
+                            let installed = core.set_firmware(&path).map_err(|e| e.to_string())?;
+                            println!("{}: firmware {}", spec.name, installed.display());
+                        }
+                    }
+                    if matches!(state, RemoteState::Offline | RemoteState::Detached) {
+                        // The kernel applies the policy; it has no restart limit of its own.
+                        let recover = matches!(spec.recovery, Recovery::Restart { .. });
+                        core.set_recovery(recover).map_err(|e| e.to_string())?;
                     }
                     ManagedRemote::start(&mut core).map_err(|e| e.to_string())?;
-                    println!("{}: {}", spec.name, ManagedRemote::state(&mut core));
+                    println!("{}: {}", spec.name, sysfs_state(&core)?);
                     Ok(true)
                 }
                 BackendSpec::Kvm { memory } => {
@@ -442,9 +484,24 @@ fn main() -> ExitCode {
         Command::Stop { config, name } => configured(&config, &name).and_then(|(_, spec)| {
             let mut core = sysfs_of(&spec)?;
             ManagedRemote::stop(&mut core).map_err(|e| e.to_string())?;
-            println!("{}: {}", spec.name, ManagedRemote::state(&mut core));
+            println!("{}: {}", spec.name, sysfs_state(&core)?);
             Ok(true)
         }),
+        Command::Recover { config, name } => configured(&config, &name).and_then(|(_, spec)| {
+            let mut core = sysfs_of(&spec)?;
+            core.recover().map_err(|e| e.to_string())?;
+            println!("{}: {}", spec.name, sysfs_state(&core)?);
+            Ok(true)
+        }),
+        Command::Crash { config, name, kind } => {
+            configured(&config, &name).and_then(|(_, spec)| {
+                let mut core = sysfs_of(&spec)?;
+                core.report_crash(kind).map_err(|e| e.to_string())?;
+                // The kernel handles the crash in a work item: the state changes after this.
+                println!("{}: crash of type {kind} reported", spec.name);
+                Ok(true)
+            })
+        }
         Command::Trace { config, name } => configured(&config, &name).and_then(|(_, spec)| {
             let mut core = sysfs_of(&spec)?;
             print!(

@@ -1,17 +1,30 @@
 //! Physical cores behind Linux's remoteproc sysfs, as dom0 drives the ZynqMP R5s.
 //!
 //! The kernel does the loading, resource handling and virtio itself; from user space a core
-//! is a directory (`/sys/class/remoteproc/remoteprocN`, see Linux's `remoteproc_sysfs.c`):
+//! is a directory (`/sys/class/remoteproc/remoteprocN`). What it does, as Linux 6.12 does it
+//! (seen in a QEMU guest against a test core: tests/provision/remote-core-smoke.sh):
 //!
-//! - `firmware`: the file name under `/lib/firmware` the next start loads. The kernel refuses
-//!   to change it unless the core is offline (`EBUSY`).
-//! - `state`: reads `offline`, `suspended`, `running`, `crashed`, `deleted`, `attached`,
-//!   `detached` or `invalid`; writing `start` boots the core (refused with `EBUSY` when it is
-//!   running or attached), `stop` shuts it down (refused with `EINVAL` unless running or
-//!   attached).
+//! - `firmware`: the file name the next start loads, looked up in the kernel's firmware
+//!   search path (`/lib/firmware`, its `updates/` and per-release directories); a name may
+//!   hold subdirectories. Refused with `EBUSY` unless the core is offline, `EINVAL` if empty.
+//! - `state`: reads `offline`, `suspended`, `running`, `crashed`, `attached`, `detached` or
+//!   `invalid` (older kernels also had `deleted`). Writing `start` boots an offline core (or
+//!   attaches a detached one); a missing firmware file fails it with `ENOENT`. The kernel does
+//!   NOT refuse `start` on a core that is already up (running, crashed, suspended): it counts
+//!   another user and succeeds without doing anything, and the next `stop` then only drops
+//!   that count, leaving the core running. So [`SysfsRemote::start`] refuses those states
+//!   itself. `stop` shuts down a running, attached or crashed core (a crashed one without
+//!   recovering it) and is refused with `EINVAL` otherwise.
+//! - `recovery` (sysfs since Linux 5.13, and in debugfs): reads `enabled` or `disabled`;
+//!   writing `enabled`/`disabled` sets what a crash does, `recover` restarts a crashed core
+//!   (and does nothing, successfully, on one that is not crashed). With recovery enabled a
+//!   crash is followed at once by a stop and a reboot from the same firmware: the state reads
+//!   `crashed` only for that moment. With it disabled the core stays `crashed`.
 //! - `name`: the core's name.
-//! - debugfs (`/sys/kernel/debug/remoteproc/remoteprocN`): `trace0`... (the remote's trace
-//!   buffers, read up to the first NUL) and `recovery` (`recover` restarts a crashed core).
+//! - debugfs (`/sys/kernel/debug/remoteproc/remoteprocN`): `trace0`, `trace1`... (the
+//!   remote's trace buffers, read up to the first NUL; present only while the core is up)
+//!   and `crash` (write a crash type, e.g. `1` for a watchdog, to report a crash: how
+//!   recovery is tested without a faulting core).
 //!
 //! The rpmsg side then goes through the kernel's rpmsg char devices: see
 //! [`find_rpmsg_devices`].
@@ -171,9 +184,11 @@ impl SysfsRemote {
         self.attr("firmware")
     }
 
-    /// Installs the ELF at `path` as the core's firmware: copies it into the firmware
-    /// directory under its file name (unless it is already there) and writes that name to
-    /// `firmware`. Only while offline, as the kernel allows. Returns the installed path.
+    /// Installs the ELF at `path` as the core's firmware and writes its name to `firmware`.
+    /// A file already inside the firmware directory is used where it is, by its path relative
+    /// to that directory (the kernel takes subdirectories); any other is copied there under
+    /// its file name first. Only while offline, as the kernel allows. Returns the installed
+    /// path.
     pub fn set_firmware(&mut self, path: &Path) -> Result<PathBuf, LifecycleError> {
         let state = SysfsRemote::state(self)?;
         if state != RemoteState::Offline {
@@ -182,56 +197,108 @@ impl SysfsRemote {
                 state,
             });
         }
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .filter(|n| !n.contains('\n'))
-            .ok_or_else(|| LifecycleError::Sysfs {
-                what: "use as firmware",
-                path: path.to_path_buf(),
-                source: io::Error::new(io::ErrorKind::InvalidInput, "no usable file name"),
-            })?
-            .to_string();
-        let dest = self.firmware_dir.join(&name);
-        let same = match (fs::canonicalize(path), fs::canonicalize(&dest)) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
+        let unusable = |why: &str| LifecycleError::Sysfs {
+            what: "use as firmware",
+            path: path.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, why.to_string()),
         };
-        if !same {
-            // Copy under a temporary name, then rename: the kernel never sees half a file.
-            let tmp = self
-                .firmware_dir
-                .join(format!(".{name}.vamp-{}", std::process::id()));
-            fs::copy(path, &tmp).map_err(Self::sysfs_error("copy firmware to", tmp.clone()))?;
-            if let Err(e) = fs::rename(&tmp, &dest) {
-                let _ = fs::remove_file(&tmp);
-                return Err(Self::sysfs_error("install firmware as", dest)(e));
+        let source =
+            fs::canonicalize(path).map_err(Self::sysfs_error("open firmware", path.into()))?;
+        let inside = fs::canonicalize(&self.firmware_dir)
+            .ok()
+            .and_then(|dir| source.strip_prefix(dir).ok().map(Path::to_path_buf));
+        let (name, dest) = match inside {
+            Some(relative) => (relative.clone(), self.firmware_dir.join(relative)),
+            None => {
+                let file_name = path.file_name().ok_or_else(|| unusable("no file name"))?;
+                fs::create_dir_all(&self.firmware_dir)
+                    .map_err(Self::sysfs_error("create", self.firmware_dir.clone()))?;
+                let dest = self.firmware_dir.join(file_name);
+                // Copy under a temporary name, then rename: the kernel never sees half a file.
+                let tmp = self.firmware_dir.join(format!(
+                    ".{}.vamp-{}",
+                    file_name.to_string_lossy(),
+                    std::process::id()
+                ));
+                fs::copy(path, &tmp).map_err(Self::sysfs_error("copy firmware to", tmp.clone()))?;
+                if let Err(e) = fs::rename(&tmp, &dest) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(Self::sysfs_error("install firmware as", dest)(e));
+                }
+                (PathBuf::from(file_name), dest)
             }
-        }
+        };
+        // The kernel ends the name at the first newline and refuses `..` components.
+        let name = name
+            .to_str()
+            .filter(|n| !n.is_empty() && !n.contains('\n'))
+            .ok_or_else(|| unusable("the file name is not one line of UTF-8"))?
+            .to_string();
         self.write_attr("set_firmware", "firmware", &name)?;
         Ok(dest)
     }
 
-    /// Boots the core (writes `start` to `state`); refused when it already runs.
+    /// Boots an offline core, or attaches a detached one (writes `start` to `state`).
+    /// Refused in every other state, although the kernel would take it (see the module
+    /// docs: it would only count another user, and the next stop would do nothing).
     pub fn start(&mut self) -> Result<(), LifecycleError> {
         let state = SysfsRemote::state(self)?;
-        if state == RemoteState::Running {
+        if !matches!(state, RemoteState::Offline | RemoteState::Detached) {
             return Err(LifecycleError::IllegalTransition { op: "start", state });
         }
         self.write_attr("start", "state", "start")
     }
 
-    /// Shuts the core down (writes `stop` to `state`); only when it runs, as the kernel
-    /// allows (a crashed core is restarted with [`recover`](Self::recover)).
+    /// Shuts the core down (writes `stop` to `state`): a running one, or a crashed one the
+    /// kernel did not recover (it is then offline, not restarted). Refused otherwise, as the
+    /// kernel refuses it (`EINVAL`).
     pub fn stop(&mut self) -> Result<(), LifecycleError> {
         let state = SysfsRemote::state(self)?;
-        if state != RemoteState::Running {
+        if !matches!(state, RemoteState::Running | RemoteState::Crashed) {
             return Err(LifecycleError::IllegalTransition { op: "stop", state });
         }
         self.write_attr("stop", "state", "stop")
     }
 
-    /// Asks the kernel to recover a crashed core (writes `recover` to debugfs `recovery`).
+    /// The `recovery` file: in sysfs where the kernel has it (5.13 on), else in debugfs.
+    fn recovery_path(&self) -> PathBuf {
+        let in_sysfs = self.root.join("recovery");
+        if in_sysfs.exists() {
+            in_sysfs
+        } else {
+            self.debugfs.join("recovery")
+        }
+    }
+
+    /// Whether the kernel recovers the core by itself after a crash (`recovery` reads
+    /// `enabled`).
+    pub fn recovery_enabled(&self) -> Result<bool, LifecycleError> {
+        let path = self.recovery_path();
+        let text = Self::read_file("read", path.clone())?;
+        match text.trim() {
+            "enabled" => Ok(true),
+            "disabled" => Ok(false),
+            other => Err(LifecycleError::Sysfs {
+                what: "read",
+                path,
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{other:?} is neither \"enabled\" nor \"disabled\""),
+                ),
+            }),
+        }
+    }
+
+    /// Sets whether the kernel recovers the core by itself after a crash (writes `enabled`
+    /// or `disabled` to `recovery`). Enabling it on a crashed core recovers it at once.
+    pub fn set_recovery(&mut self, enabled: bool) -> Result<(), LifecycleError> {
+        let path = self.recovery_path();
+        let value = if enabled { "enabled" } else { "disabled" };
+        fs::write(&path, value).map_err(Self::sysfs_error("write", path))
+    }
+
+    /// Recovers a crashed core (writes `recover` to `recovery`): the kernel stops it, loads
+    /// the firmware again and boots it. Refused unless crashed (the kernel would do nothing).
     pub fn recover(&mut self) -> Result<(), LifecycleError> {
         let state = SysfsRemote::state(self)?;
         if state != RemoteState::Crashed {
@@ -240,8 +307,21 @@ impl SysfsRemote {
                 state,
             });
         }
-        let path = self.debugfs.join("recovery");
+        let path = self.recovery_path();
         fs::write(&path, "recover").map_err(Self::sysfs_error("write", path))
+    }
+
+    /// Reports a crash of type `kind` (debugfs `crash`; the kernel's types: 0 MMU fault,
+    /// 1 watchdog, 2 fatal error), as the core's driver would: the kernel marks it crashed
+    /// and, with recovery enabled, restarts it. Only while it runs (the kernel ignores a
+    /// crash of an offline core).
+    pub fn report_crash(&mut self, kind: u32) -> Result<(), LifecycleError> {
+        let state = SysfsRemote::state(self)?;
+        if state != RemoteState::Running {
+            return Err(LifecycleError::IllegalTransition { op: "crash", state });
+        }
+        let path = self.debugfs.join("crash");
+        fs::write(&path, kind.to_string()).map_err(Self::sysfs_error("write", path))
     }
 
     /// Trace buffer `n` (debugfs `trace<n>`), up to its first NUL.

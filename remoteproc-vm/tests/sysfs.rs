@@ -15,7 +15,9 @@ struct Tree {
 
 impl Tree {
     /// /sys/class/remoteproc/remoteproc{0,1} -> /sys/devices/platform/r5ss/remoteproc/..., each
-    /// with `firmware`, `state`, `name`; debugfs `trace0` and `recovery`; /lib/firmware.
+    /// with `firmware`, `state`, `name`; debugfs `trace0`, `recovery` and `crash`;
+    /// /lib/firmware. Core 0 is on a current kernel (`recovery` in sysfs too, as 6.12 has
+    /// it), core 1 on an older one (only debugfs has `recovery`).
     fn new() -> Tree {
         let dir = TempDir::new("sysfs");
         let t = Tree { dir };
@@ -29,7 +31,10 @@ impl Tree {
             symlink(&dev, t.class(n)).unwrap();
             fs::create_dir_all(t.debugfs(n)).unwrap();
             fs::write(t.debugfs(n).join("trace0"), "").unwrap();
+            fs::write(t.debugfs(n).join("recovery"), "enabled\n").unwrap();
+            fs::write(t.debugfs(n).join("crash"), "").unwrap();
         }
+        fs::write(t.device(0).join("recovery"), "enabled\n").unwrap();
         fs::create_dir_all(t.firmware()).unwrap();
         t
     }
@@ -149,20 +154,127 @@ fn firmware_start_stop_and_the_refusals() {
         })
     ));
 
-    // A crashed core is not stopped but recovered, through debugfs.
+    // A crashed core (recovery disabled): recovered through sysfs `recovery` on this kernel.
     tree.kernel_sets(0, "crashed");
     assert_eq!(r.state().unwrap(), RemoteState::Crashed);
-    assert!(r.stop().is_err());
     assert!(r.set_firmware(&elf).is_err());
     r.recover().unwrap();
+    assert_eq!(tree.attr(0, "recovery"), "recover");
     assert_eq!(
         fs::read_to_string(tree.debugfs(0).join("recovery")).unwrap(),
-        "recover"
+        "enabled\n",
+        "debugfs untouched where sysfs has the file"
     );
     tree.kernel_sets(0, "running");
-    assert!(r.recover().is_err());
+    let err = r.recover().unwrap_err();
+    assert_eq!(err.to_string(), "cannot recover a remote that is running");
     // The other core is untouched.
     assert_eq!(tree.attr(1, "state"), "offline\n");
+}
+
+#[test]
+fn crashed_core_is_stopped_not_started_as_the_kernel_does() {
+    let tree = Tree::new();
+    let mut r = tree.remote(0);
+    tree.kernel_sets(0, "crashed");
+    // The kernel takes "start" on a crashed core and does nothing but count a user (the
+    // next stop would then do nothing either): refused here, naming the way out.
+    let err = r.start().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot start a remote that is crashed (stop or recover it first)"
+    );
+    assert_eq!(tree.attr(0, "state"), "crashed\n", "nothing written");
+    // The kernel stops a crashed core (without recovering it): allowed.
+    r.stop().unwrap();
+    assert_eq!(tree.attr(0, "state"), "stop");
+    // Suspended is up in the kernel's eyes too: start is refused there as well.
+    tree.kernel_sets(0, "suspended");
+    assert!(matches!(
+        r.start(),
+        Err(LifecycleError::IllegalTransition {
+            op: "start",
+            state: RemoteState::Suspended
+        })
+    ));
+    // A detached core (running on its own) is attached to by "start".
+    tree.kernel_sets(0, "detached");
+    r.start().unwrap();
+    assert_eq!(tree.attr(0, "state"), "start");
+}
+
+#[test]
+fn recovery_policy_and_crash_reports() {
+    let tree = Tree::new();
+    let mut r = tree.remote(0);
+    assert!(r.recovery_enabled().unwrap());
+    r.set_recovery(false).unwrap();
+    assert_eq!(tree.attr(0, "recovery"), "disabled");
+    assert!(!r.recovery_enabled().unwrap());
+    r.set_recovery(true).unwrap();
+    assert_eq!(tree.attr(0, "recovery"), "enabled");
+    fs::write(tree.device(0).join("recovery"), "sometimes\n").unwrap();
+    let err = r.recovery_enabled().unwrap_err();
+    assert!(err.to_string().contains("\"sometimes\""), "{err}");
+
+    // A crash is reported through debugfs `crash`, as a number; only while running.
+    let err = r.report_crash(1).unwrap_err();
+    assert_eq!(err.to_string(), "cannot crash a remote that is offline");
+    tree.kernel_sets(0, "running");
+    r.report_crash(1).unwrap();
+    assert_eq!(
+        fs::read_to_string(tree.debugfs(0).join("crash")).unwrap(),
+        "1"
+    );
+    // debugfs not mounted: the error names the file.
+    fs::remove_dir_all(tree.debugfs(0)).unwrap();
+    let err = r.report_crash(2).unwrap_err();
+    assert!(matches!(err, LifecycleError::Sysfs { .. }), "{err}");
+    assert!(err.to_string().contains("remoteproc0/crash"), "{err}");
+
+    // An older kernel: `recovery` only in debugfs.
+    let mut old = tree.remote(1);
+    old.set_recovery(false).unwrap();
+    assert_eq!(
+        fs::read_to_string(tree.debugfs(1).join("recovery")).unwrap(),
+        "disabled"
+    );
+    assert!(!old.recovery_enabled().unwrap());
+    tree.kernel_sets(1, "crashed");
+    old.recover().unwrap();
+    assert_eq!(
+        fs::read_to_string(tree.debugfs(1).join("recovery")).unwrap(),
+        "recover"
+    );
+}
+
+#[test]
+fn firmware_inside_the_search_path_is_named_relative_to_it() {
+    let tree = Tree::new();
+    let mut r = tree.remote(0);
+    // Already under the firmware directory, in a subdirectory: the kernel takes the relative
+    // name, so nothing is copied.
+    let sub = tree.firmware().join("xilinx/r5");
+    fs::create_dir_all(&sub).unwrap();
+    fs::write(sub.join("echo.elf"), b"\x7fELF").unwrap();
+    let installed = r.set_firmware(&sub.join("echo.elf")).unwrap();
+    assert_eq!(installed, sub.join("echo.elf"));
+    assert_eq!(tree.attr(0, "firmware"), "xilinx/r5/echo.elf");
+    assert!(!tree.firmware().join("echo.elf").exists(), "not copied");
+    // A missing file is said to be missing; `firmware` is unchanged.
+    let err = r.set_firmware(&tree.root().join("nope.elf")).unwrap_err();
+    assert!(err.to_string().contains("nope.elf"), "{err}");
+    assert_eq!(tree.attr(0, "firmware"), "xilinx/r5/echo.elf");
+    // No firmware directory yet (a fresh root): made on first install.
+    fs::remove_dir_all(tree.firmware()).unwrap();
+    let elf = tree.root().join("r5.elf");
+    fs::write(&elf, b"\x7fELF").unwrap();
+    r.set_firmware(&elf).unwrap();
+    assert_eq!(
+        fs::read(tree.firmware().join("r5.elf")).unwrap(),
+        b"\x7fELF"
+    );
+    assert_eq!(tree.attr(0, "firmware"), "r5.elf");
 }
 
 #[test]
