@@ -324,17 +324,28 @@ impl SysfsRemote {
         fs::write(&path, kind.to_string()).map_err(Self::sysfs_error("write", path))
     }
 
-    /// Trace buffer `n` (debugfs `trace<n>`), up to its first NUL.
+    /// Trace buffer `n` (debugfs `trace<n>`), up to its first NUL. The kernel has the file
+    /// only while the core is up: on an offline core this says so rather than "no such file".
     pub fn trace(&self, n: u32) -> Result<String, LifecycleError> {
         // Bounded: the buffer's size is the firmware's word.
         let path = self.debugfs.join(format!("trace{n}"));
         let mut bytes = Vec::new();
-        fs::File::open(&path)
-            .and_then(|f| {
-                let mut bounded = io::Read::take(f, crate::console::MAX_TRACE_READ as u64);
-                io::Read::read_to_end(&mut bounded, &mut bytes)
-            })
-            .map_err(Self::sysfs_error("read", path))?;
+        let read = fs::File::open(&path).and_then(|f| {
+            let mut bounded = io::Read::take(f, crate::console::MAX_TRACE_READ as u64);
+            io::Read::read_to_end(&mut bounded, &mut bytes)
+        });
+        if let Err(e) = read {
+            if e.kind() == io::ErrorKind::NotFound {
+                let state = SysfsRemote::state(self)?;
+                if !matches!(state, RemoteState::Running | RemoteState::Crashed) {
+                    return Err(LifecycleError::IllegalTransition {
+                        op: "read the trace of",
+                        state,
+                    });
+                }
+            }
+            return Err(Self::sysfs_error("read", path)(e));
+        }
         let text = String::from_utf8_lossy(&bytes).into_owned();
         Ok(match text.find('\0') {
             Some(nul) => text[..nul].to_string(),

@@ -308,6 +308,14 @@ fn trace_reads_debugfs_up_to_the_first_nul() {
     )
     .unwrap();
     assert_eq!(r.trace(0).unwrap(), "r5 up\nping 1\n");
+    // The kernel removes the trace files when the core goes offline: said so.
+    let err = r.trace(1).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot read the trace of a remote that is offline"
+    );
+    // While up, a missing buffer is a missing file.
+    tree.kernel_sets(0, "running");
     let err = r.trace(1).unwrap_err();
     assert!(matches!(err, LifecycleError::Sysfs { .. }), "{err}");
     assert!(err.to_string().contains("trace1"), "{err}");
