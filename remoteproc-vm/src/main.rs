@@ -12,7 +12,7 @@ use vamp_remoteproc::remoteproc::{
     ManagedRemote, RemoteEvent, RemoteRpmsg, RemoteState, RemoteWaiter, Remoteproc,
 };
 use vamp_remoteproc::sysfs::SysfsRemote;
-use vamp_rpmsg::apps::{ECHO_CHANNEL, ping};
+use vamp_rpmsg::apps::{ECHO_CHANNEL, PingSummary, ping, ping_payload};
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::rpmsg::{Handler, NsEvent, Received, Rpmsg};
 use vamp_rpmsg::transport::{BufferConfig, Transport};
@@ -118,6 +118,25 @@ enum Command {
         config: PathBuf,
         /// The remote.
         name: String,
+    },
+    /// Echo test through the kernel's rpmsg to a configured physical core: waits for its
+    /// channel, opens an endpoint on it (rpmsg_ctrl, RPMSG_CREATE_EPT_IOCTL), sends COUNT
+    /// messages of 1..496 bytes and checks each echo byte for byte; exit 0 only if all matched.
+    Ping {
+        /// The remotes file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The remote.
+        name: String,
+        /// The channel the core announced.
+        #[arg(long, default_value = ECHO_CHANNEL)]
+        channel: String,
+        /// Messages to send.
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+        /// Seconds to wait for the channel, and for each echo.
+        #[arg(long, default_value_t = 20)]
+        timeout: u64,
     },
     /// Reports a crash of a running physical core through the kernel's debugfs, to test
     /// recovery: the kernel restarts it, or leaves it crashed with recovery = "none".
@@ -371,6 +390,62 @@ fn sysfs_of(spec: &RemoteSpec) -> Result<SysfsRemote, String> {
     }
 }
 
+/// Echoes `count` messages (vamp's ping payloads) through the kernel's rpmsg to `channel`
+/// of a physical core, once the core announced it.
+fn ping_core(
+    core: &SysfsRemote,
+    channel: &str,
+    count: u32,
+    timeout: Duration,
+) -> Result<PingSummary, String> {
+    let deadline = Instant::now() + timeout;
+    let dst = loop {
+        let announced = core.announced_channels().map_err(|e| e.to_string())?;
+        if let Some(c) = announced.iter().find(|c| c.name == channel) {
+            break c.dst;
+        }
+        if Instant::now() > deadline {
+            let names: Vec<&str> = announced.iter().map(|c| c.name.as_str()).collect();
+            return Err(format!(
+                "no channel {channel:?} announced within {timeout:?} (announced: {names:?})"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut ept = core
+        .open_endpoint(channel, dst)
+        .map_err(|e| e.to_string())?;
+    println!(
+        "\"{channel}\" at {dst:#x}: endpoint {}",
+        ept.dev_path().display()
+    );
+    let mut summary = PingSummary::default();
+    let t0 = Instant::now();
+    for i in 0..count {
+        let request = ping_payload(i);
+        let sent = Instant::now();
+        ept.send(&request)
+            .map_err(|e| format!("message {i}: send: {e}"))?;
+        summary.sent += 1;
+        let reply = ept
+            .recv(timeout)
+            .map_err(|e| format!("message {i}: receive: {e}"))?
+            .ok_or_else(|| format!("message {i}: no echo within {timeout:?}"))?;
+        summary.rtt_us.push(sent.elapsed().as_micros() as u64);
+        if reply == request {
+            summary.matched += 1;
+        } else {
+            eprintln!(
+                "message {i}: echo of {} bytes differs from the {} sent",
+                reply.len(),
+                request.len()
+            );
+        }
+    }
+    summary.elapsed = t0.elapsed();
+    Ok(summary)
+}
+
 /// The kernel's state string of a physical core.
 fn sysfs_state(core: &SysfsRemote) -> Result<String, String> {
     core.raw_state().map_err(|e| e.to_string())
@@ -492,6 +567,18 @@ fn main() -> ExitCode {
             core.recover().map_err(|e| e.to_string())?;
             println!("{}: {}", spec.name, sysfs_state(&core)?);
             Ok(true)
+        }),
+        Command::Ping {
+            config,
+            name,
+            channel,
+            count,
+            timeout,
+        } => configured(&config, &name).and_then(|(_, spec)| {
+            let core = sysfs_of(&spec)?;
+            let summary = ping_core(&core, &channel, count, Duration::from_secs(timeout.max(1)))?;
+            println!("{}: {summary}", spec.name);
+            Ok(summary.all_matched())
         }),
         Command::Crash { config, name, kind } => {
             configured(&config, &name).and_then(|(_, spec)| {

@@ -71,24 +71,42 @@ impl Tree {
     fn attr(&self, n: u32, name: &str) -> String {
         fs::read_to_string(self.device(n).join(name)).unwrap()
     }
-    /// An rpmsg char device `name` on a channel of core `n`.
-    fn rpmsg_dev(&self, n: u32, channel_dir: &str, channel: &str, src: &str, name: &str) {
+    /// An rpmsg channel (bus device) of core `n`, as Linux 6.12 lays it out:
+    /// `<core>/rproc-virtio.N.auto/virtioN/<dir>` with `name`, `src`, `dst` (0x hex), linked
+    /// from /sys/bus/rpmsg/devices. Returns its directory.
+    fn channel(&self, n: u32, dir: &str, name: &str, src: &str, dst: &str) -> PathBuf {
         let chan = self
             .device(n)
-            .join(format!("remoteproc{n}#vdev0buffer/virtio{n}/{channel_dir}"));
-        let dev = chan.join("rpmsg").join(name);
-        fs::create_dir_all(&dev).unwrap();
-        fs::write(chan.join("name"), format!("{channel}\n")).unwrap();
+            .join(format!("rproc-virtio.{n}.auto/virtio{n}/{dir}"));
+        fs::create_dir_all(&chan).unwrap();
+        fs::write(chan.join("name"), format!("{name}\n")).unwrap();
         fs::write(chan.join("src"), format!("{src}\n")).unwrap();
-        fs::write(chan.join("dst"), "0xffffffff\n").unwrap();
+        fs::write(chan.join("dst"), format!("{dst}\n")).unwrap();
+        let bus = self.sys().join("bus/rpmsg/devices");
+        fs::create_dir_all(&bus).unwrap();
+        symlink(&chan, bus.join(dir)).unwrap();
+        chan
+    }
+    /// A char device `name` in directory `parent` (a channel's `rpmsg/`, or a control
+    /// device), linked from /sys/class/rpmsg; an endpoint device also has its own `name`,
+    /// `src` and `dst` (decimal, -1 for any).
+    fn char_dev(&self, parent: &Path, name: &str, own: Option<(&str, &str, &str)>) -> PathBuf {
+        let dev = parent.join(name);
+        fs::create_dir_all(&dev).unwrap();
         fs::write(
             dev.join("uevent"),
-            format!("MAJOR=240\nMINOR=0\nDEVNAME={name}\n"),
+            format!("MAJOR=254\nMINOR=0\nDEVNAME={name}\n"),
         )
         .unwrap();
+        if let Some((ept, src, dst)) = own {
+            fs::write(dev.join("name"), format!("{ept}\n")).unwrap();
+            fs::write(dev.join("src"), format!("{src}\n")).unwrap();
+            fs::write(dev.join("dst"), format!("{dst}\n")).unwrap();
+        }
         let class = self.sys().join("class/rpmsg");
         fs::create_dir_all(&class).unwrap();
         symlink(&dev, class.join(name)).unwrap();
+        dev
     }
 }
 
@@ -357,38 +375,44 @@ fn rpmsg_char_devices_of_this_core() {
         tree.remote(0).rpmsg_devices().unwrap().is_empty(),
         "no class/rpmsg yet"
     );
-    tree.rpmsg_dev(
-        0,
-        "virtio0.rpmsg-raw.-1.1024",
-        "rpmsg-raw",
-        "0x400",
-        "rpmsg1",
+    // Core 0: the control device, an endpoint made through it for the announced sample
+    // channel, and an endpoint rpmsg_char made on an "rpmsg-raw" channel.
+    let ctrl_chan = tree.channel(0, "virtio0.rpmsg_ctrl.0.0", "rpmsg_ctrl", "0x0", "0x0");
+    let ctrl = tree.char_dev(&ctrl_chan.join("rpmsg"), "rpmsg_ctrl0", None);
+    tree.char_dev(
+        &ctrl,
+        "rpmsg10",
+        Some(("rpmsg-client-sample", "-1", "1024")),
     );
-    tree.rpmsg_dev(
-        0,
-        "virtio0.rpmsg_ctrl.0.0",
-        "rpmsg_ctrl",
-        "0x0",
-        "rpmsg_ctrl0",
-    );
-    tree.rpmsg_dev(
+    let raw = tree.channel(
         0,
         "virtio0.rpmsg-raw.-1.1025",
         "rpmsg-raw",
+        "0xffffffff",
         "0x401",
-        "rpmsg10",
     );
-    tree.rpmsg_dev(
-        1,
-        "virtio1.rpmsg-raw.-1.1024",
-        "rpmsg-raw",
-        "0x400",
-        "rpmsg2",
+    tree.char_dev(
+        &raw.join("rpmsg"),
+        "rpmsg1",
+        Some(("rpmsg-raw", "1030", "1025")),
     );
+    // Core 1 has its own.
+    let other = tree.channel(1, "virtio1.rpmsg_ctrl.0.0", "rpmsg_ctrl", "0x0", "0x0");
+    tree.char_dev(&other.join("rpmsg"), "rpmsg_ctrl1", None);
+
     let devs = tree.remote(0).rpmsg_devices().unwrap();
     let got: Vec<_> = devs
         .iter()
-        .map(|d| (d.name.as_str(), d.kind, d.channel.as_deref(), d.src, d.dst))
+        .map(|d| {
+            (
+                d.name.as_str(),
+                d.kind,
+                d.channel.as_deref(),
+                d.endpoint.as_deref(),
+                d.src,
+                d.dst,
+            )
+        })
         .collect();
     assert_eq!(
         got,
@@ -397,27 +421,85 @@ fn rpmsg_char_devices_of_this_core() {
                 "rpmsg_ctrl0",
                 RpmsgDeviceKind::Control,
                 Some("rpmsg_ctrl"),
+                None,
                 Some(0),
-                Some(u32::MAX)
+                Some(0)
             ),
             (
                 "rpmsg1",
                 RpmsgDeviceKind::Endpoint,
                 Some("rpmsg-raw"),
-                Some(1024),
-                Some(u32::MAX)
+                Some("rpmsg-raw"),
+                Some(1030),
+                Some(1025)
             ),
             (
                 "rpmsg10",
                 RpmsgDeviceKind::Endpoint,
-                Some("rpmsg-raw"),
-                Some(1025),
-                Some(u32::MAX)
+                Some("rpmsg_ctrl"),
+                Some("rpmsg-client-sample"),
+                Some(u32::MAX),
+                Some(1024)
             ),
         ]
     );
     assert_eq!(devs[1].dev_path, tree.root().join("dev/rpmsg1"));
     let other = tree.remote(1).rpmsg_devices().unwrap();
     assert_eq!(other.len(), 1);
-    assert_eq!(other[0].name, "rpmsg2");
+    assert_eq!(other[0].name, "rpmsg_ctrl1");
+}
+
+#[test]
+fn announced_channels_of_this_core() {
+    let tree = Tree::new();
+    assert!(tree.remote(0).announced_channels().unwrap().is_empty());
+    // What the kernel's name service made for the test core, next to its own channels.
+    tree.channel(
+        0,
+        "virtio0.rpmsg-openamp-demo-channel.-1.1025",
+        "rpmsg-openamp-demo-channel",
+        "0xffffffff",
+        "0x401",
+    );
+    tree.channel(
+        0,
+        "virtio0.rpmsg-client-sample.-1.1024",
+        "rpmsg-client-sample",
+        "0xffffffff",
+        "0x400",
+    );
+    tree.channel(0, "virtio0.rpmsg_ctrl.0.0", "rpmsg_ctrl", "0x0", "0x0");
+    tree.channel(0, "virtio0.rpmsg_ns.53.53", "rpmsg_ns", "0x35", "0x35");
+    tree.channel(
+        1,
+        "virtio1.rpmsg-client-sample.-1.1024",
+        "rpmsg-client-sample",
+        "0xffffffff",
+        "0x400",
+    );
+    let got: Vec<_> = tree
+        .remote(0)
+        .announced_channels()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.name, c.dst))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("rpmsg-client-sample".to_string(), 0x400),
+            ("rpmsg-openamp-demo-channel".to_string(), 0x401),
+        ]
+    );
+    assert_eq!(tree.remote(1).announced_channels().unwrap().len(), 1);
+    // No control device: opening an endpoint says so.
+    let err = tree
+        .remote(0)
+        .open_endpoint("rpmsg-client-sample", 0x400)
+        .unwrap_err();
+    assert!(err.to_string().contains("rpmsg_ctrl"), "{err}");
+    // A name the kernel cannot take is refused before any ioctl.
+    let long = "x".repeat(32);
+    assert!(tree.remote(0).open_endpoint(&long, 0x400).is_err());
+    assert!(tree.remote(0).open_endpoint("", 0x400).is_err());
 }
