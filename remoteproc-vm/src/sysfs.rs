@@ -137,10 +137,7 @@ impl SysfsRemote {
     }
 
     fn read_file(what: &'static str, path: PathBuf) -> Result<String, LifecycleError> {
-        match fs::read(&path) {
-            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-            Err(e) => Err(Self::sysfs_error(what, path)(e)),
-        }
+        read_attribute(&path).map_err(Self::sysfs_error(what, path))
     }
 
     fn attr(&self, name: &str) -> Result<String, LifecycleError> {
@@ -454,8 +451,27 @@ fn trailing_number(name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The most a sysfs attribute holds: one page, 64 KiB on the largest pages Linux uses.
+pub const MAX_ATTRIBUTE: u64 = 64 << 10;
+
+/// Reads an attribute file, refusing one larger than [`MAX_ATTRIBUTE`]: a configured path is
+/// untrusted, and what lies there (a symlink to `/dev/zero`, a huge file) must not cost
+/// unbounded memory or time.
+fn read_attribute(path: &Path) -> io::Result<String> {
+    let mut bytes = Vec::new();
+    let file = fs::File::open(path)?;
+    io::Read::read_to_end(&mut io::Read::take(file, MAX_ATTRIBUTE + 1), &mut bytes)?;
+    if bytes.len() as u64 > MAX_ATTRIBUTE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("more than {MAX_ATTRIBUTE} bytes: not a sysfs attribute"),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 fn read_trimmed(path: &Path) -> Option<String> {
-    fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    read_attribute(path).ok().map(|s| s.trim().to_string())
 }
 
 /// The rpmsg channel (bus device) a char device at sysfs path `real` belongs to: the

@@ -349,6 +349,31 @@ fn attack_huge_debugfs_trace_read_is_capped() {
 }
 
 #[test]
+fn attack_endless_attribute_is_refused_not_read_to_the_end() {
+    // A configured sysfs_path whose `state` is /dev/zero (endless) or a huge file: refused
+    // after one page's worth, not read into memory until it runs out.
+    let tree = Tree::new();
+    let mut r = tree.remote(0);
+    let state = tree.device(0).join("state");
+    fs::remove_file(&state).unwrap();
+    symlink("/dev/zero", &state).unwrap();
+    let err = r.state().unwrap_err();
+    assert!(err.to_string().contains("not a sysfs attribute"), "{err}");
+    assert_eq!(ManagedRemote::state(&mut r), RemoteState::Invalid);
+    assert!(r.start().is_err());
+    fs::remove_file(&state).unwrap();
+    let max = vamp_remoteproc::sysfs::MAX_ATTRIBUTE as usize;
+    fs::write(&state, vec![b'x'; max + 1]).unwrap();
+    assert!(r.raw_state().is_err());
+    fs::write(&state, format!("running{}", " ".repeat(max - 7))).unwrap();
+    assert_eq!(
+        r.state().unwrap(),
+        RemoteState::Running,
+        "a full page is fine"
+    );
+}
+
+#[test]
 fn managed_remote_over_sysfs() {
     let tree = Tree::new();
     let mut r = tree.remote(1);
