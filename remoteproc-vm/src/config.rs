@@ -8,13 +8,14 @@
 //! memory = "16M"           # kvm only: bytes (integer) or "16M"/"16MiB"/"1G"/"0x1000000";
 //!                          #   a multiple of 2 MiB, at most 1 GiB; default 16 MiB
 //! recovery = "restart"     # "restart" (default) or "none"
-//! max_restarts = 3         # with recovery = "restart"; default 3
+//! max_restarts = 3         # kvm only, with recovery = "restart"; default 3
 //!
 //! [[remote]]
 //! name = "r5-0"
 //! image = "/srv/fw/r5_echo.elf"
 //! backend = "sysfs"
 //! sysfs_path = "/sys/class/remoteproc/remoteproc0"   # sysfs only, required
+//! recovery = "none"        # sysfs: the kernel's `recovery` (enabled/disabled), set at start
 //! ```
 //!
 //! Relative image paths are taken from the current directory. Unknown keys are refused.
@@ -323,6 +324,14 @@ impl RemoteSpec {
                 ));
             }
         };
+        // The kernel recovers a core behind sysfs as often as it crashes: a limit would be a
+        // promise nothing keeps.
+        if matches!(backend, BackendSpec::Sysfs { .. }) && raw.max_restarts.is_some() {
+            return Err(invalid(
+                "max_restarts",
+                "not for backend = \"sysfs\" (the kernel restarts a core without limit)".into(),
+            ));
+        }
         Ok(RemoteSpec {
             name,
             image,
@@ -454,6 +463,10 @@ mod tests {
             (
                 "[[remote]]\nname = \"a\"\nimage = \"a.elf\"\nbackend = \"sysfs\"\nsysfs_path = \"/x\"\nmemory = 4096\n",
                 "memory: only for",
+            ),
+            (
+                "[[remote]]\nname = \"a\"\nimage = \"a.elf\"\nbackend = \"sysfs\"\nsysfs_path = \"/x\"\nmax_restarts = 2\n",
+                "max_restarts: not for backend = \"sysfs\"",
             ),
             (
                 "[[remote]]\nname = \"a\"\nimage = \"echo\"\nrecovery = \"sometimes\"\n",

@@ -9,10 +9,10 @@ use vamp_remoteproc::image::{FileImage, ImageSource, MemoryImage};
 use vamp_remoteproc::kvm::{DEFAULT_MEMORY, KvmOptions, KvmRemote};
 use vamp_remoteproc::proxy::{self, ProxyServer, ProxyService};
 use vamp_remoteproc::remoteproc::{
-    ManagedRemote, RemoteEvent, RemoteRpmsg, RemoteWaiter, Remoteproc,
+    ManagedRemote, RemoteEvent, RemoteRpmsg, RemoteState, RemoteWaiter, Remoteproc,
 };
 use vamp_remoteproc::sysfs::SysfsRemote;
-use vamp_rpmsg::apps::{ECHO_CHANNEL, ping};
+use vamp_rpmsg::apps::{ECHO_CHANNEL, PingSummary, ping, ping_payload};
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::rpmsg::{Handler, NsEvent, Received, Rpmsg};
 use vamp_rpmsg::transport::{BufferConfig, Transport};
@@ -109,6 +109,46 @@ enum Command {
         config: PathBuf,
         /// The remote.
         name: String,
+    },
+    /// Recovers a crashed physical core (the kernel reloads and restarts it): for a core
+    /// configured with recovery = "none", which the kernel leaves crashed.
+    Recover {
+        /// The remotes file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The remote.
+        name: String,
+    },
+    /// Echo test through the kernel's rpmsg to a configured physical core: waits for its
+    /// channel, opens an endpoint on it (rpmsg_ctrl, RPMSG_CREATE_EPT_IOCTL), sends COUNT
+    /// messages of 1..496 bytes and checks each echo byte for byte; exit 0 only if all matched.
+    Ping {
+        /// The remotes file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The remote.
+        name: String,
+        /// The channel the core announced.
+        #[arg(long, default_value = ECHO_CHANNEL)]
+        channel: String,
+        /// Messages to send.
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+        /// Seconds to wait for the channel, and for each echo.
+        #[arg(long, default_value_t = 20)]
+        timeout: u64,
+    },
+    /// Reports a crash of a running physical core through the kernel's debugfs, to test
+    /// recovery: the kernel restarts it, or leaves it crashed with recovery = "none".
+    Crash {
+        /// The remotes file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The remote.
+        name: String,
+        /// The kernel's crash type: 0 MMU fault, 1 watchdog, 2 fatal error.
+        #[arg(long, default_value_t = 1)]
+        kind: u32,
     },
 }
 
@@ -350,6 +390,67 @@ fn sysfs_of(spec: &RemoteSpec) -> Result<SysfsRemote, String> {
     }
 }
 
+/// Echoes `count` messages (vamp's ping payloads) through the kernel's rpmsg to `channel`
+/// of a physical core, once the core announced it.
+fn ping_core(
+    core: &SysfsRemote,
+    channel: &str,
+    count: u32,
+    timeout: Duration,
+) -> Result<PingSummary, String> {
+    let deadline = Instant::now() + timeout;
+    let dst = loop {
+        let announced = core.announced_channels().map_err(|e| e.to_string())?;
+        if let Some(c) = announced.iter().find(|c| c.name == channel) {
+            break c.dst;
+        }
+        if Instant::now() > deadline {
+            let names: Vec<&str> = announced.iter().map(|c| c.name.as_str()).collect();
+            return Err(format!(
+                "no channel {channel:?} announced within {timeout:?} (announced: {names:?})"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut ept = core
+        .open_endpoint(channel, dst)
+        .map_err(|e| e.to_string())?;
+    println!(
+        "\"{channel}\" at {dst:#x}: endpoint {}",
+        ept.dev_path().display()
+    );
+    let mut summary = PingSummary::default();
+    let t0 = Instant::now();
+    for i in 0..count {
+        let request = ping_payload(i);
+        let sent = Instant::now();
+        ept.send(&request)
+            .map_err(|e| format!("message {i}: send: {e}"))?;
+        summary.sent += 1;
+        let reply = ept
+            .recv(timeout)
+            .map_err(|e| format!("message {i}: receive: {e}"))?
+            .ok_or_else(|| format!("message {i}: no echo within {timeout:?}"))?;
+        summary.rtt_us.push(sent.elapsed().as_micros() as u64);
+        if reply == request {
+            summary.matched += 1;
+        } else {
+            eprintln!(
+                "message {i}: echo of {} bytes differs from the {} sent",
+                reply.len(),
+                request.len()
+            );
+        }
+    }
+    summary.elapsed = t0.elapsed();
+    Ok(summary)
+}
+
+/// The kernel's state string of a physical core.
+fn sysfs_state(core: &SysfsRemote) -> Result<String, String> {
+    core.raw_state().map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let result: Result<bool, String> = match Cli::parse().command {
@@ -388,9 +489,14 @@ fn main() -> ExitCode {
                     .filter(|s| name.as_ref().is_none_or(|n| *n == s.name))
                 {
                     match sysfs_of(spec) {
-                        Ok(mut core) => {
-                            println!("{}\tsysfs\t{}", spec.name, ManagedRemote::state(&mut core))
-                        }
+                        // The kernel's own state string, and the firmware it loads.
+                        Ok(core) => println!(
+                            "{}\tsysfs\t{}\t{}",
+                            spec.name,
+                            core.raw_state()
+                                .unwrap_or_else(|e| format!("unreadable ({e})")),
+                            core.firmware().unwrap_or_else(|_| "?".into())
+                        ),
                         Err(_) => {
                             println!("{}\tkvm\t(runs in the process that starts it)", spec.name)
                         }
@@ -402,15 +508,26 @@ fn main() -> ExitCode {
             configured(&config, &name).and_then(|(_, spec)| match &spec.backend {
                 BackendSpec::Sysfs { .. } => {
                     let mut core = sysfs_of(&spec)?;
-                    if let ImageSource::File(path) = spec
-                        .image
-                        .source(&spec.name, vamp_remoteproc::images::builtin)
-                        .map_err(|e| e.to_string())?
-                    {
-                        core.set_firmware(&path).map_err(|e| e.to_string())?;
+                    // Firmware and recovery policy only for a core start will take (a
+                    // detached one is attached to, not loaded); otherwise start says why not.
+                    let state = core.state().map_err(|e| e.to_string())?;
+                    if state == RemoteState::Offline {
+                        let image = spec
+                            .image
+                            .source(&spec.name, vamp_remoteproc::images::builtin)
+                            .map_err(|e| e.to_string())?;
+                        if let ImageSource::File(path) = image {
+                            let installed = core.set_firmware(&path).map_err(|e| e.to_string())?;
+                            println!("{}: firmware {}", spec.name, installed.display());
+                        }
+                    }
+                    if matches!(state, RemoteState::Offline | RemoteState::Detached) {
+                        // The kernel applies the policy; it has no restart limit of its own.
+                        let recover = matches!(spec.recovery, Recovery::Restart { .. });
+                        core.set_recovery(recover).map_err(|e| e.to_string())?;
                     }
                     ManagedRemote::start(&mut core).map_err(|e| e.to_string())?;
-                    println!("{}: {}", spec.name, ManagedRemote::state(&mut core));
+                    println!("{}: {}", spec.name, sysfs_state(&core)?);
                     Ok(true)
                 }
                 BackendSpec::Kvm { memory } => {
@@ -442,9 +559,36 @@ fn main() -> ExitCode {
         Command::Stop { config, name } => configured(&config, &name).and_then(|(_, spec)| {
             let mut core = sysfs_of(&spec)?;
             ManagedRemote::stop(&mut core).map_err(|e| e.to_string())?;
-            println!("{}: {}", spec.name, ManagedRemote::state(&mut core));
+            println!("{}: {}", spec.name, sysfs_state(&core)?);
             Ok(true)
         }),
+        Command::Recover { config, name } => configured(&config, &name).and_then(|(_, spec)| {
+            let mut core = sysfs_of(&spec)?;
+            core.recover().map_err(|e| e.to_string())?;
+            println!("{}: {}", spec.name, sysfs_state(&core)?);
+            Ok(true)
+        }),
+        Command::Ping {
+            config,
+            name,
+            channel,
+            count,
+            timeout,
+        } => configured(&config, &name).and_then(|(_, spec)| {
+            let core = sysfs_of(&spec)?;
+            let summary = ping_core(&core, &channel, count, Duration::from_secs(timeout.max(1)))?;
+            println!("{}: {summary}", spec.name);
+            Ok(summary.all_matched())
+        }),
+        Command::Crash { config, name, kind } => {
+            configured(&config, &name).and_then(|(_, spec)| {
+                let mut core = sysfs_of(&spec)?;
+                core.report_crash(kind).map_err(|e| e.to_string())?;
+                // The kernel handles the crash in a work item: the state changes after this.
+                println!("{}: crash of type {kind} reported", spec.name);
+                Ok(true)
+            })
+        }
         Command::Trace { config, name } => configured(&config, &name).and_then(|(_, spec)| {
             let mut core = sysfs_of(&spec)?;
             print!(

@@ -6,10 +6,15 @@
 #   /sys/bus/rpmsg/devices; echo messages through /dev/rpmsg_ctrl0 (RPMSG_CREATE_EPT_IOCTL, by
 #   vamp-guest-agent); read the trace from debugfs; stop (channels gone); start again; crash
 #   through debugfs, then by a "crash" message to the core, and see recovery bring the channels
-#   back and echo again each time; "goodbye!" on the sample channel withdraws it; rmmod.
+#   back and echo again each time; "goodbye!" on the sample channel withdraws it. Then
+#   remoteproc-vm (this checkout's, static: remote-core-cli.sh) drives the same core with
+#   configs/dom0-r5.toml, as dom0 would: stop, start (firmware installed, recovery set),
+#   status, echoes through its own endpoints (ping), trace, the refusals (its own and the
+#   kernel's EINVAL/EBUSY), a crash the kernel recovers, and with recovery = "none" a crash
+#   that stays until `recover`; rmmod.
 # Each step prints a RC-STEP line; the host checks them all.
-# Needs: all.sh done (kernel with modules, guest agent, remote-core.sh). Output: the console log
-# in $VAMP_CACHE/remote-core-smoke/console.log; exit 0 only if every step passed.
+# Needs: all.sh done (kernel with modules, guest agent, remote-core.sh) and cargo. Output: the
+# console log in $VAMP_CACHE/remote-core-smoke/console.log; exit 0 only if every step passed.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
@@ -101,15 +106,137 @@ $A wait-channel --name rpmsg-client-sample --gone --timeout-ms 30000 >/dev/null 
     bad goodbye "$out; $(ls /sys/bus/rpmsg/devices | tr '\n' ' ')"
 echo "resource table:"; cat $D/resource_table
 echo "state=$(cat $R/state) recovery=$(cat $D/recovery 2>/dev/null)"
-echo stop >$R/state
+
+# --- remoteproc-vm drives the same core, as dom0 does: configs/dom0-r5.toml as committed, and a
+# variant with recovery = "none" whose image is already inside /lib/firmware (a subdirectory).
+RV=/bin/remoteproc-vm
+C=/etc/vamp/dom0-r5.toml
+CM=/etc/vamp/dom0-r5-manual.toml
+sed -e 's|^recovery = "restart"|recovery = "none"|' \
+    -e 's|^image = "/srv/firmware/|image = "/lib/firmware/vamp/|' $C >$CM
+# One line of what a command printed (stdout and stderr), for the step lines.
+line() { tr '\n\t' '  '; }
+st() { $RV status --config "$1" r5-0 2>&1 | line; }
+# A write to a kernel file, as the shell does it: its error text, and its exit status.
+kw() { (echo "$2" >"$1") 2>&1; }
+# poll COND: evaluate COND every 0.1 s until it holds, at most 30 s.
+poll() {
+    i=0
+    while ! eval "$1"; do
+        [ $i -ge 300 ] && return 1
+        sleep 0.1
+        i=$((i + 1))
+    done
+}
+out=$($RV stop --config $C r5-0 2>&1) && [ "$out" = "r5-0: offline" ] &&
+    $A wait-channel --name rpmsg-openamp-demo-channel --gone --timeout-ms 30000 >/dev/null &&
+    [ "$(st $C)" = "r5-0 sysfs offline vamp-test-core.elf " ] &&
+    ok rv-stop "$out; status: $(st $C)" || bad rv-stop "$out; status: $(st $C)"
+out=$($RV stop --config $C r5-0 2>&1)
+rc=$?
+kout=$(kw $R/state stop)
+krc=$?
+[ $rc -eq 1 ] && [ "$out" = "remoteproc-vm: cannot stop a remote that is offline" ] &&
+    [ $krc -ne 0 ] && echo "$kout" | grep -q "Invalid argument" &&
+    ok rv-stop-refused "$out; the kernel: $kout" || bad rv-stop-refused "exit $rc: $out; kernel exit $krc: $kout"
+out=$($RV start --config $C r5-0 2>&1) && echo "$out" | grep -qx "r5-0: running" &&
+    [ "$(cat $R/firmware)" = vamp-r5-echo.elf ] && [ "$(cat $R/recovery)" = enabled ] &&
+    cmp -s /srv/firmware/vamp-r5-echo.elf /lib/firmware/vamp-r5-echo.elf &&
+    ok rv-start "$(echo "$out" | line); firmware=$(cat $R/firmware) recovery=$(cat $R/recovery)" ||
+    bad rv-start "$(echo "$out" | line); firmware=$(cat $R/firmware) recovery=$(cat $R/recovery)"
+channels rv-channels
+echo_test rv-echo rpmsg-client-sample 0x400
+# remoteproc-vm's own endpoints (rpmsg_ctrl0, RPMSG_CREATE_EPT_IOCTL): 1000 echoes of 1..496
+# bytes on each channel, byte for byte; its endpoint is destroyed when it ends.
+rv_ping() {
+    out=$($RV ping --config $C r5-0 --channel "$2" --count "$3" 2>&1) &&
+        echo "$out" | grep -q "$3/$3 echoes matched" && [ "$(ls /sys/class/rpmsg | line)" = "rpmsg_ctrl0 " ] &&
+        ok "$1" "$(echo "$out" | line)" || bad "$1" "$(echo "$out" | line); left: $(ls /sys/class/rpmsg | line)"
+}
+rv_ping rv-ping-demo rpmsg-openamp-demo-channel 1000
+rv_ping rv-ping-sample rpmsg-client-sample 1000
+[ "$(st $C)" = "r5-0 sysfs running vamp-r5-echo.elf " ] && ok rv-status "$(st $C)" || bad rv-status "$(st $C)"
+out=$($RV start --config $C r5-0 2>&1)
+rc=$?
+[ $rc -eq 1 ] && [ "$out" = "remoteproc-vm: cannot start a remote that is running (stop it first)" ] &&
+    [ "$(cat $R/state)" = running ] && ok rv-start-refused "$out" || bad rv-start-refused "exit $rc: $out"
+# Why remoteproc-vm refuses: the kernel takes a second start (it counts another user), and the
+# next stop then only drops that count: the core keeps running.
+kout=$(kw $R/state start)
+krc=$?
+out=$($RV stop --config $C r5-0 2>&1)
+[ $krc -eq 0 ] && [ "$out" = "r5-0: running" ] && [ "$(cat $R/state)" = running ] &&
+    ok rv-kernel-double-start "the kernel took a second start (exit 0); the stop after it: $out" ||
+    bad rv-kernel-double-start "kernel exit $krc: $kout; stop: $out; state=$(cat $R/state)"
+kout=$(kw $R/firmware other.elf)
+krc=$?
+[ $krc -ne 0 ] && echo "$kout" | grep -q "Device or resource busy" && [ "$(cat $R/firmware)" = vamp-r5-echo.elf ] &&
+    ok rv-firmware-busy "firmware while running, the kernel: $kout" ||
+    bad rv-firmware-busy "kernel exit $krc: $kout; firmware=$(cat $R/firmware)"
+# The core's trace buffer is small and wraps: after the pings it holds their last echoes.
+out=$($RV trace --config $C r5-0 2>&1) && echo "$out" | grep -q "^echo [0-9]* bytes" &&
+    ok rv-trace "$(echo "$out" | grep -c '^echo') echo lines; last: $(echo "$out" | tail -n 1)" ||
+    bad rv-trace "$out"
+# Recovery enabled: the kernel stops and reboots the core by itself after the crash.
+c0=$(crashes)
+b0=$(boots)
+out=$($RV crash --config $C r5-0 2>&1) &&
+    poll '[ "$(crashes)" -gt $c0 ] && [ "$(boots)" -gt $b0 ]' && [ "$(cat $R/state)" = running ] &&
+    ok rv-crash-recovered "$out; $(dmesg | grep 'crash detected' | tail -n 1 | cut -d] -f2-), booted again; $(st $C)" ||
+    bad rv-crash-recovered "$out; $(crashes) crashes, $(boots) boots; $(st $C)"
+channels rv-channels-recovered
+echo_test rv-echo-recovered rpmsg-openamp-demo-channel 0x401
+# Recovery disabled (recovery = "none"): the core stays crashed until `recover`.
+out=$($RV stop --config $C r5-0 2>&1) && out2=$($RV start --config $CM r5-0 2>&1) &&
+    [ "$(cat $R/firmware)" = vamp/vamp-r5-echo.elf ] && [ "$(cat $R/recovery)" = disabled ] &&
+    [ "$(cat $R/state)" = running ] &&
+    ok rv-restart-manual "$out; $(echo "$out2" | line); firmware=$(cat $R/firmware) recovery=$(cat $R/recovery)" ||
+    bad rv-restart-manual "$out; $out2; firmware=$(cat $R/firmware) recovery=$(cat $R/recovery)"
+channels rv-channels-manual
+c0=$(crashes)
+b0=$(boots)
+out=$($RV crash --config $CM r5-0 2>&1) && poll '[ "$(cat $R/state)" = crashed ]' && sleep 1 &&
+    [ "$(st $CM)" = "r5-0 sysfs crashed vamp/vamp-r5-echo.elf " ] && [ "$(boots)" -eq $b0 ] &&
+    ok rv-crash-stays "$out; a second later: $(st $CM)" || bad rv-crash-stays "$out; $(st $CM); $(boots) boots, were $b0"
+out=$($RV start --config $CM r5-0 2>&1)
+rc=$?
+[ $rc -eq 1 ] && [ "$out" = "remoteproc-vm: cannot start a remote that is crashed (stop or recover it first)" ] &&
+    [ "$(cat $R/state)" = crashed ] && ok rv-start-crashed-refused "$out" || bad rv-start-crashed-refused "exit $rc: $out"
+out=$($RV recover --config $CM r5-0 2>&1) && [ "$out" = "r5-0: running" ] && [ "$(boots)" -gt $b0 ] &&
+    ok rv-recover "$out; $(dmesg | grep 'recovering' | tail -n 1 | cut -d] -f2-)" ||
+    bad rv-recover "$out; $(st $CM)"
+channels rv-channels-recover
+echo_test rv-echo-recover rpmsg-client-sample 0x400
+rv_ping rv-ping-recover rpmsg-openamp-demo-channel 200
+# A crashed core can be stopped (the kernel shuts it down without recovering); then recover is
+# refused.
+out=$($RV crash --config $CM r5-0 2>&1) && poll '[ "$(cat $R/state)" = crashed ]' &&
+    out2=$($RV stop --config $CM r5-0 2>&1) && [ "$out2" = "r5-0: offline" ] &&
+    out3=$($RV recover --config $CM r5-0 2>&1)
+rc=$?
+[ "$out2" = "r5-0: offline" ] && [ $rc -eq 1 ] &&
+    [ "$out3" = "remoteproc-vm: cannot recover a remote that is offline" ] && [ "$(cat $R/state)" = offline ] &&
+    ok rv-crash-stop "$out; stop: $out2; recover: $out3" || bad rv-crash-stop "$out; stop: $out2; recover (exit $rc): $out3"
+# The kernel keeps the trace buffers only while the core is up.
+out=$($RV trace --config $CM r5-0 2>&1)
+rc=$?
+[ $rc -eq 1 ] && [ "$out" = "remoteproc-vm: cannot read the trace of a remote that is offline" ] &&
+    [ ! -e $D/trace0 ] && ok rv-trace-offline "$out" || bad rv-trace-offline "exit $rc: $out; $(ls $D)"
 rmmod vamp_test_rproc && [ ! -e $R ] && ok rmmod "remoteproc0 gone" || bad rmmod "$(ls /sys/class/remoteproc)"
 echo RC-DONE
 reboot -f
 EOF_INIT
 
+# remoteproc-vm from this checkout (static), without its symbols: the initramfs stays small.
+rv_bin=$(bash "$VAMP_PROVISION_DIR/remote-core-cli.sh")
+strip -o "$WORK/remoteproc-vm" "$rv_bin"
+
 bash "$VAMP_PROVISION_DIR/initramfs.sh" --add "$MODULE:/lib/modules/vamp_test_rproc.ko" \
     --add "$WORK/vamp-test-core.elf:/lib/firmware/vamp-test-core.elf" \
-    "$WORK/initramfs.cpio.gz" "$WORK/init" "$AGENT" >/dev/null
+    --add "$WORK/vamp-test-core.elf:/srv/firmware/vamp-r5-echo.elf" \
+    --add "$WORK/vamp-test-core.elf:/lib/firmware/vamp/vamp-r5-echo.elf" \
+    --add "$VAMP_PROVISION_DIR/../../configs/dom0-r5.toml:/etc/vamp/dom0-r5.toml" \
+    "$WORK/initramfs.cpio.gz" "$WORK/init" "$AGENT" "$WORK/remoteproc-vm" >/dev/null
 
 log "booting $KERNEL (TCG, 256M) with the test remote core"
 t0=$(now_ms)
@@ -125,6 +252,6 @@ grep -q '^RC-DONE' "$WORK/console.log" || die "the guest did not finish its step
 grep -q 'RC-STEP .* FAILED' "$WORK/console.log" && die "a step failed (see $WORK/console.log)"
 grep -qE 'BUG:|WARNING:' "$WORK/console.log" && die "the kernel logged a BUG/WARNING (see $WORK/console.log)"
 n=$(grep -c 'RC-STEP .* ok' "$WORK/console.log")
-[[ $n -eq 16 ]] || die "expected 16 passed steps, saw $n (see $WORK/console.log)"
+[[ $n -eq 41 ]] || die "expected 41 passed steps, saw $n (see $WORK/console.log)"
 log "all $n steps passed in $(fmt_ms $(($(now_ms) - t0)))"
 echo "remote-core-smoke: ok, $n steps"
