@@ -163,6 +163,7 @@ program_in_kvm_host() {
 }
 
 t_all=$(date +%s)
+arm64_prune_targets
 if sub "provision the toolchain root" tests/provision/arm64-toolchain.sh &&
     sub "fetch the crates" fetch; then
     bare_metal
