@@ -1,13 +1,23 @@
 //! Guest RAM as the engine sees it, through rust-vmm's vm-memory: a vhost-user memory table
 //! or a KVM guest's memory.
+//!
+//! Two kinds of region. Most are mapped for as long as the table lives (a shared file, a Xen
+//! foreign mapping): the engine gets raw addresses into them, checked, and uses them for the
+//! table's life. A Xen grant mapping made per access (vm-memory's `xen` feature, a region
+//! without advance mapping) exists only while vm-memory's guard for one access lives: such a
+//! region never hands out an address ([`SharedMemory::region`] says no), and every copy, load
+//! and store in it goes through vm-memory's own accessors, which map and unmap around the one
+//! access. The engine's rings need addresses, so rings placed in such a region are refused
+//! (the ring check fails); message buffers there work.
 
-use crate::mem::SharedMemory;
+use crate::mem::{MemError, SharedMemory};
 use core::ptr::NonNull;
+use core::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::vec::Vec;
 use vm_memory::{
-    Address, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
-    GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
+    GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
 };
 
 /// The memory map a vhost-user backend holds for one guest.
@@ -33,7 +43,8 @@ struct Snapshot {
 struct MappedRegion {
     start: u64,
     len: u64,
-    /// `None` where vm-memory gives no plain host address (then its own lookup is used).
+    /// Where the region is mapped for the table's life; `None` for a region mapped per access
+    /// (see the module docs), reached only through vm-memory's accessors.
     host: Option<NonNull<u8>>,
 }
 
@@ -61,38 +72,30 @@ impl GuestRam {
     }
 
     fn from_map(map: Arc<GuestMemoryMmap>) -> Self {
+        Self::classify(map, stable_host_address)
+    }
+
+    /// Builds the flat list with `host` deciding each region's kind.
+    fn classify(
+        map: Arc<GuestMemoryMmap>,
+        host: impl Fn(&GuestRegionMmap) -> Option<NonNull<u8>>,
+    ) -> Self {
         let regions = map
             .iter()
             .map(|r| MappedRegion {
                 start: r.start_addr().raw_value(),
                 len: r.len(),
-                host: r
-                    .get_host_address(MemoryRegionAddress(0))
-                    .ok()
-                    .and_then(NonNull::new),
+                host: host(r),
             })
             .collect();
         GuestRam(Arc::new(Snapshot { map, regions }))
     }
 
-    /// vm-memory's own lookup, for regions without a plain host address.
-    #[cold]
-    #[inline(never)]
-    fn region_by_lookup(&self, addr: u64, len: usize) -> Option<NonNull<u8>> {
-        let slice = self.0.map.get_slice(GuestAddress(addr), len).ok()?;
-        NonNull::new(slice.ptr_guard_mut().as_ptr())
-    }
-}
-
-// SAFETY: a pointer is returned only for a range that lies wholly inside one region: `start`,
-// `len` and `host` come from the region itself, and `addr - start + len <= region len` is
-// checked without overflow. The mapping is kept alive by the Arc for as long as `self` (and so
-// any borrow of it) lives. vm-memory's `get_slice`, the fallback, gives the same guarantee.
-unsafe impl SharedMemory for GuestRam {
+    /// Where `len` bytes at `addr` are: in which region, at which offset, or `None` if they
+    /// are not wholly inside one region. An empty range still needs an address inside memory,
+    /// so it is checked as one byte.
     #[inline]
-    fn region(&self, addr: u64, len: usize) -> Option<NonNull<u8>> {
-        // vm-memory refuses empty slices at a region's end; an empty range still needs an
-        // address inside memory, so it is checked as one byte.
+    fn locate(&self, addr: u64, len: usize) -> Option<(&MappedRegion, u64)> {
         let want = len.max(1) as u64;
         for r in &self.0.regions {
             let Some(offset) = addr.checked_sub(r.start) else {
@@ -101,23 +104,151 @@ unsafe impl SharedMemory for GuestRam {
             if offset >= r.len {
                 continue;
             }
-            if want > r.len - offset {
-                // Crosses the region's end: regions are mapped separately.
-                return None;
-            }
-            return match r.host {
-                // SAFETY: `offset + want <= r.len`, so the result stays inside the mapping.
-                Some(host) => Some(unsafe { host.add(offset as usize) }),
-                None => self.region_by_lookup(addr, len.max(1)),
-            };
+            // Crossing the region's end: regions are mapped separately.
+            return (want <= r.len - offset).then_some((r, offset));
         }
         None
+    }
+
+    /// The region mapped per access holding `len` bytes at `addr` (and the offset in it), if
+    /// that is where they are.
+    #[cold]
+    fn per_access(&self, addr: u64, len: usize) -> Option<(&GuestRegionMmap, MemoryRegionAddress)> {
+        match self.locate(addr, len) {
+            Some((r, offset)) if r.host.is_none() => {
+                let region = self.0.map.find_region(GuestAddress(r.start))?;
+                Some((region, MemoryRegionAddress(offset)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `len` bytes at `addr` lie in a region mapped per access.
+    fn is_per_access(&self, addr: u64, len: usize) -> bool {
+        self.locate(addr, len)
+            .is_some_and(|(r, _)| r.host.is_none())
+    }
+}
+
+/// Where vm-memory keeps `region` mapped for its whole life, or `None` if it maps it only
+/// around each access (a Xen grant mapping without advance mapping: its host address is null,
+/// and what a guard hands out is unmapped when the guard goes).
+fn stable_host_address(region: &GuestRegionMmap) -> Option<NonNull<u8>> {
+    #[cfg(feature = "xen")]
+    if !vm_memory::MmapXenFlags::from_bits_truncate(region.xen_mmap_flags()).mmap_in_advance() {
+        return None;
+    }
+    region
+        .get_host_address(MemoryRegionAddress(0))
+        .ok()
+        .and_then(NonNull::new)
+}
+
+/// The engine's view of the regions mapped for the table's life only: the default accessors of
+/// [`SharedMemory`] over [`GuestRam::region`].
+struct Stable<'a>(&'a GuestRam);
+
+// SAFETY: `region` is GuestRam's, whose guarantee is stated on its impl below.
+unsafe impl SharedMemory for Stable<'_> {
+    #[inline]
+    fn region(&self, addr: u64, len: usize) -> Option<NonNull<u8>> {
+        self.0.region(addr, len)
+    }
+}
+
+/// What a failed access through vm-memory's accessors reports.
+fn refused(addr: u64, len: usize) -> impl FnOnce(vm_memory::GuestMemoryError) -> MemError {
+    move |_| MemError { addr, len }
+}
+
+// SAFETY: a pointer is returned only for a range that lies wholly inside one region mapped for
+// the table's life: `start`, `len` and `host` come from the region itself, and
+// `addr - start + len <= region len` is checked without overflow. The mapping is kept alive by
+// the Arc for as long as `self` (and so any borrow of it) lives. A region mapped per access
+// never gives a pointer: its accesses go through vm-memory, inside one guard each.
+unsafe impl SharedMemory for GuestRam {
+    #[inline]
+    fn region(&self, addr: u64, len: usize) -> Option<NonNull<u8>> {
+        let (r, offset) = self.locate(addr, len)?;
+        // SAFETY: `offset + max(len, 1) <= r.len`, so the result stays inside the mapping.
+        r.host.map(|host| unsafe { host.add(offset as usize) })
+    }
+
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        match self.per_access(addr, buf.len()) {
+            None => Stable(self).read(addr, buf),
+            Some((r, at)) => r.read_slice(buf, at).map_err(refused(addr, buf.len())),
+        }
+    }
+
+    fn write(&self, addr: u64, buf: &[u8]) -> Result<(), MemError> {
+        match self.per_access(addr, buf.len()) {
+            None => Stable(self).write(addr, buf),
+            Some((r, at)) => r.write_slice(buf, at).map_err(refused(addr, buf.len())),
+        }
+    }
+
+    fn fill(&self, addr: u64, len: usize, byte: u8) -> Result<(), MemError> {
+        if !self.is_per_access(addr, len) {
+            return Stable(self).fill(addr, len, byte);
+        }
+        let chunk = [byte; 256];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(chunk.len());
+            self.write(addr + done as u64, &chunk[..n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn load_u16(&self, addr: u64) -> Result<u16, MemError> {
+        match self.per_access(addr, 2) {
+            None => Stable(self).load_u16(addr),
+            Some((r, at)) => r.load(at, Ordering::Relaxed).map_err(refused(addr, 2)),
+        }
+    }
+
+    fn load_u32(&self, addr: u64) -> Result<u32, MemError> {
+        match self.per_access(addr, 4) {
+            None => Stable(self).load_u32(addr),
+            Some((r, at)) => r.load(at, Ordering::Relaxed).map_err(refused(addr, 4)),
+        }
+    }
+
+    fn load_u64(&self, addr: u64) -> Result<u64, MemError> {
+        match self.per_access(addr, 8) {
+            None => Stable(self).load_u64(addr),
+            Some((r, at)) => r.load(at, Ordering::Relaxed).map_err(refused(addr, 8)),
+        }
+    }
+
+    fn store_u16(&self, addr: u64, v: u16) -> Result<(), MemError> {
+        match self.per_access(addr, 2) {
+            None => Stable(self).store_u16(addr, v),
+            Some((r, at)) => r.store(v, at, Ordering::Relaxed).map_err(refused(addr, 2)),
+        }
+    }
+
+    fn store_u32(&self, addr: u64, v: u32) -> Result<(), MemError> {
+        match self.per_access(addr, 4) {
+            None => Stable(self).store_u32(addr, v),
+            Some((r, at)) => r.store(v, at, Ordering::Relaxed).map_err(refused(addr, 4)),
+        }
+    }
+
+    fn store_u64(&self, addr: u64, v: u64) -> Result<(), MemError> {
+        match self.per_access(addr, 8) {
+            None => Stable(self).store_u64(addr, v),
+            Some((r, at)) => r.store(v, at, Ordering::Relaxed).map_err(refused(addr, 8)),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::vec;
 
     #[test]
     fn accesses_stay_inside_regions() {
@@ -165,5 +296,105 @@ mod tests {
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap(),
         );
         assert!(!ram.same_as(&other));
+    }
+
+    /// Two regions, the second (at 0x10000) mapped per access, as a Xen grant region without
+    /// advance mapping is: its host address is not handed out.
+    fn with_per_access_region() -> GuestRam {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x2000),
+            (GuestAddress(0x10000), 0x2000),
+        ])
+        .unwrap();
+        GuestRam::classify(Arc::new(mem), |r| {
+            if r.start_addr() == GuestAddress(0x10000) {
+                None
+            } else {
+                stable_host_address(r)
+            }
+        })
+    }
+
+    #[test]
+    fn a_region_mapped_per_access_never_gives_an_address() {
+        let ram = with_per_access_region();
+        // The fast path keeps its addresses; the per-access region gives none, not even for an
+        // access vm-memory could map (an address that outlived its guard would dangle).
+        assert!(ram.region(0x100, 8).is_some());
+        assert!(ram.region(0x10000, 8).is_none());
+        assert!(ram.region(0x10000, 0).is_none());
+        // Everything else works there, through vm-memory, bounds-checked as anywhere.
+        ram.write(0x10ff0, b"sixteen bytes!!!").unwrap();
+        let mut back = [0u8; 16];
+        ram.read(0x10ff0, &mut back).unwrap();
+        assert_eq!(&back, b"sixteen bytes!!!");
+        ram.store_u16(0x10002, 0xbeef).unwrap();
+        ram.store_u32(0x10004, 0xdead_beef).unwrap();
+        ram.store_u64(0x10008, u64::MAX - 1).unwrap();
+        assert_eq!(ram.load_u16(0x10002).unwrap(), 0xbeef);
+        assert_eq!(ram.load_u32(0x10004).unwrap(), 0xdead_beef);
+        assert_eq!(ram.load_u64(0x10008).unwrap(), u64::MAX - 1);
+        ram.fill(0x10100, 1000, 0x5a).unwrap();
+        let mut filled = [0u8; 1000];
+        ram.read(0x10100, &mut filled).unwrap();
+        assert!(filled.iter().all(|&b| b == 0x5a));
+        assert!(
+            ram.write(0x11ff8, &[0; 16]).is_err(),
+            "crosses the region's end"
+        );
+        assert!(ram.load_u64(0x11ffc).is_err(), "crosses the region's end");
+        assert!(ram.load_u32(0x10002).is_err(), "misaligned");
+        assert!(
+            ram.fill(0x11f00, 0x200, 0).is_err(),
+            "crosses the region's end"
+        );
+        // The hub's copy between two memories goes through a bounce buffer for it.
+        let payload: Vec<u8> = (0..1500u32).map(|i| i as u8).collect();
+        ram.write(0x200, &payload).unwrap();
+        crate::mem::copy_between(&ram, 0x200, &ram, 0x10800, payload.len()).unwrap();
+        crate::mem::copy_between(&ram, 0x10800, &ram, 0x1000, payload.len()).unwrap();
+        let mut copied = vec![0u8; payload.len()];
+        ram.read(0x1000, &mut copied).unwrap();
+        assert_eq!(copied, payload);
+        assert!(crate::mem::copy_between(&ram, 0x200, &ram, 0x11c00, 0x500).is_err());
+        assert!(crate::mem::copy_between(&ram, 0x11ffc, &ram, 0x200, 0).is_ok());
+        assert!(crate::mem::copy_between(&ram, 0x12000, &ram, 0x200, 0).is_err());
+    }
+
+    #[test]
+    fn rings_in_a_region_mapped_per_access_are_refused() {
+        let ram = with_per_access_region();
+        let ring = |at| crate::vring::VringLayout::legacy(at, 16, 4096).unwrap();
+        assert!(ring(0).check(&ram).is_ok());
+        assert!(ring(0x10000).check(&ram).is_err());
+    }
+
+    #[test]
+    fn plain_regions_keep_their_addresses() {
+        // A shared file or anonymous memory (with the `xen` feature: vm-memory's plain Unix
+        // mapping) is mapped for the table's life: the engine's fast path.
+        let ram = GuestRam::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap(),
+        );
+        assert!(ram.region(0, 0x1000).is_some());
+    }
+
+    proptest::proptest! {
+        /// Every access, in either kind of region, succeeds exactly when it lies wholly inside
+        /// one region, and reads back what was written.
+        #[test]
+        fn every_access_is_bounds_checked(addr in 0u64..0x13000, len in 0usize..0x900, byte: u8) {
+            let ram = with_per_access_region();
+            let inside = [(0u64, 0x2000u64), (0x10000, 0x2000)]
+                .iter()
+                .any(|&(start, size)| addr >= start && addr + (len.max(1) as u64) <= start + size);
+            let data = vec![byte; len];
+            proptest::prop_assert_eq!(ram.write(addr, &data).is_ok(), inside);
+            let mut back = vec![0u8; len];
+            proptest::prop_assert_eq!(ram.read(addr, &mut back).is_ok(), inside);
+            if inside {
+                proptest::prop_assert_eq!(back, data);
+            }
+        }
     }
 }

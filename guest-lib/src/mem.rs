@@ -145,18 +145,44 @@ pub fn copy_between<A: SharedMemory + ?Sized, B: SharedMemory + ?Sized>(
     to_addr: u64,
     len: usize,
 ) -> Result<(), MemError> {
-    let src = from.region(from_addr, len).ok_or(MemError {
-        addr: from_addr,
-        len,
-    })?;
-    let dst = to
-        .region(to_addr, len)
-        .ok_or(MemError { addr: to_addr, len })?;
+    let (Some(src), Some(dst)) = (from.region(from_addr, len), to.region(to_addr, len)) else {
+        // A memory that gives no address for the range (outside it, or mapped only around each
+        // access): through a bounce buffer and the memories' own accessors, which check it.
+        return copy_through_buffer(from, from_addr, to, to_addr, len);
+    };
     // SAFETY: both ranges were checked by their memories. They may overlap only if a peer
     // posted overlapping buffers; `volatile_copy` tolerates overlap (memmove, or forward
     // volatile accesses), so overlap yields wrong bytes, never undefined behaviour.
     unsafe { volatile_copy(src.as_ptr(), dst.as_ptr(), len) };
     Ok(())
+}
+
+/// [`copy_between`] for memories that give no address: one message buffer at a time.
+#[cold]
+fn copy_through_buffer<A: SharedMemory + ?Sized, B: SharedMemory + ?Sized>(
+    from: &A,
+    from_addr: u64,
+    to: &B,
+    to_addr: u64,
+    len: usize,
+) -> Result<(), MemError> {
+    let whole = |addr| MemError { addr, len };
+    let mut bounce = [0u8; 512];
+    let mut done = 0;
+    // At least once: an empty copy still needs both addresses inside memory.
+    loop {
+        let n = (len - done).min(bounce.len());
+        let at = done as u64;
+        let src = from_addr.checked_add(at).ok_or(whole(from_addr))?;
+        let dst = to_addr.checked_add(at).ok_or(whole(to_addr))?;
+        from.read(src, &mut bounce[..n])
+            .map_err(|_| whole(from_addr))?;
+        to.write(dst, &bounce[..n]).map_err(|_| whole(to_addr))?;
+        done += n;
+        if done >= len {
+            return Ok(());
+        }
+    }
 }
 
 /// Copies of at most this many bytes go field-like, through volatile accesses; longer ones (a

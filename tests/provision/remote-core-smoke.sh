@@ -8,7 +8,7 @@
 #   through debugfs, then by a "crash" message to the core, and see recovery bring the channels
 #   back and echo again each time; "goodbye!" on the sample channel withdraws it. Then
 #   remoteproc-vm (this checkout's, static: remote-core-cli.sh) drives the same core with
-#   configs/dom0-r5.toml, as dom0 would: stop, start (firmware installed, recovery set),
+#   configs/remotes-dom0-r5.toml, as dom0 would: stop, start (firmware installed, recovery set),
 #   status, echoes through its own endpoints (ping), trace, the refusals (its own and the
 #   kernel's EINVAL/EBUSY), a crash the kernel recovers, and with recovery = "none" a crash
 #   that stays until `recover`; rmmod.
@@ -107,10 +107,10 @@ $A wait-channel --name rpmsg-client-sample --gone --timeout-ms 30000 >/dev/null 
 echo "resource table:"; cat $D/resource_table
 echo "state=$(cat $R/state) recovery=$(cat $D/recovery 2>/dev/null)"
 
-# --- remoteproc-vm drives the same core, as dom0 does: configs/dom0-r5.toml as committed, and a
+# --- remoteproc-vm drives the same core, as dom0 does: configs/remotes-dom0-r5.toml as committed, and a
 # variant with recovery = "none" whose image is already inside /lib/firmware (a subdirectory).
 RV=/bin/remoteproc-vm
-C=/etc/vamp/dom0-r5.toml
+C=/etc/vamp/remotes-dom0-r5.toml
 CM=/etc/vamp/dom0-r5-manual.toml
 sed -e 's|^recovery = "restart"|recovery = "none"|' \
     -e 's|^image = "/srv/firmware/|image = "/lib/firmware/vamp/|' $C >$CM
@@ -235,7 +235,7 @@ bash "$VAMP_PROVISION_DIR/initramfs.sh" --add "$MODULE:/lib/modules/vamp_test_rp
     --add "$WORK/vamp-test-core.elf:/lib/firmware/vamp-test-core.elf" \
     --add "$WORK/vamp-test-core.elf:/srv/firmware/vamp-r5-echo.elf" \
     --add "$WORK/vamp-test-core.elf:/lib/firmware/vamp/vamp-r5-echo.elf" \
-    --add "$VAMP_PROVISION_DIR/../../configs/dom0-r5.toml:/etc/vamp/dom0-r5.toml" \
+    --add "$VAMP_PROVISION_DIR/../../configs/remotes-dom0-r5.toml:/etc/vamp/remotes-dom0-r5.toml" \
     "$WORK/initramfs.cpio.gz" "$WORK/init" "$AGENT" "$WORK/remoteproc-vm" >/dev/null
 
 log "booting $KERNEL (TCG, 256M) with the test remote core"

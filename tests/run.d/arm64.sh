@@ -6,7 +6,8 @@
 #   2. the crates, fetched once into the root's registry (later runs are offline)
 #   3. the no_std engine (vamp-rpmsg, no default features) for three bare-metal targets
 #      through -Zbuild-std, with the code size of its own rlib's .text per target
-#   4. the whole workspace for aarch64-unknown-linux-gnu (the ZynqMP's A53 hosts)
+#   4. the whole workspace for aarch64-unknown-linux-gnu (the ZynqMP's A53 hosts), and the hub
+#      built for Xen (--features xen)
 #   4b. the engine's unit tests for aarch64-unknown-linux-gnu, run under qemu-user
 #   5. the firmware's echo for a Cortex-R5 (armv7r-none-eabihf, ELF32), and what
 #      `remoteproc-vm inspect` reads from it (its resource table)
@@ -169,6 +170,9 @@ if sub "provision the toolchain root" tests/provision/arm64-toolchain.sh &&
     bare_metal
     sub "cargo build --target aarch64-unknown-linux-gnu --workspace" \
         $run cargo build --offline --locked --quiet --target aarch64-unknown-linux-gnu --workspace || true
+    sub "cargo build --target aarch64-unknown-linux-gnu -p vamp-vmm-backend --features xen" \
+        $run cargo build --offline --locked --quiet --target aarch64-unknown-linux-gnu -p vamp-vmm-backend \
+        --features xen || true
     sub "engine unit tests for aarch64 under qemu-user" \
         $run cargo test --offline --locked --quiet -p vamp-rpmsg --target aarch64-unknown-linux-gnu || true
     sub "firmware: the echo for a Cortex-R5 (armv7r-none-eabihf), inspected" r5_echo || true

@@ -376,7 +376,8 @@ impl NativeGuest {
             protocol_acked = offered_protocol
                 & (VhostUserProtocolFeatures::REPLY_ACK
                     | VhostUserProtocolFeatures::STATUS
-                    | VhostUserProtocolFeatures::BACKEND_REQ);
+                    | VhostUserProtocolFeatures::BACKEND_REQ
+                    | XEN_MMAP);
             frontend
                 .set_protocol_features(protocol_acked)
                 .map_err(protocol("SET_PROTOCOL_FEATURES"))?;
@@ -672,6 +673,37 @@ fn connect_with_retry(path: &Path, timeout: Duration) -> Result<UnixStream, Fron
     }
 }
 
+/// Built for Xen (the `xen` feature), the memory table messages carry Xen's mapping flags, which
+/// a backend built the same way insists on being acknowledged (as xen-vhost-frontend does); our
+/// memory is a plain shared file, flagged as such ([`shared_file_region`]).
+#[cfg(feature = "xen")]
+const XEN_MMAP: VhostUserProtocolFeatures = VhostUserProtocolFeatures::XEN_MMAP;
+#[cfg(not(feature = "xen"))]
+const XEN_MMAP: VhostUserProtocolFeatures = VhostUserProtocolFeatures::empty();
+
+/// A memory table entry: `size` bytes of the shared file `fd` from `mmap_offset`, mapped in this
+/// process at `userspace_addr` and at `guest_phys_addr` for the guest. A plain file, which a
+/// backend built for Xen (the `xen` feature) maps the Unix way too.
+pub fn shared_file_region(
+    guest_phys_addr: u64,
+    size: u64,
+    userspace_addr: u64,
+    mmap_offset: u64,
+    fd: std::os::fd::RawFd,
+) -> VhostUserMemoryRegionInfo {
+    VhostUserMemoryRegionInfo {
+        guest_phys_addr,
+        memory_size: size,
+        userspace_addr,
+        mmap_offset,
+        mmap_handle: fd,
+        #[cfg(feature = "xen")]
+        xen_mmap_flags: vm_memory::MmapXenFlags::UNIX.bits(),
+        #[cfg(feature = "xen")]
+        xen_mmap_data: 0,
+    }
+}
+
 /// Starts the device: features, memory table, both rings (initialised before the backend
 /// learns their addresses), enable, and a first kick for the posted receive buffers.
 fn start(
@@ -685,13 +717,7 @@ fn start(
         .set_features(acked)
         .map_err(protocol("SET_FEATURES"))?;
     let base = mem.host_address();
-    let region = VhostUserMemoryRegionInfo {
-        guest_phys_addr: 0,
-        memory_size: mem.size() as u64,
-        userspace_addr: base,
-        mmap_offset: 0,
-        mmap_handle: mem.fd(),
-    };
+    let region = shared_file_region(0, mem.size() as u64, base, 0, mem.fd());
     frontend
         .set_mem_table(&[region])
         .map_err(protocol("SET_MEM_TABLE"))?;
@@ -1010,10 +1036,11 @@ mod tests {
 
         assert_eq!(guest.offered_features(), ALL_FEATURES);
         assert_eq!(guest.negotiated_features(), ALL_FEATURES);
-        // CONFIG and MQ were offered too; only REPLY_ACK is taken.
+        // CONFIG and MQ were offered too; only REPLY_ACK is taken (and Xen's mapping flags,
+        // built for Xen).
         assert_eq!(
             guest.protocol_features(),
-            VhostUserProtocolFeatures::REPLY_ACK
+            VhostUserProtocolFeatures::REPLY_ACK | XEN_MMAP
         );
         assert!(guest.event_idx());
         assert!(guest.rpmsg().config().name_service);

@@ -316,7 +316,7 @@ mod tests {
     use super::*;
     use std::fs::File;
     use std::os::fd::FromRawFd;
-    use vm_memory::{FileOffset, GuestAddress, GuestRegionMmap, MmapRegion};
+    use vm_memory::{FileOffset, GuestAddress, GuestRegionMmap};
 
     fn memfd(len: u64) -> File {
         // SAFETY: a fresh memfd, owned by the File below and nothing else.
@@ -334,8 +334,9 @@ mod tests {
             .iter()
             .map(|(file, offset, size)| {
                 let fo = FileOffset::new(file.try_clone().unwrap(), *offset);
-                let map = MmapRegion::from_file(fo, *size as usize).unwrap();
-                let r = GuestRegionMmap::new(map, GuestAddress(guest)).unwrap();
+                // (from_range: the same plain mapping with and without the xen feature.)
+                let r = GuestRegionMmap::from_range(GuestAddress(guest), *size as usize, Some(fo))
+                    .unwrap();
                 guest += size;
                 r
             })

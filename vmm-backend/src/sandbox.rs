@@ -502,6 +502,25 @@ fn rules(kind: ThreadKind) -> Vec<Allowed> {
             ));
         }
     }
+    // Built for Xen (the `xen` feature), vm-memory maps guest memory through Xen's devices:
+    // /dev/xen/privcmd for a foreign mapping (the whole region, when a memory table arrives, on
+    // the request thread) and /dev/xen/gntdev for grants (around each access, on whichever
+    // thread makes it). Read from vm-memory's Xen mapping code, not found by running: untested
+    // on a Xen host (README, "Xen dom0").
+    #[cfg(feature = "xen")]
+    {
+        rules.push(allow!(SYS_openat, Any, "Xen: opening privcmd and gntdev"));
+        rules.push(allow!(
+            SYS_ioctl,
+            Any,
+            "Xen: foreign and grant mapping ioctls"
+        ));
+        rules.push(allow!(
+            SYS_mmap,
+            NoExec,
+            "Xen: mapping guest memory through privcmd or gntdev; never executable"
+        ));
+    }
     rules
 }
 

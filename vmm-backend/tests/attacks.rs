@@ -35,7 +35,7 @@ use vamp_rpmsg::vring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VringLayout,
 };
 use vamp_rpmsg::wire::{ADDR_ANY, Endian, HEADER_LEN, NS_ADDR, encode_header};
-use vamp_vmm_backend::frontend::NativeGuest;
+use vamp_vmm_backend::frontend::{NativeGuest, shared_file_region};
 use vamp_vmm_backend::hub::{LinkStats, MAX_NAMES_PER_LINK, MAX_REPLY_PROXIES_PER_SOURCE};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 
@@ -405,13 +405,13 @@ impl Evil {
 
     /// A memory table entry mapping `memory` where the attacker's memory is mapped.
     fn region_over(&self, memory: &MappedFile) -> VhostUserMemoryRegionInfo {
-        VhostUserMemoryRegionInfo {
-            guest_phys_addr: 0,
-            memory_size: memory.size() as u64,
-            userspace_addr: self.mem().host_address(),
-            mmap_offset: 0,
-            mmap_handle: memory.fd(),
-        }
+        shared_file_region(
+            0,
+            memory.size() as u64,
+            self.mem().host_address(),
+            0,
+            memory.fd(),
+        )
     }
 
     /// Sends `data` from `src` to `dst` through the engine, whatever the addresses are.

@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use vamp_test_support::wait_for_paths;
-use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
+use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest, shared_file_region};
 use vhost::VhostBackend;
 use vhost::VhostUserMemoryRegionInfo;
 
@@ -66,12 +66,14 @@ fn memfd(len: u64) -> File {
 /// `count` regions of `size` bytes each, one after the other, all at offset 0 of `file`.
 fn regions(file: &File, count: u64, size: u64) -> Vec<VhostUserMemoryRegionInfo> {
     (0..count)
-        .map(|i| VhostUserMemoryRegionInfo {
-            guest_phys_addr: i * size,
-            memory_size: size,
-            userspace_addr: 0x1000_0000_0000 + i * size,
-            mmap_offset: 0,
-            mmap_handle: file.as_raw_fd(),
+        .map(|i| {
+            shared_file_region(
+                i * size,
+                size,
+                0x1000_0000_0000 + i * size,
+                0,
+                file.as_raw_fd(),
+            )
         })
         .collect()
 }
