@@ -9,6 +9,7 @@
 //! - [`guest_memory`]: guest RAM from the vhost-user memory table, for the engine.
 //! - [`remote`]: KVM remotes in the hub.
 //! - [`sandbox`]: the seccomp filter of the threads that touch guest memory.
+//! - [`service`]: running under a supervisor: passed-in sockets, the readiness notification.
 //! - [`frontend`]: a vhost-user frontend that plays a guest with vamp's driver role (tests,
 //!   the demo, and native guests without QEMU).
 
@@ -18,4 +19,5 @@ pub mod guest_memory;
 pub mod hub;
 pub mod remote;
 pub mod sandbox;
+pub mod service;
 pub mod vhost_user;
