@@ -1,7 +1,9 @@
 //! vamp's vhost-user virtio-rpmsg device (`vhost-user-rpmsg`) and the hub that routes rpmsg
 //! between the guests it serves.
 //!
-//! - [`config`]: the topology file (guests, host services, channels).
+//! - [`config`]: the topology file (guests, host services, channels, the status socket).
+//! - [`control`]: the status socket: guests, links, names, counters, remotes (table, JSON,
+//!   Prometheus).
 //! - [`hub`]: per-guest links, name offering and address translation between guests; the
 //!   hub's lock and the threads that work on it.
 //! - [`vhost_user`]: the vhost-user side: each guest's socket and connection, its device on
@@ -14,6 +16,7 @@
 //!   the demo, and native guests without QEMU).
 
 pub mod config;
+pub mod control;
 pub mod frontend;
 pub mod guest_memory;
 pub mod hub;

@@ -1,11 +1,12 @@
 //! `vhost-user-rpmsg`: a vhost-user virtio-rpmsg device (virtio ID 7) that hosts services
 //! and routes rpmsg between the guests it serves.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use vamp_vmm_backend::config::Topology;
+use vamp_vmm_backend::control::{self, ControlSocket, Request};
 use vamp_vmm_backend::guest_memory::{DEFAULT_MAX_MAPPED, set_max_mapped};
 use vamp_vmm_backend::hub::{Hub, SharedHub};
 use vamp_vmm_backend::sandbox::{self, Policy, Violation};
@@ -21,9 +22,13 @@ use vhost::vhost_user::Listener;
     after_help = "Socket names follow rust-vmm's vhost-device backends: with -c/--socket-count N the \
                   index is appended to PATH for every guest, N = 1 included (-s /run/rpmsg.sock -c 2 \
                   listens on /run/rpmsg.sock0 and /run/rpmsg.sock1); without -c PATH is used as given. \
-                  READY=1 goes to $NOTIFY_SOCKET (systemd Type=notify) once every socket listens."
+                  READY=1 goes to $NOTIFY_SOCKET (systemd Type=notify) once every socket listens.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Args {
+    #[command(subcommand)]
+    action: Option<Action>,
     /// vhost-user socket to listen on. With -c/--socket-count N: PATH0 .. PATH{N-1}, the index
     /// always appended (as vhost-device's backends do); without it: PATH itself.
     #[arg(short = 's', long, value_name = "PATH", conflicts_with_all = ["config", "socket_fd"])]
@@ -38,6 +43,10 @@ struct Args {
     /// Topology file (guests, services, channels); see configs/.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Answer `vhost-user-rpmsg status` (table, JSON, Prometheus metrics) on this socket,
+    /// owner-only; overrides `control_socket` of --config.
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
     /// Host echo service announced to every guest under NAME (repeatable).
     #[arg(long = "echo", value_name = "NAME")]
     echo: Vec<String>,
@@ -52,6 +61,48 @@ struct Args {
     /// SET_MEM_TABLE. Default 65536 (64 GiB).
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MAX_MAPPED >> 20)]
     max_guest_memory: u64,
+}
+
+/// What else the binary does than serve.
+#[derive(Subcommand, Debug)]
+enum Action {
+    /// Print a running hub's guests, links, names, counters and remotes.
+    Status {
+        /// The hub's status socket (its --control-socket).
+        #[arg(long, value_name = "PATH")]
+        control_socket: PathBuf,
+        /// As JSON.
+        #[arg(long, conflicts_with = "metrics")]
+        json: bool,
+        /// As a Prometheus text exposition.
+        #[arg(long)]
+        metrics: bool,
+    },
+}
+
+/// How long `status` waits for the hub's answer.
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `vhost-user-rpmsg status`: asks the hub and prints its answer.
+fn status(path: &Path, json: bool, metrics: bool) -> ExitCode {
+    let request = match (json, metrics) {
+        (true, _) => Request::Json,
+        (_, true) => Request::Metrics,
+        _ => Request::Status,
+    };
+    match control::query(path, request, STATUS_TIMEOUT) {
+        Ok(answer) => {
+            print!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "vhost-user-rpmsg status: asking the hub on {}: {e}",
+                path.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The socket paths `-s PATH -c N` stands for: vhost-device's rule, the index appended to
@@ -145,28 +196,36 @@ fn listen_all(args: &Args, topology: &Topology) -> Result<Vec<Listener>, String>
         .collect()
 }
 
-/// Blocks SIGINT and SIGTERM in every thread and returns a thread that exits the process
-/// cleanly (sockets removed) when one arrives.
-fn handle_signals(sockets: Vec<PathBuf>) {
-    // SAFETY: plain libc signal-mask calls on a local, initialised set.
+/// SIGINT and SIGTERM, which the hub handles on a thread of its own ([`handle_signals`]).
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-set calls on a local set, initialised before use.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
     }
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and every thread it starts from here on. Called
+/// before any socket exists: a signal that arrives once a socket can be seen waits for
+/// [`handle_signals`] instead of killing the process with its sockets left behind.
+fn block_stop_signals() {
+    let set = stop_signals();
+    // SAFETY: sets this thread's mask from an initialised set; no old mask is asked for.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Starts the thread that exits the process cleanly (`sockets` removed) when SIGINT or SIGTERM
+/// arrives (blocked everywhere by [`block_stop_signals`]; one pending since is taken here).
+fn handle_signals(sockets: Vec<PathBuf>) {
     let signals = std::thread::Builder::new().name("vamp-signals".into());
     let _ = signals.spawn(move || {
+        let set = stop_signals();
         let mut sig: libc::c_int = 0;
-        // SAFETY: `set` is initialised before use and `sig` is a valid out-pointer.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigwait(&set, &mut sig);
-        }
+        // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
+        unsafe { libc::sigwait(&set, &mut sig) };
         log::info!("signal {sig}: shutting down");
         for s in &sockets {
             let _ = std::fs::remove_file(s);
@@ -178,6 +237,14 @@ fn handle_signals(sockets: Vec<PathBuf>) {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    if let Some(Action::Status {
+        control_socket,
+        json,
+        metrics,
+    }) = &args.action
+    {
+        return status(control_socket, *json, *metrics);
+    }
     let topology = match topology(&args) {
         Ok(t) => t,
         Err(e) => {
@@ -185,6 +252,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    block_stop_signals();
     // Before anything is started: a socket that cannot be made ends the process here.
     let listeners = match listen_all(&args, &topology) {
         Ok(l) => l,
@@ -220,12 +288,30 @@ fn main() -> ExitCode {
         }
     }
     set_max_mapped(args.max_guest_memory.saturating_mul(1 << 20));
+    let control = match args
+        .control_socket
+        .as_ref()
+        .or(topology.control_socket.as_ref())
+    {
+        Some(path) => match ControlSocket::bind(path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!(
+                    "vhost-user-rpmsg: cannot listen on the status socket {}: {e}",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     // The paths this process made, removed at exit (a passed-in socket is its supervisor's).
-    let owned: Vec<PathBuf> = if args.socket_fd.is_empty() {
+    let mut owned: Vec<PathBuf> = if args.socket_fd.is_empty() {
         topology.guests.iter().map(|g| g.socket.clone()).collect()
     } else {
         Vec::new()
     };
+    owned.extend(control.as_ref().map(|c| c.path().to_path_buf()));
     handle_signals(owned);
     let guest_count = topology.guests.len();
     let socket_names: Vec<String> = topology
@@ -235,6 +321,14 @@ fn main() -> ExitCode {
         .collect();
     let topology_remotes = topology.remotes.clone();
     let hub = SharedHub::new(Hub::new(topology));
+    if let Some(control) = control {
+        let path = control.path().display().to_string();
+        if let Err(e) = control.spawn(hub.clone()) {
+            eprintln!("vhost-user-rpmsg: cannot start the status thread: {e}");
+            return ExitCode::FAILURE;
+        }
+        log::info!("status on {path} (vhost-user-rpmsg status --control-socket {path})");
+    }
     let mut threads: Vec<std::thread::JoinHandle<Result<(), String>>> = Vec::new();
     for (index, spec) in topology_remotes.into_iter().enumerate() {
         let hub = hub.clone();
