@@ -1,8 +1,9 @@
 //! The status socket of a running `vhost-user-rpmsg`: known traffic from native guests
 //! (messages forwarded between two guests, served by the echo service, and dropped for
 //! leading nowhere) shows exactly in `vhost-user-rpmsg status` as a table, as JSON and as
-//! Prometheus metrics; the socket's thread is confined; a client that never sends its request
-//! holds up neither the hub nor, beyond its bound, the next client.
+//! Prometheus metrics; a KVM remote that crashed shows its restart; the socket's thread is
+//! confined; a client that never sends its request holds up neither the hub nor, beyond its
+//! bound, the next client.
 
 mod common;
 
@@ -334,6 +335,103 @@ fn a_silent_or_flooding_client_holds_up_neither_the_hub_nor_other_clients_and_th
 
     let text = read_lossy(&log);
     assert!(!text.contains("refused system call"), "{text}");
+    hub.signal(libc::SIGTERM);
+    assert!(hub.wait_exit(WAIT).is_some_and(|s| s.success()));
+}
+
+#[test]
+fn a_remote_shows_its_state_restarts_and_reconnects() {
+    if let Err(why) = vamp_remoteproc::kvm::kvm_available() {
+        eprintln!("skipped: no KVM: {why}");
+        return;
+    }
+    let dir = TempDir::new("vamp-status-remote");
+    let cfg = dir.join("hub.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"control_socket = "{d}/hub.ctl"
+[[guest]]
+name = "alice"
+socket = "{d}/alice.sock"
+[[remote]]
+name = "flaky"
+image = "fault"
+recovery = "restart"
+[[channel]]
+from = "flaky"
+to = ["alice"]
+"#,
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("hub.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let mut hub = Proc { child };
+    let ctl = dir.join("hub.ctl");
+    wait_for_paths(&[dir.join("alice.sock"), ctl.clone()], "the sockets", WAIT);
+
+    let mut alice = NativeGuest::connect(&dir.join("alice.sock"), GuestOptions::default()).unwrap();
+    let mut ai = Inbox::default();
+    pump(&mut alice, &mut ai, "vamp-fault offered", |i| {
+        i.announced("vamp-fault").is_some()
+    });
+    let ept = alice
+        .rpmsg()
+        .create_ept(b"", ADDR_ANY, ai.announced("vamp-fault").unwrap())
+        .unwrap();
+    alice.rpmsg().send(ept, b"crash").unwrap();
+    pump(
+        &mut alice,
+        &mut ai,
+        "vamp-fault withdrawn and offered again",
+        |i| {
+            !i.destroyed.is_empty()
+                && i.created.iter().filter(|(n, _)| n == b"vamp-fault").count() > 1
+        },
+    );
+    let deadline = Instant::now() + WAIT * 2;
+    let json = loop {
+        let json = status_json(&ctl);
+        if link(&json, "flaky")["remote"]["restarts"] == 1 {
+            break json;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no restart shown: {json}\n{}",
+            read_lossy(&log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let flaky = link(&json, "flaky");
+    assert_eq!(flaky["kind"], "remote");
+    assert_eq!(flaky["remote"], json!({"state": "running", "restarts": 1}));
+    assert_eq!(flaky["state"], "up");
+    assert_eq!(flaky["reconnects"], 1);
+    assert_eq!(flaky["announced"], json!(["vamp-fault"]));
+    assert_eq!(link(&json, "alice")["offered"], json!(["vamp-fault"]));
+    let metrics = status(&ctl, &["--metrics"]);
+    for want in [
+        r#"vamp_hub_remote_restarts_total{link="flaky",kind="remote"} 1"#,
+        r#"vamp_hub_remote_running{link="flaky",kind="remote"} 1"#,
+        r#"vamp_hub_link_ups_total{link="flaky",kind="remote"} 2"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == want),
+            "no {want:?} in:\n{metrics}"
+        );
+    }
+    assert!(!metrics.contains(r#"vamp_hub_remote_running{link="alice""#));
     hub.signal(libc::SIGTERM);
     assert!(hub.wait_exit(WAIT).is_some_and(|s| s.success()));
 }
