@@ -1,7 +1,7 @@
 //! Launching `vhost-user-rpmsg` as a supervisor would: vhost-device's socket naming
 //! (`-s PATH -c N`), a zero count refused, a socket that cannot be made ending the process with
 //! its path named, a listening socket passed in by descriptor (`--socket-fd`), and `READY=1` on
-//! `$NOTIFY_SOCKET` only once every socket listens.
+//! `$NOTIFY_SOCKET` only once every socket listens; the example systemd units in configs/ verify.
 
 mod common;
 
@@ -226,4 +226,46 @@ fn a_listening_socket_passed_by_descriptor_is_served_and_others_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not listening"), "{err}");
     wait_for_paths(&[path], "the passed socket", WAIT);
+}
+
+#[test]
+fn the_example_systemd_units_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no systemd-analyze");
+        return;
+    }
+    let dir = TempDir::new("vamp-launch-units");
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut units = Vec::new();
+    for entry in std::fs::read_dir(&configs).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        if !(name.ends_with(".service") || name.ends_with(".socket")) {
+            continue;
+        }
+        // The units name the installed binary; verify them against this build's.
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "/usr/local/bin/vhost-user-rpmsg",
+            env!("CARGO_BIN_EXE_vhost-user-rpmsg"),
+        );
+        std::fs::write(dir.join(&name), text).unwrap();
+        units.push(dir.join(&name));
+    }
+    assert!(units.len() >= 3, "configs/ holds the units: {units:?}");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
