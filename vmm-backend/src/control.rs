@@ -79,11 +79,18 @@ pub struct ControlSocket {
 }
 
 impl ControlSocket {
-    /// Binds `path` (a stale socket file there is replaced) and makes it owner-only.
+    /// Binds `path` (a stale socket file there is replaced; one something listens on is not)
+    /// and makes it owner-only.
     pub fn bind(path: &Path) -> io::Result<Self> {
         if std::fs::symlink_metadata(path)
             .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
         {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "something listens on it already (another hub?)",
+                ));
+            }
             std::fs::remove_file(path)?;
         }
         let listener = UnixListener::bind(path)?;

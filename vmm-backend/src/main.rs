@@ -293,6 +293,14 @@ fn main() -> ExitCode {
         .as_ref()
         .or(topology.control_socket.as_ref())
     {
+        // Binding replaces a stale socket file: never a guest's, made above.
+        Some(path) if topology.guests.iter().any(|g| &g.socket == path) => {
+            eprintln!(
+                "vhost-user-rpmsg: the status socket {} is also a guest's socket",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
         Some(path) => match ControlSocket::bind(path) {
             Ok(c) => Some(c),
             Err(e) => {

@@ -105,6 +105,25 @@ fn socket_count_appends_the_index_to_every_socket_as_vhost_device_does() {
 }
 
 #[test]
+fn a_status_socket_on_a_guest_socket_is_refused() {
+    let dir = TempDir::new("vamp-launch-ctl-clash");
+    let out = bin()
+        .arg("-s")
+        .arg(dir.join("g.sock"))
+        .arg("--control-socket")
+        .arg(dir.join("g.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("also a guest's socket"), "{err}");
+    assert!(
+        !dir.join("g.sock").exists(),
+        "the guest's socket left behind"
+    );
+}
+
+#[test]
 fn socket_count_zero_is_refused() {
     let dir = TempDir::new("vamp-launch-zero");
     let out = bin()
