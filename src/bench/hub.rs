@@ -27,6 +27,7 @@ pub(super) fn topology(guests: usize, pairs: bool, socket_dir: &Path) -> Res<Top
         }
     }
     let t = Topology {
+        control_socket: None,
         guests: (0..guests)
             .map(|i| GuestSpec {
                 name: name(i),

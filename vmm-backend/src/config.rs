@@ -2,6 +2,9 @@
 //! announced names are offered to whom). Read from TOML:
 //!
 //! ```toml
+//! # The status socket (`vhost-user-rpmsg status`); `--control-socket` overrides it.
+//! control_socket = "/tmp/vamp-hub.ctl"
+//!
 //! [[guest]]
 //! name = "alice"
 //! socket = "/tmp/vamp-alice.sock"
@@ -105,6 +108,9 @@ pub use vamp_remoteproc::config::RemoteSpec;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
+    /// Where the hub answers status and metrics requests (crate::control); none if unset.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
     /// The guests, one socket each.
     #[serde(default, rename = "guest")]
     pub guests: Vec<GuestSpec>,
@@ -170,6 +176,7 @@ impl Topology {
             .filter(|c| !c.to.is_empty())
             .collect();
         let mut t = Topology {
+            control_socket: None,
             guests,
             remotes: Vec::new(),
             services: Vec::new(),
@@ -388,6 +395,13 @@ mod tests {
             let err = Topology::parse(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_control_socket_is_read() {
+        let t = Topology::parse(&format!("control_socket = \"/run/h.ctl\"\n{EXAMPLE}")).unwrap();
+        assert_eq!(t.control_socket, Some(PathBuf::from("/run/h.ctl")));
+        assert_eq!(Topology::parse(EXAMPLE).unwrap().control_socket, None);
     }
 
     #[test]

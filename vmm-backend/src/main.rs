@@ -1,31 +1,52 @@
 //! `vhost-user-rpmsg`: a vhost-user virtio-rpmsg device (virtio ID 7) that hosts services
 //! and routes rpmsg between the guests it serves.
 
-use clap::Parser;
-use std::path::PathBuf;
+use clap::{Parser, Subcommand};
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use vamp_vmm_backend::config::Topology;
+use vamp_vmm_backend::control::{self, ControlSocket, Request};
 use vamp_vmm_backend::guest_memory::{DEFAULT_MAX_MAPPED, set_max_mapped};
 use vamp_vmm_backend::hub::{Hub, SharedHub};
 use vamp_vmm_backend::sandbox::{self, Policy, Violation};
-use vamp_vmm_backend::vhost_user::serve_guest;
+use vamp_vmm_backend::service;
+use vamp_vmm_backend::vhost_user::serve_listener;
+use vhost::vhost_user::Listener;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "vhost-user-rpmsg",
     version,
-    about = "vhost-user virtio-rpmsg device and inter-guest hub"
+    about = "vhost-user virtio-rpmsg device and inter-guest hub",
+    after_help = "Socket names follow rust-vmm's vhost-device backends: with -c/--socket-count N the \
+                  index is appended to PATH for every guest, N = 1 included (-s /run/rpmsg.sock -c 2 \
+                  listens on /run/rpmsg.sock0 and /run/rpmsg.sock1); without -c PATH is used as given. \
+                  READY=1 goes to $NOTIFY_SOCKET (systemd Type=notify) once every socket listens.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Args {
-    /// vhost-user socket to listen on (with --socket-count N: PATH0 .. PATH{N-1}).
-    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    #[command(subcommand)]
+    action: Option<Action>,
+    /// vhost-user socket to listen on. With -c/--socket-count N: PATH0 .. PATH{N-1}, the index
+    /// always appended (as vhost-device's backends do); without it: PATH itself.
+    #[arg(short = 's', long, value_name = "PATH", conflicts_with_all = ["config", "socket_fd"])]
     socket_path: Option<PathBuf>,
-    /// Number of guests, one socket each; they all see each other's names.
-    #[arg(long, default_value_t = 1, requires = "socket_path")]
-    socket_count: usize,
+    /// Number of guests, one socket each (at least 1); they all see each other's names.
+    #[arg(short = 'c', long, value_name = "N", requires = "socket_path")]
+    socket_count: Option<usize>,
+    /// A listening AF_UNIX socket passed in by a supervisor (systemd socket activation passes
+    /// them from 3 on): one guest per descriptor (repeatable: guest0, guest1, ...).
+    #[arg(long, value_name = "FD", conflicts_with = "config")]
+    socket_fd: Vec<RawFd>,
     /// Topology file (guests, services, channels); see configs/.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Answer `vhost-user-rpmsg status` (table, JSON, Prometheus metrics) on this socket,
+    /// owner-only; overrides `control_socket` of --config.
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
     /// Host echo service announced to every guest under NAME (repeatable).
     #[arg(long = "echo", value_name = "NAME")]
     echo: Vec<String>,
@@ -42,6 +63,72 @@ struct Args {
     max_guest_memory: u64,
 }
 
+/// What else the binary does than serve.
+#[derive(Subcommand, Debug)]
+enum Action {
+    /// Print a running hub's guests, links, names, counters and remotes.
+    Status {
+        /// The hub's status socket (its --control-socket).
+        #[arg(long, value_name = "PATH")]
+        control_socket: PathBuf,
+        /// As JSON.
+        #[arg(long, conflicts_with = "metrics")]
+        json: bool,
+        /// As a Prometheus text exposition.
+        #[arg(long)]
+        metrics: bool,
+    },
+}
+
+/// How long `status` waits for the hub's answer.
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `vhost-user-rpmsg status`: asks the hub and prints its answer.
+fn status(path: &Path, json: bool, metrics: bool) -> ExitCode {
+    let request = match (json, metrics) {
+        (true, _) => Request::Json,
+        (_, true) => Request::Metrics,
+        _ => Request::Status,
+    };
+    match control::query(path, request, STATUS_TIMEOUT) {
+        Ok(answer) => {
+            print!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "vhost-user-rpmsg status: asking the hub on {}: {e}",
+                path.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The socket paths `-s PATH -c N` stands for: vhost-device's rule, the index appended to
+/// the file name for each of the N guests whenever a count is given; PATH alone without one.
+fn socket_paths(path: &Path, count: Option<usize>) -> Result<Vec<PathBuf>, String> {
+    let Some(count) = count else {
+        return Ok(vec![path.to_path_buf()]);
+    };
+    if count == 0 {
+        return Err("--socket-count 0: there must be at least one socket".into());
+    }
+    if path.file_name().is_none() {
+        return Err(format!(
+            "--socket-path {}: names a directory, not a socket file to append the index to",
+            path.display()
+        ));
+    }
+    Ok((0..count)
+        .map(|i| {
+            let mut name = path.as_os_str().to_os_string();
+            name.push(i.to_string());
+            PathBuf::from(name)
+        })
+        .collect())
+}
+
 /// The sandbox policy the arguments ask for, checked to work on this machine.
 fn sandbox_policy(args: &Args) -> Result<Policy, String> {
     if args.no_sandbox {
@@ -56,50 +143,89 @@ fn sandbox_policy(args: &Args) -> Result<Policy, String> {
     Ok(Policy::On(violation))
 }
 
-fn topology(args: &Args) -> Result<Topology, vamp_vmm_backend::config::ConfigError> {
-    match (&args.config, &args.socket_path) {
-        (Some(path), _) => {
-            let mut t = Topology::load(path)?;
-            t.add_echo(&args.echo);
-            t.validate()?;
-            Ok(t)
-        }
-        (None, Some(path)) => {
-            let sockets = if args.socket_count <= 1 {
-                vec![path.clone()]
-            } else {
-                (0..args.socket_count)
-                    .map(|i| PathBuf::from(format!("{}{i}", path.display())))
-                    .collect()
-            };
-            Topology::all_to_all(sockets, &args.echo)
-        }
-        (None, None) => unreachable!("clap requires one of them"),
+fn topology(args: &Args) -> Result<Topology, String> {
+    if let Some(path) = &args.config {
+        let mut t = Topology::load(path).map_err(|e| e.to_string())?;
+        t.add_echo(&args.echo);
+        t.validate().map_err(|e| e.to_string())?;
+        return Ok(t);
     }
+    let sockets = match &args.socket_path {
+        Some(path) => socket_paths(path, args.socket_count)?,
+        // Names for the log and the status only: these guests' sockets are the descriptors.
+        None if !args.socket_fd.is_empty() => args
+            .socket_fd
+            .iter()
+            .map(|fd| PathBuf::from(format!("fd {fd}")))
+            .collect(),
+        None => return Err("one of --socket-path, --socket-fd or --config is needed".into()),
+    };
+    Topology::all_to_all(sockets, &args.echo).map_err(|e| e.to_string())
 }
 
-/// Blocks SIGINT and SIGTERM in every thread and returns a thread that exits the process
-/// cleanly (sockets removed) when one arrives.
-fn handle_signals(sockets: Vec<PathBuf>) {
-    // SAFETY: plain libc signal-mask calls on a local, initialised set.
+/// Every guest's listening socket, made (or adopted) before any guest is served, so that the
+/// process either listens on all of them or exits naming the one it could not make.
+fn listen_all(args: &Args, topology: &Topology) -> Result<Vec<Listener>, String> {
+    if !args.socket_fd.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        return args
+            .socket_fd
+            .iter()
+            .map(|&fd| {
+                if !seen.insert(fd) {
+                    return Err(format!("--socket-fd {fd} is given twice"));
+                }
+                service::adopt_listener(fd)
+                    .map(Listener::from)
+                    .map_err(|e| format!("--socket-fd: {e}"))
+            })
+            .collect();
+    }
+    topology
+        .guests
+        .iter()
+        .map(|g| {
+            Listener::new(&g.socket, true).map_err(|e| {
+                format!(
+                    "guest {}: cannot listen on {}: {e}",
+                    g.name,
+                    g.socket.display()
+                )
+            })
+        })
+        .collect()
+}
+
+/// SIGINT and SIGTERM, which the hub handles on a thread of its own ([`handle_signals`]).
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-set calls on a local set, initialised before use.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
     }
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and every thread it starts from here on. Called
+/// before any socket exists: a signal that arrives once a socket can be seen waits for
+/// [`handle_signals`] instead of killing the process with its sockets left behind.
+fn block_stop_signals() {
+    let set = stop_signals();
+    // SAFETY: sets this thread's mask from an initialised set; no old mask is asked for.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Starts the thread that exits the process cleanly (`sockets` removed) when SIGINT or SIGTERM
+/// arrives (blocked everywhere by [`block_stop_signals`]; one pending since is taken here).
+fn handle_signals(sockets: Vec<PathBuf>) {
     let signals = std::thread::Builder::new().name("vamp-signals".into());
     let _ = signals.spawn(move || {
+        let set = stop_signals();
         let mut sig: libc::c_int = 0;
-        // SAFETY: `set` is initialised before use and `sig` is a valid out-pointer.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigwait(&set, &mut sig);
-        }
+        // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
+        unsafe { libc::sigwait(&set, &mut sig) };
         log::info!("signal {sig}: shutting down");
         for s in &sockets {
             let _ = std::fs::remove_file(s);
@@ -111,8 +237,25 @@ fn handle_signals(sockets: Vec<PathBuf>) {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    if let Some(Action::Status {
+        control_socket,
+        json,
+        metrics,
+    }) = &args.action
+    {
+        return status(control_socket, *json, *metrics);
+    }
     let topology = match topology(&args) {
         Ok(t) => t,
+        Err(e) => {
+            eprintln!("vhost-user-rpmsg: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    block_stop_signals();
+    // Before anything is started: a socket that cannot be made ends the process here.
+    let listeners = match listen_all(&args, &topology) {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("vhost-user-rpmsg: {e}");
             return ExitCode::FAILURE;
@@ -145,11 +288,55 @@ fn main() -> ExitCode {
         }
     }
     set_max_mapped(args.max_guest_memory.saturating_mul(1 << 20));
-    let sockets: Vec<PathBuf> = topology.guests.iter().map(|g| g.socket.clone()).collect();
-    handle_signals(sockets.clone());
+    let control = match args
+        .control_socket
+        .as_ref()
+        .or(topology.control_socket.as_ref())
+    {
+        // Binding replaces a stale socket file: never a guest's, made above.
+        Some(path) if topology.guests.iter().any(|g| &g.socket == path) => {
+            eprintln!(
+                "vhost-user-rpmsg: the status socket {} is also a guest's socket",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        Some(path) => match ControlSocket::bind(path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!(
+                    "vhost-user-rpmsg: cannot listen on the status socket {}: {e}",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    // The paths this process made, removed at exit (a passed-in socket is its supervisor's).
+    let mut owned: Vec<PathBuf> = if args.socket_fd.is_empty() {
+        topology.guests.iter().map(|g| g.socket.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    owned.extend(control.as_ref().map(|c| c.path().to_path_buf()));
+    handle_signals(owned);
     let guest_count = topology.guests.len();
+    let socket_names: Vec<String> = topology
+        .guests
+        .iter()
+        .map(|g| g.socket.display().to_string())
+        .collect();
     let topology_remotes = topology.remotes.clone();
     let hub = SharedHub::new(Hub::new(topology));
+    if let Some(control) = control {
+        let path = control.path().display().to_string();
+        if let Err(e) = control.spawn(hub.clone()) {
+            eprintln!("vhost-user-rpmsg: cannot start the status thread: {e}");
+            return ExitCode::FAILURE;
+        }
+        log::info!("status on {path} (vhost-user-rpmsg status --control-socket {path})");
+    }
     let mut threads: Vec<std::thread::JoinHandle<Result<(), String>>> = Vec::new();
     for (index, spec) in topology_remotes.into_iter().enumerate() {
         let hub = hub.clone();
@@ -161,14 +348,21 @@ fn main() -> ExitCode {
             vamp_vmm_backend::remote::serve_remote(hub, id, spec).map_err(|e| e.to_string())
         }));
     }
-    for (id, socket) in sockets.into_iter().enumerate() {
+    for (id, (listener, socket)) in listeners.into_iter().zip(socket_names).enumerate() {
         let hub = hub.clone();
         // Accepts the guest's frontend connections (outside the sandbox: it touches no guest
         // memory and reads nothing the frontend sends; see crate::sandbox).
         let accept = std::thread::Builder::new().name("vamp-accept".into());
         threads.push(spawn_named(accept, move || {
-            serve_guest(hub, id, &socket).map_err(|e| e.to_string())
+            serve_listener(hub, id, listener, &socket).map_err(|e| e.to_string())
         }));
+    }
+    // Every socket listens (made above, before any thread): frontends may connect now.
+    log::info!("ready: {guest_count} guest socket(s) listening");
+    match service::notify_ready() {
+        Ok(true) => log::info!("told the supervisor: READY=1"),
+        Ok(false) => {}
+        Err(e) => log::warn!("cannot notify ${}: {e}", service::NOTIFY_SOCKET),
     }
     let mut failed = false;
     for t in threads {

@@ -175,6 +175,7 @@ pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), 
     rp.load_source(image_source(&spec)?).map_err(lifecycle)?;
     rp.start().map_err(lifecycle)?;
     log::info!("remote {name}: started ({:?})", spec.image);
+    hub.lock().note_remote(id, "running", 0);
     let mut rings = bring_up(&hub, id, &mut rp, &name)?;
     let max_restarts = match spec.recovery {
         Recovery::None => 0,
@@ -191,6 +192,8 @@ pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), 
                 rings.stop();
                 hub.run_ring_work(stop(id, format!("the remote exited with code {code}")));
                 log::info!("remote {name}: exited with code {code}");
+                hub.lock()
+                    .note_remote(id, "exited", u64::from(rp.restarts()));
                 return Ok(());
             }
             RemoteEvent::Crashed(why) => {
@@ -203,6 +206,8 @@ pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), 
                         spec.recovery,
                         rp.restarts()
                     );
+                    hub.lock()
+                        .note_remote(id, "crashed", u64::from(rp.restarts()));
                     return Ok(());
                 }
                 rp.recover().map_err(lifecycle)?;
@@ -211,6 +216,8 @@ pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), 
                     rp.restarts()
                 );
                 rings = bring_up(&hub, id, &mut rp, &name)?;
+                hub.lock()
+                    .note_remote(id, "running", u64::from(rp.restarts()));
             }
         }
     }

@@ -18,6 +18,7 @@
 //! | `vamp-hub-clock` | every guest's rings (timeouts return held buffers) | [`ThreadKind::Clock`] |
 //! | `vamp-remote-rings` ([`crate::remote`]) | a remote's rings, other guests' rings | [`ThreadKind::RemoteRings`] |
 //! | `vamp-ring-work` (short-lived) | other guests' rings (withdrawals, held buffers) | [`ThreadKind::RingWork`] |
+//! | `vamp-status` ([`crate::control`]) | local clients' requests; the names guests announced | [`ThreadKind::Status`] |
 //!
 //! - **vring workers**: vhost-user-backend gives a backend no hook on its worker threads other
 //!   than `handle_event`, so the filter is installed at the first event a worker handles
@@ -95,6 +96,10 @@ pub enum ThreadKind {
     /// A remote's ring thread (`vamp-remote-rings`, `crate::remote`): waits on the remote's
     /// doorbell and runs the hub for its link. Only the common calls.
     RemoteRings,
+    /// The status socket's thread (`vamp-status`, `crate::control`): accepts local clients,
+    /// reads their request line, copies the hub's counters and names (guest bytes) and
+    /// writes them out.
+    Status,
 }
 
 /// What happens when a sandboxed thread makes a call outside its list.
@@ -219,6 +224,7 @@ pub fn check(violation: Violation) -> Result<(), SandboxError> {
     filter(ThreadKind::Request, violation)?;
     filter(ThreadKind::Control, violation)?;
     filter(ThreadKind::RemoteRings, violation)?;
+    filter(ThreadKind::Status, violation)?;
     std::thread::Builder::new()
         .name("vamp-sandbox-check".into())
         .spawn(move || install(ThreadKind::Clock, violation))
@@ -404,6 +410,26 @@ fn rules(kind: ThreadKind) -> Vec<Allowed> {
                 "waiting for the remote's kick (an eventfd)"
             ));
             rules.push(allow!(SYS_read, Any, "the remote's kick eventfd"));
+        }
+        ThreadKind::Status => {
+            #[cfg(target_arch = "x86_64")]
+            rules.push(allow!(SYS_accept, Any, "a status client"));
+            rules.push(allow!(SYS_accept4, Any, "a status client"));
+            rules.push(allow!(SYS_read, Any, "a client's request line"));
+            rules.push(allow!(SYS_recvfrom, Any, "a client's request line"));
+            rules.push(allow!(SYS_sendto, Any, "the answer"));
+            rules.push(allow!(
+                SYS_setsockopt,
+                Any,
+                "read and write timeouts of a client's connection"
+            ));
+            #[cfg(target_arch = "x86_64")]
+            rules.push(allow!(SYS_nanosleep, Any, "backing off a failed accept"));
+            rules.push(allow!(
+                SYS_clock_nanosleep,
+                Any,
+                "backing off a failed accept"
+            ));
         }
         ThreadKind::Request => {
             rules.push(allow!(

@@ -11,12 +11,12 @@
 use super::Hub;
 use super::link::{LinkEngine, LinkId, links_mut, release_held};
 use super::routes::Target;
-use super::stats::Reports;
+use super::stats::{DropReason, Reports};
 use crate::config::ServiceKind;
 use crate::guest_memory::GuestRam;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
-use vamp_rpmsg::rpmsg::{Error as RpmsgError, Event, HeldRx, PayloadRef, Received};
+use vamp_rpmsg::rpmsg::{Dropped, Error as RpmsgError, Event, HeldRx, PayloadRef, Received};
 use vamp_rpmsg::transport::LinkError;
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::ADDR_ANY;
@@ -241,7 +241,12 @@ impl Hub {
                 Ok(())
             }
             Event::Dropped(why) => {
-                self.slots[me].report_drop(format_args!("{why:?}"));
+                // An address of no endpoint in its link is one the hub never gave it.
+                let reason = match why {
+                    Dropped::NoEndpoint { .. } => DropReason::NoRoute,
+                    _ => DropReason::Malformed,
+                };
+                self.slots[me].report_drop(reason, format_args!("{why:?}"));
                 Ok(())
             }
         }
@@ -252,10 +257,10 @@ impl Hub {
         if msg.src == ADDR_ANY {
             // No reply could ever reach it, and the receiver's answers would be dropped
             // against the receiver's count: refuse it here, against the sender's.
-            self.slots[me].report_drop(format_args!(
-                "message to {:#x} with source address ANY",
-                msg.dst
-            ));
+            self.slots[me].report_drop(
+                DropReason::NoRoute,
+                format_args!("message to {:#x} with source address ANY", msg.dst),
+            );
             return;
         }
         let Some(target) = self.slots[me]
@@ -263,17 +268,20 @@ impl Hub {
             .as_ref()
             .and_then(|l| l.nat.get(msg.dst))
         else {
-            self.slots[me].report_drop(format_args!(
-                "message to {:#x}, which leads nowhere",
-                msg.dst
-            ));
+            self.slots[me].report_drop(
+                DropReason::NoRoute,
+                format_args!("message to {:#x}, which leads nowhere", msg.dst),
+            );
             return;
         };
         match target {
             Target::Service(index) => match self.topology.services[index].kind {
                 ServiceKind::Echo => {
+                    let len = u64::from(msg.len);
                     if self.deliver(me, me, msg, msg.dst, msg.src, receivers) {
-                        self.slots[me].stats.served += 1;
+                        let stats = &mut self.slots[me].stats;
+                        stats.served += 1;
+                        stats.bytes += len;
                     }
                 }
             },
@@ -282,15 +290,21 @@ impl Hub {
                     Ok(src) => src,
                     Err(why) => {
                         let name = self.slots[to].name.clone();
-                        self.slots[me].report_drop(format_args!(
-                            "message from {:#x} for guest {name} not delivered: {why}",
-                            msg.src
-                        ));
+                        self.slots[me].report_drop(
+                            DropReason::Limit,
+                            format_args!(
+                                "message from {:#x} for guest {name} not delivered: {why}",
+                                msg.src
+                            ),
+                        );
                         return;
                     }
                 };
+                let len = u64::from(msg.len);
                 if self.deliver(me, to, msg, src, addr, receivers) {
-                    self.slots[me].stats.forwarded += 1;
+                    let stats = &mut self.slots[me].stats;
+                    stats.forwarded += 1;
+                    stats.bytes += len;
                 }
             }
         }
@@ -313,7 +327,10 @@ impl Hub {
         let payload = msg.payload_ref();
         let sent = match links_mut(&mut self.slots, me, to) {
             None => {
-                self.slots[me].report_drop(format_args!("destination guest {to} is gone"));
+                self.slots[me].report_drop(
+                    DropReason::ReceiverGone,
+                    format_args!("destination guest {to} is gone"),
+                );
                 return false;
             }
             // A service answers on the sender's own link, inside its round's batch.
@@ -350,16 +367,19 @@ impl Hub {
             }
             Err(RpmsgError::NoBuffer) if into.stalled => {
                 let name = self.slots[to].name.clone();
-                self.slots[me].report_drop(format_args!(
-                    "message for guest {name} not delivered: it takes no messages"
-                ));
+                self.slots[me].report_drop(
+                    DropReason::ReceiverStalled,
+                    format_args!("message for guest {name} not delivered: it takes no messages"),
+                );
                 false
             }
             Err(RpmsgError::NoBuffer) if into.pending.count_from(me) >= cap => {
                 // Its share of the receiver's queue is full: dropped, so that its buffer
                 // comes back and its traffic to the others keeps flowing.
                 let name = self.slots[to].name.clone();
-                self.slots[me].report_drop(format_args!(
+                self.slots[me].report_drop(
+                    DropReason::QueueFull,
+                    format_args!(
                     "message for guest {name} not delivered: {cap} of its messages already wait for it"
                 ));
                 false
@@ -385,8 +405,10 @@ impl Hub {
             }
             Err(e) => {
                 let name = self.slots[to].name.clone();
-                self.slots[me]
-                    .report_drop(format_args!("message for guest {name} not delivered: {e}"));
+                self.slots[me].report_drop(
+                    DropReason::DeliveryFailed,
+                    format_args!("message for guest {name} not delivered: {e}"),
+                );
                 if let RpmsgError::Link(e @ LinkError::Vring(_)) = e {
                     // Its receive ring is broken (a ring error is always the receiver's):
                     // the link goes down instead of failing every message sent to it.
@@ -465,7 +487,9 @@ impl Hub {
                         slot.name
                     );
                 }
-                self.slots[p.from].stats.dropped += 1;
+                self.slots[p.from]
+                    .stats
+                    .count_drop(DropReason::DeliveryFailed);
             }
             release_held(&mut self.slots, p.from, p.from_incarnation, p.held);
             if let Err(RpmsgError::Link(e @ LinkError::Vring(_))) = sent {
@@ -496,7 +520,9 @@ impl Hub {
         let pending = link.pending.take_all();
         let dropped = pending.len();
         for p in pending {
-            self.slots[p.from].stats.dropped += 1;
+            self.slots[p.from]
+                .stats
+                .count_drop(DropReason::ReceiverStalled);
             release_held(&mut self.slots, p.from, p.from_incarnation, p.held);
         }
         let slot = &mut self.slots[id];
@@ -522,7 +548,9 @@ impl Hub {
         for p in waiting_for_it {
             if p.from != id {
                 release_held(&mut self.slots, p.from, p.from_incarnation, p.held);
-                self.slots[p.from].stats.dropped += 1;
+                self.slots[p.from]
+                    .stats
+                    .count_drop(DropReason::ReceiverGone);
             }
         }
         let slot = &mut self.slots[id];

@@ -215,6 +215,10 @@ pub(super) struct Slot {
     pub(super) link: Option<Link>,
     /// Rings on which the guest broke the protocol: ignored until it sets up new ones.
     pub(super) broken: Option<[VringLayout; 2]>,
+    /// Why it broke, while [`broken`](Self::broken) (the status shows it).
+    pub(super) broken_why: &'static str,
+    /// A remote's lifecycle, as its lifecycle thread last reported it.
+    pub(super) remote: Option<super::stats::RemoteState>,
     /// Where the guest's interrupts go (set when its link comes up): told of a break.
     pub(super) notifier: Option<SlotNotifier>,
     pub(super) stats: LinkStats,

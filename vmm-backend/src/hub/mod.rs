@@ -54,8 +54,8 @@ pub use forward::{DEFAULT_PENDING_TIMEOUT, MAX_QUEUED_PER_SENDER, POLL_BUDGET};
 pub use link::{LinkEngine, LinkEnv, LinkId, LinkTransport, MAX_BUFFER, Notifier, RingsInfo};
 pub use routes::{MAX_NAMES_PER_LINK, MAX_REPLY_PROXIES_PER_SOURCE};
 pub use shared::{SharedHub, TICK, stop};
-pub use stats::LinkStats;
 pub(crate) use stats::Reports;
+pub use stats::{DropReason, HubStatus, LinkStats, LinkStatus, RemoteState};
 
 use crate::config::Topology;
 use crate::guest_memory::GuestRam;
@@ -380,7 +380,7 @@ impl Hub {
                     log::error!("guest {}: cannot attach to its rings: {e}", slot.name);
                 }
                 self.slots[id].stats.protocol_errors += 1;
-                self.mark_broken(id, info.rings);
+                self.mark_broken(id, info.rings, "cannot attach to its rings");
                 return None;
             }
         } else if let Err(e) = self.update_memory(id, mem) {
@@ -395,7 +395,7 @@ impl Hub {
             }
             self.slots[id].stats.protocol_errors += 1;
             self.link_down(id, "rings outside the new memory table");
-            self.mark_broken(id, info.rings);
+            self.mark_broken(id, info.rings, "rings outside its new memory table");
             return None;
         }
         self.process(id, info.rings);
@@ -448,7 +448,7 @@ impl Hub {
             return;
         };
         self.link_down(id, "guest memory vanished");
-        self.mark_broken(id, rings);
+        self.mark_broken(id, rings, "its memory vanished");
     }
 
     fn next_avail(&self, id: LinkId) -> Option<[u16; 2]> {
@@ -616,13 +616,14 @@ impl Hub {
         }
         slot.stats.protocol_errors += 1;
         self.link_down(id, "ring protocol error");
-        self.mark_broken(id, rings);
+        self.mark_broken(id, rings, "broke the virtio ring protocol");
     }
 
     /// Marks guest `id`'s `rings` broken and tells its notifier (DEVICE_NEEDS_RESET).
-    fn mark_broken(&mut self, id: LinkId, rings: [VringLayout; 2]) {
+    fn mark_broken(&mut self, id: LinkId, rings: [VringLayout; 2], why: &'static str) {
         let slot = &mut self.slots[id];
         slot.broken = Some(rings);
+        slot.broken_why = why;
         if let Some(n) = &slot.notifier {
             n.0.needs_reset();
         }

@@ -6,7 +6,7 @@
 
 use super::Hub;
 use super::link::{LinkId, Slot};
-use super::stats::Reports;
+use super::stats::{DropReason, Reports};
 use std::collections::HashMap;
 use vamp_rpmsg::rpmsg::{Error as RpmsgError, NsEvent};
 use vamp_rpmsg::wire::{ADDR_ANY, NS_ADDR, RESERVED_ADDRESSES};
@@ -140,7 +140,7 @@ impl Hub {
                 let shown = String::from_utf8_lossy(name);
                 if name.is_empty() || addr == ADDR_ANY || addr == NS_ADDR {
                     // Nothing could be offered under it, or no message could reach it.
-                    self.slots[me].report_drop(format_args!(
+                    self.slots[me].report_drop(DropReason::Limit, format_args!(
                         "announcement of {shown:?} at {addr:#x} ignored: not a usable name and address"
                     ));
                     return;
@@ -151,7 +151,7 @@ impl Hub {
                 };
                 if !link.announced.iter().any(|(n, a)| n == name && *a == addr) {
                     if link.announced.len() >= MAX_NAMES_PER_LINK {
-                        slot.report_drop(format_args!(
+                        slot.report_drop(DropReason::Limit, format_args!(
                             "announces more than {MAX_NAMES_PER_LINK} names: {shown:?} at {addr:#x} ignored"
                         ));
                         return;

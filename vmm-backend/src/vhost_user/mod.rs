@@ -32,12 +32,24 @@ pub fn serve_guest(
     id: LinkId,
     socket: &Path,
 ) -> Result<(), vhost_user_backend::Error> {
+    let listener =
+        Listener::new(socket, true).map_err(vhost_user_backend::Error::CreateBackendListener)?;
+    serve_listener(hub, id, listener, &socket.display().to_string())
+}
+
+/// [`serve_guest`] on a socket that is listening already: made by the caller (so that every
+/// guest's socket exists before the process reports ready) or passed in by a supervisor.
+/// `socket` names it in log lines.
+pub fn serve_listener(
+    hub: SharedHub,
+    id: LinkId,
+    listener: Listener,
+    socket: &str,
+) -> Result<(), vhost_user_backend::Error> {
     let name = hub.lock().topology().guests[id].name.clone();
     if hub.lock().claim_clock() {
         hub.spawn_clock();
     }
-    let listener =
-        Listener::new(socket, true).map_err(vhost_user_backend::Error::CreateBackendListener)?;
     let notice = Arc::new(ResetNotice::new().map_err(vhost_user_backend::Error::StartDaemon)?);
     loop {
         let mut backend = RpmsgBackend::new(hub.clone(), id);
@@ -45,10 +57,7 @@ pub fn serve_guest(
         let backend = Arc::new(RwLock::new(backend));
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(format!("vamp-vu-{name}"), backend, mem)?;
-        log::info!(
-            "guest {name}: waiting for a frontend on {}",
-            socket.display()
-        );
+        log::info!("guest {name}: waiting for a frontend on {socket}");
         // The frontend talks to the daemon through a control thread, which adds device status
         // and the backend channel (crate::vhost_user::control).
         let mut control = None;
