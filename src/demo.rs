@@ -5,7 +5,8 @@
 //!    the remote's channel by name service and exchanges messages with it.
 //! 2. The vhost-user hub with two native guests (each a process playing a guest through vamp's
 //!    own vhost-user frontend): one offers an echo under a name, the other finds the name
-//!    through the hub, which translates addresses between them, and pings it.
+//!    through the hub, which translates addresses between them, and pings it. Then the hub's
+//!    status socket answers what `vhost-user-rpmsg status` shows: the traffic just sent.
 //! 3. Where /dev/kvm works: the echo firmware built from images/ runs as a KVM micro-VM; the
 //!    hub drives its rpmsg device and a native guest pings it by name through the hub.
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 use vamp_rpmsg::apps::{AppError, PingSummary};
 use vamp_rpmsg::native;
 use vamp_vmm_backend::config::Topology;
+use vamp_vmm_backend::control::{self, ControlSocket, Request};
 use vamp_vmm_backend::hub::{Hub, SharedHub};
 use vamp_vmm_backend::vhost_user::serve_guest;
 
@@ -91,6 +93,8 @@ fn hub_part(count: u32) -> Result<(PingSummary, ExitStatus), AppError> {
         let hub = hub.clone();
         std::thread::spawn(move || serve_guest(hub, id, &socket));
     }
+    let status_socket = dir.join("status.sock");
+    let status_served = ControlSocket::bind(&status_socket).and_then(|s| s.spawn(hub.clone()));
     let mut offerer = spawn_self([
         OsStr::new("guest"),
         OsStr::new("--offer"),
@@ -118,11 +122,26 @@ fn hub_part(count: u32) -> Result<(PingSummary, ExitStatus), AppError> {
     }
     let offer_status = wait_child(&mut offerer)?;
     let stats = hub.lock().stats(1);
-    let _ = std::fs::remove_dir_all(&dir);
     println!(
         "   hub: {} messages forwarded from bob to alice, {} dropped",
         stats.forwarded, stats.dropped
     );
+    // What an operator sees: the status socket's answer, as `vhost-user-rpmsg status` prints it.
+    let answer = status_served
+        .and_then(|()| control::query(&status_socket, Request::Status, Duration::from_secs(5)));
+    match answer {
+        Ok(table) => {
+            println!(
+                "   vhost-user-rpmsg status --control-socket {}:",
+                status_socket.display()
+            );
+            for line in table.lines() {
+                println!("   | {line}");
+            }
+        }
+        Err(e) => println!("   status socket: {e}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     let summary = PingSummary {
         sent: count,
         matched: if ping_status.success() { count } else { 0 },

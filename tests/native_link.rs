@@ -137,9 +137,24 @@ fn demo_runs_and_summarises() {
         "[host] name service: \"rpmsg-openamp-demo-channel\"",
         "[bob] name service: \"vamp-demo-echo\"",
         "[alice] shutdown requested after 200 echoes",
+        "vhost-user-rpmsg status --control-socket",
     ] {
         assert!(t.contains(want), "missing {want:?} in:\n{t}");
     }
+    // The hub's status, read through its socket, shows the traffic the ping sent: bob's 200
+    // messages (and the shutdown word) forwarded to alice, her 200 echoes to bob.
+    let row = |name: &str| {
+        t.lines()
+            .find(|l| l.starts_with(&format!("   | {name} ")))
+            .unwrap_or_else(|| panic!("no status row for {name} in:\n{t}"))
+            .split_whitespace()
+            .skip(2)
+            .collect::<Vec<_>>()
+    };
+    let (bob, alice) = (row("bob"), row("alice"));
+    // Columns after "|": NAME KIND STATE FORWARDED ...
+    assert_eq!(bob[2], "201", "bob's forwarded count: {bob:?}\n{t}");
+    assert_eq!(alice[2], "200", "alice's forwarded count: {alice:?}\n{t}");
     // Part 3 needs /dev/kvm; where it is missing the demo says so and still succeeds.
     match vamp_remoteproc::kvm::kvm_available() {
         Ok(()) => assert!(
