@@ -22,6 +22,8 @@ pub const VIRTIO_RPMSG_F_NS: u64 = 1 << 0;
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Feature bit 32: virtio 1.x (little-endian rings and fields).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Feature bit 34: packed virtqueues (virtio 1.1) instead of split ones.
+pub const VIRTIO_F_RING_PACKED: u64 = 1 << 34;
 
 /// Device status bit: the driver noticed the device.
 pub const STATUS_ACKNOWLEDGE: u8 = 0x01;
