@@ -24,7 +24,7 @@
 use crate::mem::{MemError, SharedMemory, full_barrier, read_barrier, write_barrier};
 use crate::vring::{
     Area, Chain, MAX_SEGMENTS, PopError, Segment, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
-    VRING_DESC_F_WRITE, VringError,
+    VRING_DESC_F_WRITE, VringError, VringLayout,
 };
 use crate::wire::Endian;
 use alloc::vec::Vec;
@@ -112,6 +112,13 @@ impl PackedLayout {
         let driver_event = base.checked_add(DESC_SIZE * u64::from(size)).ok_or(wraps)?;
         let device_event = driver_event.checked_add(EVENT_BYTES).ok_or(wraps)?;
         Self::new(size, base, driver_event, device_event)
+    }
+
+    /// The packed ring in the three areas of a split ring's layout: virtio-pci and vhost-user
+    /// give both formats the same three addresses (descriptor area, driver area, device area),
+    /// and a split ring's areas are always large enough for the packed ones.
+    pub fn in_areas_of(split: &VringLayout) -> Result<Self, VringError> {
+        Self::new(split.size, split.desc, split.avail, split.used)
     }
 
     /// Bytes the [`contiguous`](Self::contiguous) layout of `size` descriptors occupies.
@@ -901,6 +908,12 @@ mod tests {
         let inside = PackedLayout::contiguous(0x100, 4).unwrap();
         assert!(PackedDeviceQueue::new(&mem, inside, Endian::Little, false, 4).is_err());
         assert!(PackedDeviceQueue::new(&mem, inside, Endian::Little, false, 3).is_ok());
+        let split = VringLayout::legacy(0x4000, 256, 0x1000).unwrap();
+        let packed = PackedLayout::in_areas_of(&split).unwrap();
+        assert_eq!(
+            (packed.desc, packed.driver_event, packed.device_event),
+            (split.desc, split.avail, split.used)
+        );
     }
 
     #[test]
@@ -1388,7 +1401,8 @@ mod tests {
                 let segs: Vec<Segment> = (0..n).map(|k| seg(slot + 8 * u64::from(k), 8)).collect();
                 if n as usize <= d.free_count() {
                     mem.store_u32(slot, next).unwrap();
-                    d.add_chain(&*mem, &segs, n.is_multiple_of(2), next).unwrap();
+                    d.add_chain(&*mem, &segs, n.is_multiple_of(2), next)
+                        .unwrap();
                     next += 1;
                 }
                 let _ = d.should_kick(&*mem).unwrap();
