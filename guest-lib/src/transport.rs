@@ -1173,30 +1173,86 @@ mod tests {
     use crate::testing::{Loopback, LoopbackDevice, LoopbackDriver};
 
     /// Both roles on one memory, without EVENT_IDX.
-    fn pair() -> (LoopbackDriver, LoopbackDevice) {
+    fn pair_of(format: RingFormat) -> (LoopbackDriver, LoopbackDevice) {
         let (host, remote, _, _) = Loopback {
             event_idx: false,
+            format,
             ..Loopback::default()
         }
         .transports();
         (host, remote)
     }
 
+    #[test]
+    fn the_negotiated_features_pick_the_ring_format() {
+        use crate::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RPMSG_F_NS};
+        assert_eq!(RingFormat::default(), RingFormat::Split);
+        assert_eq!(
+            RingFormat::from_features(VIRTIO_F_VERSION_1 | VIRTIO_RPMSG_F_NS),
+            RingFormat::Split
+        );
+        assert_eq!(
+            RingFormat::from_features(VIRTIO_F_VERSION_1 | VIRTIO_F_RING_PACKED),
+            RingFormat::Packed
+        );
+    }
+
+    /// A packed chain the driver broke after posting it (a zero length) goes back used and
+    /// empty, is counted, and the link carries the next message.
+    #[test]
+    fn a_malformed_packed_chain_goes_back_empty_and_the_link_moves_on() {
+        let (mut host, mut remote) = pair_of(RingFormat::Packed);
+        let buf = host.take_tx().unwrap().unwrap();
+        host.send_tx(buf, 100).unwrap();
+        // Descriptor 0 of vq 1 is the one just posted: its length becomes 0.
+        let desc = host.layout().tx_ring.desc;
+        host.mem.store_u32(desc + 8, 0).unwrap();
+        assert_eq!(remote.take_rx().unwrap(), None);
+        assert_eq!(remote.bad_chains(), 1);
+        assert_eq!(remote.last_bad_chain(), Some(VringError::EmptyBuffer));
+        assert_eq!(host.tx.pop_used(&host.mem).unwrap(), Some((buf.id, 0)));
+        let next = host.take_tx().unwrap().unwrap();
+        host.send_tx(next, 50).unwrap();
+        assert_eq!(remote.take_rx().unwrap().map(|b| b.len()), Some(50));
+    }
+
+    /// A driver that marks a packed descriptor with the wrong wrap counter breaks the link:
+    /// an error, not a chain, and nothing taken.
+    #[test]
+    fn a_packed_wrap_counter_lie_is_a_link_error() {
+        let (host, mut remote) = pair_of(RingFormat::Packed);
+        let desc = host.layout().tx_ring.desc;
+        let lie = crate::packed::PACKED_DESC_F_AVAIL | crate::packed::PACKED_DESC_F_USED;
+        host.mem.store_u16(desc + 14, lie).unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                remote.take_rx(),
+                Err(LinkError::Vring(VringError::WrapCounter))
+            );
+        }
+        assert_eq!(
+            remote.next_avail()[1],
+            crate::packed::PackedDeviceQueue::START
+        );
+    }
+
     /// rpmsg-compat: a consumed driver-to-device buffer comes back with its readable length
     /// (OpenAMP's driver sizes recycled transmit buffers by it), not with 0.
     #[test]
     fn device_returns_driver_buffers_with_their_readable_length() {
-        let (mut host, mut remote) = pair();
-        let buf = host.take_tx().unwrap().unwrap();
-        host.send_tx(buf, 100).unwrap();
-        let got = remote.take_rx().unwrap().unwrap();
-        assert_eq!(got.len(), 100);
-        remote.release_rx(got).unwrap();
-        assert_eq!(
-            host.tx.pop_used(&host.mem).unwrap(),
-            Some((buf.id, 100)),
-            "used length of a consumed transmit buffer"
-        );
+        for format in [RingFormat::Split, RingFormat::Packed] {
+            let (mut host, mut remote) = pair_of(format);
+            let buf = host.take_tx().unwrap().unwrap();
+            host.send_tx(buf, 100).unwrap();
+            let got = remote.take_rx().unwrap().unwrap();
+            assert_eq!(got.len(), 100);
+            remote.release_rx(got).unwrap();
+            assert_eq!(
+                host.tx.pop_used(&host.mem).unwrap(),
+                Some((buf.id, 100)),
+                "used length of a consumed transmit buffer ({format:?})"
+            );
+        }
     }
 
     /// The OpenAMP-style driver posts whole buffers and, once the device returns them whole,
@@ -1204,7 +1260,7 @@ mod tests {
     #[cfg(feature = "testing")]
     #[test]
     fn openamp_rule_recycles_used_buffers_first_at_their_used_length() {
-        let (mut host, mut remote) = pair();
+        let (mut host, mut remote) = pair_of(RingFormat::Split);
         host.set_openamp_tx_rule(true);
         let first = host.take_tx().unwrap().unwrap();
         host.send_tx(first, 20).unwrap();
