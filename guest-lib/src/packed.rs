@@ -20,6 +20,12 @@
 //!
 //! vamp never offers VIRTIO_F_INDIRECT_DESC: an indirect descriptor is refused
 //! ([`VringError::Indirect`]) like in the split ring.
+//!
+//! Notifications: DISABLE is binding (unlike the split ring's flags, which EVENT_IDX turns into
+//! hints), so busy-poll needs no re-arming; with EVENT_IDX, enabling names a descriptor (DESC
+//! mode), re-armed as buffers are taken or reclaimed, as the split ring's event indices are.
+//! Packed rings exist only in virtio 1.x, whose rings are little-endian; the queues still take
+//! an [`Endian`] so that a transport passes one value for either format.
 
 use crate::mem::{MemError, SharedMemory, full_barrier, read_barrier, write_barrier};
 use crate::vring::{

@@ -18,7 +18,8 @@ pub const TX_QUEUE: u16 = 1;
 
 /// Feature bit 0: the rpmsg name service (the only rpmsg-specific feature).
 pub const VIRTIO_RPMSG_F_NS: u64 = 1 << 0;
-/// Feature bit 29: event-index notification suppression in the split ring.
+/// Feature bit 29: event-index notification suppression (the split ring's event indices, the
+/// packed ring's descriptor mode of its event structures).
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Feature bit 32: virtio 1.x (little-endian rings and fields).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
