@@ -7,6 +7,7 @@
 //! - [`mem`]: the shared-memory abstraction every ring and buffer access goes through. Memory
 //!   another party writes is never turned into a Rust reference.
 //! - [`vring`]: split virtqueues in the driver role (host/master) and the device role (remote).
+//! - [`packed`]: packed virtqueues (virtio 1.1, VIRTIO_F_RING_PACKED) in both roles.
 //! - [`transport`]: moving rpmsg buffers over two vrings, in either role.
 //! - [`virtio`]: the rpmsg device's virtio facts: device ID, queues, feature and status bits.
 //! - [`rpmsg`]: endpoints, addressing, name service, send/receive: the OpenAMP API.
@@ -25,6 +26,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod mem;
+pub mod packed;
 pub mod rpmsg;
 pub mod transport;
 pub mod virtio;

@@ -31,7 +31,8 @@
 use crate::mem::HeapMemory;
 use crate::rpmsg::{Config, Dropped, EptId, Handler, HeldRx, NsEvent, Received, Rpmsg};
 use crate::transport::{
-    BufferConfig, DeviceTransport, DriverLayout, DriverTransport, Environment, Transport,
+    BufferConfig, DeviceRings, DeviceTransport, DriverLayout, DriverTransport, Environment,
+    RingFormat, Transport,
 };
 use crate::vring::VringLayout;
 use crate::wire::Endian;
@@ -104,7 +105,7 @@ pub type LoopbackDevice = DeviceTransport<Arc<HeapMemory>, TestEnv>;
 
 /// An in-memory link between two engines: vamp's driver and device roles on one
 /// [`HeapMemory`] of [`MEM_LEN`](Self::MEM_LEN) bytes, vq 0 at 0x4000, vq 1 at 0x8000 (rings
-/// of up to 256 entries) and the buffer pool from 0x10000 to the end.
+/// of up to 256 entries, split or packed) and the buffer pool from 0x10000 to the end.
 #[derive(Debug, Clone, Copy)]
 pub struct Loopback {
     /// Entries per ring (a power of two, at most 256).
@@ -115,16 +116,19 @@ pub struct Loopback {
     pub event_idx: bool,
     /// The link's byte order.
     pub endian: Endian,
+    /// The rings' format (packed rings go in the same areas as split ones).
+    pub format: RingFormat,
 }
 
 impl Default for Loopback {
-    /// Rings of 256 with EVENT_IDX, default buffers, little-endian.
+    /// Split rings of 256 with EVENT_IDX, default buffers, little-endian.
     fn default() -> Self {
         Loopback {
             ring: 256,
             buffers: BufferConfig::default(),
             event_idx: true,
             endian: Endian::Little,
+            format: RingFormat::Split,
         }
     }
 }
@@ -155,19 +159,19 @@ impl Loopback {
         let mem = Arc::new(HeapMemory::new(Self::MEM_LEN, 0));
         let (driver_env, device_env) = (TestEnv::default(), TestEnv::default());
         let layout = self.layout();
-        let driver = DriverTransport::new(
+        let driver = DriverTransport::with_format(
             mem.clone(),
             driver_env.clone(),
             layout,
             self.endian,
             self.event_idx,
+            self.format,
         )
         .expect("driver transport");
-        let device = DeviceTransport::new(
+        let device = DeviceTransport::attach(
             mem,
             device_env.clone(),
-            layout.rx_ring,
-            layout.tx_ring,
+            DeviceRings::fresh(layout.rx_ring, layout.tx_ring, self.format),
             self.endian,
             self.event_idx,
             self.buffers.r2h_buf_size,
@@ -268,7 +272,19 @@ mod tests {
 
     #[test]
     fn loopback_engines_talk_and_the_recorder_sees_it() {
-        let (mut host, mut remote, host_env, _) = Loopback::default().engines(Config::default());
+        for format in [RingFormat::Split, RingFormat::Packed] {
+            loopback_engines_talk_over(format);
+        }
+    }
+
+    fn loopback_engines_talk_over(format: RingFormat) {
+        let (mut host, mut remote, host_env, _) = Loopback {
+            format,
+            ..Loopback::default()
+        }
+        .engines(Config::default());
+        assert_eq!(host.transport().ring_format(), format);
+        assert_eq!(remote.transport().ring_format(), format);
         let svc = remote.create_ept(b"svc", ADDR_ANY, ADDR_ANY).unwrap();
         let mut seen = Recorder::default();
         host.poll(&mut seen).unwrap();

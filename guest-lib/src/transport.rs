@@ -9,15 +9,201 @@
 //! - [`DeviceTransport`] (remote): sends by filling a buffer the driver posted on vq 0 and
 //!   returning it used; receives from vq 1's available ring.
 //!
+//! Both run over split rings ([`crate::vring`], the default) or packed rings
+//! ([`crate::packed`]), as [`RingFormat`] says.
+//!
 //! What a link must do around them (kick the peer, wait for a kick, tell time) is the
 //! [`Environment`], so bare-metal, RTOS and Linux users plug in their own.
 
 use crate::mem::{MemError, SharedMemory};
+use crate::packed::{PackedDeviceQueue, PackedDriverQueue, PackedLayout};
+use crate::virtio::VIRTIO_F_RING_PACKED;
 use crate::vring::{Chain, DeviceQueue, DriverQueue, PopError, Segment, VringError, VringLayout};
 use crate::wire::Endian;
 use alloc::vec::Vec;
 
 pub use crate::virtio::{RX_QUEUE, TX_QUEUE};
+
+/// The virtqueue format of a link's two rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RingFormat {
+    /// Split virtqueues ([`crate::vring`]): the default, and the only format OpenAMP and
+    /// remoteproc know.
+    #[default]
+    Split,
+    /// Packed virtqueues ([`crate::packed`]), in the same three areas of each ring's layout
+    /// ([`PackedLayout::in_areas_of`]).
+    Packed,
+}
+
+impl RingFormat {
+    /// The format negotiated `features` select (VIRTIO_F_RING_PACKED).
+    pub fn from_features(features: u64) -> Self {
+        if features & VIRTIO_F_RING_PACKED != 0 {
+            RingFormat::Packed
+        } else {
+            RingFormat::Split
+        }
+    }
+}
+
+/// Calls the same method on whichever queue a ring enum holds.
+macro_rules! either_queue {
+    ($ring:expr, $q:ident => $call:expr) => {
+        match $ring {
+            Self::Split($q) => $call,
+            Self::Packed($q) => $call,
+        }
+    };
+}
+
+/// The driver side of one ring, in either format.
+#[derive(Debug)]
+enum DriverRing {
+    Split(DriverQueue),
+    Packed(PackedDriverQueue),
+}
+
+impl DriverRing {
+    fn new<M: SharedMemory + ?Sized>(
+        mem: &M,
+        layout: VringLayout,
+        endian: Endian,
+        event_idx: bool,
+        format: RingFormat,
+    ) -> Result<Self, VringError> {
+        Ok(match format {
+            RingFormat::Split => Self::Split(DriverQueue::new(mem, layout, endian, event_idx)?),
+            RingFormat::Packed => Self::Packed(PackedDriverQueue::new(
+                mem,
+                PackedLayout::in_areas_of(&layout)?,
+                endian,
+                event_idx,
+            )?),
+        })
+    }
+
+    #[inline]
+    fn add<M: SharedMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        addr: u64,
+        len: u32,
+        device_writable: bool,
+        token: u32,
+    ) -> Result<(), VringError> {
+        either_queue!(self, q => q.add(mem, addr, len, device_writable, token))
+    }
+
+    fn should_kick<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, VringError> {
+        either_queue!(self, q => q.should_kick(mem))
+    }
+
+    #[inline]
+    fn pop_used<M: SharedMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Result<Option<(u32, u32)>, VringError> {
+        either_queue!(self, q => q.pop_used(mem))
+    }
+
+    fn enable_interrupts<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, VringError> {
+        either_queue!(self, q => q.enable_interrupts(mem))
+    }
+
+    fn disable_interrupts<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<(), VringError> {
+        either_queue!(self, q => q.disable_interrupts(mem))
+    }
+
+    fn set_interrupt_suppression<M: SharedMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        on: bool,
+    ) -> Result<(), VringError> {
+        either_queue!(self, q => q.set_interrupt_suppression(mem, on))
+    }
+}
+
+/// The device side of one ring, in either format.
+#[derive(Debug)]
+enum DeviceRing {
+    Split(DeviceQueue),
+    Packed(PackedDeviceQueue),
+}
+
+impl DeviceRing {
+    /// Attaches at `next_avail`: a split ring's available index, or a packed ring's position
+    /// as an `off_wrap` word.
+    fn new<M: SharedMemory + ?Sized>(
+        mem: &M,
+        layout: VringLayout,
+        endian: Endian,
+        event_idx: bool,
+        next_avail: u16,
+        format: RingFormat,
+    ) -> Result<Self, VringError> {
+        Ok(match format {
+            RingFormat::Split => Self::Split(DeviceQueue::new(
+                mem, layout, endian, event_idx, next_avail,
+            )?),
+            RingFormat::Packed => Self::Packed(PackedDeviceQueue::new(
+                mem,
+                PackedLayout::in_areas_of(&layout)?,
+                endian,
+                event_idx,
+                next_avail,
+            )?),
+        })
+    }
+
+    /// Checks that the ring lies inside `mem`.
+    fn check<M: SharedMemory + ?Sized>(&self, mem: &M) -> Result<(), VringError> {
+        either_queue!(self, q => q.layout().check(mem))
+    }
+
+    #[inline]
+    fn pop<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<Option<Chain>, PopError> {
+        either_queue!(self, q => q.pop(mem))
+    }
+
+    #[inline]
+    fn push_used<M: SharedMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        head: u16,
+        len: u32,
+    ) -> Result<(), VringError> {
+        either_queue!(self, q => q.push_used(mem, head, len))
+    }
+
+    fn should_notify<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, VringError> {
+        either_queue!(self, q => q.should_notify(mem))
+    }
+
+    fn has_avail<M: SharedMemory + ?Sized>(&self, mem: &M) -> Result<bool, VringError> {
+        either_queue!(self, q => q.has_avail(mem))
+    }
+
+    fn enable_kicks<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<bool, VringError> {
+        either_queue!(self, q => q.enable_kicks(mem))
+    }
+
+    fn disable_kicks<M: SharedMemory + ?Sized>(&mut self, mem: &M) -> Result<(), VringError> {
+        either_queue!(self, q => q.disable_kicks(mem))
+    }
+
+    fn set_kick_suppression<M: SharedMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        on: bool,
+    ) -> Result<(), VringError> {
+        either_queue!(self, q => q.set_kick_suppression(mem, on))
+    }
+
+    fn next_avail(&self) -> u16 {
+        either_queue!(self, q => q.next_avail())
+    }
+}
 
 /// What OpenAMP's libmetal gives a port, reduced to what the engine needs.
 pub trait Environment {
@@ -294,8 +480,9 @@ pub struct DriverTransport<M: SharedMemory, E: Environment> {
     env: E,
     endian: Endian,
     layout: DriverLayout,
-    rx: DriverQueue,
-    tx: DriverQueue,
+    format: RingFormat,
+    rx: DriverRing,
+    tx: DriverRing,
     num_half: u32,
     /// TX buffers handed out fresh so far (Linux's `last_sbuf`).
     fresh_tx: u32,
@@ -318,13 +505,26 @@ impl<M: SharedMemory, E: Environment> DriverTransport<M, E> {
     /// Sets up both rings in `mem`, lays out the pool and posts every receive buffer.
     ///
     /// The receive buffers are the first half of the pool in order, the transmit buffers the
-    /// second half: Linux's `rbufs`/`sbufs` split.
+    /// second half: Linux's `rbufs`/`sbufs` split. The rings are split rings.
     pub fn new(
         mem: M,
         env: E,
         layout: DriverLayout,
         endian: Endian,
         event_idx: bool,
+    ) -> Result<Self, LinkError> {
+        Self::with_format(mem, env, layout, endian, event_idx, RingFormat::Split)
+    }
+
+    /// As [`new`](Self::new), with rings of `format` (packed rings go in the same areas of
+    /// each ring's layout).
+    pub fn with_format(
+        mem: M,
+        env: E,
+        layout: DriverLayout,
+        endian: Endian,
+        event_idx: bool,
+        format: RingFormat,
     ) -> Result<Self, LinkError> {
         let num_half = layout.num_bufs() / 2;
         if layout.rx_ring.size as u32 > num_half * 2 || layout.tx_ring.size == 0 {
@@ -347,8 +547,8 @@ impl<M: SharedMemory, E: Environment> DriverTransport<M, E> {
                 len: layout.pool_bytes() as usize,
             }));
         }
-        let mut rx = DriverQueue::new(&mem, layout.rx_ring, endian, event_idx)?;
-        let tx = DriverQueue::new(&mem, layout.tx_ring, endian, event_idx)?;
+        let mut rx = DriverRing::new(&mem, layout.rx_ring, endian, event_idx, format)?;
+        let tx = DriverRing::new(&mem, layout.tx_ring, endian, event_idx, format)?;
         for i in 0..num_half.min(layout.rx_ring.size as u32) {
             let addr = layout.pool_addr + i as u64 * layout.buffers.r2h_buf_size as u64;
             rx.add(&mem, addr, layout.buffers.r2h_buf_size, true, i)?;
@@ -358,6 +558,7 @@ impl<M: SharedMemory, E: Environment> DriverTransport<M, E> {
             env,
             endian,
             layout,
+            format,
             rx,
             tx,
             num_half,
@@ -379,6 +580,11 @@ impl<M: SharedMemory, E: Environment> DriverTransport<M, E> {
     /// The layout in use.
     pub fn layout(&self) -> &DriverLayout {
         &self.layout
+    }
+
+    /// The rings' format.
+    pub fn ring_format(&self) -> RingFormat {
+        self.format
     }
 
     /// Turns busy-poll mode on or off (off by default). On: [`flush`](Transport::flush) never
@@ -605,16 +811,47 @@ impl<M: SharedMemory, E: Environment> Transport for DriverTransport<M, E> {
 /// announcements), and the link would be stuck with it.
 pub const MIN_DEVICE_TX_BUFFER: u32 = (crate::wire::HEADER_LEN + crate::wire::NS_MSG_LEN) as u32;
 
+/// Where a [`DeviceTransport`] finds its two rings, where it resumes on them and their
+/// format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRings {
+    /// The areas of vq 0 and vq 1.
+    pub areas: [VringLayout; 2],
+    /// Where each ring resumes: a split ring's next available index, a packed ring's next
+    /// position as an `off_wrap` word (index, wrap counter in bit 15).
+    pub next_avail: [u16; 2],
+    /// The rings' format.
+    pub format: RingFormat,
+}
+
+impl DeviceRings {
+    /// Fresh rings of `format` at `vq0` and `vq1`, taken from their start.
+    pub fn fresh(vq0: VringLayout, vq1: VringLayout, format: RingFormat) -> Self {
+        let start = match format {
+            RingFormat::Split => 0,
+            RingFormat::Packed => PackedDeviceQueue::START,
+        };
+        DeviceRings {
+            areas: [vq0, vq1],
+            next_avail: [start; 2],
+            format,
+        }
+    }
+}
+
 /// The device side: sends in the driver's buffers.
 #[derive(Debug)]
 pub struct DeviceTransport<M: SharedMemory, E: Environment> {
     mem: M,
     env: E,
     endian: Endian,
+    /// The areas of vq 0 and vq 1, as given.
+    rings: [VringLayout; 2],
+    format: RingFormat,
     /// vq 0: buffers the driver posted for us to send in.
-    tx: DeviceQueue,
+    tx: DeviceRing,
     /// vq 1: messages the driver sent us.
-    rx: DeviceQueue,
+    rx: DeviceRing,
     /// Buffers taken off vq 0 and given back unused, kept for the next send (a device
     /// cannot return a buffer to the available ring).
     spare_tx: Vec<Buffer>,
@@ -645,7 +882,8 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
         Self::resume(mem, env, [vq0, vq1], [0, 0], endian, event_idx, tx_limit)
     }
 
-    /// Attaches to rings a previous owner left at `next_avail` (vhost-user's SET_VRING_BASE).
+    /// Attaches to split rings a previous owner left at `next_avail` (vhost-user's
+    /// SET_VRING_BASE).
     pub fn resume(
         mem: M,
         env: E,
@@ -655,12 +893,36 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
         event_idx: bool,
         tx_limit: u32,
     ) -> Result<Self, LinkError> {
-        let tx = DeviceQueue::new(&mem, rings[0], endian, event_idx, next_avail[0])?;
-        let rx = DeviceQueue::new(&mem, rings[1], endian, event_idx, next_avail[1])?;
+        let rings = DeviceRings {
+            areas: rings,
+            next_avail,
+            format: RingFormat::Split,
+        };
+        Self::attach(mem, env, rings, endian, event_idx, tx_limit)
+    }
+
+    /// Attaches to `rings`, in their format and where they resume.
+    pub fn attach(
+        mem: M,
+        env: E,
+        rings: DeviceRings,
+        endian: Endian,
+        event_idx: bool,
+        tx_limit: u32,
+    ) -> Result<Self, LinkError> {
+        let DeviceRings {
+            areas,
+            next_avail,
+            format,
+        } = rings;
+        let tx = DeviceRing::new(&mem, areas[0], endian, event_idx, next_avail[0], format)?;
+        let rx = DeviceRing::new(&mem, areas[1], endian, event_idx, next_avail[1], format)?;
         Ok(DeviceTransport {
             mem,
             env,
             endian,
+            rings: areas,
+            format,
             tx,
             rx,
             spare_tx: Vec::new(),
@@ -701,12 +963,18 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
         Ok(())
     }
 
-    /// The ring layouts of vq 0 and vq 1.
+    /// The ring layouts of vq 0 and vq 1 (for packed rings, the three areas of each).
     pub fn rings(&self) -> [VringLayout; 2] {
-        [*self.tx.layout(), *self.rx.layout()]
+        self.rings
     }
 
-    /// Next available index of vq 0 and vq 1: where a new owner would resume.
+    /// The rings' format.
+    pub fn ring_format(&self) -> RingFormat {
+        self.format
+    }
+
+    /// Next available index of vq 0 and vq 1: where a new owner would resume (for packed
+    /// rings, the position as an `off_wrap` word: index, wrap counter in bit 15).
     pub fn next_avail(&self) -> [u16; 2] {
         [self.tx.next_avail(), self.rx.next_avail()]
     }
@@ -714,8 +982,8 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
     /// Replaces the memory (the driver remapped it, e.g. a new vhost-user memory table); the
     /// rings must still lie inside it.
     pub fn set_memory(&mut self, mem: M) -> Result<(), LinkError> {
-        self.tx.layout().check(&mem)?;
-        self.rx.layout().check(&mem)?;
+        self.tx.check(&mem)?;
+        self.rx.check(&mem)?;
         self.mem = mem;
         Ok(())
     }
@@ -742,7 +1010,7 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
     /// ring keeps moving; counts them in `bad` and records why in `last`.
     #[inline]
     fn pop_good(
-        queue: &mut DeviceQueue,
+        queue: &mut DeviceRing,
         mem: &M,
         writable: bool,
         min_len: u32,
@@ -905,30 +1173,86 @@ mod tests {
     use crate::testing::{Loopback, LoopbackDevice, LoopbackDriver};
 
     /// Both roles on one memory, without EVENT_IDX.
-    fn pair() -> (LoopbackDriver, LoopbackDevice) {
+    fn pair_of(format: RingFormat) -> (LoopbackDriver, LoopbackDevice) {
         let (host, remote, _, _) = Loopback {
             event_idx: false,
+            format,
             ..Loopback::default()
         }
         .transports();
         (host, remote)
     }
 
+    #[test]
+    fn the_negotiated_features_pick_the_ring_format() {
+        use crate::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RPMSG_F_NS};
+        assert_eq!(RingFormat::default(), RingFormat::Split);
+        assert_eq!(
+            RingFormat::from_features(VIRTIO_F_VERSION_1 | VIRTIO_RPMSG_F_NS),
+            RingFormat::Split
+        );
+        assert_eq!(
+            RingFormat::from_features(VIRTIO_F_VERSION_1 | VIRTIO_F_RING_PACKED),
+            RingFormat::Packed
+        );
+    }
+
+    /// A packed chain the driver broke after posting it (a zero length) goes back used and
+    /// empty, is counted, and the link carries the next message.
+    #[test]
+    fn a_malformed_packed_chain_goes_back_empty_and_the_link_moves_on() {
+        let (mut host, mut remote) = pair_of(RingFormat::Packed);
+        let buf = host.take_tx().unwrap().unwrap();
+        host.send_tx(buf, 100).unwrap();
+        // Descriptor 0 of vq 1 is the one just posted: its length becomes 0.
+        let desc = host.layout().tx_ring.desc;
+        host.mem.store_u32(desc + 8, 0).unwrap();
+        assert_eq!(remote.take_rx().unwrap(), None);
+        assert_eq!(remote.bad_chains(), 1);
+        assert_eq!(remote.last_bad_chain(), Some(VringError::EmptyBuffer));
+        assert_eq!(host.tx.pop_used(&host.mem).unwrap(), Some((buf.id, 0)));
+        let next = host.take_tx().unwrap().unwrap();
+        host.send_tx(next, 50).unwrap();
+        assert_eq!(remote.take_rx().unwrap().map(|b| b.len()), Some(50));
+    }
+
+    /// A driver that marks a packed descriptor with the wrong wrap counter breaks the link:
+    /// an error, not a chain, and nothing taken.
+    #[test]
+    fn a_packed_wrap_counter_lie_is_a_link_error() {
+        let (host, mut remote) = pair_of(RingFormat::Packed);
+        let desc = host.layout().tx_ring.desc;
+        let lie = crate::packed::PACKED_DESC_F_AVAIL | crate::packed::PACKED_DESC_F_USED;
+        host.mem.store_u16(desc + 14, lie).unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                remote.take_rx(),
+                Err(LinkError::Vring(VringError::WrapCounter))
+            );
+        }
+        assert_eq!(
+            remote.next_avail()[1],
+            crate::packed::PackedDeviceQueue::START
+        );
+    }
+
     /// rpmsg-compat: a consumed driver-to-device buffer comes back with its readable length
     /// (OpenAMP's driver sizes recycled transmit buffers by it), not with 0.
     #[test]
     fn device_returns_driver_buffers_with_their_readable_length() {
-        let (mut host, mut remote) = pair();
-        let buf = host.take_tx().unwrap().unwrap();
-        host.send_tx(buf, 100).unwrap();
-        let got = remote.take_rx().unwrap().unwrap();
-        assert_eq!(got.len(), 100);
-        remote.release_rx(got).unwrap();
-        assert_eq!(
-            host.tx.pop_used(&host.mem).unwrap(),
-            Some((buf.id, 100)),
-            "used length of a consumed transmit buffer"
-        );
+        for format in [RingFormat::Split, RingFormat::Packed] {
+            let (mut host, mut remote) = pair_of(format);
+            let buf = host.take_tx().unwrap().unwrap();
+            host.send_tx(buf, 100).unwrap();
+            let got = remote.take_rx().unwrap().unwrap();
+            assert_eq!(got.len(), 100);
+            remote.release_rx(got).unwrap();
+            assert_eq!(
+                host.tx.pop_used(&host.mem).unwrap(),
+                Some((buf.id, 100)),
+                "used length of a consumed transmit buffer ({format:?})"
+            );
+        }
     }
 
     /// The OpenAMP-style driver posts whole buffers and, once the device returns them whole,
@@ -936,7 +1260,7 @@ mod tests {
     #[cfg(feature = "testing")]
     #[test]
     fn openamp_rule_recycles_used_buffers_first_at_their_used_length() {
-        let (mut host, mut remote) = pair();
+        let (mut host, mut remote) = pair_of(RingFormat::Split);
         host.set_openamp_tx_rule(true);
         let first = host.take_tx().unwrap().unwrap();
         host.send_tx(first, 20).unwrap();

@@ -18,10 +18,13 @@ pub const TX_QUEUE: u16 = 1;
 
 /// Feature bit 0: the rpmsg name service (the only rpmsg-specific feature).
 pub const VIRTIO_RPMSG_F_NS: u64 = 1 << 0;
-/// Feature bit 29: event-index notification suppression in the split ring.
+/// Feature bit 29: event-index notification suppression (the split ring's event indices, the
+/// packed ring's descriptor mode of its event structures).
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Feature bit 32: virtio 1.x (little-endian rings and fields).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Feature bit 34: packed virtqueues (virtio 1.1) instead of split ones.
+pub const VIRTIO_F_RING_PACKED: u64 = 1 << 34;
 
 /// Device status bit: the driver noticed the device.
 pub const STATUS_ACKNOWLEDGE: u8 = 0x01;

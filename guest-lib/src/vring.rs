@@ -73,6 +73,12 @@ pub enum VringError {
     UsedIndexJump,
     /// No free descriptor: the queue is full.
     Full,
+    /// A packed-ring descriptor's AVAIL/USED flags contradict the ring's wrap counters (a
+    /// descriptor no honest peer can have written there, or a chain whose tail was never made
+    /// available).
+    WrapCounter,
+    /// A packed-ring buffer id that is already at the device (the driver reused it).
+    IdInUse(u16),
 }
 
 impl From<MemError> for VringError {
@@ -106,6 +112,10 @@ impl core::fmt::Display for VringError {
             VringError::BadUsedId(id) => write!(f, "used id {id} is not in flight"),
             VringError::UsedIndexJump => write!(f, "used index moved past the buffers in flight"),
             VringError::Full => write!(f, "no free descriptor"),
+            VringError::WrapCounter => {
+                write!(f, "descriptor flags contradict the ring's wrap counter")
+            }
+            VringError::IdInUse(id) => write!(f, "buffer id {id} is already in use"),
         }
     }
 }
@@ -234,10 +244,10 @@ pub struct Segment {
 /// A buffer as a ring carries it: up to [`MAX_SEGMENTS`] segments, all of one direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chain {
-    /// Head descriptor index (the id returned on the used ring).
+    /// Head descriptor index (the id returned on the used ring; a packed ring's buffer id).
     pub head: u16,
-    segments: [Segment; MAX_SEGMENTS],
-    count: u8,
+    pub(crate) segments: [Segment; MAX_SEGMENTS],
+    pub(crate) count: u8,
     /// Whether the segments are device-writable.
     pub writable: bool,
 }
@@ -269,7 +279,8 @@ impl Chain {
 /// One part of a ring (descriptor table, available ring or used ring) looked up once for an
 /// operation: its accesses are then offsets checked against the part's length, instead of one
 /// lookup in the memory each (the lookups were a quarter of the hub's time per message).
-struct Area<'m> {
+/// Shared with the packed ring (`crate::packed`).
+pub(crate) struct Area<'m> {
     addr: u64,
     ptr: NonNull<u8>,
     len: usize,
@@ -280,7 +291,7 @@ struct Area<'m> {
 impl<'m> Area<'m> {
     /// The `len` bytes at `addr`, whose host address must be aligned to `align` (the widest
     /// field in the part), as every field offset within a part is a multiple of its size.
-    fn get<M: SharedMemory + ?Sized>(
+    pub(crate) fn get<M: SharedMemory + ?Sized>(
         mem: &'m M,
         addr: u64,
         len: u64,
@@ -326,7 +337,7 @@ macro_rules! area_accessors {
         impl Area<'_> {
             $(
                 #[inline]
-                fn $load(&self, off: u64) -> Result<$ty, MemError> {
+                pub(crate) fn $load(&self, off: u64) -> Result<$ty, MemError> {
                     let p = self.at(off, core::mem::size_of::<$ty>())?;
                     // SAFETY: `at` checked range and alignment (the base is aligned at `get`);
                     // the memory stays mapped while `'m` borrows it. Volatile: the peer writes
@@ -335,7 +346,7 @@ macro_rules! area_accessors {
                 }
 
                 #[inline]
-                fn $store(&self, off: u64, v: $ty) -> Result<(), MemError> {
+                pub(crate) fn $store(&self, off: u64, v: $ty) -> Result<(), MemError> {
                     let p = self.at(off, core::mem::size_of::<$ty>())?;
                     // SAFETY: as for the load.
                     unsafe { p.cast::<$ty>().write_volatile(self.endian.$to(v)) };
@@ -939,7 +950,7 @@ pub struct PopError {
 }
 
 impl PopError {
-    fn fatal(e: impl Into<VringError>) -> Self {
+    pub(crate) fn fatal(e: impl Into<VringError>) -> Self {
         PopError {
             head: None,
             error: e.into(),

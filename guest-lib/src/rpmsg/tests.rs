@@ -1,9 +1,14 @@
-//! Both roles in one process over one piece of memory.
+//! Both roles in one process over one piece of memory, over split rings and again over packed
+//! rings ([`every_scenario_runs_over_packed_rings`], and the proptests' `packed` input).
+
+extern crate std;
 
 use super::*;
 use crate::mem::{HeapMemory, SharedMemory};
 use crate::testing::{Loopback, LoopbackDevice, LoopbackDriver, Recorder, TestEnv};
-use crate::transport::{BufferConfig, DeviceTransport, DriverLayout, RX_QUEUE, TX_QUEUE};
+use crate::transport::{
+    BufferConfig, DeviceTransport, DriverLayout, RX_QUEUE, RingFormat, TX_QUEUE,
+};
 use alloc::rc::Rc;
 use alloc::sync::Arc;
 use alloc::vec;
@@ -26,6 +31,12 @@ fn layout(ring: u16, buffers: BufferConfig) -> DriverLayout {
     .layout()
 }
 
+std::thread_local! {
+    /// The ring format [`pair_with`] links the engines with on this test's thread: split,
+    /// unless the test runs the scenarios over packed rings.
+    static FORMAT: core::cell::Cell<RingFormat> = const { core::cell::Cell::new(RingFormat::Split) };
+}
+
 fn pair_with(
     ring: u16,
     buffers: BufferConfig,
@@ -36,8 +47,92 @@ fn pair_with(
         buffers,
         event_idx,
         endian: Endian::Little,
+        format: FORMAT.with(|f| f.get()),
     }
     .engines(Config::default())
+}
+
+/// Every scenario of this module that links its engines through [`pair_with`] and does not
+/// look at split-ring memory itself, again over packed rings: the engine does over packed
+/// rings everything it does over split ones.
+#[test]
+fn every_scenario_runs_over_packed_rings() {
+    FORMAT.with(|f| f.set(RingFormat::Packed));
+    let (host, remote, _, _) = pair();
+    assert_eq!(host.transport().ring_format(), RingFormat::Packed);
+    assert_eq!(remote.transport().ring_format(), RingFormat::Packed);
+    let scenarios: [(&str, fn()); 17] = [
+        (
+            "announce_bind_and_echo_both_ways",
+            announce_bind_and_echo_both_ways,
+        ),
+        (
+            "busy_poll_never_notifies_in_either_direction",
+            busy_poll_never_notifies_in_either_direction,
+        ),
+        (
+            "addresses_are_lowest_free_and_checked",
+            addresses_are_lowest_free_and_checked,
+        ),
+        (
+            "many_endpoints_lowest_free_after_churn",
+            many_endpoints_lowest_free_after_churn,
+        ),
+        (
+            "name_service_unbind_and_destroy",
+            name_service_unbind_and_destroy,
+        ),
+        (
+            "announcements_wait_for_buffers_and_are_never_lost",
+            announcements_wait_for_buffers_and_are_never_lost,
+        ),
+        (
+            "oversize_payloads_are_refused_not_truncated",
+            oversize_payloads_are_refused_not_truncated,
+        ),
+        (
+            "buffer_sizes_are_configurable_per_direction",
+            buffer_sizes_are_configurable_per_direction,
+        ),
+        (
+            "trysend_fails_at_once_and_send_times_out",
+            trysend_fails_at_once_and_send_times_out,
+        ),
+        (
+            "zero_copy_send_and_held_receive",
+            zero_copy_send_and_held_receive,
+        ),
+        (
+            "malformed_and_misaddressed_input_is_dropped_and_counted",
+            malformed_and_misaddressed_input_is_dropped_and_counted,
+        ),
+        ("handle_misuse_is_refused", handle_misuse_is_refused),
+        (
+            "a_batch_notifies_once_at_its_end",
+            a_batch_notifies_once_at_its_end,
+        ),
+        (
+            "a_long_batch_decides_every_32_messages",
+            a_long_batch_decides_every_32_messages,
+        ),
+        (
+            "poll_budget_takes_at_most_its_budget_and_leaves_the_rest",
+            poll_budget_takes_at_most_its_budget_and_leaves_the_rest,
+        ),
+        (
+            "announce_as_names_an_existing_endpoint_once",
+            announce_as_names_an_existing_endpoint_once,
+        ),
+        (
+            "the_pull_api_returns_events_without_calling_back",
+            the_pull_api_returns_events_without_calling_back,
+        ),
+    ];
+    for (name, scenario) in scenarios {
+        std::println!("over packed rings: {name}");
+        scenario();
+    }
+    FORMAT.with(|f| f.set(RingFormat::Split));
 }
 
 fn pair() -> (Host, Remote, TestEnv, TestEnv) {
@@ -596,7 +691,9 @@ proptest! {
         steps in proptest::collection::vec((0u8..4, 0usize..497), 1..200),
         ring_pow in 1u32..5,
         event_idx: bool,
+        packed: bool,
     ) {
+        FORMAT.with(|f| f.set(if packed { RingFormat::Packed } else { RingFormat::Split }));
         let (mut host, mut remote, _, _) = pair_with(1 << ring_pow, BufferConfig::default(), event_idx);
         let h_ept = host.create_ept(b"", ADDR_ANY, 1024).unwrap();
         let r_ept = remote.create_ept(b"", ADDR_ANY, 1024).unwrap();
@@ -913,7 +1010,9 @@ proptest! {
         steps in proptest::collection::vec((0u8..7, 0usize..497), 1..150),
         ring_pow in 1u32..5,
         event_idx: bool,
+        packed: bool,
     ) {
+        FORMAT.with(|f| f.set(if packed { RingFormat::Packed } else { RingFormat::Split }));
         let ring = 1 << ring_pow;
         let mut t = Twins {
             pull: pair_with(ring, BufferConfig::default(), event_idx),

@@ -1,0 +1,211 @@
+//! The device role of a packed virtqueue over ring memory the fuzzer writes: descriptors,
+//! flags, ids, lengths, addresses and the driver's event structure are all hostile, and the
+//! driver keeps writing while the device works.
+//!
+//! Part one drives a `PackedDeviceQueue` directly. Every chain it hands out has 1 to
+//! MAX_SEGMENTS non-empty segments inside memory and an id below the queue size that is not
+//! already at the device; a malformed chain that was consumed names such an id too, and it can
+//! always be marked used; a fatal error consumes nothing (the position stays); every other
+//! error is an error, never a panic or a loop (libFuzzer's timeout catches a loop). Part two
+//! runs the engine in the device role over packed rings (`DeviceTransport` under `Rpmsg`):
+//! polls, echoes, held buffers, sends, zero copy and announcements.
+//!
+//! Input: a flags byte (`vamp_fuzz::Flags`), both rings (size 1 to 64, three addresses each),
+//! where each resumes, a count of op bytes, the op bytes, then the memory image (8 KiB; what
+//! is missing is zero).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use std::collections::BTreeSet;
+use vamp_fuzz::{Bytes, Echo, Flags, env};
+use vamp_rpmsg::mem::{HeapMemory, SharedMemory};
+use vamp_rpmsg::packed::{PackedDeviceQueue, PackedLayout};
+use vamp_rpmsg::rpmsg::Rpmsg;
+use vamp_rpmsg::transport::{DeviceRings, DeviceTransport, RingFormat, Transport};
+use vamp_rpmsg::vring::{MAX_SEGMENTS, PopError, VringLayout};
+use vamp_rpmsg::wire::{ADDR_ANY, Endian};
+
+const MEM: u64 = 8192;
+
+/// A ring's three areas, mostly inside memory.
+fn layout(b: &mut Bytes) -> Option<PackedLayout> {
+    let size = 1 + u16::from(b.u8() % 64);
+    let mut addr = |align: u64| (u64::from(b.u16()) % (MEM + 512)) & !(align - 1);
+    let (desc, driver_event, device_event) = (addr(16), addr(4), addr(4));
+    PackedLayout::new(size, desc, driver_event, device_event).ok()
+}
+
+/// The driver writes somewhere while the device works: mostly descriptor flags and ids.
+fn poke(mem: &HeapMemory, ops: &mut Bytes) {
+    let at = u64::from(ops.u16()) % MEM;
+    match ops.u8() % 3 {
+        0 => {
+            let _ = mem.store_u16(at & !1, ops.u16());
+        }
+        1 => {
+            let _ = mem.store_u32(at & !3, ops.u32());
+        }
+        _ => {
+            let n = usize::from(ops.u8() % 32);
+            let _ = mem.write(at, ops.take(n));
+        }
+    }
+}
+
+fn queue(
+    image: &[u8],
+    ring: PackedLayout,
+    endian: Endian,
+    event_idx: bool,
+    start: u16,
+    ops: &[u8],
+) {
+    let mem = HeapMemory::new(MEM as usize, 0);
+    mem.write(0, image).expect("image fits");
+    let Ok(mut q) = PackedDeviceQueue::new(&mem, ring, endian, event_idx, start) else {
+        return;
+    };
+    let mut ops = Bytes(ops);
+    // Ids at the device, in the order taken.
+    let mut taken: Vec<u16> = Vec::new();
+    let mut held = BTreeSet::new();
+    while !ops.is_empty() {
+        match ops.u8() % 6 {
+            0 => {
+                let before = q.next_avail();
+                match q.pop(&mem) {
+                    Ok(Some(chain)) => {
+                        assert!(chain.head < ring.size);
+                        let segments = chain.segments();
+                        assert!(!segments.is_empty() && segments.len() <= MAX_SEGMENTS);
+                        for s in segments {
+                            assert!(s.len > 0);
+                            assert!(mem.region(s.addr, s.len as usize).is_some());
+                        }
+                        assert!(
+                            held.insert(chain.head),
+                            "id {} handed out twice",
+                            chain.head
+                        );
+                        taken.push(chain.head);
+                    }
+                    Ok(None) => assert_eq!(q.next_avail(), before),
+                    Err(PopError { head: Some(id), .. }) => {
+                        assert!(id < ring.size);
+                        assert!(!held.contains(&id), "malformed chain under held id {id}");
+                        q.push_used(&mem, id, 0)
+                            .expect("a consumed chain goes back");
+                    }
+                    Err(PopError { head: None, .. }) => assert_eq!(q.next_avail(), before),
+                }
+            }
+            1 => {
+                if !taken.is_empty() {
+                    let i = usize::from(ops.u8()) % taken.len();
+                    let id = taken.remove(i);
+                    held.remove(&id);
+                    q.push_used(&mem, id, ops.u32())
+                        .expect("a held id goes back");
+                    assert!(q.push_used(&mem, id, 0).is_err(), "returned twice");
+                }
+            }
+            2 => poke(&mem, &mut ops),
+            3 => {
+                let _ = (q.should_notify(&mem), q.has_avail(&mem), q.next_avail());
+            }
+            4 => {
+                // Any id the device does not hold is refused.
+                let id = ops.u16();
+                if !held.contains(&id) {
+                    assert!(q.push_used(&mem, id, ops.u32()).is_err());
+                }
+            }
+            _ => {
+                let _ = match ops.u8() % 3 {
+                    0 => q.enable_kicks(&mem).map(|_| ()),
+                    1 => q.disable_kicks(&mem),
+                    _ => q.set_kick_suppression(&mem, ops.u8() & 1 == 0),
+                };
+            }
+        }
+    }
+}
+
+fn engine(image: &[u8], rings: DeviceRings, flags: Flags, ops: &[u8]) {
+    let mem = HeapMemory::new(MEM as usize, 0);
+    mem.write(0, image).expect("image fits");
+    let (endian, event_idx) = (flags.endian(), flags.event_idx());
+    let Ok(t) = DeviceTransport::attach(&mem, env(), rings, endian, event_idx, 512) else {
+        return;
+    };
+    let mut rpmsg = Rpmsg::new(t, flags.config());
+    let _ = rpmsg.create_ept(b"fuzz", 1024, ADDR_ANY);
+    let _ = rpmsg.create_ept(b"", 1025, 1024);
+    let mut echo = Echo::default();
+    let mut ops = Bytes(ops);
+    while !ops.is_empty() {
+        match ops.u8() % 7 {
+            0 => {
+                let _ = rpmsg.poll(&mut echo);
+            }
+            1 => poke(&mem, &mut ops),
+            2 => echo.release_all(&mut rpmsg),
+            3 => {
+                let dst = ops.u32();
+                let n = usize::from(ops.u16() % 600);
+                let _ = rpmsg.send_offchannel_raw(1024, dst, &vec![0x5a; n], false);
+            }
+            4 => {
+                if let Ok(tx) = rpmsg.get_tx_payload_buffer(false) {
+                    let n = usize::from(ops.u16() % 600);
+                    let _ = rpmsg.write_tx_payload(&tx, 0, &vec![0xa5; n.min(tx.capacity())]);
+                    if ops.u8() & 1 == 0 {
+                        let _ = rpmsg.send_offchannel_nocopy(1024, ops.u32(), tx, n);
+                    } else {
+                        rpmsg.release_tx_buffer(tx);
+                    }
+                }
+            }
+            5 => {
+                let on = ops.u8() & 1 == 0;
+                let _ = rpmsg.transport_mut().set_busy_poll(on);
+            }
+            _ => {
+                let _ = rpmsg.flush_announcements();
+                let _ = rpmsg.transport_mut().flush();
+            }
+        }
+        assert_eq!(rpmsg.held_rx_count(), echo.held.len());
+    }
+    echo.release_all(&mut rpmsg);
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut b = Bytes(data);
+    let flags = Flags(b.u8());
+    let (Some(vq0), Some(vq1)) = (layout(&mut b), layout(&mut b)) else {
+        return;
+    };
+    let start = [b.u16(), b.u16()];
+    let n = usize::from(b.u8()) * 2;
+    let ops = b.take(n);
+    let image = b.take(MEM as usize);
+    queue(image, vq1, flags.endian(), flags.event_idx(), start[1], ops);
+    // The transport takes the areas as a split layout (a power-of-two size).
+    let areas = |l: PackedLayout| {
+        VringLayout::new(
+            l.size.next_power_of_two(),
+            l.desc,
+            l.driver_event,
+            l.device_event,
+        )
+    };
+    if let (Ok(a0), Ok(a1)) = (areas(vq0), areas(vq1)) {
+        let rings = DeviceRings {
+            areas: [a0, a1],
+            next_avail: start,
+            format: RingFormat::Packed,
+        };
+        engine(image, rings, flags, ops);
+    }
+});
