@@ -6,6 +6,7 @@ use vamp_rpmsg::mem::SharedMemory;
 
 /// How a remote stopped running on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Exit {
     /// It asked to stop (exit port or equivalent) with a code.
     Exited(u32),

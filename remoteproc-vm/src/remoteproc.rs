@@ -75,6 +75,7 @@ const LOADABLE: [RemoteState; 3] = [
 /// Where a remote is in its life. See the [module documentation](self) for the mapping to
 /// OpenAMP and Linux.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RemoteState {
     /// Nothing loaded (OpenAMP `RPROC_OFFLINE`/`RPROC_CONFIGURED`; sysfs `offline`).
     Offline,
