@@ -76,8 +76,11 @@ impl Environment for LinkEnv {
     }
 }
 
-/// The rings of one link, in whichever role the hub plays on it.
+/// The rings of one link, in whichever role the hub plays on it. A guest's rings (the common
+/// case, on every message's path) stay inline; a remote's transport, rarer, is boxed. One of
+/// these per link, so the size difference costs nothing that matters.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum LinkTransport {
     /// A guest is the driver (vhost-user): the hub is the device.
     Device(DeviceTransport<GuestRam, LinkEnv>),
