@@ -12,10 +12,10 @@
 
 mod common;
 
-use common::{Guest, Inbox, TXQ, TempDir, WAIT, count_lines, kick, read_lossy, spawn_backend};
+use common::{Guest, TXQ, TempDir, WAIT, count_lines, kick, read_lossy, spawn_backend};
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 use vamp_test_support::wait_for_paths;
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest, shared_file_region};
@@ -41,15 +41,6 @@ fn start_backend(dir: &TempDir, extra: &[&str]) -> (common::Proc, Vec<PathBuf>, 
         .collect();
     wait_for_paths(&sockets, "the backend's sockets", WAIT);
     (backend, sockets, log)
-}
-
-fn served_guest(socket: &Path) -> Guest {
-    let mut guest = Guest {
-        g: NativeGuest::connect(socket, GuestOptions::default()).unwrap(),
-        inbox: Inbox::default(),
-    };
-    guest.pump("the echo service", |i| i.announced("echo").is_some());
-    guest
 }
 
 /// A memfd of `len` bytes, as a VMM would back its RAM with.
@@ -82,8 +73,8 @@ fn regions(file: &File, count: u64, size: u64) -> Vec<VhostUserMemoryRegionInfo>
 fn attack_memory_table_larger_than_file() {
     let dir = TempDir::new("attack-mem-table");
     let (mut backend, sockets, log) = start_backend(&dir, &[]);
-    let mut a = served_guest(&sockets[0]);
-    let mut b = served_guest(&sockets[1]);
+    let mut a = Guest::served_on(&sockets[0]);
+    let mut b = Guest::served_on(&sockets[1]);
     a.echo_roundtrip(1);
     b.echo_roundtrip(2);
 
@@ -116,7 +107,7 @@ fn attack_memory_table_larger_than_file() {
     }
     // The attacker's guest, with a table that fits its file, is served again.
     drop(attacker);
-    let mut c = served_guest(&sockets[2]);
+    let mut c = Guest::served_on(&sockets[2]);
     c.echo_roundtrip(5);
     a.echo_roundtrip(6);
     b.echo_roundtrip(7);
@@ -133,12 +124,12 @@ fn attack_memory_table_larger_than_file() {
 fn shrink_memory_file(extra: &[&str]) {
     let dir = TempDir::new(&format!("attack-shrink{}", extra.len()));
     let (mut backend, sockets, log) = start_backend(&dir, extra);
-    let mut a = served_guest(&sockets[0]);
-    let mut b = served_guest(&sockets[1]);
+    let mut a = Guest::served_on(&sockets[0]);
+    let mut b = Guest::served_on(&sockets[1]);
     a.echo_roundtrip(1);
     b.echo_roundtrip(2);
 
-    let mut attacker = served_guest(&sockets[2]);
+    let mut attacker = Guest::served_on(&sockets[2]);
     attacker.echo_roundtrip(3);
     let fd = attacker.g.memory().fd();
     let size = attacker.g.memory().size() as libc::off_t;

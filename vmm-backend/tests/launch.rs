@@ -5,14 +5,13 @@
 
 mod common;
 
-use common::{Guest, Inbox, TempDir, WAIT, read_lossy};
+use common::{Guest, TempDir, WAIT, read_lossy};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use vamp_test_support::{Proc, wait_for_paths};
-use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vhost-user-rpmsg"));
@@ -49,16 +48,6 @@ fn next_notification(socket: &UnixDatagram, log: &Path) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-/// A native guest on `socket`, served (the hub's "echo" is announced to it).
-fn served_guest(socket: &Path) -> Guest {
-    let mut guest = Guest {
-        g: NativeGuest::connect(socket, GuestOptions::default()).unwrap(),
-        inbox: Inbox::default(),
-    };
-    guest.pump("the echo service", |i| i.announced("echo").is_some());
-    guest
-}
-
 #[test]
 fn socket_count_appends_the_index_to_every_socket_as_vhost_device_does() {
     let dir = TempDir::new("vamp-launch-names");
@@ -89,7 +78,7 @@ fn socket_count_appends_the_index_to_every_socket_as_vhost_device_does() {
         assert!(missing.is_empty(), "READY=1 before {missing:?} existed");
         // READY=1 came after every socket was listening: each serves a guest now.
         for socket in &expected {
-            served_guest(socket).echo_roundtrip(7);
+            Guest::served_on(socket).echo_roundtrip(7);
         }
         let others: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -210,7 +199,7 @@ fn a_listening_socket_passed_by_descriptor_is_served_and_others_are_refused() {
     let mut backend = start(cmd, &log);
     drop(listener);
     assert_eq!(next_notification(&abstract_notify, &log), "READY=1\n");
-    served_guest(&path).echo_roundtrip(3);
+    Guest::served_on(&path).echo_roundtrip(3);
     backend.signal(libc::SIGTERM);
     assert!(backend.wait_exit(WAIT).is_some_and(|s| s.success()));
     assert!(

@@ -285,7 +285,19 @@ impl Guest {
 
     /// Connects guest `id` and waits until the hub serves it: its "echo" is announced.
     pub fn connect_served(hub: &TestHub, id: usize) -> Guest {
-        let mut guest = Self::connect(hub, id);
+        Self::served(Self::connect(hub, id))
+    }
+
+    /// A native guest on `socket` (a hub in another process), once the hub serves it.
+    pub fn served_on(socket: &Path) -> Guest {
+        Self::served(Guest {
+            g: NativeGuest::connect(socket, GuestOptions::default()).unwrap(),
+            inbox: Inbox::default(),
+        })
+    }
+
+    /// Waits until the hub serves `guest`: its "echo" is announced.
+    fn served(mut guest: Guest) -> Guest {
         guest.pump("the echo service", |i| i.announced("echo").is_some());
         guest
     }
