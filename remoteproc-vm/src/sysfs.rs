@@ -683,6 +683,14 @@ impl RpmsgEndpoint {
     }
 }
 
+impl std::os::fd::AsRawFd for RpmsgEndpoint {
+    /// The endpoint's descriptor, to poll with others: readable when a message waits,
+    /// `POLLHUP` once the channel is gone.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
 impl Drop for RpmsgEndpoint {
     fn drop(&mut self) {
         use std::os::fd::AsRawFd;
