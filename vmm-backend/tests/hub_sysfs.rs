@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vamp_remoteproc::sysfs::AnnouncedChannel;
-use vamp_vmm_backend::remote::bridge::{BridgeStatus, KernelChannels, KernelEndpoint, run_bridge};
+use vamp_vmm_backend::remote::bridge::{
+    BridgeStatus, KernelChannels, KernelEndpoint, MAX_ENDPOINTS_PER_CHANNEL, run_bridge,
+};
 
 /// What the fake core announces and the endpoints opened on it.
 #[derive(Default)]
@@ -318,4 +320,33 @@ fn a_core_stopped_for_good_withdraws_its_channels() {
     wait_until("both channels withdrawn", || {
         setup.status().channels.is_empty()
     });
+}
+
+#[test]
+fn senders_beyond_the_endpoint_bound_take_the_place_of_the_least_recent() {
+    let kernel = FakeKernel::with_channels(&CHANNELS);
+    let setup = Setup::start(&kernel);
+    let mut domu = setup.hub.connect(0);
+    let mut inbox = Inbox::default();
+    let (first, addr) = bind_announced(&mut domu, &mut inbox, "rpmsg-client-sample");
+    let senders = MAX_ENDPOINTS_PER_CHANNEL + 6;
+    let mut epts = vec![first];
+    for _ in 1..senders {
+        let ept = domu
+            .rpmsg()
+            .create_ept(b"rpmsg-client-sample", vamp_rpmsg::wire::ADDR_ANY, addr)
+            .unwrap();
+        epts.push(ept);
+    }
+    // Each sender gets its own answers, through an endpoint of its own.
+    for (i, ept) in epts.iter().enumerate() {
+        check_echo(&mut domu, &mut inbox, *ept, addr, &sized_payload(i as u32));
+    }
+    assert_eq!(kernel.opened(), senders);
+    wait_until("the bound kept", || {
+        setup.status().endpoints == MAX_ENDPOINTS_PER_CHANNEL
+    });
+    // The first sender's endpoint was the least recent: it gets a new one, and still its echo.
+    check_echo(&mut domu, &mut inbox, first, addr, b"first again");
+    assert_eq!(kernel.opened(), senders + 1);
 }

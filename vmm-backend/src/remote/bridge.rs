@@ -66,8 +66,9 @@ const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// How long a withdrawn channel stays withdrawn before the next listing may announce it
 /// again: the kernel may list a dying channel for a moment after its endpoints hung up.
 const REANNOUNCE_DELAY: Duration = Duration::from_millis(500);
-/// Kernel endpoints one channel may have open (one per hub address that sent to it; the hub
-/// bounds its reply proxies per sender too). A sender beyond it is refused, logged.
+/// Kernel endpoints one channel may have open (one per hub address that sent to it). A new
+/// sender beyond it takes the place of the one that sent least recently: hub addresses of
+/// guests that left are never told to the bridge, and must not use up the channel.
 pub const MAX_ENDPOINTS_PER_CHANNEL: usize = 64;
 /// Messages from the core that may wait for the hub's buffers; beyond it they are dropped
 /// (logged): a hub that takes nothing must not cost the bridge unbounded memory.
@@ -245,6 +246,8 @@ struct Route {
     /// The hub's address that sent to it, to which the core's answers go.
     peer: u32,
     endpoint: Box<dyn KernelEndpoint>,
+    /// When the peer last sent through it.
+    used: Instant,
 }
 
 /// Messages the bridge's engine received from the hub in one poll.
@@ -395,7 +398,7 @@ impl Bridge<'_> {
     }
 
     /// A message from hub address `peer` to channel `addr`: out through the peer's endpoint.
-    fn to_core(&mut self, addr: u32, peer: u32, data: &[u8], status: &mut BridgeStatus) {
+    fn send_to_core(&mut self, addr: u32, peer: u32, data: &[u8], status: &mut BridgeStatus) {
         let Some(channel) = self.channels.iter().find(|c| c.addr == addr) else {
             log::debug!(
                 "remote {}: message for withdrawn {addr:#x} dropped",
@@ -411,13 +414,22 @@ impl Bridge<'_> {
             Some(i) => i,
             None => {
                 let open = self.routes.iter().filter(|r| r.channel == addr).count();
-                if open >= MAX_ENDPOINTS_PER_CHANNEL {
-                    log::warn!(
-                        "remote {}: channel {:?} has {open} endpoints; a message from {peer:#x} dropped",
+                if open >= MAX_ENDPOINTS_PER_CHANNEL
+                    && let Some(oldest) = self
+                        .routes
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.channel == addr)
+                        .min_by_key(|(_, r)| r.used)
+                        .map(|(i, _)| i)
+                {
+                    let old = self.routes.remove(oldest);
+                    log::info!(
+                        "remote {}: channel {:?}: the endpoint of {:#x} closed for {peer:#x} ({open} open)",
                         self.name,
-                        channel.name
+                        channel.name,
+                        old.peer
                     );
-                    return;
                 }
                 match self.kernel.open(&channel.name, channel.dst) {
                     Ok(endpoint) => {
@@ -425,6 +437,7 @@ impl Bridge<'_> {
                             channel: addr,
                             peer,
                             endpoint,
+                            used: Instant::now(),
                         });
                         self.update(status);
                         self.routes.len() - 1
@@ -437,6 +450,7 @@ impl Bridge<'_> {
                 }
             }
         };
+        self.routes[route].used = Instant::now();
         match self.routes[route].endpoint.send(data) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
@@ -517,7 +531,7 @@ impl Bridge<'_> {
             log::warn!("remote {}: bridge: {e:?}", self.name);
         }
         for (addr, peer, data) in from_hub.messages {
-            self.to_core(addr, peer, &data, status);
+            self.send_to_core(addr, peer, &data, status);
         }
         // The core's answers. The routes polled are the first fds.len() - 1 (routes opened
         // since are polled next round).
