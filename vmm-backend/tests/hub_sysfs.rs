@@ -9,14 +9,18 @@
 mod common;
 
 use common::{Inbox, TestHub, bind_announced, check_echo, pump, sized_payload, wait_until};
+use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vamp_remoteproc::sysfs::AnnouncedChannel;
+use vamp_remoteproc::sysfs::{AnnouncedChannel, SysfsRemote};
 use vamp_vmm_backend::remote::bridge::{
     BridgeStatus, KernelChannels, KernelEndpoint, MAX_ENDPOINTS_PER_CHANNEL, run_bridge,
+    start_or_adopt,
 };
 
 /// What the fake core announces and the endpoints opened on it.
@@ -349,4 +353,83 @@ fn senders_beyond_the_endpoint_bound_take_the_place_of_the_least_recent() {
     // The first sender's endpoint was the least recent: it gets a new one, and still its echo.
     check_echo(&mut domu, &mut inbox, first, addr, b"first again");
     assert_eq!(kernel.opened(), senders + 1);
+}
+
+/// A fake sysfs tree with core `remoteproc0` running, laid out as Linux 6.12 lays it out
+/// (remoteproc-vm/tests/sysfs.rs has the whole tree): returns the core's class path and the
+/// sysfs root.
+fn fake_sysfs(dir: &Path) -> (PathBuf, PathBuf) {
+    let sys = dir.join("sys");
+    let core = sys.join("devices/platform/r5ss/remoteproc/remoteproc0");
+    fs::create_dir_all(&core).unwrap();
+    fs::write(core.join("state"), "running\n").unwrap();
+    fs::write(core.join("name"), "r5f_0\n").unwrap();
+    fs::create_dir_all(sys.join("class/remoteproc")).unwrap();
+    let class = sys.join("class/remoteproc/remoteproc0");
+    symlink(&core, &class).unwrap();
+    fs::create_dir_all(sys.join("bus/rpmsg/devices")).unwrap();
+    (class, sys)
+}
+
+/// An rpmsg bus device of the core (`<core>/rproc-virtio.0.auto/virtio0/<dir>`), linked from
+/// /sys/bus/rpmsg/devices.
+fn fake_channel(sys: &Path, dir: &str, name: &str, src: &str, dst: &str) {
+    let chan = sys.join(format!(
+        "devices/platform/r5ss/remoteproc/remoteproc0/rproc-virtio.0.auto/virtio0/{dir}"
+    ));
+    fs::create_dir_all(&chan).unwrap();
+    fs::write(chan.join("name"), format!("{name}\n")).unwrap();
+    fs::write(chan.join("src"), format!("{src}\n")).unwrap();
+    fs::write(chan.join("dst"), format!("{dst}\n")).unwrap();
+    symlink(&chan, sys.join("bus/rpmsg/devices").join(dir)).unwrap();
+}
+
+#[test]
+fn the_bridge_offers_the_channels_a_sysfs_tree_lists_and_adopts_a_running_core() {
+    let hub = TestHub::start("hub-sysfs-tree", TOPOLOGY);
+    let (class, sys) = fake_sysfs(hub.dir.path());
+    fake_channel(&sys, "virtio0.rpmsg_ns.53.53", "rpmsg_ns", "0x35", "0x35");
+    fake_channel(
+        &sys,
+        "virtio0.rpmsg_ctrl.0.0",
+        "rpmsg_ctrl",
+        "0xffffffff",
+        "0xffffffff",
+    );
+    fake_channel(
+        &sys,
+        "virtio0.rpmsg-client-sample.-1.1024",
+        "rpmsg-client-sample",
+        "0xffffffff",
+        "0x400",
+    );
+    let mut core = SysfsRemote::at(&class)
+        .with_sysfs_root(&sys)
+        .with_dev_dir(hub.dir.path().join("dev"));
+    let spec = hub.hub.lock().topology().remotes[0].clone();
+    // Running already: adopted, nothing written.
+    start_or_adopt(&mut core, &spec).unwrap();
+    assert_eq!(
+        fs::read_to_string(class.join("state")).unwrap(),
+        "running\n"
+    );
+    let id = hub.hub.lock().topology().link_index("r5-0").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(Mutex::new(BridgeStatus::default()));
+    let (shared, theirs, st) = (hub.hub.clone(), stop.clone(), status.clone());
+    let bridge = std::thread::spawn(move || {
+        run_bridge(&shared, id, "r5-0", &mut core, &theirs, &st).unwrap();
+    });
+    let mut domu = hub.connect(0);
+    let mut inbox = Inbox::default();
+    bind_announced(&mut domu, &mut inbox, "rpmsg-client-sample");
+    // The kernel's own devices (name service, control) are not the core's channels.
+    assert_eq!(status.lock().unwrap().channels, ["rpmsg-client-sample"]);
+    // The channel leaves the bus (the core stopped): withdrawn from domu.
+    fs::remove_file(sys.join("bus/rpmsg/devices/virtio0.rpmsg-client-sample.-1.1024")).unwrap();
+    pump(&mut domu, &mut inbox, "the channel withdrawn", |i| {
+        !i.destroyed.is_empty()
+    });
+    stop.store(true, Ordering::Release);
+    bridge.join().unwrap();
 }
