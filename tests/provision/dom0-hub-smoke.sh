@@ -26,7 +26,7 @@ MODULE="$VAMP_GUEST_DIR/vamp_test_rproc.ko"
 WORK="$VAMP_CACHE/dom0-hub-smoke"
 TIMEOUT_S="${VAMP_SMOKE_TIMEOUT:-600}"
 APPEND="console=ttyS0 panic=-1 tsc=reliable"
-STEPS=8
+STEPS=9
 
 need_root
 for f in "$KERNEL" "$MODULE"; do
@@ -93,7 +93,7 @@ poll '[ "$(crashes)" -gt $c0 ] && [ "$(boots)" -gt $b0 ]' && [ "$(cat $R/state)"
     ok crash-recovered "$(dmesg | grep 'crash detected' | tail -n 1 | cut -d] -f2-), booted again" ||
     bad crash-recovered "$(crashes) crashes, $(boots) boots; state=$(cat $R/state)"
 poll '[ "$(withdrawals)" -ge 1 ]' &&
-    ok withdrawn "$(grep 'withdrawn' $LOG | tail -n 1 | cut -d' ' -f3- | line)" ||
+    ok withdrawn "$(grep 'channel "rpmsg-client-sample" withdrawn' $LOG | tail -n 1 | cut -d' ' -f3- | line)" ||
     bad withdrawn "$(tail -n 8 $LOG | line)"
 poll '[ "$(offers)" -ge 2 ]' &&
     ok offered-again "$(offers) offers of rpmsg-client-sample" || bad offered-again "$(tail -n 8 $LOG | line)"
