@@ -30,6 +30,9 @@ struct FakeState {
     /// The core's ends of the endpoints opened, with the channel each is on.
     peers: Vec<(String, Arc<OwnedFd>)>,
     opened: usize,
+    /// The kernel has no transmit buffer: sends fail with EAGAIN, as on a non-blocking
+    /// endpoint.
+    out_of_buffers: bool,
 }
 
 /// A fake kernel with a core that echoes on every channel.
@@ -61,6 +64,10 @@ impl FakeKernel {
             // SAFETY: shutdown on a descriptor kept alive by the Arc.
             unsafe { libc::shutdown(peer.as_raw_fd(), libc::SHUT_RDWR) };
         }
+    }
+
+    fn out_of_buffers(&self, on: bool) {
+        self.0.lock().unwrap().out_of_buffers = on;
     }
 
     fn opened(&self) -> usize {
@@ -96,7 +103,7 @@ impl KernelChannels for FakeKernel {
         s.peers.push((name.to_string(), theirs.clone()));
         s.opened += 1;
         std::thread::spawn(move || echo(&theirs));
-        Ok(Box::new(FakeEndpoint(ours)))
+        Ok(Box::new(FakeEndpoint(ours, self.clone())))
     }
 }
 
@@ -114,7 +121,7 @@ fn echo(fd: &OwnedFd) {
     }
 }
 
-struct FakeEndpoint(OwnedFd);
+struct FakeEndpoint(OwnedFd, FakeKernel);
 
 impl KernelEndpoint for FakeEndpoint {
     fn fd(&self) -> RawFd {
@@ -122,6 +129,9 @@ impl KernelEndpoint for FakeEndpoint {
     }
 
     fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        if self.1.0.lock().unwrap().out_of_buffers {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         // SAFETY: writes msg.len() bytes from the live slice.
         let n = unsafe { libc::write(self.0.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
         if n < 0 {
@@ -432,4 +442,40 @@ fn the_bridge_offers_the_channels_a_sysfs_tree_lists_and_adopts_a_running_core()
     });
     stop.store(true, Ordering::Release);
     bridge.join().unwrap();
+}
+
+#[test]
+fn a_core_out_of_buffers_costs_no_message_and_keeps_its_channel() {
+    let kernel = FakeKernel::with_channels(&CHANNELS);
+    let setup = Setup::start(&kernel);
+    let mut domu = setup.hub.connect(0);
+    let mut inbox = Inbox::default();
+    let (ept, addr) = bind_announced(&mut domu, &mut inbox, "rpmsg-client-sample");
+    check_echo(&mut domu, &mut inbox, ept, addr, b"before");
+    kernel.out_of_buffers(true);
+    for i in 0..50 {
+        domu.rpmsg().send(ept, &sized_payload(i)).unwrap();
+    }
+    // The bridge meets the full kernel (nothing can come back meanwhile).
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        domu.poll(&mut inbox).unwrap();
+        domu.wait(Duration::from_millis(20));
+    }
+    assert!(inbox.messages.is_empty());
+    assert!(
+        inbox.destroyed.is_empty(),
+        "withdrawn: {:?}",
+        inbox.destroyed
+    );
+    kernel.out_of_buffers(false);
+    pump(&mut domu, &mut inbox, "50 echoes", |i| {
+        i.messages.len() == 50
+    });
+    for i in 0..50 {
+        let (to, from, _, data) = inbox.messages.pop_front().unwrap();
+        assert_eq!((to, from), (ept, addr));
+        assert_eq!(data, sized_payload(i), "echo {i}");
+    }
+    assert_eq!(setup.status().withdrawals, 0);
 }

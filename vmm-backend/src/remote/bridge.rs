@@ -70,8 +70,9 @@ const REANNOUNCE_DELAY: Duration = Duration::from_millis(500);
 /// sender beyond it takes the place of the one that sent least recently: hub addresses of
 /// guests that left are never told to the bridge, and must not use up the channel.
 pub const MAX_ENDPOINTS_PER_CHANNEL: usize = 64;
-/// Messages from the core that may wait for the hub's buffers; beyond it they are dropped
-/// (logged): a hub that takes nothing must not cost the bridge unbounded memory.
+/// Messages from the core that may wait for the hub's buffers (beyond it they are dropped,
+/// logged: a hub that takes nothing must not cost the bridge unbounded memory), and messages
+/// for the core that may wait for the kernel's (beyond it the bridge takes no more from the hub).
 pub const MAX_BACKLOG: usize = 256;
 
 /// The bridge's memory layout: the vdev the hub drives.
@@ -118,6 +119,10 @@ impl KernelChannels for SysfsRemote {
 
     fn open(&mut self, name: &str, dst: u32) -> Result<Box<dyn KernelEndpoint>, String> {
         let ept = self.open_endpoint(name, dst).map_err(|e| e.to_string())?;
+        // A core out of buffers must not stall the bridge: a send then fails with EAGAIN
+        // (the kernel's rpmsg_trysend) and waits in the bridge.
+        ept.set_nonblocking(true)
+            .map_err(|e| format!("{}: non-blocking: {e}", ept.dev_path().display()))?;
         Ok(Box::new(ept))
     }
 }
@@ -288,6 +293,11 @@ struct Bridge<'k> {
     routes: Vec<Route>,
     /// Messages from the core waiting for the hub's buffers: (channel address, peer, data).
     backlog: VecDeque<(u32, u32, Vec<u8>)>,
+    /// Messages for the core waiting for the kernel's buffers (endpoints are non-blocking:
+    /// a core that takes nothing must not stall the bridge); at most [`MAX_BACKLOG`], beyond
+    /// which the bridge takes nothing more from the hub, whose senders then wait as for any
+    /// slow receiver.
+    outbound: VecDeque<(u32, u32, Vec<u8>)>,
     /// Withdrawn channels and when they may be announced again.
     held_off: HashMap<(String, u32), Instant>,
     next_scan: Instant,
@@ -386,6 +396,7 @@ impl Bridge<'_> {
         }
         self.routes.retain(|r| r.channel != addr);
         self.backlog.retain(|(a, ..)| *a != addr);
+        self.outbound.retain(|(a, ..)| *a != addr);
         self.held_off
             .insert((c.name, c.dst), Instant::now() + REANNOUNCE_DELAY);
         status.withdrawals += 1;
@@ -398,7 +409,8 @@ impl Bridge<'_> {
     }
 
     /// A message from hub address `peer` to channel `addr`: out through the peer's endpoint.
-    fn send_to_core(&mut self, addr: u32, peer: u32, data: &[u8], status: &mut BridgeStatus) {
+    /// Queued behind what waits already; sent as far as the kernel's buffers allow.
+    fn send_to_core(&mut self, addr: u32, peer: u32, data: Vec<u8>, status: &mut BridgeStatus) {
         let Some(channel) = self.channels.iter().find(|c| c.addr == addr) else {
             log::debug!(
                 "remote {}: message for withdrawn {addr:#x} dropped",
@@ -451,12 +463,37 @@ impl Bridge<'_> {
             }
         };
         self.routes[route].used = Instant::now();
-        match self.routes[route].endpoint.send(data) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                log::warn!("remote {}: message dropped: {e}", self.name);
+        self.outbound.push_back((addr, peer, data));
+        self.flush_outbound(status);
+    }
+
+    /// Sends what waits for the core, in order, until the kernel has no buffer (its buffers are
+    /// one pool for all of the core's endpoints, so nothing behind could go either).
+    fn flush_outbound(&mut self, status: &mut BridgeStatus) {
+        while let Some((addr, peer, data)) = self.outbound.front() {
+            let (addr, peer) = (*addr, *peer);
+            let Some(route) = self
+                .routes
+                .iter_mut()
+                .find(|r| r.channel == addr && r.peer == peer)
+            else {
+                // Its channel was withdrawn, or its endpoint given to another sender.
+                self.outbound.pop_front();
+                continue;
+            };
+            match route.endpoint.send(data) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                    log::warn!("remote {}: message dropped: {e}", self.name);
+                }
+                Err(e) => {
+                    self.outbound.pop_front();
+                    self.withdraw(addr, &format!("sending failed: {e}"), status);
+                    continue;
+                }
             }
-            Err(e) => self.withdraw(addr, &format!("sending failed: {e}"), status),
+            self.outbound.pop_front();
         }
     }
 
@@ -498,8 +535,9 @@ impl Bridge<'_> {
             .next_scan
             .saturating_duration_since(Instant::now())
             .min(WAIT_SLICE);
-        // Backlog waiting: the hub's buffers come back with a kick; still look again soon.
-        let timeout = if self.backlog.is_empty() {
+        // Backlog waiting: the hub's buffers come back with a kick, the kernel's without any
+        // notice; look again soon.
+        let timeout = if self.backlog.is_empty() && self.outbound.is_empty() {
             timeout
         } else {
             timeout.min(Duration::from_millis(5))
@@ -526,12 +564,16 @@ impl Bridge<'_> {
         }
         let fds = self.wait();
         self.bell.drain_kicks();
+        self.flush_outbound(status);
+        let room = MAX_BACKLOG.saturating_sub(self.outbound.len());
         let mut from_hub = FromHub::default();
-        if let Err(e) = self.engine.poll(&mut from_hub) {
+        if room > 0
+            && let Err(e) = self.engine.poll_budget(&mut from_hub, room)
+        {
             log::warn!("remote {}: bridge: {e:?}", self.name);
         }
         for (addr, peer, data) in from_hub.messages {
-            self.send_to_core(addr, peer, &data, status);
+            self.send_to_core(addr, peer, data, status);
         }
         // The core's answers. The routes polled are the first fds.len() - 1 (routes opened
         // since are polled next round).
@@ -627,6 +669,7 @@ pub fn run_bridge(
         channels: Vec::new(),
         routes: Vec::new(),
         backlog: VecDeque::new(),
+        outbound: VecDeque::new(),
         held_off: HashMap::new(),
         next_scan: Instant::now(),
     };
