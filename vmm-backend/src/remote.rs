@@ -52,6 +52,15 @@ pub enum RemoteError {
         /// Why.
         source: vamp_remoteproc::remoteproc::LifecycleError,
     },
+    /// The bridge to a core behind the kernel could not be set up (its memory, rings or
+    /// eventfd).
+    #[error("remote {remote}: bridge: {why}")]
+    Bridge {
+        /// The remote.
+        remote: String,
+        /// Why.
+        why: String,
+    },
     /// The micro-VM could not be created.
     #[error("remote {remote}: {source}")]
     Backend {

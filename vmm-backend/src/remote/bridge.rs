@@ -27,7 +27,7 @@
 use super::{DoorbellNotifier, RemoteError, RingServer};
 use crate::config::RemoteSpec;
 use crate::hub::{LinkEnv, LinkId, MAX_BUFFER, MAX_NAMES_PER_LINK, SharedHub, stop};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -61,6 +61,8 @@ pub const RING: u16 = 256;
 
 /// How often the bridge lists the core's channels.
 const SCAN_INTERVAL: Duration = Duration::from_millis(200);
+/// Distinct scan warnings remembered (each logged once).
+const MAX_WARNINGS_KEPT: usize = 256;
 /// The longest the bridge waits for a kick or a message between checks.
 const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// How long a withdrawn channel stays withdrawn before the next listing may announce it
@@ -301,6 +303,8 @@ struct Bridge<'k> {
     /// Withdrawn channels and when they may be announced again.
     held_off: HashMap<(String, u32), Instant>,
     next_scan: Instant,
+    /// Warnings of the scans logged already.
+    warned: HashSet<String>,
 }
 
 /// Where a bridge stands, for tests and logs.
@@ -320,7 +324,10 @@ impl Bridge<'_> {
         let listed = match self.kernel.channels() {
             Ok(l) => l,
             Err(e) => {
-                log::warn!("remote {}: cannot list its channels: {e}", self.name);
+                self.warn_once(format!(
+                    "remote {}: cannot list its channels: {e}",
+                    self.name
+                ));
                 Vec::new()
             }
         };
@@ -344,11 +351,10 @@ impl Bridge<'_> {
                 continue;
             }
             if self.channels.len() >= MAX_NAMES_PER_LINK {
-                log::warn!(
+                self.warn_once(format!(
                     "remote {}: more than {MAX_NAMES_PER_LINK} channels; {:?} not offered",
-                    self.name,
-                    l.name
-                );
+                    self.name, l.name
+                ));
                 continue;
             }
             match self
@@ -370,14 +376,24 @@ impl Bridge<'_> {
                         addr,
                     });
                 }
-                Err(e) => log::warn!(
+                Err(e) => self.warn_once(format!(
                     "remote {}: cannot announce channel {:?}: {e:?}",
-                    self.name,
-                    l.name
-                ),
+                    self.name, l.name
+                )),
             }
         }
         self.update(status);
+    }
+
+    /// Logs a warning the scans would otherwise repeat every [`SCAN_INTERVAL`]: once, until
+    /// [`MAX_WARNINGS_KEPT`] distinct ones were seen (then the record starts over).
+    fn warn_once(&mut self, warning: String) {
+        if self.warned.len() >= MAX_WARNINGS_KEPT {
+            self.warned.clear();
+        }
+        if self.warned.insert(warning.clone()) {
+            log::warn!("{warning}");
+        }
     }
 
     /// Withdraws the channel at bridge address `addr` from the hub and closes its endpoints.
@@ -623,13 +639,13 @@ pub fn run_bridge(
     stop_when: &AtomicBool,
     status: &Mutex<BridgeStatus>,
 ) -> Result<(), RemoteError> {
-    let fail = |why: String| RemoteError::Image {
+    let fail = |why: String| RemoteError::Bridge {
         remote: name.to_string(),
         why,
     };
-    let bell = Arc::new(Bell::new().map_err(|e| fail(format!("bridge eventfd: {e}")))?);
+    let bell = Arc::new(Bell::new().map_err(|e| fail(format!("eventfd: {e}")))?);
     let mmap = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_LEN)])
-        .map_err(|e| fail(format!("bridge memory: {e}")))?;
+        .map_err(|e| fail(format!("memory: {e}")))?;
     let ram = GuestRam::new(mmap);
     let layout = layout();
     let doorbell: Arc<dyn Doorbell> = bell.clone();
@@ -645,7 +661,7 @@ pub fn run_bridge(
         Endian::Little,
         true,
     )
-    .map_err(|e| fail(format!("bridge rings: {e}")))?;
+    .map_err(|e| fail(format!("rings: {e}")))?;
     let device = DeviceTransport::new(
         ram,
         BridgeEnv {
@@ -658,7 +674,7 @@ pub fn run_bridge(
         true,
         layout.buffers.r2h_buf_size,
     )
-    .map_err(|e| fail(format!("bridge rings: {e}")))?;
+    .map_err(|e| fail(format!("rings: {e}")))?;
     hub.run_ring_work(move |hub| hub.attach(id, driver, true));
     let rings = RingServer::start(hub.clone(), id, doorbell, name);
     let mut bridge = Bridge {
@@ -672,6 +688,7 @@ pub fn run_bridge(
         outbound: VecDeque::new(),
         held_off: HashMap::new(),
         next_scan: Instant::now(),
+        warned: HashSet::new(),
     };
     let mut mine = BridgeStatus::default();
     while !stop_when.load(Ordering::Acquire) {
