@@ -7,9 +7,9 @@
 # waits for its channels and offers "rpmsg-client-sample" to guest "domu" only. A native guest
 # (`vamp guest`, vamp's own vhost-user frontend, static too) on domu's socket echoes 1000
 # messages of 1..496 bytes through the hub and the kernel's rpmsg to the core, byte for byte;
-# guest "other" is never offered the channel; a crash reported through debugfs makes the hub
-# withdraw the channel (its kernel endpoint hangs up), the kernel's recovery brings it back,
-# the hub offers it again and domu echoes 1000 more.
+# guest "other" is never offered the channel; a crash reported through debugfs while domu pings
+# makes the hub withdraw the channel (its kernel endpoint hangs up) and domu's ping end, the
+# kernel's recovery brings it back, the hub offers it again and domu echoes 1000 more.
 # The guest kernel has no CONFIG_SECCOMP: the hub runs with --no-sandbox here (its sandbox is
 # tested on the host: vmm-backend/tests/sandbox.rs).
 # Each step prints a DH-STEP line; the host checks them all.
@@ -26,7 +26,7 @@ MODULE="$VAMP_GUEST_DIR/vamp_test_rproc.ko"
 WORK="$VAMP_CACHE/dom0-hub-smoke"
 TIMEOUT_S="${VAMP_SMOKE_TIMEOUT:-600}"
 APPEND="console=ttyS0 panic=-1 tsc=reliable"
-STEPS=9
+STEPS=10
 
 need_root
 for f in "$KERNEL" "$MODULE"; do
@@ -84,10 +84,17 @@ out=$(vamp guest --socket /run/vamp-other.sock --ping rpmsg-client-sample --coun
 rc=$?
 [ $rc -ne 0 ] && ! echo "$out" | grep -q "echoes matched" &&
     ok not-offered "exit $rc: $(echo "$out" | tail -n 1 | line)" || bad not-offered "exit $rc: $(echo "$out" | line)"
-# A crash (debugfs, 1: watchdog): the kernel's recovery reboots the core at once; the hub's
-# endpoint for domu hangs up, the channel is withdrawn from domu and offered again.
+# A crash (debugfs, 1: watchdog) while domu pings without end: the kernel's recovery reboots
+# the core at once; the hub's endpoint for domu hangs up, the channel is withdrawn from domu
+# (the name-service destroy unbinds its endpoint: its ping stops at once, well before its 60 s
+# echo timeout, with "endpoint has no destination") and offered again.
+vamp guest --socket /run/vamp-domu.sock --ping rpmsg-client-sample --count 1000000 \
+    --timeout 60 --tag long >/tmp/long.out 2>&1 &
+LONG=$!
+poll 'grep -q "sending 1000000 messages" /tmp/long.out' && sleep 1
 c0=$(crashes)
 b0=$(boots)
+t0=$(date +%s)
 echo 1 >$D/crash
 poll '[ "$(crashes)" -gt $c0 ] && [ "$(boots)" -gt $b0 ]' && [ "$(cat $R/state)" = running ] &&
     ok crash-recovered "$(dmesg | grep 'crash detected' | tail -n 1 | cut -d] -f2-), booted again" ||
@@ -95,6 +102,11 @@ poll '[ "$(crashes)" -gt $c0 ] && [ "$(boots)" -gt $b0 ]' && [ "$(cat $R/state)"
 poll '[ "$(withdrawals)" -ge 1 ]' &&
     ok withdrawn "$(grep 'channel "rpmsg-client-sample" withdrawn' $LOG | tail -n 1 | cut -d' ' -f3- | line)" ||
     bad withdrawn "$(tail -n 8 $LOG | line)"
+poll '! kill -0 $LONG 2>/dev/null' 300 && [ $(($(date +%s) - t0)) -lt 30 ] &&
+    grep -q "sending 1000000 messages" /tmp/long.out && ! grep -q "1000000/1000000" /tmp/long.out &&
+    grep -q "endpoint has no destination" /tmp/long.out &&
+    ok guest-saw-withdrawal "the endless ping ended $(($(date +%s) - t0)) s after the crash: $(tail -n 2 /tmp/long.out | line)" ||
+    bad guest-saw-withdrawal "$(tail -n 3 /tmp/long.out | line)"
 poll '[ "$(offers)" -ge 2 ]' &&
     ok offered-again "$(offers) offers of rpmsg-client-sample" || bad offered-again "$(tail -n 8 $LOG | line)"
 ping echo-after-recovery
