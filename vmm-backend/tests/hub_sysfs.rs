@@ -107,7 +107,19 @@ impl KernelChannels for FakeKernel {
     }
 }
 
-/// The fake core's side of one endpoint: every packet back, until the pair is shut down.
+/// What the fake core answers [`FLOOD`] with: this many messages.
+const FLOOD_COUNT: u32 = 1000;
+const FLOOD: &[u8] = b"flood";
+
+/// Message `i` of a flood.
+fn flood_payload(i: u32) -> Vec<u8> {
+    let mut m = i.to_le_bytes().to_vec();
+    m.resize(4 + (i as usize % 100), i as u8);
+    m
+}
+
+/// The fake core's side of one endpoint: every packet back (a [`FLOOD`] is answered with
+/// [`FLOOD_COUNT`] messages), until the pair is shut down.
 fn echo(fd: &OwnedFd) {
     let mut buf = [0u8; 512];
     loop {
@@ -115,6 +127,15 @@ fn echo(fd: &OwnedFd) {
         let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n <= 0 {
             return;
+        }
+        if &buf[..n as usize] == FLOOD {
+            for i in 0..FLOOD_COUNT {
+                let m = flood_payload(i);
+                // SAFETY: writes m.len() bytes from the live vector (blocking: the socket
+                // holds what the bridge has not taken, as the kernel's queue would).
+                unsafe { libc::write(fd.as_raw_fd(), m.as_ptr().cast(), m.len()) };
+            }
+            continue;
         }
         // SAFETY: writes the n bytes just read from the live buffer.
         unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), n as usize) };
@@ -478,4 +499,25 @@ fn a_core_out_of_buffers_costs_no_message_and_keeps_its_channel() {
         assert_eq!(data, sized_payload(i), "echo {i}");
     }
     assert_eq!(setup.status().withdrawals, 0);
+}
+
+#[test]
+fn a_core_flooding_a_slow_guest_loses_nothing() {
+    let kernel = FakeKernel::with_channels(&CHANNELS);
+    let setup = Setup::start(&kernel);
+    let mut domu = setup.hub.connect(0);
+    let mut inbox = Inbox::default();
+    let (ept, addr) = bind_announced(&mut domu, &mut inbox, "rpmsg-client-sample");
+    domu.rpmsg().send(ept, FLOOD).unwrap();
+    // The guest takes nothing for a while (well within the hub's pending timeout): the
+    // guest's ring, the hub's queue and the bridge's backlog fill; the rest waits in the kernel.
+    std::thread::sleep(Duration::from_secs(1));
+    pump(&mut domu, &mut inbox, "the whole flood", |i| {
+        i.messages.len() == FLOOD_COUNT as usize
+    });
+    for i in 0..FLOOD_COUNT {
+        let (to, from, _, data) = inbox.messages.pop_front().unwrap();
+        assert_eq!((to, from), (ept, addr));
+        assert_eq!(data, flood_payload(i), "message {i} of the flood");
+    }
 }

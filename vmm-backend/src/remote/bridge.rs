@@ -61,6 +61,8 @@ pub const RING: u16 = 256;
 
 /// How often the bridge lists the core's channels.
 const SCAN_INTERVAL: Duration = Duration::from_millis(200);
+/// Messages taken from one kernel endpoint per round (the others, and the hub, get their turn).
+const RECV_BUDGET: usize = 64;
 /// Distinct scan warnings remembered (each logged once).
 const MAX_WARNINGS_KEPT: usize = 256;
 /// The longest the bridge waits for a kick or a message between checks.
@@ -72,9 +74,10 @@ const REANNOUNCE_DELAY: Duration = Duration::from_millis(500);
 /// sender beyond it takes the place of the one that sent least recently: hub addresses of
 /// guests that left are never told to the bridge, and must not use up the channel.
 pub const MAX_ENDPOINTS_PER_CHANNEL: usize = 64;
-/// Messages from the core that may wait for the hub's buffers (beyond it they are dropped,
-/// logged: a hub that takes nothing must not cost the bridge unbounded memory), and messages
-/// for the core that may wait for the kernel's (beyond it the bridge takes no more from the hub).
+/// Messages from the core that may wait for the hub's buffers (beyond it the bridge reads no
+/// more from the kernel: a hub that takes nothing must not cost the bridge unbounded memory),
+/// and messages for the core that may wait for the kernel's (beyond it the bridge takes no
+/// more from the hub).
 pub const MAX_BACKLOG: usize = 256;
 
 /// The bridge's memory layout: the vdev the hub drives.
@@ -539,8 +542,15 @@ impl Bridge<'_> {
 
     /// Waits for the hub's kick or a message from the core, at most until the next scan.
     fn wait(&mut self) -> Vec<libc::pollfd> {
+        // With the backlog full the core's messages wait in the kernel: their endpoints are
+        // not polled (they would be readable at once, and the bridge would spin).
+        let routes = if self.backlog.len() >= MAX_BACKLOG {
+            &[][..]
+        } else {
+            &self.routes[..]
+        };
         let mut fds: Vec<libc::pollfd> = std::iter::once(self.bell.kick.as_raw_fd())
-            .chain(self.routes.iter().map(|r| r.endpoint.fd()))
+            .chain(routes.iter().map(|r| r.endpoint.fd()))
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -601,18 +611,13 @@ impl Bridge<'_> {
             if f.revents == 0 || route.endpoint.fd() != f.fd {
                 continue;
             }
-            loop {
+            // Bounded per round, and not beyond the backlog: what is left waits in the kernel.
+            for _ in 0..RECV_BUDGET {
+                if self.backlog.len() >= MAX_BACKLOG {
+                    break;
+                }
                 match route.endpoint.recv() {
-                    Ok(Some(data)) => {
-                        if self.backlog.len() >= MAX_BACKLOG {
-                            log::warn!(
-                                "remote {}: the hub takes nothing; a message from the core dropped",
-                                self.name
-                            );
-                        } else {
-                            self.backlog.push_back((route.channel, route.peer, data));
-                        }
-                    }
+                    Ok(Some(data)) => self.backlog.push_back((route.channel, route.peer, data)),
                     Ok(None) => break,
                     Err(e) => {
                         hung_up.push((route.channel, e));
