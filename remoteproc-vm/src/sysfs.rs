@@ -683,6 +683,38 @@ impl RpmsgEndpoint {
     }
 }
 
+impl RpmsgEndpoint {
+    /// Makes sends fail with [`io::ErrorKind::WouldBlock`] when the kernel has no transmit
+    /// buffer (its `rpmsg_trysend`) instead of waiting for one, up to 15 s, in the kernel.
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor this struct owns; no pointer is passed.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = if on {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl std::os::fd::AsRawFd for RpmsgEndpoint {
+    /// The endpoint's descriptor, to poll with others: readable when a message waits,
+    /// `POLLHUP` once the channel is gone.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
 impl Drop for RpmsgEndpoint {
     fn drop(&mut self) {
         use std::os::fd::AsRawFd;

@@ -46,6 +46,10 @@ REQUIRED_Y=(
     # that registers a remoteproc, so the guest needs modules, the remoteproc core (with its
     # character device) and debugfs (the core's trace/crash files live there).
     MODULES MODULE_UNLOAD REMOTEPROC REMOTEPROC_CDEV DEBUG_FS
+    # dom0-hub-smoke.sh runs the hub (vhost-user-rpmsg) and a native guest inside the guest:
+    # vhost-user's UNIX socket, epoll and eventfds, and memfd guest memory (MEMFD_CREATE
+    # follows from TMPFS).
+    UNIX EPOLL EVENTFD SHMEM TMPFS MEMFD_CREATE
 )
 # Options that must have an exact value.
 REQUIRED_VAL=(

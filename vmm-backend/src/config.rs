@@ -24,6 +24,19 @@
 //! from = "alice"
 //! to = ["bob"]
 //! names = ["rpmsg-raw"]         # omitted: any name
+//!
+//! # An R5 behind the kernel's remoteproc (dom0): its channels offered to alice only.
+//! [[remote]]
+//! name = "r5-0"
+//! image = "/srv/firmware/vamp-r5-echo.elf"
+//! backend = "sysfs"
+//! sysfs_path = "/sys/class/remoteproc/remoteproc0"
+//! recovery = "restart"
+//!
+//! [[channel]]
+//! from = "r5-0"
+//! to = ["alice"]
+//! names = ["rpmsg-client-sample"]
 //! ```
 
 use serde::Deserialize;
@@ -101,7 +114,9 @@ pub struct ChannelSpec {
 }
 
 /// A remote the hub starts and drives: a `[[remote]]` table with remoteproc-vm's keys (see
-/// configs/remotes.toml); the hub runs KVM remotes.
+/// configs/remotes.toml). A KVM remote runs in the hub's process; a core behind the kernel's
+/// remoteproc (`backend = "sysfs"` with `sysfs_path`, dom0's R5s; see configs/dom0-hub.toml)
+/// is started or adopted through sysfs and its channels bridged (crate::remote::bridge).
 pub use vamp_remoteproc::config::RemoteSpec;
 
 /// A whole topology.
@@ -226,12 +241,6 @@ impl Topology {
             }
             if !names.insert(r.name.as_str()) {
                 return invalid(format!("\"{}\" names two guests or remotes", r.name));
-            }
-            if !matches!(r.backend, vamp_remoteproc::config::BackendSpec::Kvm { .. }) {
-                return invalid(format!(
-                    "remote \"{}\": the hub runs KVM remotes; a physical core's rpmsg goes through the kernel's /dev/rpmsgN",
-                    r.name
-                ));
             }
         }
         let known = |who: &str, what: &str| -> Result<(), ConfigError> {
@@ -402,6 +411,24 @@ mod tests {
         let t = Topology::parse(&format!("control_socket = \"/run/h.ctl\"\n{EXAMPLE}")).unwrap();
         assert_eq!(t.control_socket, Some(PathBuf::from("/run/h.ctl")));
         assert_eq!(Topology::parse(EXAMPLE).unwrap().control_socket, None);
+    }
+
+    #[test]
+    fn a_core_behind_the_kernel_is_a_remote_whose_channels_rules_apply() {
+        let t = Topology::parse(
+            "[[guest]]\nname = \"domu\"\nsocket = \"/s\"\n\
+             [[remote]]\nname = \"r5-0\"\nimage = \"/fw/r5.elf\"\nbackend = \"sysfs\"\n\
+             sysfs_path = \"/sys/class/remoteproc/remoteproc0\"\n\
+             [[channel]]\nfrom = \"r5-0\"\nto = [\"domu\"]\nnames = [\"rpmsg-client-sample\"]\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            t.remotes[0].backend,
+            vamp_remoteproc::config::BackendSpec::Sysfs { .. }
+        ));
+        assert_eq!(t.link_index("r5-0"), Some(1));
+        assert!(t.offers("r5-0", b"rpmsg-client-sample", "domu"));
+        assert!(!t.offers("r5-0", b"rpmsg-openamp-demo-channel", "domu"));
     }
 
     #[test]

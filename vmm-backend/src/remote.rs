@@ -1,7 +1,10 @@
 //! Remotes in the hub: ELF firmware run as KVM micro-VMs by remoteproc-vm, whose rpmsg device
 //! (the vdev of their resource table) the hub drives in the driver role. Their announced names
 //! are offered to guests as the topology says, like any guest's; a crash withdraws them, and
-//! recovery (per the topology) brings the remote and its channels back.
+//! recovery (per the topology) brings the remote and its channels back. Cores behind the
+//! kernel's remoteproc (`backend = "sysfs"`, dom0's R5s) are reached through [`bridge`].
+
+pub mod bridge;
 
 use crate::config::RemoteSpec;
 use crate::hub::{LinkEnv, LinkId, Notifier};
@@ -48,6 +51,15 @@ pub enum RemoteError {
         remote: String,
         /// Why.
         source: vamp_remoteproc::remoteproc::LifecycleError,
+    },
+    /// The bridge to a core behind the kernel could not be set up (its memory, rings or
+    /// eventfd).
+    #[error("remote {remote}: bridge: {why}")]
+    Bridge {
+        /// The remote.
+        remote: String,
+        /// Why.
+        why: String,
     },
     /// The micro-VM could not be created.
     #[error("remote {remote}: {source}")]
@@ -158,13 +170,11 @@ pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), 
         remote: name.clone(),
         source,
     };
-    let memory = match spec.backend {
-        BackendSpec::Kvm { memory } => memory,
-        BackendSpec::Sysfs { .. } => {
-            return Err(RemoteError::Image {
-                remote: name.clone(),
-                why: "the hub runs KVM remotes only".into(),
-            });
+    let memory = match &spec.backend {
+        BackendSpec::Kvm { memory } => *memory,
+        BackendSpec::Sysfs { path } => {
+            let path = path.clone();
+            return bridge::serve_sysfs_remote(hub, id, spec, &path);
         }
     };
     let options = KvmOptions {

@@ -34,7 +34,9 @@
 //! Outside the sandbox, reading nothing a guest, VMM or remote writes: the main thread
 //! (configuration), `vamp-accept` (accepts a guest's connections and starts their threads),
 //! `vamp-signals`, `vamp-remote` (a remote's lifecycle: the KVM calls no list could hold; it
-//! parses the remote's resource table through the engine's checked views when it attaches),
+//! parses the remote's resource table through the engine's checked views when it attaches; for
+//! a core behind sysfs it runs the bridge of crate::remote::bridge, opening and ioctl-ing the
+//! kernel's `/dev/rpmsg*`, and reads only rings the hub writes and the core's bytes, copied),
 //! and remoteproc-vm's `remote-vcpu` (KVM_RUN; the exits' values) and `remote-watchdog`
 //! (compares the heartbeat word).
 //!

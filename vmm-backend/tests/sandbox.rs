@@ -514,7 +514,9 @@ fn threads_of(pid: u32) -> Vec<(String, bool, u32)> {
 const UNCONFINED: [&str; 6] = [
     // Accepts connections, starts a connection's threads, hands a disconnect to ring work.
     "vamp-accept",
-    // A remote's lifecycle: KVM calls; its rings are served by "vamp-remote-rings".
+    // A remote's lifecycle: KVM calls; its rings are served by "vamp-remote-rings". For a
+    // core behind sysfs also its bridge: sysfs writes, open/ioctl/read/write on the kernel's
+    // /dev/rpmsg_ctrlN and /dev/rpmsgN (crate::remote::bridge).
     "vamp-remote",
     // Waits for SIGINT/SIGTERM.
     "vamp-signals",
