@@ -352,6 +352,33 @@ impl<'de> Deserialize<'de> for RemoteSpec {
 
 impl RemotesConfig {
     /// Parses and validates a config.
+    ///
+    /// ```
+    /// use vamp_remoteproc::config::{BackendSpec, ImageRef, Recovery, RemotesConfig};
+    ///
+    /// let config = RemotesConfig::parse(
+    ///     r#"
+    ///     [[remote]]
+    ///     name = "echo"
+    ///     image = "echo"          # a built-in image
+    ///     memory = "16M"
+    ///     [[remote]]
+    ///     name = "r5-0"
+    ///     image = "/lib/firmware/r5-echo.elf"
+    ///     backend = "sysfs"
+    ///     sysfs_path = "/sys/class/remoteproc/remoteproc0"
+    ///     recovery = "none"
+    ///     "#,
+    /// )?;
+    /// assert_eq!(config.remotes[0].image, ImageRef::Builtin("echo".into()));
+    /// assert_eq!(config.remotes[0].backend, BackendSpec::Kvm { memory: 16 << 20 });
+    /// assert!(matches!(config.remotes[1].backend, BackendSpec::Sysfs { .. }));
+    /// assert_eq!(config.remotes[1].recovery, Recovery::None);
+    /// // What is wrong is named, not guessed at.
+    /// let bad = RemotesConfig::parse("[[remote]]\nname = \"x\"\nimage = \"echo\"\nmemory = \"3M\"\n");
+    /// assert!(bad.unwrap_err().to_string().contains("memory"));
+    /// # Ok::<(), vamp_remoteproc::config::ConfigError>(())
+    /// ```
     pub fn parse(text: &str) -> Result<RemotesConfig, ConfigError> {
         let raw: RawConfig = toml::from_str(text)?;
         if raw.remote.is_empty() {

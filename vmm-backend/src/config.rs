@@ -157,6 +157,33 @@ impl Topology {
     }
 
     /// Parses and checks TOML text.
+    ///
+    /// ```
+    /// use vamp_vmm_backend::config::Topology;
+    ///
+    /// let topology = Topology::parse(
+    ///     r#"
+    ///     [[guest]]
+    ///     name = "alice"
+    ///     socket = "/run/vamp/alice.sock"
+    ///     [[guest]]
+    ///     name = "bob"
+    ///     socket = "/run/vamp/bob.sock"
+    ///     [[channel]]
+    ///     from = "alice"
+    ///     to = ["bob"]
+    ///     names = ["sensor-data"]
+    ///     "#,
+    /// )?;
+    /// assert_eq!(topology.link_index("bob"), Some(1));
+    /// // alice's "sensor-data" reaches bob; nothing else of hers does, and nothing of his reaches her.
+    /// assert!(topology.offers("alice", b"sensor-data", "bob"));
+    /// assert!(!topology.offers("alice", b"other", "bob"));
+    /// assert!(!topology.offers("bob", b"sensor-data", "alice"));
+    /// // A channel to a guest that does not exist is refused when the file is read.
+    /// assert!(Topology::parse("[[guest]]\nname = \"a\"\nsocket = \"/s\"\n[[channel]]\nfrom = \"a\"\nto = [\"nobody\"]\n").is_err());
+    /// # Ok::<(), vamp_vmm_backend::config::ConfigError>(())
+    /// ```
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let topology: Topology = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
