@@ -119,7 +119,7 @@ reboot -f
 EOF_INIT
 
 # The hub and the native guest from this checkout (static), without their symbols.
-bins=$(bash "$VAMP_PROVISION_DIR/remote-core-cli.sh" vamp-vmm-backend:vhost-user-rpmsg vamp:vamp)
+bins=$(bash "$VAMP_PROVISION_DIR/remote-core-cli.sh" vamp-vmm-backend:vhost-user-rpmsg vamp-cli:vamp)
 strip -o "$WORK/vhost-user-rpmsg" "$(sed -n 1p <<<"$bins")"
 strip -o "$WORK/vamp" "$(sed -n 2p <<<"$bins")"
 

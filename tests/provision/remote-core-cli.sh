@@ -3,7 +3,7 @@
 # remote-core-smoke.sh drives the test remote core with it (dom0's role: the sysfs backend).
 # usage: remote-core-cli.sh [PACKAGE:BINARY]...   (default vamp-remoteproc:remoteproc-vm)
 #   other binaries of the workspace the same way, in one cargo run (dom0-hub-smoke.sh:
-#   vamp-vmm-backend:vhost-user-rpmsg vamp:vamp).
+#   vamp-vmm-backend:vhost-user-rpmsg vamp-cli:vamp).
 # The initramfs takes static binaries only; glibc links statically with crt-static.
 # The cargo target dir is the checkout's own target/ (host builds go to target/{debug,release},
 # this one to target/x86_64-unknown-linux-gnu/release): the binary always matches the sources
