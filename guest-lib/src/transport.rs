@@ -203,6 +203,15 @@ impl DeviceRing {
     fn next_avail(&self) -> u16 {
         either_queue!(self, q => q.next_avail())
     }
+
+    /// Chains taken and not marked used, where that matters for resuming: a split ring's used
+    /// index lives in the ring, so a split ring always resumes right (0).
+    fn outstanding(&self) -> usize {
+        match self {
+            Self::Split(_) => 0,
+            Self::Packed(q) => q.outstanding(),
+        }
+    }
 }
 
 /// What OpenAMP's libmetal gives a port, reduced to what the engine needs.
@@ -977,6 +986,25 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
     /// rings, the position as an `off_wrap` word: index, wrap counter in bit 15).
     pub fn next_avail(&self) -> [u16; 2] {
         [self.tx.next_avail(), self.rx.next_avail()]
+    }
+
+    /// Where a new owner would resume, for a link that stops now (vhost-user's
+    /// GET_VRING_BASE). A packed ring resumes its used position where its available one is
+    /// (vhost-user's ring base as the hub receives it carries only the available position),
+    /// so nothing may be outstanding: spare transmit buffers are given back used with length 0
+    /// first, and if chains are still held the count of them is the error (the position would
+    /// be wrong, and the driver would wait for their used descriptors forever).
+    pub fn resume_point(&mut self) -> Result<[u16; 2], usize> {
+        if self.format == RingFormat::Packed {
+            for buf in core::mem::take(&mut self.spare_tx) {
+                // A buffer already marked used cannot be here; a failure leaves it counted.
+                let _ = self.tx.push_used(&self.mem, buf.chain.head, 0);
+            }
+        }
+        match self.tx.outstanding() + self.rx.outstanding() {
+            0 => Ok(self.next_avail()),
+            held => Err(held),
+        }
     }
 
     /// Replaces the memory (the driver remapped it, e.g. a new vhost-user memory table); the
