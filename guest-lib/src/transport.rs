@@ -1264,6 +1264,34 @@ mod tests {
         );
     }
 
+    /// A packed ring resumes both positions at one place: a stopping device gives its spare
+    /// buffers back (used, empty) and refuses a resume point while it still holds a chain.
+    #[test]
+    fn a_packed_resume_point_needs_nothing_outstanding() {
+        let (mut host, mut remote) = pair_of(RingFormat::Packed);
+        let spare = remote.take_tx().unwrap().unwrap();
+        remote.release_tx(spare);
+        let out = host.take_tx().unwrap().unwrap();
+        host.send_tx(out, 10).unwrap();
+        let held = remote.take_rx().unwrap().unwrap();
+        assert_eq!(remote.resume_point(), Err(1), "the held message");
+        // The spare went back to the driver, used and empty.
+        assert_eq!(host.rx.pop_used(&host.mem).unwrap(), Some((spare.id, 0)));
+        remote.release_rx(held).unwrap();
+        let at = remote.resume_point().unwrap();
+        assert_eq!(at, remote.next_avail());
+        assert_ne!(at[0], crate::packed::PackedDeviceQueue::START, "one taken");
+    }
+
+    /// Split rings keep their used index in the ring: any moment is a resume point.
+    #[test]
+    fn a_split_resume_point_is_the_next_avail_index() {
+        let (_host, mut remote) = pair_of(RingFormat::Split);
+        let spare = remote.take_tx().unwrap().unwrap();
+        remote.release_tx(spare);
+        assert_eq!(remote.resume_point(), Ok([1, 0]));
+    }
+
     /// rpmsg-compat: a consumed driver-to-device buffer comes back with its readable length
     /// (OpenAMP's driver sizes recycled transmit buffers by it), not with 0.
     #[test]

@@ -430,8 +430,8 @@ impl Hub {
         {
             Some(Ok(at)) => Some(at),
             Some(Err(held)) => {
-                log::error!(
-                    "guest {}: its packed rings stopped with {held} buffer(s) still held; vhost-user's ring base cannot carry their used position, so no resume point is reported (the guest must reset the device)",
+                log::warn!(
+                    "guest {}: its packed rings stopped with {held} buffer(s) still held; vhost-user's ring base cannot carry their used position, so no resume point is reported (rings started again from there break its link until it resets the device)",
                     self.slots[id].name
                 );
                 None
