@@ -192,3 +192,21 @@ fn attack_packed_out_of_range_id_breaks_only_its_link() {
         mem.store_u16(d + DESC_FLAGS, AVAIL.to_le()).unwrap();
     });
 }
+
+#[test]
+fn attack_packed_chain_with_an_unpublished_tail_breaks_only_its_link() {
+    // A head made available with NEXT, its tail never published (flags 0 in lap 1): the
+    // driver lies about the tail's wrap counter; the hub must not walk into it as a chain.
+    const NEXT: u16 = 1;
+    hostile_packed_ring_costs_only_its_guest(|g, d| {
+        let mem = g.memory();
+        let ring = g.layout().tx_ring;
+        let tail = ring.desc + (d - ring.desc + DESC_BYTES) % (DESC_BYTES * u64::from(ring.size));
+        mem.store_u16(tail + DESC_FLAGS, 0).unwrap();
+        mem.store_u64(d, g.layout().pool_addr.to_le()).unwrap();
+        mem.store_u32(d + DESC_LEN, 64u32.to_le()).unwrap();
+        mem.store_u16(d + DESC_ID, 0u16.to_le()).unwrap();
+        mem.store_u16(d + DESC_FLAGS, (AVAIL | NEXT).to_le())
+            .unwrap();
+    });
+}
