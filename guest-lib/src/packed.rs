@@ -644,6 +644,13 @@ impl PackedDeviceQueue {
         self.avail.off_wrap()
     }
 
+    /// Chains taken and not yet marked used. A resume point ([`next_avail`](Self::next_avail))
+    /// is exact only when this is 0: [`new`](Self::new) resumes the used position at the same
+    /// place as the available one.
+    pub fn outstanding(&self) -> usize {
+        self.taken.iter().filter(|&&(n, _)| n != 0).count()
+    }
+
     /// Whether the driver has made a chain available that we have not taken. A descriptor
     /// marked used in our lap where nothing was used yet is a lie about the wrap counter.
     pub fn has_avail<M: SharedMemory + ?Sized>(&self, mem: &M) -> Result<bool, VringError> {

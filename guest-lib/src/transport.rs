@@ -203,6 +203,15 @@ impl DeviceRing {
     fn next_avail(&self) -> u16 {
         either_queue!(self, q => q.next_avail())
     }
+
+    /// Chains taken and not marked used, where that matters for resuming: a split ring's used
+    /// index lives in the ring, so a split ring always resumes right (0).
+    fn outstanding(&self) -> usize {
+        match self {
+            Self::Split(_) => 0,
+            Self::Packed(q) => q.outstanding(),
+        }
+    }
 }
 
 /// What OpenAMP's libmetal gives a port, reduced to what the engine needs.
@@ -979,6 +988,25 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
         [self.tx.next_avail(), self.rx.next_avail()]
     }
 
+    /// Where a new owner would resume, for a link that stops now (vhost-user's
+    /// GET_VRING_BASE). A packed ring resumes its used position where its available one is
+    /// (vhost-user's ring base as the hub receives it carries only the available position),
+    /// so nothing may be outstanding: spare transmit buffers are given back used with length 0
+    /// first, and if chains are still held the count of them is the error (the position would
+    /// be wrong, and the driver would wait for their used descriptors forever).
+    pub fn resume_point(&mut self) -> Result<[u16; 2], usize> {
+        if self.format == RingFormat::Packed {
+            for buf in core::mem::take(&mut self.spare_tx) {
+                // A buffer already marked used cannot be here; a failure leaves it counted.
+                let _ = self.tx.push_used(&self.mem, buf.chain.head, 0);
+            }
+        }
+        match self.tx.outstanding() + self.rx.outstanding() {
+            0 => Ok(self.next_avail()),
+            held => Err(held),
+        }
+    }
+
     /// Replaces the memory (the driver remapped it, e.g. a new vhost-user memory table); the
     /// rings must still lie inside it.
     pub fn set_memory(&mut self, mem: M) -> Result<(), LinkError> {
@@ -1234,6 +1262,34 @@ mod tests {
             remote.next_avail()[1],
             crate::packed::PackedDeviceQueue::START
         );
+    }
+
+    /// A packed ring resumes both positions at one place: a stopping device gives its spare
+    /// buffers back (used, empty) and refuses a resume point while it still holds a chain.
+    #[test]
+    fn a_packed_resume_point_needs_nothing_outstanding() {
+        let (mut host, mut remote) = pair_of(RingFormat::Packed);
+        let spare = remote.take_tx().unwrap().unwrap();
+        remote.release_tx(spare);
+        let out = host.take_tx().unwrap().unwrap();
+        host.send_tx(out, 10).unwrap();
+        let held = remote.take_rx().unwrap().unwrap();
+        assert_eq!(remote.resume_point(), Err(1), "the held message");
+        // The spare went back to the driver, used and empty.
+        assert_eq!(host.rx.pop_used(&host.mem).unwrap(), Some((spare.id, 0)));
+        remote.release_rx(held).unwrap();
+        let at = remote.resume_point().unwrap();
+        assert_eq!(at, remote.next_avail());
+        assert_ne!(at[0], crate::packed::PackedDeviceQueue::START, "one taken");
+    }
+
+    /// Split rings keep their used index in the ring: any moment is a resume point.
+    #[test]
+    fn a_split_resume_point_is_the_next_avail_index() {
+        let (_host, mut remote) = pair_of(RingFormat::Split);
+        let spare = remote.take_tx().unwrap().unwrap();
+        remote.release_tx(spare);
+        assert_eq!(remote.resume_point(), Ok([1, 0]));
     }
 
     /// rpmsg-compat: a consumed driver-to-device buffer comes back with its readable length

@@ -105,6 +105,7 @@ impl DirectGuest {
             info: RingsInfo {
                 rings: [layout.rx_ring, layout.tx_ring],
                 next_avail: [0, 0],
+                format: vamp_rpmsg::transport::RingFormat::Split,
                 event_idx: true,
                 name_service: true,
             },

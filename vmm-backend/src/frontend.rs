@@ -35,13 +35,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use vamp_rpmsg::mapped_file::MappedFile;
+use vamp_rpmsg::packed::PackedDeviceQueue;
 use vamp_rpmsg::rpmsg::{Config, Handler, Rpmsg};
 use vamp_rpmsg::transport::{
-    BufferConfig, DriverLayout, DriverTransport, Environment, LinkError, Transport,
+    BufferConfig, DriverLayout, DriverTransport, Environment, LinkError, RingFormat, Transport,
 };
 use vamp_rpmsg::virtio::{
-    NUM_QUEUES, RX_QUEUE, STATUS_NEEDS_RESET, STATUS_STARTED, TX_QUEUE, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RPMSG_F_NS,
+    NUM_QUEUES, RX_QUEUE, STATUS_NEEDS_RESET, STATUS_STARTED, TX_QUEUE, VIRTIO_F_RING_PACKED,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RPMSG_F_NS,
 };
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::Endian;
@@ -137,6 +138,9 @@ pub struct GuestOptions {
     pub buffers: BufferConfig,
     /// How long [`NativeGuest::connect`] keeps retrying. Default 5 s.
     pub connect_timeout: Duration,
+    /// Negotiate VIRTIO_F_RING_PACKED when the backend offers it, and drive packed rings (in
+    /// the same areas the split layout gives). Default false.
+    pub packed: bool,
 }
 
 impl Default for GuestOptions {
@@ -147,6 +151,7 @@ impl Default for GuestOptions {
             event_idx: true,
             buffers: BufferConfig::default(),
             connect_timeout: Duration::from_secs(5),
+            packed: false,
         }
     }
 }
@@ -363,6 +368,9 @@ impl NativeGuest {
         let event_idx = opts.event_idx && offered & VIRTIO_RING_F_EVENT_IDX != 0;
         if event_idx {
             acked |= VIRTIO_RING_F_EVENT_IDX;
+        }
+        if opts.packed && offered & VIRTIO_F_RING_PACKED != 0 {
+            acked |= VIRTIO_F_RING_PACKED;
         }
         let mut protocol_acked = VhostUserProtocolFeatures::empty();
         if offered & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
@@ -723,20 +731,29 @@ fn start(
         .map_err(protocol("SET_MEM_TABLE"))?;
 
     // Zeroes both rings and posts the receive half of the pool on vq 0.
-    let mut transport = DriverTransport::new(
+    let format = RingFormat::from_features(acked);
+    let mut transport = DriverTransport::with_format(
         mem.clone(),
         GuestEnv::new()?,
         layout,
         Endian::Little,
         event_idx,
+        format,
     )?;
+    // A packed ring starts at descriptor 0 with its wrap counters at 1: vhost-user's packed
+    // ring base carries the available position's counter in bit 15 (the used position's half
+    // does not fit the frontend's 16-bit base; a fresh ring's is the same).
+    let start = match format {
+        RingFormat::Split => 0,
+        RingFormat::Packed => PackedDeviceQueue::START,
+    };
     for (q, ring) in [(RX_QUEUE, layout.rx_ring), (TX_QUEUE, layout.tx_ring)] {
         let index = q as usize;
         frontend
             .set_vring_num(index, ring.size)
             .map_err(protocol("SET_VRING_NUM"))?;
         frontend
-            .set_vring_base(index, 0)
+            .set_vring_base(index, start)
             .map_err(protocol("SET_VRING_BASE"))?;
         let config = VringConfigData {
             queue_max_size: ring.size,

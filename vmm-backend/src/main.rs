@@ -11,7 +11,7 @@ use vamp_vmm_backend::guest_memory::{DEFAULT_MAX_MAPPED, set_max_mapped};
 use vamp_vmm_backend::hub::{Hub, SharedHub};
 use vamp_vmm_backend::sandbox::{self, Policy, Violation};
 use vamp_vmm_backend::service;
-use vamp_vmm_backend::vhost_user::serve_listener;
+use vamp_vmm_backend::vhost_user::{serve_listener, set_offer_packed};
 use vhost::vhost_user::Listener;
 
 #[derive(Parser, Debug)]
@@ -61,6 +61,11 @@ struct Args {
     /// SET_MEM_TABLE. Default 65536 (64 GiB).
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MAX_MAPPED >> 20)]
     max_guest_memory: u64,
+    /// Do not offer packed virtqueues (VIRTIO_F_RING_PACKED): every guest gets split rings.
+    /// Without it a guest whose VMM acks the feature (QEMU: the device's `packed=on`) runs its
+    /// link over packed rings.
+    #[arg(long)]
+    no_packed: bool,
 }
 
 /// What else the binary does than serve.
@@ -288,6 +293,7 @@ fn main() -> ExitCode {
         }
     }
     set_max_mapped(args.max_guest_memory.saturating_mul(1 << 20));
+    set_offer_packed(!args.no_packed);
     let control = match args
         .control_socket
         .as_ref()

@@ -77,6 +77,8 @@ struct Harness {
     backend: Option<Proc>,
     dir: TempDir,
     t0: Instant,
+    /// Guests get packed virtqueues: the device's `packed=on`.
+    packed: bool,
 }
 
 impl Harness {
@@ -89,6 +91,7 @@ impl Harness {
             backend: None,
             dir: test_dir(&format!("qemu-{test}")),
             t0: Instant::now(),
+            packed: false,
         }
     }
 
@@ -189,7 +192,10 @@ impl Harness {
         let console = self.path(&format!("console-{label}.log"));
         let child = self
             .env
-            .qemu_command(qemu_args(&self.env.kernel, &initrd, socket), &console)
+            .qemu_command(
+                qemu_args(&self.env.kernel, &initrd, socket, self.packed),
+                &console,
+            )
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", self.env.qemu.display()));
         self.guests.push(Guest {
@@ -308,13 +314,20 @@ impl Harness {
     }
 }
 
-/// QEMU's arguments for one guest: the device line of tests/provision/README.md.
-fn qemu_args(kernel: &Path, initrd: &Path, socket: &Path) -> Vec<String> {
+/// QEMU's arguments for one guest: the device line of tests/provision/README.md; with
+/// `packed`, the device's virtio property `packed=on` (QEMU 11's generic vhost-user device
+/// takes it, default off), so the guest is offered VIRTIO_F_RING_PACKED.
+fn qemu_args(kernel: &Path, initrd: &Path, socket: &Path, packed: bool) -> Vec<String> {
+    let mut device =
+        "vhost-user-test-device-pci,chardev=c0,virtio-id=7,num_vqs=2,vq_size=256".to_string();
+    if packed {
+        device.push_str(",packed=on");
+    }
     let devices = vec![
         "-chardev".to_string(),
         format!("socket,id=c0,path={}", socket.display()),
         "-device".to_string(),
-        "vhost-user-test-device-pci,chardev=c0,virtio-id=7,num_vqs=2,vq_size=256".to_string(),
+        device,
     ];
     common::qemu_args(kernel, initrd, devices)
 }
@@ -420,28 +433,51 @@ echo "$M peer channel $peer"
 /// "rpmsg-raw", and an endpoint made through /dev/rpmsg_ctrl0 for another announced echo.
 #[test]
 fn qemu_guest_echo_through_dev_rpmsg() {
-    let test = "qemu_guest_echo_through_dev_rpmsg";
+    echo_through_dev_rpmsg("qemu_guest_echo_through_dev_rpmsg", "echo", false);
+}
+
+/// (a) on packed virtqueues: QEMU's device gets `packed=on`, the backend offers
+/// VIRTIO_F_RING_PACKED (its default; (a) itself runs with `--no-packed` and checks the guest
+/// got split rings), Linux's virtio core acks it (checked in the guest: bit 34 of
+/// /sys/bus/virtio/devices/virtio0/features) and the same echoes pass.
+#[test]
+fn qemu_guest_echo_on_packed_rings() {
+    echo_through_dev_rpmsg("qemu_guest_echo_on_packed_rings", "packed", true);
+}
+
+/// The echo test (a), on split rings or (`packed`) packed ones.
+fn echo_through_dev_rpmsg(test: &'static str, short: &'static str, packed: bool) {
     let Some((_lock, env)) = setup(test) else {
         return;
     };
-    let mut h = Harness::new(test, "echo", env);
+    let mut h = Harness::new(test, short, env);
+    h.packed = packed;
     let socket = h.path("rpmsg.sock");
-    h.start_backend(
-        &[
-            "--socket-path".into(),
-            socket.display().to_string(),
-            "--echo".into(),
-            "rpmsg-raw".into(),
-            "--echo".into(),
-            "rpmsg-client-sample".into(),
-        ],
-        std::slice::from_ref(&socket),
-    );
+    let mut args: Vec<String> = vec![
+        "--socket-path".into(),
+        socket.display().to_string(),
+        "--echo".into(),
+        "rpmsg-raw".into(),
+        "--echo".into(),
+        "rpmsg-client-sample".into(),
+    ];
+    if !packed {
+        // QEMU 11's generic vhost-user device acks VIRTIO_F_RING_PACKED whenever the backend
+        // offers it, whatever its own `packed` property says: split rings need the backend's
+        // switch.
+        args.push("--no-packed".into());
+    }
+    h.start_backend(&args, std::slice::from_ref(&socket));
     // 1. rpmsg_char binds the announced "rpmsg-raw": /dev/rpmsgN (dst = the hub's echo).
     // 2. "rpmsg-client-sample" has no driver in this kernel: its channel only shows in sysfs
     //    (virtio0.rpmsg-client-sample.-1.<dst>), so an endpoint is made by hand through
     //    /dev/rpmsg_ctrl0 with that dst.
-    let body = r#"dev=$($A wait-dev --name rpmsg-raw --announced --timeout-ms 30000) || fail "$dev"
+    // The features the guest's virtio core negotiated, one character per bit from bit 0:
+    // bit 34 is VIRTIO_F_RING_PACKED.
+    let features = r#"f=$(cat /sys/bus/virtio/devices/virtio0/features) || fail "no virtio0 features"
+echo "$M features $f packed $(echo "$f" | cut -c35)"
+"#;
+    let echo = r#"dev=$($A wait-dev --name rpmsg-raw --announced --timeout-ms 30000) || fail "$dev"
 echo "$M raw device $dev"
 run raw $A echo-client --dev "$dev" --count 1000 --min 1 --max 496
 dst=$($A wait-channel --name rpmsg-client-sample --timeout-ms 30000) || fail "$dst"
@@ -454,9 +490,18 @@ run ctrl $A echo-client --dev "$ept" --count 200 --min 1 --max 496 --tag 77
 echo "$M PASS"
 reboot -f
 "#;
-    h.prepare_guests(&[("g0", body)]);
+    let body = format!("{features}{echo}");
+    h.prepare_guests(&[("g0", &body)]);
     let g = h.start_guest("g0", &socket);
     h.wait_for(g, "BOOTED", BOOT_AND_SETUP);
+    let features = h.wait_for(g, "features", BOOT_AND_SETUP);
+    let want = if packed { "1" } else { "0" };
+    if features.split_whitespace().collect::<Vec<_>>().get(1..) != Some(&["packed", want][..]) {
+        h.fail(&format!(
+            "the guest's negotiated features should have VIRTIO_F_RING_PACKED = {want}: {features}"
+        ));
+    }
+    h.note(&format!("guest features {features}"));
     let dev = h.wait_for(g, "raw device", BOOT_AND_SETUP);
     h.note(&format!("hub echo bound by rpmsg_char as {dev}"));
     h.result(g, "raw", "echo-client: 1000/1000 ok", STEP);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use vamp_rpmsg::rpmsg::{HeldRx, Rpmsg};
 use vamp_rpmsg::transport::{
-    Buffer, DeviceTransport, DriverTransport, Environment, LinkError, Transport,
+    Buffer, DeviceTransport, DriverTransport, Environment, LinkError, RingFormat, Transport,
 };
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::Endian;
@@ -148,6 +148,15 @@ impl LinkTransport {
             LinkTransport::Driver(_) => None,
         }
     }
+
+    /// Where a stopping device-role link's rings resume ([`DeviceTransport::resume_point`]):
+    /// `Err` with the chains still held when a packed ring cannot report an exact position.
+    pub(super) fn resume_point(&mut self) -> Option<Result<[u16; 2], usize>> {
+        match self {
+            LinkTransport::Device(t) => Some(t.resume_point()),
+            LinkTransport::Driver(_) => None,
+        }
+    }
 }
 
 /// The engine of one link.
@@ -158,8 +167,11 @@ pub type LinkEngine = Rpmsg<LinkTransport>;
 pub struct RingsInfo {
     /// vq 0 and vq 1.
     pub rings: [VringLayout; 2],
-    /// Where to resume reading each ring.
+    /// Where to resume reading each ring (for packed rings an `off_wrap` word: index, wrap
+    /// counter in bit 15).
     pub next_avail: [u16; 2],
+    /// Split or packed (VIRTIO_F_RING_PACKED was negotiated).
+    pub format: RingFormat,
     /// VIRTIO_RING_F_EVENT_IDX was negotiated.
     pub event_idx: bool,
     /// VIRTIO_RPMSG_F_NS was negotiated.

@@ -65,7 +65,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use vamp_rpmsg::rpmsg::{Config, Rpmsg};
-use vamp_rpmsg::transport::{DeviceTransport, DriverTransport, LinkError, Transport};
+use vamp_rpmsg::transport::{DeviceRings, DeviceTransport, DriverTransport, LinkError, Transport};
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
 
@@ -422,7 +422,22 @@ impl Hub {
     /// withdraws its names from the others and drops what waits for it. Returns where its rings
     /// stood.
     pub fn stop(&mut self, id: LinkId, reason: &str) -> Option<[u16; 2]> {
-        let at = self.next_avail(id);
+        let at = match self
+            .slots
+            .get_mut(id)
+            .and_then(|s| s.link.as_mut())
+            .and_then(|l| l.engine.transport_mut().resume_point())
+        {
+            Some(Ok(at)) => Some(at),
+            Some(Err(held)) => {
+                log::warn!(
+                    "guest {}: its packed rings stopped with {held} buffer(s) still held; vhost-user's ring base cannot carry their used position, so no resume point is reported (rings started again from there break its link until it resets the device)",
+                    self.slots[id].name
+                );
+                None
+            }
+            None => None,
+        };
         self.link_down(id, reason);
         if let Some(slot) = self.slots.get_mut(id) {
             slot.broken = None;
@@ -463,11 +478,15 @@ impl Hub {
         notifier: &Arc<dyn Notifier>,
     ) -> Result<(), LinkError> {
         let env = LinkEnv::new(notifier.clone());
-        let mut transport = DeviceTransport::resume(
+        let rings = DeviceRings {
+            areas: info.rings,
+            next_avail: info.next_avail,
+            format: info.format,
+        };
+        let mut transport = DeviceTransport::attach(
             mem.clone(),
             env,
-            info.rings,
-            info.next_avail,
+            rings,
             Endian::Little,
             info.event_idx,
             MAX_BUFFER,

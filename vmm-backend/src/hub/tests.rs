@@ -77,6 +77,7 @@ impl Guest {
             info: RingsInfo {
                 rings: [layout.rx_ring, layout.tx_ring],
                 next_avail: [0, 0],
+                format: vamp_rpmsg::transport::RingFormat::Split,
                 event_idx: false,
                 name_service: true,
             },

@@ -11,8 +11,10 @@ use crate::hub::{LinkId, Notifier, Reports, RingsInfo, SharedHub, stop};
 use crate::sandbox::{self, ThreadKind};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use vamp_rpmsg::virtio::{NUM_QUEUES, VIRTIO_RPMSG_F_NS};
+use vamp_rpmsg::transport::RingFormat;
+use vamp_rpmsg::virtio::{NUM_QUEUES, VIRTIO_F_RING_PACKED, VIRTIO_RPMSG_F_NS};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -26,6 +28,15 @@ use vmm_sys_util::event::{
 
 /// Largest queue the backend accepts.
 pub const MAX_QUEUE_SIZE: usize = 1024;
+
+/// Whether backends offer VIRTIO_F_RING_PACKED (the default; `vhost-user-rpmsg --no-packed`
+/// turns it off for the process). A frontend that does not ack it gets split rings.
+static OFFER_PACKED: AtomicBool = AtomicBool::new(true);
+
+/// Offer packed virtqueues (VIRTIO_F_RING_PACKED) on connections set up from now on, or not.
+pub fn set_offer_packed(on: bool) {
+    OFFER_PACKED.store(on, Ordering::Relaxed);
+}
 
 struct VringNotifier {
     vrings: Vec<VringRwLock>,
@@ -76,6 +87,9 @@ pub struct RpmsgBackend {
     /// not per kick.
     ram: Option<GuestRam>,
     acked_features: u64,
+    /// VIRTIO_F_RING_PACKED is offered (fixed per connection: the daemon asks for the
+    /// features more than once).
+    offer_packed: bool,
     event_idx: bool,
     vrings: Option<(Vec<VringRwLock>, Arc<dyn Notifier>)>,
     /// Told when the hub breaks this guest's link (see [`crate::vhost_user::control`]).
@@ -123,6 +137,7 @@ impl RpmsgBackend {
             hub,
             ram: None,
             acked_features: 0,
+            offer_packed: OFFER_PACKED.load(Ordering::Relaxed),
             event_idx: false,
             vrings: None,
             reset_notice: None,
@@ -160,11 +175,16 @@ impl RpmsgBackend {
                     return None;
                 }
             }
+            // For packed rings the same three addresses are the descriptor ring and the
+            // driver and device event suppression areas (in_areas_of in the engine), and the
+            // base is the low half of vhost-user's packed ring base: the available position
+            // with its wrap counter in bit 15 (vhost-user-backend keeps 16 bits of it).
             next_avail[i] = queue.next_avail();
         }
         Some(RingsInfo {
             rings: rings.try_into().ok()?,
             next_avail,
+            format: RingFormat::from_features(self.acked_features),
             event_idx: self.event_idx,
             name_service: self.acked_features & VIRTIO_RPMSG_F_NS != 0,
         })
@@ -190,7 +210,13 @@ impl VhostUserBackendMut for RpmsgBackend {
     }
 
     fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1)
+        let packed = if self.offer_packed {
+            VIRTIO_F_RING_PACKED
+        } else {
+            0
+        };
+        packed
+            | (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | VIRTIO_RPMSG_F_NS
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()

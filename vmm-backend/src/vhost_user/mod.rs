@@ -10,7 +10,7 @@
 pub mod control;
 pub mod device;
 
-pub use device::{MAX_QUEUE_SIZE, RpmsgBackend};
+pub use device::{MAX_QUEUE_SIZE, RpmsgBackend, set_offer_packed};
 
 use crate::hub::{LinkId, SharedHub, stop};
 use crate::sandbox::{self, ThreadKind};
