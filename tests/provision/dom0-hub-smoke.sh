@@ -20,7 +20,6 @@ set -euo pipefail
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 VAMP_LOG_TAG=dom0-hub-smoke
 
-QEMU="$VAMP_PROVISION_DIR/qemu"
 KERNEL="$VAMP_GUEST_DIR/bzImage"
 MODULE="$VAMP_GUEST_DIR/vamp_test_rproc.ko"
 WORK="$VAMP_CACHE/dom0-hub-smoke"
@@ -129,19 +128,6 @@ bash "$VAMP_PROVISION_DIR/initramfs.sh" --add "$MODULE:/lib/modules/vamp_test_rp
     "$WORK/initramfs.cpio.gz" "$WORK/init" "$WORK/vhost-user-rpmsg" "$WORK/vamp" >/dev/null
 
 log "booting $KERNEL (TCG, 512M) as dom0 with the test remote core, the hub and a native guest"
-t0=$(now_ms)
-"$QEMU" -accel tcg -nographic -nodefaults -serial stdio -no-reboot -m 512M \
-    -kernel "$KERNEL" -initrd "$WORK/initramfs.cpio.gz" -append "$APPEND" \
-    </dev/null >"$WORK/console.log" 2>&1 &
-qpid=$!
-wait_guest "$qpid" "$t0" "$TIMEOUT_S" "$WORK/console.log"
-rc=$WAIT_GUEST_RC
-tr -d '\r' <"$WORK/console.log" | grep -E 'DH-STEP|hub\||BUG|WARNING' | sed 's/^/  | /' >&2
-[[ $rc -eq 0 ]] || die "QEMU exited with status $rc (see $WORK/console.log)"
-grep -q '^DH-DONE' "$WORK/console.log" || die "the guest did not finish its steps (see $WORK/console.log)"
-grep -q 'DH-STEP .* FAILED' "$WORK/console.log" && die "a step failed (see $WORK/console.log)"
-grep -qE 'BUG:|WARNING:' "$WORK/console.log" && die "the kernel logged a BUG/WARNING (see $WORK/console.log)"
-n=$(grep -c 'DH-STEP .* ok' "$WORK/console.log")
-[[ $n -eq $STEPS ]] || die "expected $STEPS passed steps, saw $n (see $WORK/console.log)"
-log "all $n steps passed in $(fmt_ms $(($(now_ms) - t0)))"
-echo "dom0-hub-smoke: ok, $n steps"
+run_step_guest "$KERNEL" "$WORK/initramfs.cpio.gz" "$APPEND" 512 "$TIMEOUT_S" "$WORK/console.log" \
+    DH "$STEPS" 'DH-STEP|hub\||BUG|WARNING'
+echo "dom0-hub-smoke: ok, $STEPS steps"

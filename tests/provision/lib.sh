@@ -176,3 +176,27 @@ wait_guest() {
     WAIT_GUEST_RC=0
     wait "$pid" || WAIT_GUEST_RC=$?
 }
+
+# run_step_guest KERNEL INITRD APPEND MEM_MB TIMEOUT_S CONSOLE_LOG MARK STEPS SHOW: boots KERNEL
+# with INITRD under TCG and judges the steps its /init prints: lines "MARK-STEP NAME ok: ..." or
+# "... FAILED: ...", then "MARK-DONE". Shows the console lines matching the regex SHOW, and dies
+# unless QEMU exited cleanly, the guest got to MARK-DONE, no step failed, the kernel logged no
+# BUG or WARNING, and exactly STEPS steps passed.
+run_step_guest() {
+    local kernel=$1 initrd=$2 append=$3 mem=$4 timeout_s=$5 console=$6 mark=$7 steps=$8 show=$9
+    local t0 qpid n
+    t0=$(now_ms)
+    "$VAMP_PROVISION_DIR/qemu" -accel tcg -nographic -nodefaults -serial stdio -no-reboot \
+        -m "${mem}M" -kernel "$kernel" -initrd "$initrd" -append "$append" \
+        </dev/null >"$console" 2>&1 &
+    qpid=$!
+    wait_guest "$qpid" "$t0" "$timeout_s" "$console"
+    tr -d '\r' <"$console" | grep -E "$show" | sed 's/^/  | /' >&2
+    [[ $WAIT_GUEST_RC -eq 0 ]] || die "QEMU exited with status $WAIT_GUEST_RC (see $console)"
+    grep -q "^$mark-DONE" "$console" || die "the guest did not finish its steps (see $console)"
+    grep -q "$mark-STEP .* FAILED" "$console" && die "a step failed (see $console)"
+    grep -qE 'BUG:|WARNING:' "$console" && die "the kernel logged a BUG/WARNING (see $console)"
+    n=$(grep -c "$mark-STEP .* ok" "$console")
+    [[ $n -eq $steps ]] || die "expected $steps passed steps, saw $n (see $console)"
+    log "all $n steps passed in $(fmt_ms $(($(now_ms) - t0)))"
+}
