@@ -483,6 +483,28 @@ fn channel_dir_of(real: &Path) -> Option<&Path> {
         .and_then(Path::parent)
 }
 
+/// The entries of the sysfs directory `dir` (a class or bus listing of links) whose real path
+/// lies under the remoteproc device `remoteproc`: each entry's name and real path. A missing
+/// `dir` (no rpmsg at all yet) lists nothing.
+fn entries_under(dir: &Path, remoteproc: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let core = fs::canonicalize(remoteproc)?;
+    let mut under = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if let Ok(real) = fs::canonicalize(entry.path())
+            && real.starts_with(&core)
+        {
+            under.push((entry.file_name().to_string_lossy().into_owned(), real));
+        }
+    }
+    Ok(under)
+}
+
 /// Lists the rpmsg char devices (`/sys/class/rpmsg/*`) that belong to the remoteproc device
 /// `remoteproc` (its sysfs directory, e.g. `/sys/class/remoteproc/remoteproc0`): those whose
 /// real sysfs path lies under the remoteproc device's. `sysfs_root` is the sysfs mount
@@ -493,23 +515,8 @@ pub fn find_rpmsg_devices(
     remoteproc: &Path,
     dev_dir: &Path,
 ) -> io::Result<Vec<RpmsgDevice>> {
-    let class = sysfs_root.join("class/rpmsg");
-    let entries = match fs::read_dir(&class) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let core = fs::canonicalize(remoteproc)?;
     let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Ok(real) = fs::canonicalize(entry.path()) else {
-            continue;
-        };
-        if !real.starts_with(&core) {
-            continue;
-        }
+    for (name, real) in entries_under(&sysfs_root.join("class/rpmsg"), remoteproc)? {
         let kind = if name.starts_with("rpmsg_ctrl") {
             RpmsgDeviceKind::Control
         } else {
@@ -562,21 +569,8 @@ pub fn find_announced_channels(
     sysfs_root: &Path,
     remoteproc: &Path,
 ) -> io::Result<Vec<AnnouncedChannel>> {
-    let bus = sysfs_root.join("bus/rpmsg/devices");
-    let entries = match fs::read_dir(&bus) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let core = fs::canonicalize(remoteproc)?;
     let mut found = Vec::new();
-    for entry in entries {
-        let Ok(real) = fs::canonicalize(entry?.path()) else {
-            continue;
-        };
-        if !real.starts_with(&core) {
-            continue;
-        }
+    for (_, real) in entries_under(&sysfs_root.join("bus/rpmsg/devices"), remoteproc)? {
         let attr = |a: &str| read_trimmed(&real.join(a));
         let (Some(name), Some(src), Some(dst)) = (
             attr("name"),
