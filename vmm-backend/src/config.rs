@@ -45,6 +45,7 @@ use std::path::{Path, PathBuf};
 
 /// What is wrong with a topology.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("reading {path}: {source}")]
@@ -80,6 +81,7 @@ pub struct GuestSpec {
 /// What a host service does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum ServiceKind {
     /// Sends every message back to its sender (Linux's rpmsg_client_sample and OpenAMP's echo
     /// demo talk to it). Announced as "rpmsg-raw", it gives guests a /dev/rpmsgN from rpmsg_char.

@@ -35,6 +35,7 @@ impl Notifier for DoorbellNotifier {
 
 /// Why a remote could not be run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RemoteError {
     /// The image could not be found.
     #[error("remote {remote}: {why}")]

@@ -74,6 +74,7 @@ use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
 /// Which kind of thread a filter is for: each gets only the calls it makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ThreadKind {
     /// A vhost-user-backend vring worker: waits on epoll, reads kick eventfds, writes call
     /// eventfds, runs the hub.
@@ -106,6 +107,7 @@ pub enum ThreadKind {
 
 /// What happens when a sandboxed thread makes a call outside its list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Violation {
     /// The call fails with `EPERM`; a line on standard error names it; the process goes on.
     Refuse,
@@ -124,6 +126,7 @@ pub enum Policy {
 
 /// Why a filter could not be built or installed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SandboxError {
     /// This CPU architecture has no filter here (x86_64 and aarch64 have).
     #[error("no seccomp filter for the {0} architecture")]
