@@ -7,12 +7,12 @@
 
 mod common;
 
-use common::{Inbox, TempDir, WAIT, await_echo, pump, read_lossy, sized_payload};
+use common::{Inbox, TempDir, WAIT, await_echo, pump, read_lossy, sized_payload, spawn_backend};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use vamp_rpmsg::wire::ADDR_ANY;
 use vamp_test_support::{Proc, wait_for_paths};
@@ -45,16 +45,7 @@ fn start_hub(dir: &TempDir) -> (Proc, PathBuf) {
     let cfg = dir.join("hub.toml");
     std::fs::write(&cfg, topology(dir)).unwrap();
     let log = dir.join("hub.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
+    let hub = spawn_backend(&["--config".into(), cfg.display().to_string()], &log);
     wait_for_paths(
         &[
             dir.join("alice.sock"),
@@ -64,7 +55,7 @@ fn start_hub(dir: &TempDir) -> (Proc, PathBuf) {
         "the hub's sockets",
         WAIT,
     );
-    (Proc { child }, log)
+    (hub, log)
 }
 
 /// `vhost-user-rpmsg status --control-socket CTL ARGS`'s standard output.
@@ -367,17 +358,7 @@ to = ["alice"]
     )
     .unwrap();
     let log = dir.join("hub.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    let mut hub = Proc { child };
+    let mut hub = spawn_backend(&["--config".into(), cfg.display().to_string()], &log);
     let ctl = dir.join("hub.ctl");
     wait_for_paths(&[dir.join("alice.sock"), ctl.clone()], "the sockets", WAIT);
 
