@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vamp_fuzz::{Bytes, Echo, Flags, env};
+use vamp_fuzz::{Bytes, Echo, Flags, env, poke};
 use vamp_rpmsg::mem::{HeapMemory, SharedMemory};
 use vamp_rpmsg::rpmsg::Rpmsg;
 use vamp_rpmsg::transport::{DeviceTransport, Transport};
@@ -28,23 +28,6 @@ fn layout(b: &mut Bytes) -> Option<VringLayout> {
     let mut addr = |align: u64| (u64::from(b.u16()) % (MEM + 512)) & !(align - 1);
     let (desc, avail, used) = (addr(16), addr(2), addr(4));
     VringLayout::new(size, desc, avail, used).ok()
-}
-
-/// The driver writes somewhere while the device works.
-fn poke(mem: &HeapMemory, ops: &mut Bytes) {
-    let at = u64::from(ops.u16()) % MEM;
-    match ops.u8() % 3 {
-        0 => {
-            let _ = mem.store_u16(at & !1, ops.u16());
-        }
-        1 => {
-            let _ = mem.store_u32(at & !3, ops.u32());
-        }
-        _ => {
-            let n = usize::from(ops.u8() % 32);
-            let _ = mem.write(at, ops.take(n));
-        }
-    }
 }
 
 fn queue(image: &[u8], ring: VringLayout, endian: Endian, event_idx: bool, at: u16, ops: &[u8]) {
@@ -82,7 +65,7 @@ fn queue(image: &[u8], ring: VringLayout, endian: Endian, event_idx: bool, at: u
                     let _ = q.push_used(&mem, head, ops.u32());
                 }
             }
-            2 => poke(&mem, &mut ops),
+            2 => poke(&mem, MEM, &mut ops),
             3 => {
                 let _ = (q.should_notify(&mem), q.has_avail(&mem), q.next_avail());
             }
@@ -114,7 +97,7 @@ fn engine(image: &[u8], rings: [VringLayout; 2], at: [u16; 2], flags: Flags, ops
             0 => {
                 let _ = rpmsg.poll(&mut echo);
             }
-            1 => poke(&mem, &mut ops),
+            1 => poke(&mem, MEM, &mut ops),
             2 => echo.release_all(&mut rpmsg),
             3 => {
                 let dst = ops.u32();

@@ -17,7 +17,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeSet;
-use vamp_fuzz::{Bytes, Echo, Flags, env};
+use vamp_fuzz::{Bytes, Echo, Flags, env, poke};
 use vamp_rpmsg::mem::{HeapMemory, SharedMemory};
 use vamp_rpmsg::packed::{PackedDeviceQueue, PackedLayout};
 use vamp_rpmsg::rpmsg::Rpmsg;
@@ -33,23 +33,6 @@ fn layout(b: &mut Bytes) -> Option<PackedLayout> {
     let mut addr = |align: u64| (u64::from(b.u16()) % (MEM + 512)) & !(align - 1);
     let (desc, driver_event, device_event) = (addr(16), addr(4), addr(4));
     PackedLayout::new(size, desc, driver_event, device_event).ok()
-}
-
-/// The driver writes somewhere while the device works: mostly descriptor flags and ids.
-fn poke(mem: &HeapMemory, ops: &mut Bytes) {
-    let at = u64::from(ops.u16()) % MEM;
-    match ops.u8() % 3 {
-        0 => {
-            let _ = mem.store_u16(at & !1, ops.u16());
-        }
-        1 => {
-            let _ = mem.store_u32(at & !3, ops.u32());
-        }
-        _ => {
-            let n = usize::from(ops.u8() % 32);
-            let _ = mem.write(at, ops.take(n));
-        }
-    }
 }
 
 fn queue(
@@ -109,7 +92,7 @@ fn queue(
                     assert!(q.push_used(&mem, id, 0).is_err(), "returned twice");
                 }
             }
-            2 => poke(&mem, &mut ops),
+            2 => poke(&mem, MEM, &mut ops),
             3 => {
                 let _ = (q.should_notify(&mem), q.has_avail(&mem), q.next_avail());
             }
@@ -148,7 +131,7 @@ fn engine(image: &[u8], rings: DeviceRings, flags: Flags, ops: &[u8]) {
             0 => {
                 let _ = rpmsg.poll(&mut echo);
             }
-            1 => poke(&mem, &mut ops),
+            1 => poke(&mem, MEM, &mut ops),
             2 => echo.release_all(&mut rpmsg),
             3 => {
                 let dst = ops.u32();

@@ -1,6 +1,7 @@
 //! What the fuzz targets share: reading an input front to back, the flags byte that sets up
 //! an engine, and the environment and handler the engine runs with.
 
+use vamp_rpmsg::mem::SharedMemory;
 use vamp_rpmsg::rpmsg::{Config, Handler, HeldRx, Received, Rpmsg};
 use vamp_rpmsg::testing::TestEnv;
 use vamp_rpmsg::transport::Transport;
@@ -102,6 +103,24 @@ impl<T: Transport> Handler<T> for Echo {
             let _ = rpmsg.trysendto(msg.ept, msg.src, &data);
         } else if self.held.len() < 8 {
             self.held.push(rpmsg.hold_rx(msg));
+        }
+    }
+}
+
+/// The driver writes somewhere in the first `mem_len` bytes of `mem` while the device works:
+/// a u16, a u32 or up to 31 bytes, as `ops` says (the device-side targets' hostile peer).
+pub fn poke<M: SharedMemory>(mem: &M, mem_len: u64, ops: &mut Bytes) {
+    let at = u64::from(ops.u16()) % mem_len;
+    match ops.u8() % 3 {
+        0 => {
+            let _ = mem.store_u16(at & !1, ops.u16());
+        }
+        1 => {
+            let _ = mem.store_u32(at & !3, ops.u32());
+        }
+        _ => {
+            let n = usize::from(ops.u8() % 32);
+            let _ = mem.write(at, ops.take(n));
         }
     }
 }
