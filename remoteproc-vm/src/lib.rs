@@ -13,4 +13,6 @@ pub mod proxy;
 pub mod ratelog;
 pub mod remoteproc;
 pub mod rsc;
+pub mod status;
+pub mod status_socket;
 pub mod sysfs;

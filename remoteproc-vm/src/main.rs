@@ -1,7 +1,7 @@
 //! `remoteproc-vm`: remoteproc for ELF remotes, as KVM micro-VMs or physical cores.
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vamp_remoteproc::config::{BackendSpec, Recovery, RemoteSpec, RemotesConfig};
@@ -11,6 +11,8 @@ use vamp_remoteproc::proxy::{self, ProxyServer, ProxyService};
 use vamp_remoteproc::remoteproc::{
     ManagedRemote, RemoteEvent, RemoteRpmsg, RemoteState, RemoteWaiter, Remoteproc,
 };
+use vamp_remoteproc::status::{self, RemoteReport, SharedReport, Status};
+use vamp_remoteproc::status_socket::{self, Request, StatusSocket};
 use vamp_remoteproc::sysfs::SysfsRemote;
 use vamp_rpmsg::apps::{ECHO_CHANNEL, PingSummary, ping, ping_payload};
 use vamp_rpmsg::guest_ram::GuestRam;
@@ -69,6 +71,10 @@ enum Command {
         /// fail (-EDQUOT).
         #[arg(long, value_name = "FILES", default_value_t = vamp_remoteproc::proxy::DEFAULT_MAX_FILES_CREATED)]
         proxy_max_files: u64,
+        /// Answer `remoteproc-vm status --control-socket PATH` on this AF_UNIX socket (made
+        /// owner-only) while the remote runs: its state, restarts, crashes, channels, messages.
+        #[arg(long, value_name = "PATH")]
+        control_socket: Option<PathBuf>,
     },
     /// Prints IMAGE's segments and resource table.
     Inspect {
@@ -77,11 +83,21 @@ enum Command {
     },
     /// Lists the built-in images.
     Images,
-    /// Configured remotes (see configs/remotes.toml): status of all or one.
+    /// Status of remotes: the configured ones (see configs/remotes.toml; physical cores read
+    /// from sysfs), or the one a running `remoteproc-vm run/start --control-socket PATH` runs.
     Status {
         /// The remotes file.
+        #[arg(long, required_unless_present = "control_socket")]
+        config: Option<PathBuf>,
+        /// Ask the remoteproc-vm process serving this status socket instead.
+        #[arg(long, value_name = "PATH", conflicts_with = "config")]
+        control_socket: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long, conflicts_with = "metrics")]
+        json: bool,
+        /// Print the Prometheus text exposition.
         #[arg(long)]
-        config: PathBuf,
+        metrics: bool,
         /// One remote.
         name: Option<String>,
     },
@@ -93,6 +109,10 @@ enum Command {
         config: PathBuf,
         /// The remote.
         name: String,
+        /// For a KVM remote: answer `remoteproc-vm status --control-socket PATH` on this socket
+        /// while it runs.
+        #[arg(long, value_name = "PATH")]
+        control_socket: Option<PathBuf>,
     },
     /// Stops a configured physical core.
     Stop {
@@ -188,14 +208,14 @@ fn waiter(rp: &mut Remoteproc<KvmRemote>) -> RemoteWaiter<'_, KvmRemote, fn(&[u8
     }
 }
 
-/// Prints announcements while a remote runs.
-#[derive(Default)]
-struct Announcements;
+/// Prints announcements while a remote runs, and counts them in its report.
+struct Announcements(SharedReport);
 
 impl<T: Transport> Handler<T> for Announcements {
     fn on_message(&mut self, rpmsg: &mut Rpmsg<T>, msg: &mut Received) {
         let len = msg.len;
         let _ = rpmsg;
+        self.0.lock().message(usize::from(len));
         println!(
             "message of {len} bytes from {:#x} to {:#x}",
             msg.src, msg.dst
@@ -204,12 +224,14 @@ impl<T: Transport> Handler<T> for Announcements {
     fn on_name_service(&mut self, _: &mut Rpmsg<T>, event: NsEvent<'_>) {
         match event {
             NsEvent::Created { name, addr, .. } => {
+                self.0.lock().channel(name, true);
                 println!(
                     "channel \"{}\" announced at {addr:#x}",
                     vamp_remoteproc::console::escape(name)
                 )
             }
             NsEvent::Destroyed { name, addr, .. } => {
+                self.0.lock().channel(name, false);
                 println!(
                     "channel \"{}\" at {addr:#x} withdrawn",
                     vamp_remoteproc::console::escape(name)
@@ -281,7 +303,20 @@ fn run(
     restarts: u32,
     timeout: u64,
     proxy: ProxyOption,
+    control_socket: Option<&Path>,
 ) -> Result<bool, String> {
+    // The status socket is bound before the remote is loaded: a path in use fails first.
+    let report = SharedReport::new(RemoteReport {
+        name: image.to_string(),
+        backend: "kvm".into(),
+        image: image.to_string(),
+        max_restarts: restarts,
+        ..Default::default()
+    });
+    report.lock().set_state(RemoteState::Offline);
+    if let Some(path) = control_socket {
+        serve_status(path, report.clone())?;
+    }
     // The proxy's root is opened before the remote is loaded: a missing one fails first.
     let mut server = match &proxy {
         Some((root, max_bytes, max_files)) => {
@@ -293,6 +328,7 @@ fn run(
         None => None,
     };
     let mut rp = boot(image, memory_mib)?;
+    report.lock().set_state(rp.state());
     let timeout = Duration::from_secs(timeout.max(1));
     loop {
         let mut rpmsg = rp
@@ -323,7 +359,7 @@ fn run(
                 Err(e) => Err(e.to_string()),
             };
         }
-        let mut printer = Announcements;
+        let mut printer = Announcements(report.clone());
         let event = loop {
             rpmsg.poll(&mut printer).map_err(|e| e.to_string())?;
             rpmsg.transport_mut().environment().wait(200_000);
@@ -336,20 +372,116 @@ fn run(
         drop(rpmsg);
         match event {
             RemoteEvent::Exited(code) => {
+                report.lock().exited(code);
                 println!("{image}: exited with code {code}");
                 return Ok(code == 0);
             }
             RemoteEvent::Crashed(why) => {
+                report.lock().crashed(&why.to_string());
                 println!("{image}: crashed: {why}");
                 if rp.restarts() >= restarts {
                     return Ok(false);
                 }
                 rp.recover().map_err(|e| e.to_string())?;
+                let mut r = report.lock();
+                r.restarts = rp.restarts();
+                r.channels.clear();
+                r.set_state(rp.state());
+                drop(r);
                 println!("{image}: restarted ({} of {restarts})", rp.restarts());
             }
             RemoteEvent::Idle => unreachable!("the loop only ends on news"),
         }
     }
+}
+
+/// How long `remoteproc-vm status --control-socket` waits for the whole answer.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `remoteproc-vm status`: asks the process serving `control_socket`, or reports the remotes
+/// of `config` (all, or `name`), rendered for `request`.
+fn status_command(
+    config: Option<&Path>,
+    control_socket: Option<&Path>,
+    request: Request,
+    name: Option<String>,
+) -> Result<bool, String> {
+    let answer = match (control_socket, config) {
+        (Some(path), _) => status_socket::query(path, request, STATUS_TIMEOUT)
+            .map_err(|e| format!("{}: {e}", path.display()))?,
+        (None, Some(config)) => {
+            let cfg = RemotesConfig::load(config).map_err(|e| e.to_string())?;
+            let remotes: Vec<RemoteReport> = cfg
+                .remotes
+                .iter()
+                .filter(|s| name.as_ref().is_none_or(|n| *n == s.name))
+                .map(configured_report)
+                .collect();
+            if let Some(n) = name.as_ref().filter(|_| remotes.is_empty()) {
+                return Err(format!("{}: no remote called {n:?}", config.display()));
+            }
+            if request != Request::Status {
+                status::render(request, &Status { remotes })
+            } else {
+                // One tab-separated line per remote, for scripts: name, backend, state, image.
+                let line = |r: &RemoteReport| match r.backend.as_str() {
+                    "sysfs" => format!("{}\tsysfs\t{}\t{}\n", r.name, r.state, r.image),
+                    _ => format!(
+                        "{}\tkvm\t(runs in the process that starts it: ask it with --control-socket)\n",
+                        r.name
+                    ),
+                };
+                remotes.iter().map(line).collect()
+            }
+        }
+        (None, None) => return Err("give --config FILE or --control-socket PATH".into()),
+    };
+    print!("{answer}");
+    Ok(true)
+}
+
+/// Binds the status socket at `path` and answers it from `report` on a thread of its own.
+fn serve_status(path: &Path, report: SharedReport) -> Result<(), String> {
+    let socket = StatusSocket::bind(path)
+        .map_err(|e| format!("--control-socket {}: {e}", path.display()))?;
+    std::thread::Builder::new()
+        .name("vamp-status".into())
+        .spawn(move || socket.serve(|request| status::render(request, &report.status())))
+        .map(drop)
+        .map_err(|e| format!("status thread: {e}"))
+}
+
+/// What `remoteproc-vm status --config` knows of a configured remote without asking the
+/// process that runs it: a physical core's state and firmware from sysfs.
+fn configured_report(spec: &RemoteSpec) -> RemoteReport {
+    let max_restarts = match spec.recovery {
+        Recovery::Restart { max_restarts } => max_restarts,
+        _ => 0,
+    };
+    let mut report = RemoteReport {
+        name: spec.name.clone(),
+        max_restarts,
+        ..Default::default()
+    };
+    match sysfs_of(spec) {
+        Ok(core) => {
+            report.backend = "sysfs".into();
+            // The kernel's own state string, and the firmware it loads.
+            report.state = core
+                .raw_state()
+                .unwrap_or_else(|e| format!("unreadable ({e})"));
+            report.image = core.firmware().unwrap_or_else(|_| "?".into());
+        }
+        Err(_) => {
+            report.backend = "kvm".into();
+            report.state = "elsewhere".into();
+            report.image = match &spec.image {
+                vamp_remoteproc::config::ImageRef::Path(p) => p.display().to_string(),
+                vamp_remoteproc::config::ImageRef::Builtin(n) => n.clone(),
+            };
+        }
+    }
+    report
 }
 
 fn inspect(image: &str) -> Result<(), String> {
@@ -465,13 +597,23 @@ fn main() -> ExitCode {
             proxy_root,
             proxy_max_bytes,
             proxy_max_files,
+            control_socket,
         } => {
             let proxy = (proxy || proxy_root.is_some() || image == "proxy").then_some((
                 proxy_root,
                 proxy_max_bytes,
                 proxy_max_files,
             ));
-            run(&image, ping, &channel, memory_mib, restarts, timeout, proxy)
+            run(
+                &image,
+                ping,
+                &channel,
+                memory_mib,
+                restarts,
+                timeout,
+                proxy,
+                control_socket.as_deref(),
+            )
         }
         Command::Inspect { image } => inspect(&image).map(|()| true),
         Command::Images => {
@@ -480,31 +622,27 @@ fn main() -> ExitCode {
             }
             Ok(true)
         }
-        Command::Status { config, name } => RemotesConfig::load(&config)
-            .map_err(|e| e.to_string())
-            .map(|cfg| {
-                for spec in cfg
-                    .remotes
-                    .iter()
-                    .filter(|s| name.as_ref().is_none_or(|n| *n == s.name))
-                {
-                    match sysfs_of(spec) {
-                        // The kernel's own state string, and the firmware it loads.
-                        Ok(core) => println!(
-                            "{}\tsysfs\t{}\t{}",
-                            spec.name,
-                            core.raw_state()
-                                .unwrap_or_else(|e| format!("unreadable ({e})")),
-                            core.firmware().unwrap_or_else(|_| "?".into())
-                        ),
-                        Err(_) => {
-                            println!("{}\tkvm\t(runs in the process that starts it)", spec.name)
-                        }
-                    }
-                }
-                true
-            }),
-        Command::Start { config, name } => {
+        Command::Status {
+            config,
+            control_socket,
+            json,
+            metrics,
+            name,
+        } => {
+            let request = if json {
+                Request::Json
+            } else if metrics {
+                Request::Metrics
+            } else {
+                Request::Status
+            };
+            status_command(config.as_deref(), control_socket.as_deref(), request, name)
+        }
+        Command::Start {
+            config,
+            name,
+            control_socket,
+        } => {
             configured(&config, &name).and_then(|(_, spec)| match &spec.backend {
                 BackendSpec::Sysfs { .. } => {
                     let mut core = sysfs_of(&spec)?;
@@ -552,6 +690,7 @@ fn main() -> ExitCode {
                         restarts,
                         20,
                         proxy,
+                        control_socket.as_deref(),
                     )
                 }
             })

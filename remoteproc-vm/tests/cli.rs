@@ -1,6 +1,7 @@
 //! The `remoteproc-vm` command line.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_remoteproc-vm"))
@@ -42,6 +43,88 @@ fn run_echo_ping_exits_zero_only_when_all_matched() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn a_running_remote_answers_status_on_its_control_socket() {
+    if let Err(why) = vamp_remoteproc::kvm::kvm_available() {
+        eprintln!("skipped: a_running_remote_answers_status_on_its_control_socket: {why}");
+        return;
+    }
+    let dir = vamp_test_support::TempDir::new("rpv-status");
+    let socket = dir.join("status.sock");
+    let log = std::fs::File::create(dir.join("run.log")).unwrap();
+    let mut remote = vamp_test_support::Proc {
+        child: bin()
+            .args(["run", "echo", "--restarts", "2", "--control-socket"])
+            .arg(&socket)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    };
+    vamp_test_support::wait_for_paths(
+        std::slice::from_ref(&socket),
+        "the status socket",
+        Duration::from_secs(30),
+    );
+    let status = |args: &[&str]| {
+        let out = bin()
+            .arg("status")
+            .args(args)
+            .arg("--control-socket")
+            .arg(&socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The channels show once the firmware announced both.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let v: serde_json::Value = serde_json::from_str(&status(&["--json"])).unwrap();
+        let channels = v["remotes"][0]["channels"].as_array().unwrap().clone();
+        if channels.len() == 2 && channels.contains(&"rpmsg-openamp-demo-channel".into()) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no channel in {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let r = &v["remotes"][0];
+    assert_eq!(r["name"], "echo");
+    assert_eq!(r["backend"], "kvm");
+    assert_eq!(r["state"], "running");
+    assert_eq!(
+        (r["restarts"].clone(), r["max_restarts"].clone()),
+        (0.into(), 2.into())
+    );
+    assert_eq!(r["crashes"], 0);
+    let table = status(&[]);
+    assert!(table.contains("running"), "{table}");
+    assert!(table.contains("0/2"), "{table}");
+    assert!(
+        table.contains("echo: channels ") && table.contains("\"rpmsg-openamp-demo-channel\""),
+        "{table}"
+    );
+    let metrics = status(&["--metrics"]);
+    assert!(
+        metrics.contains("vamp_remote_channels{remote=\"echo\",backend=\"kvm\"} 2"),
+        "{metrics}"
+    );
+    // A second runner on the same socket is refused before it loads anything.
+    let out = bin()
+        .args(["run", "echo", "--control-socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(
+        t.contains("--control-socket") && t.contains("listens"),
+        "{t}"
+    );
+    assert!(!t.contains("loaded and started"), "{t}");
+    remote.kill();
 }
 
 #[test]
@@ -110,6 +193,31 @@ fn configured_physical_cores_through_a_sysfs_tree() {
     assert!(out.status.success(), "{t}");
     assert!(t.contains("r5-0\tsysfs\trunning"), "{t}");
     assert!(t.contains("vm\tkvm"), "{t}");
+    // The same as JSON and as Prometheus text.
+    let out = bin()
+        .args(["status", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(v["remotes"][0]["name"], "r5-0");
+    assert_eq!(v["remotes"][0]["backend"], "sysfs");
+    assert_eq!(v["remotes"][0]["state"], "running");
+    assert_eq!(v["remotes"][0]["image"], "r5_0_echo.elf");
+    assert_eq!(v["remotes"][1]["backend"], "kvm");
+    let out = bin()
+        .args(["status", "--metrics", "--config"])
+        .arg(&cfg)
+        .arg("r5-0")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(
+        t.contains("vamp_remote_running{remote=\"r5-0\",backend=\"sysfs\"} 1"),
+        "{t}"
+    );
+    assert!(!t.contains("remote=\"vm\""), "{t}");
     // Stopping a running core writes "stop" to its state file, as the kernel expects.
     let out = bin()
         .args(["stop", "--config"])
