@@ -78,11 +78,22 @@ pub enum ConfigError {
 
 /// Where a remote's image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ImageRef {
     /// An ELF file.
     Path(PathBuf),
     /// An image built into the program (`crate::images`).
     Builtin(String),
+}
+
+impl std::fmt::Display for ImageRef {
+    /// The path, or the built-in image's name, as a config would say it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageRef::Path(p) => write!(f, "{}", p.display()),
+            ImageRef::Builtin(name) => f.write_str(name),
+        }
+    }
 }
 
 impl ImageRef {
@@ -117,6 +128,7 @@ impl ImageRef {
 
 /// What runs a remote.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BackendSpec {
     /// A KVM micro-VM with this much memory.
     Kvm {
@@ -132,6 +144,7 @@ pub enum BackendSpec {
 
 /// What to do when a remote crashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Recovery {
     /// Leave it crashed.
     None,
@@ -140,6 +153,16 @@ pub enum Recovery {
         /// Most restarts.
         max_restarts: u32,
     },
+}
+
+impl Recovery {
+    /// The restarts after a crash this policy allows (0 for [`Recovery::None`]).
+    pub fn max_restarts(self) -> u32 {
+        match self {
+            Recovery::None => 0,
+            Recovery::Restart { max_restarts } => max_restarts,
+        }
+    }
 }
 
 /// One `[[remote]]`.

@@ -246,6 +246,7 @@ impl<R: Read> ImageStore for StreamImage<R> {
 
 /// An image that can be opened again and again: what a remote is (re)loaded from.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum ImageSource {
     /// A file.
     File(PathBuf),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vamp_remoteproc::config::{BackendSpec, Recovery, RemoteSpec, RemotesConfig};
-use vamp_remoteproc::image::{FileImage, ImageSource, MemoryImage};
+use vamp_remoteproc::image::ImageSource;
 use vamp_remoteproc::kvm::{DEFAULT_MEMORY, KvmOptions, KvmRemote};
 use vamp_remoteproc::proxy::{self, ProxyServer, ProxyService};
 use vamp_remoteproc::remoteproc::{
@@ -291,6 +291,7 @@ fn run_proxy(
             Ok(false)
         }
         RemoteEvent::Idle => Ok(true),
+        other => Err(format!("{image}: {other:?}: not handled")),
     }
 }
 
@@ -391,6 +392,7 @@ fn run(
                 println!("{image}: restarted ({} of {restarts})", rp.restarts());
             }
             RemoteEvent::Idle => unreachable!("the loop only ends on news"),
+            other => return Err(format!("{image}: {other:?}: not handled")),
         }
     }
 }
@@ -454,13 +456,9 @@ fn serve_status(path: &Path, report: SharedReport) -> Result<(), String> {
 /// What `remoteproc-vm status --config` knows of a configured remote without asking the
 /// process that runs it: a physical core's state and firmware from sysfs.
 fn configured_report(spec: &RemoteSpec) -> RemoteReport {
-    let max_restarts = match spec.recovery {
-        Recovery::Restart { max_restarts } => max_restarts,
-        _ => 0,
-    };
     let mut report = RemoteReport {
         name: spec.name.clone(),
-        max_restarts,
+        max_restarts: spec.recovery.max_restarts(),
         ..Default::default()
     };
     match sysfs_of(spec) {
@@ -475,30 +473,19 @@ fn configured_report(spec: &RemoteSpec) -> RemoteReport {
         Err(_) => {
             report.backend = "kvm".into();
             report.state = "elsewhere".into();
-            report.image = match &spec.image {
-                vamp_remoteproc::config::ImageRef::Path(p) => p.display().to_string(),
-                vamp_remoteproc::config::ImageRef::Builtin(n) => n.clone(),
-            };
+            report.image = spec.image.to_string();
         }
     }
     report
 }
 
 fn inspect(image: &str) -> Result<(), String> {
-    let text = match image_source(image)? {
-        ImageSource::File(path) => {
-            let mut store =
-                FileImage::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            vamp_remoteproc::inspect::inspect(&mut store)
-        }
-        ImageSource::Static(bytes) => {
-            vamp_remoteproc::inspect::inspect(&mut MemoryImage::new(bytes))
-        }
-        ImageSource::Bytes(bytes) => {
-            vamp_remoteproc::inspect::inspect(&mut MemoryImage::new(bytes))
-        }
-    }
-    .map_err(|e| format!("{image}: {e}"))?;
+    let source = image_source(image)?;
+    let mut store = source
+        .open()
+        .map_err(|e| format!("{}: {e}", source.describe()))?;
+    let text =
+        vamp_remoteproc::inspect::inspect(&mut *store).map_err(|e| format!("{image}: {e}"))?;
     print!("{text}");
     Ok(())
 }
@@ -519,6 +506,7 @@ fn sysfs_of(spec: &RemoteSpec) -> Result<SysfsRemote, String> {
             "{}: a KVM remote lives in the process that runs it (remoteproc-vm start, or a [[remote]] of vhost-user-rpmsg)",
             spec.name
         )),
+        other => Err(format!("{}: {other:?} is not a physical core", spec.name)),
     }
 }
 
@@ -669,14 +657,8 @@ fn main() -> ExitCode {
                     Ok(true)
                 }
                 BackendSpec::Kvm { memory } => {
-                    let image = match &spec.image {
-                        vamp_remoteproc::config::ImageRef::Path(p) => p.display().to_string(),
-                        vamp_remoteproc::config::ImageRef::Builtin(n) => n.clone(),
-                    };
-                    let restarts = match spec.recovery {
-                        Recovery::None => 0,
-                        Recovery::Restart { max_restarts } => max_restarts,
-                    };
+                    let image = spec.image.to_string();
+                    let restarts = spec.recovery.max_restarts();
                     let proxy = (image == "proxy").then_some((
                         None,
                         vamp_remoteproc::proxy::DEFAULT_MAX_BYTES_WRITTEN,
@@ -693,6 +675,9 @@ fn main() -> ExitCode {
                         control_socket.as_deref(),
                     )
                 }
+                other => Err(format!(
+                    "{name}: {other:?} cannot be started by this program"
+                )),
             })
         }
         Command::Stop { config, name } => configured(&config, &name).and_then(|(_, spec)| {

@@ -243,6 +243,7 @@ impl Default for RprocConfig {
 
 /// What [`Remoteproc::poll`] saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RemoteEvent {
     /// Nothing new.
     Idle,

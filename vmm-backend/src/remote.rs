@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vamp_remoteproc::backend::Doorbell;
-use vamp_remoteproc::config::{BackendSpec, Recovery};
+use vamp_remoteproc::config::BackendSpec;
 use vamp_remoteproc::image::ImageSource;
 use vamp_remoteproc::kvm::{KvmOptions, KvmRemote};
 use vamp_remoteproc::remoteproc::{RemoteEvent, Remoteproc};
@@ -60,6 +60,14 @@ pub enum RemoteError {
         /// The remote.
         remote: String,
         /// Why.
+        why: String,
+    },
+    /// The spec asks for a backend this hub cannot serve (a newer configuration).
+    #[error("remote {remote}: {why}")]
+    Unsupported {
+        /// The remote.
+        remote: String,
+        /// What it asked for.
         why: String,
     },
     /// The micro-VM could not be created.
@@ -177,6 +185,12 @@ pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), 
             let path = path.clone();
             return bridge::serve_sysfs_remote(hub, id, spec, &path);
         }
+        other => {
+            return Err(RemoteError::Unsupported {
+                remote: name,
+                why: format!("backend {other:?} is not served by the hub"),
+            });
+        }
     };
     let options = KvmOptions {
         memory,
@@ -188,10 +202,7 @@ pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), 
     log::info!("remote {name}: started ({:?})", spec.image);
     hub.lock().note_remote(id, "running", 0);
     let mut rings = bring_up(&hub, id, &mut rp, &name)?;
-    let max_restarts = match spec.recovery {
-        Recovery::None => 0,
-        Recovery::Restart { max_restarts } => max_restarts,
-    };
+    let max_restarts = spec.recovery.max_restarts();
     loop {
         std::thread::sleep(LIFECYCLE_POLL);
         for line in String::from_utf8_lossy(&rp.take_console()).lines() {
@@ -230,6 +241,9 @@ pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), 
                 hub.lock()
                     .note_remote(id, "running", u64::from(rp.restarts()));
             }
+            // News this hub does not act on (from a newer vamp-remoteproc): said, and the
+            // remote keeps running.
+            other => log::warn!("remote {name}: {other:?} not handled"),
         }
     }
 }
