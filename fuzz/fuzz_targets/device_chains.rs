@@ -13,10 +13,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vamp_fuzz::{Bytes, Echo, Flags, env, poke};
+use vamp_fuzz::{Bytes, Flags, drive_device_engine, env, poke};
 use vamp_rpmsg::mem::{HeapMemory, SharedMemory};
 use vamp_rpmsg::rpmsg::Rpmsg;
-use vamp_rpmsg::transport::{DeviceTransport, Transport};
+use vamp_rpmsg::transport::DeviceTransport;
 use vamp_rpmsg::vring::{DeviceQueue, MAX_SEGMENTS, PopError, VringLayout};
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
 
@@ -88,49 +88,14 @@ fn engine(image: &[u8], rings: [VringLayout; 2], at: [u16; 2], flags: Flags, ops
         return;
     };
     let mut rpmsg = Rpmsg::new(t, flags.config());
-    let _ = rpmsg.create_ept(b"fuzz", 1024, ADDR_ANY);
-    let _ = rpmsg.create_ept(b"", 1025, 1024);
-    let mut echo = Echo::default();
-    let mut ops = Bytes(ops);
-    while !ops.is_empty() {
-        match ops.u8() % 7 {
-            0 => {
-                let _ = rpmsg.poll(&mut echo);
-            }
-            1 => poke(&mem, MEM, &mut ops),
-            2 => echo.release_all(&mut rpmsg),
-            3 => {
-                let dst = ops.u32();
-                let n = usize::from(ops.u16() % 600);
-                let _ = rpmsg.send_offchannel_raw(1024, dst, &vec![0x5a; n], false);
-            }
-            4 => {
-                if let Ok(tx) = rpmsg.get_tx_payload_buffer(false) {
-                    let n = usize::from(ops.u16() % 600);
-                    let _ = tx.payload_address();
-                    let _ = rpmsg.write_tx_payload(&tx, 0, &vec![0xa5; n.min(tx.capacity())]);
-                    if ops.u8() & 1 == 0 {
-                        let _ = rpmsg.send_offchannel_nocopy(1024, ops.u32(), tx, n);
-                    } else {
-                        rpmsg.release_tx_buffer(tx);
-                    }
-                }
-            }
-            5 => {
-                if let Some(id) = rpmsg.endpoint_by_addr(1024) {
-                    let _ = rpmsg.destroy_ept(id);
-                } else {
-                    let _ = rpmsg.create_ept(b"fuzz", 1024, ADDR_ANY);
-                }
-            }
-            _ => {
-                let _ = rpmsg.flush_announcements();
-                let _ = rpmsg.transport_mut().flush();
-            }
+    // Endpoint churn is this target's own op.
+    drive_device_engine(&mut rpmsg, &mem, MEM, &mut Bytes(ops), |rpmsg, _| {
+        if let Some(id) = rpmsg.endpoint_by_addr(1024) {
+            let _ = rpmsg.destroy_ept(id);
+        } else {
+            let _ = rpmsg.create_ept(b"fuzz", 1024, ADDR_ANY);
         }
-        assert_eq!(rpmsg.held_rx_count(), echo.held.len());
-    }
-    echo.release_all(&mut rpmsg);
+    });
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@ use vamp_rpmsg::mem::SharedMemory;
 use vamp_rpmsg::rpmsg::{Config, Handler, HeldRx, Received, Rpmsg};
 use vamp_rpmsg::testing::TestEnv;
 use vamp_rpmsg::transport::Transport;
-use vamp_rpmsg::wire::Endian;
+use vamp_rpmsg::wire::{ADDR_ANY, Endian};
 
 /// Bytes of the input, read front to back; missing ones read as zero.
 #[derive(Debug)]
@@ -123,4 +123,54 @@ pub fn poke<M: SharedMemory>(mem: &M, mem_len: u64, ops: &mut Bytes) {
             let _ = mem.write(at, ops.take(n));
         }
     }
+}
+
+/// Runs the device-side engine over `ops` while the hostile driver pokes `mem` (the first
+/// `mem_len` bytes): polls with [`Echo`], sends raw and zero-copy, releases held buffers,
+/// flushes, and `own_op` (the one op a target adds: endpoint churn, busy-poll...). After every
+/// op the engine's count of held buffers must match what the handler holds; at the end every
+/// held buffer is handed back.
+pub fn drive_device_engine<T: Transport, M: SharedMemory>(
+    rpmsg: &mut Rpmsg<T>,
+    mem: &M,
+    mem_len: u64,
+    ops: &mut Bytes,
+    mut own_op: impl FnMut(&mut Rpmsg<T>, &mut Bytes),
+) {
+    let _ = rpmsg.create_ept(b"fuzz", 1024, ADDR_ANY);
+    let _ = rpmsg.create_ept(b"", 1025, 1024);
+    let mut echo = Echo::default();
+    while !ops.is_empty() {
+        match ops.u8() % 7 {
+            0 => {
+                let _ = rpmsg.poll(&mut echo);
+            }
+            1 => poke(mem, mem_len, ops),
+            2 => echo.release_all(rpmsg),
+            3 => {
+                let dst = ops.u32();
+                let n = usize::from(ops.u16() % 600);
+                let _ = rpmsg.send_offchannel_raw(1024, dst, &vec![0x5a; n], false);
+            }
+            4 => {
+                if let Ok(tx) = rpmsg.get_tx_payload_buffer(false) {
+                    let n = usize::from(ops.u16() % 600);
+                    let _ = tx.payload_address();
+                    let _ = rpmsg.write_tx_payload(&tx, 0, &vec![0xa5; n.min(tx.capacity())]);
+                    if ops.u8() & 1 == 0 {
+                        let _ = rpmsg.send_offchannel_nocopy(1024, ops.u32(), tx, n);
+                    } else {
+                        rpmsg.release_tx_buffer(tx);
+                    }
+                }
+            }
+            5 => own_op(rpmsg, ops),
+            _ => {
+                let _ = rpmsg.flush_announcements();
+                let _ = rpmsg.transport_mut().flush();
+            }
+        }
+        assert_eq!(rpmsg.held_rx_count(), echo.held.len());
+    }
+    echo.release_all(rpmsg);
 }
