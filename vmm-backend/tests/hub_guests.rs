@@ -6,7 +6,8 @@ mod common;
 
 use common::{
     ALICE_AND_R5, ECHO_SOLO, Inbox, PlayedRemote, TXQ, TestHub, WAIT, await_echo, bind_announced,
-    check_echo, guests_toml, kick, pump, sized_payload,
+    bob_binds_alices_service, check_echo, echo_through_alice, guests_toml, kick, pump,
+    sized_payload,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,35 +57,13 @@ fn guests_reach_each_other_by_name_with_translated_addresses() {
     let (mut alice, mut bob) = (hub.connect(0), hub.connect(1));
     let (mut ai, mut bi) = (Inbox::echoing(), Inbox::default());
     // alice offers a service; bob sees it under a hub address of his own link.
-    let svc = alice
-        .rpmsg()
-        .create_ept(b"a-svc", ADDR_ANY, ADDR_ANY)
-        .unwrap();
-    let alice_addr = alice.rpmsg().endpoint(svc).unwrap().addr();
-    pump(&mut alice, &mut ai, "alice's link", |_| true);
-    pump(&mut bob, &mut bi, "a-svc offered to bob", |i| {
-        i.announced("a-svc").is_some()
-    });
-    let proxy = bi.announced("a-svc").unwrap();
-    let ept = bob.rpmsg().create_ept(b"a-svc", ADDR_ANY, proxy).unwrap();
-    let bob_addr = bob.rpmsg().endpoint(ept).unwrap().addr();
-    for i in 0..1000 {
-        let msg = sized_payload(i);
-        bob.rpmsg().send(ept, &msg).unwrap();
-        await_echo(
-            &mut bob,
-            &mut bi,
-            &mut alice,
-            &mut ai,
-            &format!("echo {i} lost"),
-        );
-        let (to, from, _, data) = bi.messages.pop_front().unwrap();
-        assert_eq!((to, from, data), (ept, proxy, msg), "echo {i}");
-    }
+    let (svc, bound) = bob_binds_alices_service(&mut alice, &mut ai, &mut bob, &mut bi);
+    echo_through_alice(&mut bob, &mut bi, &mut alice, &mut ai, bound, 1000);
     // alice saw bob only through a hub address in her own link, never bob's own address.
     let seen_by_alice = alice.rpmsg().endpoint(svc).unwrap().dest();
+    let bob_addr = bob.rpmsg().endpoint(bound.0).unwrap().addr();
     assert_ne!(seen_by_alice, ADDR_ANY);
-    let _ = (alice_addr, bob_addr);
+    assert_ne!(seen_by_alice, bob_addr);
     assert_eq!(hub.hub.lock().stats(1).forwarded, 1000);
     assert_eq!(hub.hub.lock().stats(0).forwarded, 1000);
 }

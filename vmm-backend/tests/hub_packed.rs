@@ -6,14 +6,13 @@
 mod common;
 
 use common::{
-    ECHO_SOLO, Inbox, TXQ, TestHub, await_echo, bind_announced, check_echo, guests_toml, kick,
-    pump, sized_payload, wait_until,
+    ECHO_SOLO, Inbox, TXQ, TestHub, bind_announced, bob_binds_alices_service, check_echo,
+    echo_through_alice, guests_toml, kick, pump, sized_payload, wait_until,
 };
 use std::path::Path;
 use vamp_rpmsg::mem::SharedMemory;
 use vamp_rpmsg::transport::RingFormat;
 use vamp_rpmsg::virtio::VIRTIO_F_RING_PACKED;
-use vamp_rpmsg::wire::ADDR_ANY;
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
 
 /// A packed descriptor's fields (virtio 1.1, 2.8.13): address, length, buffer id, flags.
@@ -104,29 +103,8 @@ fn packed_and_split_guests_reach_each_other() {
     assert_eq!(ring_format(&mut alice), RingFormat::Split);
     assert_eq!(ring_format(&mut bob), RingFormat::Packed);
     let (mut ai, mut bi) = (Inbox::echoing(), Inbox::default());
-    alice
-        .rpmsg()
-        .create_ept(b"a-svc", ADDR_ANY, ADDR_ANY)
-        .unwrap();
-    pump(&mut alice, &mut ai, "alice's link", |_| true);
-    pump(&mut bob, &mut bi, "a-svc offered to bob", |i| {
-        i.announced("a-svc").is_some()
-    });
-    let proxy = bi.announced("a-svc").unwrap();
-    let ept = bob.rpmsg().create_ept(b"a-svc", ADDR_ANY, proxy).unwrap();
-    for i in 0..1000 {
-        let msg = sized_payload(i);
-        bob.rpmsg().send(ept, &msg).unwrap();
-        await_echo(
-            &mut bob,
-            &mut bi,
-            &mut alice,
-            &mut ai,
-            &format!("echo {i} lost"),
-        );
-        let (to, from, _, data) = bi.messages.pop_front().unwrap();
-        assert_eq!((to, from, data), (ept, proxy, msg), "echo {i}");
-    }
+    let (_, bound) = bob_binds_alices_service(&mut alice, &mut ai, &mut bob, &mut bi);
+    echo_through_alice(&mut bob, &mut bi, &mut alice, &mut ai, bound, 1000);
     assert_eq!(hub.stats(1).forwarded, 1000);
     assert_eq!(hub.stats(0).forwarded, 1000);
 }

@@ -254,6 +254,47 @@ pub fn check_echo(g: &mut NativeGuest, inbox: &mut Inbox, ept: EptId, addr: u32,
     assert_eq!(data, msg, "echo of {} bytes", msg.len());
 }
 
+/// alice (echoing, as `ai` says) offers "a-svc"; once the hub offered it to bob, bob binds an
+/// endpoint to it. Returns alice's endpoint, and bob's with the hub's proxy for "a-svc" in
+/// bob's link.
+pub fn bob_binds_alices_service(
+    alice: &mut NativeGuest,
+    ai: &mut Inbox,
+    bob: &mut NativeGuest,
+    bi: &mut Inbox,
+) -> (EptId, (EptId, u32)) {
+    let svc = alice
+        .rpmsg()
+        .create_ept(b"a-svc", ADDR_ANY, ADDR_ANY)
+        .unwrap();
+    pump(alice, ai, "alice's link", |_| true);
+    pump(bob, bi, "a-svc offered to bob", |i| {
+        i.announced("a-svc").is_some()
+    });
+    let proxy = bi.announced("a-svc").unwrap();
+    let ept = bob.rpmsg().create_ept(b"a-svc", ADDR_ANY, proxy).unwrap();
+    (svc, (ept, proxy))
+}
+
+/// bob sends `count` messages of every size ([`sized_payload`]) on `ept`; alice echoes each;
+/// each must come back to `ept` from `proxy`, intact, before the next is sent.
+pub fn echo_through_alice(
+    bob: &mut NativeGuest,
+    bi: &mut Inbox,
+    alice: &mut NativeGuest,
+    ai: &mut Inbox,
+    (ept, proxy): (EptId, u32),
+    count: u32,
+) {
+    for i in 0..count {
+        let msg = sized_payload(i);
+        bob.rpmsg().send(ept, &msg).unwrap();
+        await_echo(bob, bi, alice, ai, &format!("echo {i} lost"));
+        let (to, from, _, data) = bi.messages.pop_front().unwrap();
+        assert_eq!((to, from, data), (ept, proxy, msg), "echo {i}");
+    }
+}
+
 /// Notifies the hub on `queue` of `g`, as its driver would.
 pub fn kick(g: &mut NativeGuest, queue: u16) {
     g.rpmsg().transport_mut().environment().notify(queue);
