@@ -116,3 +116,26 @@ fn the_built_in_firmware_is_described() {
         assert!(text.contains(w), "missing {w:?} in\n{text}");
     }
 }
+
+/// The QEMU smokes' test remote core boots `vamp-test-firmware`'s image: it must carry what
+/// the kernel module's core expects (an ELF32 ARM segment at 0, the table at its start).
+#[test]
+fn the_test_core_firmware_carries_its_resource_table() {
+    let text = inspect(&mut MemoryImage::new(
+        vamp_test_support::remote_core::firmware(),
+    ))
+    .unwrap();
+    for want in [
+        "ELF32 little-endian, machine ARM (40)",
+        "segment  0: offset",
+        "paddr 0x00000000",
+        "memsz 0x9000 flags RWX",
+        "resource table: 0xc8 bytes at 0x0",
+        "carveout \"vamp-shm\" da any pa 0x0 len 0x10000",
+        "trace \"trace0\" da 0x8000 len 0x1000",
+        "vdev id 7 (rpmsg) notifyid any dfeatures 0x1 (F_NS)",
+        "vring 1: da any align 0x1000 num 256 notifyid any",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}

@@ -32,7 +32,9 @@ for f in "$KERNEL" "$MODULE"; do
     [[ -f $f ]] || die "missing $f: run tests/provision/all.sh"
 done
 mkdir -p "$WORK"
-python3 "$VAMP_PROVISION_DIR/../remote-core/make-firmware.py" "$WORK/vamp-test-core.elf"
+# The test core's firmware, written by this checkout's vamp-test-firmware (tests/support).
+make_firmware=$(bash "$VAMP_PROVISION_DIR/remote-core-cli.sh" vamp-test-support:vamp-test-firmware)
+"$make_firmware" "$WORK/vamp-test-core.elf"
 
 cat >"$WORK/init" <<'EOF_INIT'
 #!/bin/sh

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Remote-core smoke test: boot the guest kernel under TCG with the test remote core
 # (vamp_test_rproc.ko) and drive it through the upstream remoteproc + rpmsg stack:
-#   insmod; firmware (tests/remote-core/make-firmware.py) in /lib/firmware; start through
+#   insmod; firmware (vamp-test-firmware, tests/support) in /lib/firmware; start through
 #   /sys/class/remoteproc/remoteproc0/state; wait for the two announced channels in
 #   /sys/bus/rpmsg/devices; echo messages through /dev/rpmsg_ctrl0 (RPMSG_CREATE_EPT_IOCTL, by
 #   vamp-guest-agent); read the trace from debugfs; stop (channels gone); start again; crash
@@ -34,7 +34,9 @@ for f in "$KERNEL" "$AGENT" "$MODULE"; do
     [[ -f $f ]] || die "missing $f: run tests/provision/all.sh"
 done
 mkdir -p "$WORK"
-python3 "$VAMP_PROVISION_DIR/../remote-core/make-firmware.py" "$WORK/vamp-test-core.elf"
+# The test core's firmware, written by this checkout's vamp-test-firmware (tests/support).
+make_firmware=$(bash "$VAMP_PROVISION_DIR/remote-core-cli.sh" vamp-test-support:vamp-test-firmware)
+"$make_firmware" "$WORK/vamp-test-core.elf"
 
 cat >"$WORK/init" <<'EOF_INIT'
 #!/bin/sh

@@ -4,9 +4,11 @@
 //! only: nothing here is part of vamp.
 
 mod dir;
+pub mod elf;
 mod log;
 mod output;
 mod process;
+pub mod remote_core;
 
 pub use dir::TempDir;
 pub use log::{count_lines, log_tail, read_lossy, rest_of_line, tail};
