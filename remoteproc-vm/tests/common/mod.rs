@@ -23,6 +23,8 @@ use vamp_rpmsg::wire::{ADDR_ANY, Endian};
 // ---------------------------------------------------------------------------------------------
 // ELF images
 
+// Each test binary uses some of them.
+#[allow(unused_imports)]
 pub use vamp_test_support::elf::{Built, Elf, Layout, Ph, Seg};
 
 /// A code pattern.
