@@ -12,6 +12,9 @@
 //!   a KVM remote running the echo firmware.
 //! - **Scale**: per-message cost with 1, 8 and 64 guests on one hub, with 1, 100 and 10 000
 //!   endpoints in one link, and the hub's own cost per message with full rings.
+//! - **Rings**: every link, full-ring and scale row names the virtqueue format it ran on, split
+//!   or packed. The guests' rows with notifications, the full-ring cost and the guest scale are
+//!   measured on both (a packed guest is vamp's frontend acking VIRTIO_F_RING_PACKED).
 //! - **Memory** of the hub per connected guest, and **start time** of a KVM remote (from
 //!   creating the VM to the first name-service announcement).
 //!
@@ -40,12 +43,13 @@ use in_memory::{guest_to_guest_busy, hub_echo_busy};
 use kvm::kvm_rows;
 use native_link::native_rows;
 pub use peer::run_peer;
-use report::{FullRingRow, Report, ScaleRow, load_average, machine_facts, render};
+use report::{FullRingRow, LinkMode, Report, ScaleRow, load_average, machine_facts, render};
 use scale::{ENDPOINT_COUNTS, endpoint_scale, guest_scale, hub_full_rings, hub_memory};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use sys::{allowed_cpus, pin};
 use targets::evaluate_targets;
+use vamp_rpmsg::transport::RingFormat;
 
 /// What `vamp bench` was asked for.
 #[derive(Debug, Clone, Default)]
@@ -72,6 +76,8 @@ const SIZES: [usize; 2] = [16, 496];
 const RING_SLOTS: u32 = 256;
 /// Bytes per slot of the ring floor (an rpmsg buffer).
 const SLOT_BYTES: usize = 512;
+/// The virtqueue formats the hub's guest rows, full-ring rows and guest scale are measured on.
+const RINGS: [RingFormat; 2] = [RingFormat::Split, RingFormat::Packed];
 /// Bound on any single wait of the bench, so that a broken peer fails a row, not the run.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -290,7 +296,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     r.push_links(
         "native",
         "native link (2 processes)",
-        false,
+        LinkMode::notify(RingFormat::Split),
         &two,
         figs,
         nf2,
@@ -299,7 +305,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     r.push_links(
         "native",
         "native link (2 processes)",
-        false,
+        LinkMode::notify(RingFormat::Split),
         &one,
         figs,
         nf1,
@@ -308,7 +314,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     r.push_links(
         "native",
         "native link (2 processes)",
-        true,
+        LinkMode::busy_poll(RingFormat::Split),
         &two,
         figs,
         spin,
@@ -319,40 +325,44 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     );
 
     let hub_place = format!("guest CPU {}, hub CPU {}", cpus.a, cpus.b);
-    let figs = hub_echo_notify(&plan, cpus);
-    r.push_links(
-        "hub_echo",
-        "guest -> hub echo",
-        false,
-        &hub_place,
-        figs,
-        nf2,
-    );
+    for ring in RINGS {
+        let figs = hub_echo_notify(&plan, cpus, ring);
+        r.push_links(
+            "hub_echo",
+            "guest -> hub echo",
+            LinkMode::notify(ring),
+            &hub_place,
+            figs,
+            nf2,
+        );
+    }
     let figs = busy_only(two_cpus, || hub_echo_busy(&plan, cpus));
     r.push_links(
         "hub_echo",
         "guest -> hub echo",
-        true,
+        LinkMode::busy_poll(RingFormat::Split),
         &hub_place,
         figs,
         spin,
     );
     let g2g_place = format!("guests CPU {}, hub CPU {}", cpus.a, cpus.b);
-    let figs = guest_to_guest_notify(&plan, cpus);
-    r.push_links(
-        "guest_hub_guest",
-        "guest -> hub -> guest",
-        false,
-        &g2g_place,
-        figs,
-        nf2x2,
-    );
+    for ring in RINGS {
+        let figs = guest_to_guest_notify(&plan, cpus, ring);
+        r.push_links(
+            "guest_hub_guest",
+            "guest -> hub -> guest",
+            LinkMode::notify(ring),
+            &g2g_place,
+            figs,
+            nf2x2,
+        );
+    }
     let g2g_busy = format!("guest CPU {}, hub + echo guest CPU {}", cpus.a, cpus.b);
     let figs = busy_only(two_cpus, || guest_to_guest_busy(&plan, cpus));
     r.push_links(
         "guest_hub_guest",
         "guest -> hub -> guest",
-        true,
+        LinkMode::busy_poll(RingFormat::Split),
         &g2g_busy,
         figs,
         spin,
@@ -367,7 +377,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     r.push_links(
         "kvm",
         "host -> KVM remote (echo firmware)",
-        false,
+        LinkMode::notify(RingFormat::Split),
         &kvm_place,
         figs,
         nf2,
@@ -375,7 +385,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     r.push_links(
         "kvm",
         "host -> KVM remote (echo firmware)",
-        true,
+        LinkMode::busy_poll(RingFormat::Split),
         &kvm_place,
         busy_figs,
         spin,
@@ -387,30 +397,36 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     );
 
     // Scale.
-    for guests in [1, 8, 64] {
-        for forward in [false, true] {
-            if forward && guests == 1 {
-                continue;
-            }
-            let guests = if forward && guests == 8 { 2 } else { guests };
-            for size in SIZES {
-                r.full_rings.push(FullRingRow {
-                    kind: if forward { "forward" } else { "echo" },
-                    guests,
-                    size,
-                    ns: hub_full_rings(&plan, guests, forward, size),
-                });
+    for ring in RINGS {
+        for guests in [1, 8, 64] {
+            for forward in [false, true] {
+                if forward && guests == 1 {
+                    continue;
+                }
+                let guests = if forward && guests == 8 { 2 } else { guests };
+                for size in SIZES {
+                    r.full_rings.push(FullRingRow {
+                        kind: if forward { "forward" } else { "echo" },
+                        ring,
+                        guests,
+                        size,
+                        ns: hub_full_rings(&plan, guests, forward, size, ring),
+                    });
+                }
             }
         }
     }
-    for guests in [1, 8, 64] {
-        let fig = guest_scale(&plan, cpus, guests);
-        r.guests.push(ScaleRow {
-            count: guests,
-            cpu_ns: fig.as_ref().ok().map(|f| f.1),
-            locks: fig.as_ref().ok().map(|f| f.2),
-            fig: fig.map(|f| f.0),
-        });
+    for ring in RINGS {
+        for guests in [1, 8, 64] {
+            let fig = guest_scale(&plan, cpus, guests, ring);
+            r.guests.push(ScaleRow {
+                count: guests,
+                ring,
+                cpu_ns: fig.as_ref().ok().map(|f| f.1),
+                locks: fig.as_ref().ok().map(|f| f.2),
+                fig: fig.map(|f| f.0),
+            });
+        }
     }
     eprintln!(
         "  guest scale done ({:.1} s)",
@@ -424,6 +440,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     for (count, fig) in ENDPOINT_COUNTS.into_iter().zip(endpoints) {
         r.endpoints.push(ScaleRow {
             count: count as usize,
+            ring: RingFormat::Split,
             fig,
             cpu_ns: None,
             locks: None,
