@@ -15,8 +15,9 @@
 //! and [`ANSWER_TIME`] to take the answer (whole-exchange deadlines, not per read, so a client
 //! dribbling a byte at a time is cut off too); a longer line is refused unread. Clients are
 //! served one at a time, so a slow one delays the next by those bounds at most, and never the
-//! hub: the hub's lock is held only to copy the counters ([`Hub::status`](crate::hub::Hub::status)), never across
-//! socket I/O. The socket is made owner-only (0600).
+//! hub: each of its locks is held only to copy its counters
+//! ([`SharedHub::status`](crate::hub::SharedHub::status)), never across socket I/O. The socket is
+//! made owner-only (0600).
 //!
 //! # Sandbox
 //!
@@ -145,7 +146,7 @@ impl ControlSocket {
 fn answer(mut stream: UnixStream, hub: &SharedHub) -> io::Result<()> {
     let line = read_request(&mut stream)?;
     let text = match Request::parse(&line) {
-        Some(request) => render(request, &hub.lock().status()),
+        Some(request) => render(request, &hub.status()),
         None => format!(
             "error: unknown request {:?}: ask for status, json or metrics\n",
             String::from_utf8_lossy(&line)
@@ -473,12 +474,12 @@ fn metrics(status: &HubStatus) -> String {
     for (name, help, v) in [
         (
             "vamp_hub_lock_taken_total",
-            "times the hub's lock was taken",
+            "times one of the hub's locks (one per group of connected links) was taken",
             status.lock_taken,
         ),
         (
             "vamp_hub_lock_waited_total",
-            "times taking the hub's lock had to wait",
+            "times taking one of the hub's locks had to wait",
             status.lock_waited,
         ),
     ] {
