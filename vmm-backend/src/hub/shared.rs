@@ -221,11 +221,6 @@ impl SharedHub {
             (t + pt, w + pw)
         })
     }
-
-    /// Parts the hub was split into (each with its own lock).
-    pub fn parts(&self) -> usize {
-        self.0.parts.len()
-    }
 }
 
 fn lock(hub: &Mutex<Hub>) -> MutexGuard<'_, Hub> {

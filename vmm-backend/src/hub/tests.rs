@@ -279,4 +279,19 @@ fn disjoint_pairs_never_wait_for_each_other() {
     assert!(taken > 0);
     assert_eq!(waited, 0, "no thread waited for another's lock");
     hub.check_invariants().unwrap();
+    // The status gathers the parts' links back in topology order.
+    let status = hub.status();
+    let links: Vec<(&str, &str)> = status
+        .links
+        .iter()
+        .map(|l| (l.name.as_str(), l.state))
+        .collect();
+    let up = "up";
+    assert_eq!(
+        links,
+        [("a", up), ("b", up), ("c", up), ("d", up), ("e", up)]
+    );
+    assert_eq!(status.links[A].stats.forwarded, ROUNDS as u64);
+    assert_eq!(status.links[C].stats.forwarded, ROUNDS as u64);
+    assert_eq!(status.links[E].stats.served, ROUNDS as u64);
 }
