@@ -121,7 +121,7 @@ fn hub_part(count: u32) -> Result<(PingSummary, ExitStatus), AppError> {
         let _ = offerer.kill();
     }
     let offer_status = wait_child(&mut offerer)?;
-    let stats = hub.lock().stats(1);
+    let stats = hub.link(1).stats(1);
     println!(
         "   hub: {} messages forwarded from bob to alice, {} dropped",
         stats.forwarded, stats.dropped
@@ -202,7 +202,7 @@ fn remote_part(count: u32) -> Result<Option<ExitStatus>, AppError> {
         carol.as_os_str(),
     ])?;
     let status = wait_child(&mut pinger)?;
-    let stats = hub.lock().stats(1);
+    let stats = hub.link(1).stats(1);
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "   hub: {} messages forwarded from the remote to carol",

@@ -113,7 +113,7 @@ impl DirectGuest {
     }
 
     pub(super) fn serve(&self, hub: &SharedHub, notifier: &Arc<dyn Notifier>) {
-        hub.lock().service(self.id, &self.ram, self.info, notifier);
+        hub.service(self.id, &self.ram, self.info, notifier);
     }
 
     fn kicks(&mut self) -> u64 {
@@ -161,7 +161,7 @@ fn hub_poller(
         let kicks0 = extra.as_mut().map_or(0, DirectGuest::kicks);
         while !stop.load(Ordering::Relaxed) {
             for (id, ram, info) in &served {
-                hub.lock().service(*id, ram, *info, &notifier);
+                hub.service(*id, ram, *info, &notifier);
             }
             if let Some(g) = extra.as_mut() {
                 g.rpmsg.poll(&mut echo).map_err(rerr)?;

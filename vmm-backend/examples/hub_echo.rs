@@ -43,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{}/{} echoes matched; the hub served {} messages",
         summary.matched,
         summary.sent,
-        hub.lock().stats(0).served
+        hub.link(0).stats(0).served
     );
     std::fs::remove_dir_all(&dir)?;
     if summary.matched == summary.sent {

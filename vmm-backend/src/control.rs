@@ -5,8 +5,8 @@
 //!
 //! The protocol and its bounds are those of every vamp status socket
 //! ([`vamp_remoteproc::status_socket`]): one request line, whole-exchange deadlines, clients
-//! served one at a time, owner-only. The hub's lock is held only to copy the counters
-//! ([`Hub::status`](crate::hub::Hub::status)), never across socket I/O.
+//! served one at a time, owner-only. Each of the hub's locks is held only to copy its
+//! counters ([`SharedHub::status`](crate::hub::SharedHub::status)), never across socket I/O.
 //!
 //! # Sandbox
 //!
@@ -47,8 +47,7 @@ impl ControlSocket {
             .name("vamp-status".into())
             .spawn(move || {
                 sandbox::enter(ThreadKind::Status);
-                self.0
-                    .serve(|request| render(request, &hub.lock().status()))
+                self.0.serve(|request| render(request, &hub.status()))
             })
             .map(drop)
     }
@@ -290,12 +289,12 @@ fn metrics(status: &HubStatus) -> String {
     for (name, help, v) in [
         (
             "vamp_hub_lock_taken_total",
-            "times the hub's lock was taken",
+            "times one of the hub's locks (one per group of connected links) was taken",
             status.lock_taken,
         ),
         (
             "vamp_hub_lock_waited_total",
-            "times taking the hub's lock had to wait",
+            "times taking one of the hub's locks had to wait",
             status.lock_waited,
         ),
     ] {

@@ -110,7 +110,9 @@ fn bring_up(
         .map_err(lifecycle)?;
     let (transport, config) = rpmsg.into_parts();
     // Attaching flushes the hub's announcements into the remote's rings: ring work.
-    hub.run_ring_work(move |hub| hub.attach(id, transport, config.name_service));
+    hub.run_ring_work(id, move |hub| {
+        hub.attach(id, transport, config.name_service)
+    });
     Ok(RingServer::start(hub.clone(), id, rp.doorbell(), name))
 }
 
@@ -131,7 +133,7 @@ impl RingServer {
             sandbox::enter(ThreadKind::RemoteRings);
             while !theirs.load(Ordering::Acquire) {
                 doorbell.wait(Duration::from_millis(100));
-                hub.lock().service_attached(id);
+                hub.link(id).service_attached(id);
                 if doorbell.stopped() {
                     // Nothing more will come (a wait would return at once): the lifecycle
                     // thread sees the end and stops the link.
@@ -200,7 +202,7 @@ pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), 
     rp.load_source(image_source(&spec)?).map_err(lifecycle)?;
     rp.start().map_err(lifecycle)?;
     log::info!("remote {name}: started ({:?})", spec.image);
-    hub.lock().note_remote(id, "running", 0);
+    hub.link(id).note_remote(id, "running", 0);
     let mut rings = bring_up(&hub, id, &mut rp, &name)?;
     let max_restarts = spec.recovery.max_restarts();
     loop {
@@ -212,15 +214,15 @@ pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), 
             RemoteEvent::Idle => {}
             RemoteEvent::Exited(code) => {
                 rings.stop();
-                hub.run_ring_work(stop(id, format!("the remote exited with code {code}")));
+                hub.run_ring_work(id, stop(id, format!("the remote exited with code {code}")));
                 log::info!("remote {name}: exited with code {code}");
-                hub.lock()
+                hub.link(id)
                     .note_remote(id, "exited", u64::from(rp.restarts()));
                 return Ok(());
             }
             RemoteEvent::Crashed(why) => {
                 rings.stop();
-                hub.run_ring_work(stop(id, "the remote crashed"));
+                hub.run_ring_work(id, stop(id, "the remote crashed"));
                 log::error!("remote {name}: crashed: {why}");
                 if rp.restarts() >= max_restarts {
                     log::error!(
@@ -228,7 +230,7 @@ pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), 
                         spec.recovery,
                         rp.restarts()
                     );
-                    hub.lock()
+                    hub.link(id)
                         .note_remote(id, "crashed", u64::from(rp.restarts()));
                     return Ok(());
                 }
@@ -238,7 +240,7 @@ pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), 
                     rp.restarts()
                 );
                 rings = bring_up(&hub, id, &mut rp, &name)?;
-                hub.lock()
+                hub.link(id)
                     .note_remote(id, "running", u64::from(rp.restarts()));
             }
             // News this hub does not act on (from a newer vamp-remoteproc): said, and the

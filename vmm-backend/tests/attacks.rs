@@ -950,11 +950,11 @@ fn attack_device_reset_in_the_middle_of_traffic() {
     // holding its buffers. It resets in the middle of that.
     flood(&mut s.evil.g, to_carol, 0);
     wait_until("messages waiting for carol", || {
-        s.hub.hub.lock().queued_for(CAROL) > 0
+        s.hub.hub.link(CAROL).queued_for(CAROL) > 0
     });
     s.evil.reset();
     assert_eq!(
-        s.hub.hub.lock().queued_for(CAROL),
+        s.hub.hub.link(CAROL).queued_for(CAROL),
         0,
         "dropped with the rings"
     );
@@ -1461,7 +1461,7 @@ fn attack_never_reposting_receive_buffers() {
     // holding carol's: carol feels backpressure, bounded by her own ring.
     let t0 = Instant::now();
     let sent = flood(&mut carol.g, to_evil, 0);
-    let queued = s.hub.hub.lock().queued_for(EVIL);
+    let queued = s.hub.hub.link(EVIL).queued_for(EVIL);
     assert!(
         sent >= 256,
         "the attacker's buffers' worth went first: {sent}"
@@ -1473,7 +1473,7 @@ fn attack_never_reposting_receive_buffers() {
     // The wait is bounded: the hub gives up on the attacker, carol gets her buffers back
     // (the messages are counted as dropped) and talks to others again.
     wait_until("the hub to give up on the attacker", || {
-        s.hub.hub.lock().queued_for(EVIL) == 0
+        s.hub.hub.link(EVIL).queued_for(EVIL) == 0
     });
     let waited = t0.elapsed();
     assert!(
@@ -1575,10 +1575,10 @@ fn attack_disconnect_with_messages_queued_both_ways() {
     let from_carol = flood(&mut carol.g, to_evil, 0);
     let hub = &s.hub.hub;
     wait_until("messages waiting both ways", || {
-        let h = hub.lock();
+        let h = hub.link(EVIL);
         h.queued_for(EVIL) > 0 && h.queued_for(CAROL) > 0
     });
-    let for_evil = hub.lock().queued_for(EVIL) as u64;
+    let for_evil = hub.link(EVIL).queued_for(EVIL) as u64;
     let carol_dropped = s.stats(CAROL).dropped;
     // The attacker vanishes: its connection closes with no reset and no goodbye.
     let Scene {
@@ -1591,7 +1591,7 @@ fn attack_disconnect_with_messages_queued_both_ways() {
     wait_until("the hub to see it go", || !hub.is_up(EVIL));
     expect_log(&["mallory-vanish", "link down"]);
     // carol's buffers that waited for it come back (those messages count as dropped) ...
-    assert_eq!(hub.hub.lock().queued_for(EVIL), 0);
+    assert_eq!(hub.hub.link(EVIL).queued_for(EVIL), 0);
     assert_eq!(hub.stats(CAROL).dropped, carol_dropped + for_evil);
     // ... and what it had queued for carol went with it: carol reads a prefix of its
     // messages, in order, once each.
@@ -1610,7 +1610,7 @@ fn attack_disconnect_with_messages_queued_both_ways() {
         "{} of {from_evil}",
         got.len()
     );
-    assert_eq!(hub.hub.lock().queued_for(CAROL), 0);
+    assert_eq!(hub.hub.link(CAROL).queued_for(CAROL), 0);
     eprintln!(
         "vanish: {from_evil} sent by the attacker, {from_carol} by carol, {for_evil} dropped"
     );
@@ -1687,11 +1687,7 @@ fn attack_remote_writing_a_hostile_used_ring() {
 
     let s = Scene::new("mallory-r");
     let hub = s.hub.hub.clone();
-    let remote_id = hub
-        .lock()
-        .topology()
-        .link_index("mallory-r-remote")
-        .unwrap();
+    let remote_id = hub.topology().link_index("mallory-r-remote").unwrap();
     let mut carol = Guest::connect_served(&s.hub, CAROL);
     for round in 0..2u64 {
         let PlayedRemote {
@@ -1700,9 +1696,9 @@ fn attack_remote_writing_a_hostile_used_ring() {
             layout,
         } = PlayedRemote::attach(&hub, remote_id, Arc::new(Nobody));
         let vq0 = layout.rx_ring;
-        assert!(!hub.lock().is_broken(remote_id));
+        assert!(!hub.link(remote_id).is_broken(remote_id));
         remote.create_ept(b"r-svc", ADDR_ANY, ADDR_ANY).unwrap();
-        hub.lock().service_attached(remote_id);
+        hub.link(remote_id).service_attached(remote_id);
         carol.pump("r-svc at carol", |i| {
             i.created.iter().filter(|(n, _)| n == b"r-svc").count() as u64 == round + 1
         });
@@ -1718,15 +1714,18 @@ fn attack_remote_writing_a_hostile_used_ring() {
             mem.store_u32(slot + 4, 16).unwrap();
             mem.store_u16(used_idx, idx.wrapping_add(1)).unwrap();
         }
-        hub.lock().service_attached(remote_id);
-        assert!(hub.lock().is_broken(remote_id));
-        assert!(!hub.lock().is_up(remote_id));
-        assert_eq!(hub.lock().stats(remote_id).protocol_errors, round + 1);
+        hub.link(remote_id).service_attached(remote_id);
+        assert!(hub.link(remote_id).is_broken(remote_id));
+        assert!(!hub.link(remote_id).is_up(remote_id));
+        assert_eq!(
+            hub.link(remote_id).stats(remote_id).protocol_errors,
+            round + 1
+        );
         expect_log(&["remote mallory-r-remote", "broke the virtio ring protocol"]);
         carol.pump("r-svc withdrawn", |i| i.destroyed.len() as u64 == round + 1);
         // Further notifications from it change nothing.
-        hub.lock().service_attached(remote_id);
-        assert!(hub.lock().is_broken(remote_id));
+        hub.link(remote_id).service_attached(remote_id);
+        assert!(hub.link(remote_id).is_broken(remote_id));
     }
     s.finish();
 }

@@ -52,7 +52,7 @@ fn start(tag: &str, pending_timeout: Duration) -> TestHub {
 }
 
 fn check_invariants(hub: &TestHub) {
-    if let Err(e) = hub.hub.lock().check_invariants() {
+    if let Err(e) = hub.hub.check_invariants() {
         panic!("hub invariant broken: {e}");
     }
 }
@@ -118,7 +118,7 @@ fn attack_reply_proxy_via_announce_withdraw_cycles() {
     let hub = start("proxy-cycles", Duration::from_secs(30));
     let mut evil = Guest::connect_served(&hub, EVIL);
     let (mut carol, c_svc) = carol_offering_c_svc(&hub, &mut evil);
-    let base = hub.hub.lock().endpoints_in(CAROL);
+    let base = hub.hub.link(CAROL).endpoints_in(CAROL);
     let mut sources = BTreeSet::new();
     let mut announced_at = BTreeSet::new();
     let mut received = 0u32;
@@ -155,7 +155,7 @@ fn attack_reply_proxy_via_announce_withdraw_cycles() {
                 !attackers
             });
             carol.inbox.destroyed.clear();
-            let h = hub.hub.lock();
+            let h = hub.hub.link(CAROL);
             assert!(
                 h.proxies_for(CAROL, EVIL) <= 1,
                 "cycle {k}: {} proxies for the attacker in carol's link",
@@ -190,7 +190,7 @@ fn attack_reply_proxy_via_announce_withdraw_cycles() {
     });
     wait_until("the attacker's new link", || hub.stats(EVIL).ups > ups);
     {
-        let h = hub.hub.lock();
+        let h = hub.hub.link(CAROL);
         assert_eq!(h.proxies_for(CAROL, EVIL), 0);
         assert_eq!(h.endpoints_in(CAROL), base);
     }
@@ -262,18 +262,18 @@ fn attack_slow_receiver_pins_sender() {
         assert!(sent < 10_000, "no backpressure");
     }
     evil.g.poll(&mut holder).unwrap();
-    let queued = hub.hub.lock().queued_for(EVIL);
+    let queued = hub.hub.link(EVIL).queued_for(EVIL);
     assert!(queued > 0, "carol's messages wait for the attacker");
     // The attacker takes one message now and then, never letting the pending clock expire
     // by the old rule; the hub gives up on it all the same, and carol gets her buffers back.
     let pace = timeout - Duration::from_millis(100);
     let deadline = Instant::now() + WAIT;
-    while hub.hub.lock().queued_for(EVIL) > 0 {
+    while hub.hub.link(EVIL).queued_for(EVIL) > 0 {
         assert!(
             Instant::now() < deadline,
             "carol's buffers still pinned after {WAIT:?}: {} message(s) wait for the attacker, \
              which took {} so far",
-            hub.hub.lock().queued_for(EVIL),
+            hub.hub.link(EVIL).queued_for(EVIL),
             holder.seen
         );
         std::thread::sleep(pace);
@@ -335,7 +335,7 @@ fn attack_sender_floods_one_receiver() {
             Err(e) => panic!("{e}"),
         }
     }
-    let queued = hub.hub.lock().queued_for(CAROL);
+    let queued = hub.hub.link(CAROL).queued_for(CAROL);
     assert!(
         queued <= SHARE,
         "{queued} of the attacker's messages wait for carol (its share is {SHARE})"
@@ -352,7 +352,7 @@ fn attack_sender_floods_one_receiver() {
     let bob_ept = bob.g.rpmsg().create_ept(b"", ADDR_ANY, bob_c_svc).unwrap();
     bob.g.rpmsg().send(bob_ept, b"from bob").unwrap();
     wait_until("bob's message to wait for carol", || {
-        hub.hub.lock().queued_for(CAROL) == SHARE + 1
+        hub.hub.link(CAROL).queued_for(CAROL) == SHARE + 1
     });
     check_invariants(&hub);
     // carol reads: the first `kept` of the attacker's, in order, then bob's.
@@ -385,7 +385,7 @@ fn attack_busy_guest_cannot_hold_hub() {
     let dropped = hub.stats(EVIL).dropped;
     let spent = hub.stats(EVIL).budget_spent;
     {
-        let _busy = hub.hub.lock();
+        let _busy = hub.hub.link(EVIL);
         for k in 0..RING {
             evil.g
                 .rpmsg()

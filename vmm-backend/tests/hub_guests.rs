@@ -25,7 +25,7 @@ fn echo_service_answers_every_size() {
     for i in 0..1000 {
         check_echo(&mut g, &mut inbox, ept, addr, &sized_payload(i));
     }
-    assert_eq!(hub.hub.lock().stats(0).served, 1000);
+    assert_eq!(hub.hub.link(0).stats(0).served, 1000);
     // Oversize is refused by the guest's own engine, never truncated.
     assert_eq!(
         g.rpmsg().trysend(ept, &[0; 497]),
@@ -64,8 +64,8 @@ fn guests_reach_each_other_by_name_with_translated_addresses() {
     let bob_addr = bob.rpmsg().endpoint(bound.0).unwrap().addr();
     assert_ne!(seen_by_alice, ADDR_ANY);
     assert_ne!(seen_by_alice, bob_addr);
-    assert_eq!(hub.hub.lock().stats(1).forwarded, 1000);
-    assert_eq!(hub.hub.lock().stats(0).forwarded, 1000);
+    assert_eq!(hub.hub.link(1).stats(1).forwarded, 1000);
+    assert_eq!(hub.hub.link(0).stats(0).forwarded, 1000);
 }
 
 #[test]
@@ -144,13 +144,13 @@ fn addresses_not_offered_lead_nowhere() {
         }
     }
     let deadline = Instant::now() + WAIT;
-    while hub.hub.lock().stats(2).dropped < 2046 {
-        assert!(Instant::now() < deadline, "{:?}", hub.hub.lock().stats(2));
+    while hub.hub.link(2).stats(2).dropped < 2046 {
+        assert!(Instant::now() < deadline, "{:?}", hub.hub.link(2).stats(2));
         std::thread::sleep(Duration::from_millis(10));
     }
     alice.poll(&mut ai).unwrap();
     assert!(ai.messages.is_empty(), "nothing reached alice");
-    assert_eq!(hub.hub.lock().stats(2).forwarded, 0);
+    assert_eq!(hub.hub.link(2).stats(2).forwarded, 0);
 }
 
 #[test]
@@ -190,7 +190,7 @@ fn a_full_receiver_delays_only_itself_and_loses_nothing() {
         "alice's ring took at least her buffers' worth: {sent}"
     );
     assert!(
-        hub.hub.lock().queued_for(0) > 0,
+        hub.hub.link(0).queued_for(0) > 0,
         "the rest waits in the hub"
     );
     // Meanwhile bob still reaches the echo: a full receiver delays only itself... except
@@ -224,8 +224,8 @@ fn a_full_receiver_delays_only_itself_and_loses_nothing() {
         assert!(Instant::now() < deadline, "only {got} of {sent} arrived");
         alice.wait(Duration::from_millis(5));
     }
-    assert_eq!(hub.hub.lock().queued_for(0), 0);
-    assert_eq!(hub.hub.lock().stats(1).dropped, 0);
+    assert_eq!(hub.hub.link(0).queued_for(0), 0);
+    assert_eq!(hub.hub.link(1).stats(1).dropped, 0);
 }
 
 #[test]
@@ -275,7 +275,7 @@ fn disconnect_withdraws_names_and_reconnect_brings_them_back() {
             i.destroyed.iter().any(|(_, a)| *a == proxy)
         });
     }
-    assert!(hub.hub.lock().stats(0).ups >= 4);
+    assert!(hub.hub.link(0).stats(0).ups >= 4);
 }
 
 #[test]
@@ -358,7 +358,7 @@ fn descriptors_outside_memory_cost_other_guests_nothing() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(hub.hub.lock().is_up(0));
+    assert!(hub.hub.link(0).is_up(0));
 }
 
 /// A remote link (the hub is the driver, as for a remoteproc vdev), played in the test by the
@@ -374,11 +374,11 @@ fn a_remote_link_is_routed_like_a_guest() {
         }
     }
     let hub = TestHub::start("hub", ALICE_AND_R5);
-    let remote_id = hub.hub.lock().topology().link_index("r5").unwrap();
+    let remote_id = hub.hub.topology().link_index("r5").unwrap();
     let kicks = Arc::new(Flag(Default::default()));
     let mut remote = PlayedRemote::attach(&hub.hub, remote_id, kicks.clone()).rpmsg;
     remote.create_ept(b"r-svc", ADDR_ANY, ADDR_ANY).unwrap();
-    hub.hub.lock().service_attached(remote_id);
+    hub.hub.link(remote_id).service_attached(remote_id);
 
     let mut alice = hub.connect(0);
     let mut ai = Inbox::default();
@@ -395,7 +395,7 @@ fn a_remote_link_is_routed_like_a_guest() {
         while ai.messages.is_empty() {
             // The remote side: take what the hub sent, echo it, and "kick" the hub.
             remote.poll(&mut ri).unwrap();
-            hub.hub.lock().service_attached(remote_id);
+            hub.hub.link(remote_id).service_attached(remote_id);
             alice.poll(&mut ai).unwrap();
             assert!(Instant::now() < deadline, "echo {i} lost");
         }
@@ -406,5 +406,5 @@ fn a_remote_link_is_routed_like_a_guest() {
         kicks.0.load(std::sync::atomic::Ordering::SeqCst) > 0,
         "the hub notified the remote"
     );
-    assert_eq!(hub.hub.lock().stats(remote_id).forwarded, 300);
+    assert_eq!(hub.hub.link(remote_id).stats(remote_id).forwarded, 300);
 }

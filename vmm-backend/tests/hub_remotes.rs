@@ -26,7 +26,7 @@ fn kvm_or_skip(test: &str) -> bool {
 /// Starts a hub for `toml` (see [`TestHub::start`]) with a `serve_remote` thread per remote.
 fn start(toml: &str) -> TestHub {
     let hub = TestHub::start("hub-remote", toml);
-    let remotes = hub.hub.lock().topology().remotes.clone();
+    let remotes = hub.hub.topology().remotes.clone();
     for (i, spec) in remotes.into_iter().enumerate() {
         let shared = hub.hub.clone();
         let id = hub.sockets.len() + i;
@@ -52,8 +52,8 @@ fn a_guest_pings_a_kvm_remote_through_the_hub() {
     )
     .unwrap();
     assert!(summary.all_matched(), "{summary}");
-    let remote = hub.hub.lock().topology().link_index("r5").unwrap();
-    assert!(hub.hub.lock().stats(remote).forwarded >= 1000);
+    let remote = hub.hub.topology().link_index("r5").unwrap();
+    assert!(hub.hub.link(remote).stats(remote).forwarded >= 1000);
 }
 
 #[derive(Default)]
@@ -132,8 +132,8 @@ to = ["alice"]
         "the channel back after the third crash",
         |w| w.created.len() > 3,
     );
-    let remote = hub.hub.lock().topology().link_index("flaky").unwrap();
-    assert!(hub.hub.lock().stats(remote).ups >= 4);
+    let remote = hub.hub.topology().link_index("flaky").unwrap();
+    assert!(hub.hub.link(remote).stats(remote).ups >= 4);
 }
 
 #[test]
@@ -173,8 +173,8 @@ to = ["alice"]
             bad.display()
         ),
     );
-    let spec = hub.hub.lock().topology().remotes[0].clone();
-    let id = hub.hub.lock().topology().link_index("broken").unwrap();
+    let spec = hub.hub.topology().remotes[0].clone();
+    let id = hub.hub.topology().link_index("broken").unwrap();
     // Loading fails with an error that says what is wrong; no restart can help a bad image.
     let err = serve_remote(hub.hub.clone(), id, spec)
         .unwrap_err()
@@ -185,7 +185,7 @@ to = ["alice"]
         err.contains("broken") && err.to_lowercase().contains("resource table"),
         "{err}"
     );
-    assert!(!hub.hub.lock().is_up(id));
+    assert!(!hub.hub.link(id).is_up(id));
     // The guest is served as before.
     let mut alice = hub.connect(0);
     let summary = ping(

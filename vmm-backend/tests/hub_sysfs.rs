@@ -220,7 +220,7 @@ struct Setup {
 impl Setup {
     fn start(kernel: &FakeKernel) -> Setup {
         let hub = TestHub::start("hub-sysfs", TOPOLOGY);
-        let id = hub.hub.lock().topology().link_index("r5-0").unwrap();
+        let id = hub.hub.topology().link_index("r5-0").unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new(BridgeStatus::default()));
         let (shared, mut kernel, theirs, st) = (
@@ -437,14 +437,14 @@ fn the_bridge_offers_the_channels_a_sysfs_tree_lists_and_adopts_a_running_core()
     let mut core = SysfsRemote::at(&class)
         .with_sysfs_root(&sys)
         .with_dev_dir(hub.dir.path().join("dev"));
-    let spec = hub.hub.lock().topology().remotes[0].clone();
+    let spec = hub.hub.topology().remotes[0].clone();
     // Running already: adopted, nothing written.
     start_or_adopt(&mut core, &spec).unwrap();
     assert_eq!(
         fs::read_to_string(class.join("state")).unwrap(),
         "running\n"
     );
-    let id = hub.hub.lock().topology().link_index("r5-0").unwrap();
+    let id = hub.hub.topology().link_index("r5-0").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let status = Arc::new(Mutex::new(BridgeStatus::default()));
     let (shared, theirs, st) = (hub.hub.clone(), stop.clone(), status.clone());

@@ -463,7 +463,7 @@ fn a_disconnect_stops_the_link_on_a_confined_thread() {
             .unwrap(),
     ));
     assert!(!sandbox::is_confined());
-    assert!(direct.run_ring_work(|_| { sandbox::is_confined() }));
+    assert!(direct.run_ring_work(0, |_| { sandbox::is_confined() }));
     // A disconnect seen by the accept thread (outside the sandbox) makes a confined thread
     // stop the link: withdrawing its names writes into the other guests' rings.
     let hub = TestHub::start("sandbox-ring-work", TOPOLOGY);

@@ -36,11 +36,18 @@
 //! becomes the offered endpoint. Each receiver keeps its proxies grouped by sender, so a
 //! guest's link going down costs time in proportion to what it left in the others.
 //!
+//! Guests that cannot reach each other share nothing: messages, names and held buffers only
+//! ever pass along the topology's channels (a host service answers on its caller's own link),
+//! so the hub splits into parts, one per group of links the channels connect
+//! ([`Hub::split`]), each with a lock of its own ([`SharedHub`]; the lock order is in
+//! `shared.rs`). Disjoint pairs, and guests that only talk to host services, never wait for
+//! each other; the guests of one group share its part's lock.
+//!
 //! This file holds the [`Hub`] and the link lifecycle (up, down, broken; the service entry
 //! points a kick, the clock and a remote's doorbell call). The rest, one concern a file:
 //! `link.rs` the link adapter and per-guest state, `routes.rs` the address tables and
 //! announcements, `forward.rs` moving messages between links, `stats.rs` counters and the log
-//! rate limit.
+//! rate limit, `shared.rs` the parts and their locks shared between threads.
 
 mod forward;
 mod link;
@@ -69,18 +76,23 @@ use vamp_rpmsg::transport::{DeviceRings, DeviceTransport, DriverTransport, LinkE
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
 
-/// The hub: every guest's link and the routes between them.
+/// The hub: every guest's link and the routes between them, or (a *part*, see
+/// [`split`](Self::split)) those of one group of links that the topology's channels connect,
+/// the only links that can ever reach each other. Its public calls take a link's index in the
+/// topology; a part answers for its own links only (for another link, as for an index out of
+/// range: nothing, or zero).
 #[derive(Debug)]
 pub struct Hub {
-    topology: Topology,
+    topology: Arc<Topology>,
+    /// The topology index of each slot, in increasing order. Inside the hub a link is known by
+    /// its slot's position (see [`slot_of`](Self::slot_of)).
+    members: Vec<LinkId>,
     slots: Vec<Slot>,
     incarnations: u64,
     pending_timeout: Duration,
     /// Messages one sender may have waiting for one receiver.
     max_queued_per_sender: usize,
-    /// Someone calls [`tick`](Self::tick) periodically.
-    clock_claimed: bool,
-    /// Times [`SharedHub::lock`] took the hub's lock, and found it held.
+    /// Times [`SharedHub`] took this hub's lock, and found it held.
     locks: (u64, u64),
     /// The receivers of the current forwarding round (see `forward.rs`), kept between rounds
     /// so that a kick allocates nothing.
@@ -90,32 +102,98 @@ pub struct Hub {
 impl Hub {
     /// A hub for a topology; no guest is connected yet.
     pub fn new(topology: Topology) -> Self {
+        let links = topology.guests.len() + topology.remotes.len();
+        Self::part(Arc::new(topology), (0..links).collect())
+    }
+
+    /// A hub for the links `members` (topology indices, increasing) of `topology`.
+    fn part(topology: Arc<Topology>, members: Vec<LinkId>) -> Self {
         let guests = topology.guests.iter().map(|g| ("guest", &g.name));
         let remotes = topology.remotes.iter().map(|r| ("remote", &r.name));
-        let slots = guests
-            .chain(remotes)
-            .map(|(kind, name)| Slot {
-                kind,
-                name: name.clone(),
+        let all: Vec<_> = guests.chain(remotes).collect();
+        let slots = members
+            .iter()
+            .map(|&id| Slot {
+                kind: all[id].0,
+                name: all[id].1.clone(),
                 ..Default::default()
             })
             .collect();
         Hub {
             topology,
+            members,
             slots,
             incarnations: 0,
             pending_timeout: DEFAULT_PENDING_TIMEOUT,
             max_queued_per_sender: MAX_QUEUED_PER_SENDER,
-            clock_claimed: false,
             locks: (0, 0),
             receivers: Vec::new(),
         }
     }
 
-    /// Returns `true` once: the caller is to call [`tick`](Self::tick) every 100 ms or so
-    /// for as long as it uses the hub (`serve_guest` does, on a thread of its own).
-    pub fn claim_clock(&mut self) -> bool {
-        !std::mem::replace(&mut self.clock_claimed, true)
+    /// Splits a hub that serves no link yet into parts that share nothing: one per group of
+    /// links the topology's channels connect (a channel joins its announcing guest and the
+    /// guests that see its names; a host service answers on its caller's own link and joins
+    /// nothing). No message, name or buffer can ever pass between two parts, so each can have
+    /// a lock of its own ([`SharedHub`]). Each part keeps this hub's settings. A hub already
+    /// in use stays whole.
+    pub fn split(self) -> Vec<Hub> {
+        let in_use = self.incarnations > 0
+            || self
+                .slots
+                .iter()
+                .any(|s| s.link.is_some() || s.broken.is_some() || s.remote.is_some());
+        if in_use || self.members.len() < 2 {
+            return vec![self];
+        }
+        let t = &self.topology;
+        // Union-find over the links (here a hub of every link: slot = topology index), each
+        // channel joining its ends; a group is named by its lowest link.
+        fn root(group: &mut [LinkId], mut i: LinkId) -> LinkId {
+            while group[i] != i {
+                group[i] = group[group[i]];
+                i = group[i];
+            }
+            i
+        }
+        let mut group: Vec<LinkId> = (0..self.members.len()).collect();
+        for c in &t.channels {
+            let Some(from) = t.link_index(&c.from) else {
+                continue;
+            };
+            for to in c.to.iter().filter_map(|n| t.link_index(n)) {
+                let (a, b) = (root(&mut group, from), root(&mut group, to));
+                group[a.max(b)] = a.min(b);
+            }
+        }
+        let mut parts: Vec<(LinkId, Vec<LinkId>)> = Vec::new();
+        for id in 0..self.members.len() {
+            let r = root(&mut group, id);
+            match parts.iter_mut().find(|(g, _)| *g == r) {
+                Some((_, members)) => members.push(id),
+                None => parts.push((r, vec![id])),
+            }
+        }
+        parts
+            .into_iter()
+            .map(|(_, members)| {
+                let mut part = Hub::part(self.topology.clone(), members);
+                part.pending_timeout = self.pending_timeout;
+                part.max_queued_per_sender = self.max_queued_per_sender;
+                part
+            })
+            .collect()
+    }
+
+    /// The topology indices of the links this hub serves, in increasing order.
+    pub fn members(&self) -> &[LinkId] {
+        &self.members
+    }
+
+    /// The slot of topology link `id`; out of range (every lookup finds nothing) when this
+    /// hub does not serve it.
+    fn slot_of(&self, id: LinkId) -> LinkId {
+        self.members.binary_search(&id).unwrap_or(usize::MAX)
     }
 
     /// Sets how long a message may wait for a guest's buffers. When the oldest waiting message
@@ -153,16 +231,16 @@ impl Hub {
         }
     }
 
-    /// Notes one taking of the hub's lock (by [`SharedHub::lock`]), and
-    /// whether it had to wait for another thread.
+    /// Notes one taking of this hub's lock (by [`SharedHub`]), and whether it had to wait
+    /// for another thread.
     pub fn count_lock(&mut self, waited: bool) {
         self.locks.0 += 1;
         self.locks.1 += u64::from(waited);
     }
 
-    /// How often the hub's lock, which all guests share, was taken through
-    /// [`SharedHub::lock`], and how often that had to wait for another
-    /// thread (`vamp bench` reports it for its many-guest runs).
+    /// How often this hub's lock, which only its own links share, was taken through
+    /// [`SharedHub`], and how often that had to wait for another thread (`vamp bench` reports
+    /// it for its many-guest runs).
     pub fn lock_counts(&self) -> (u64, u64) {
         self.locks
     }
@@ -174,11 +252,13 @@ impl Hub {
 
     /// Counters of a guest.
     pub fn stats(&self, id: LinkId) -> LinkStats {
+        let id = self.slot_of(id);
         self.slots.get(id).map(|s| s.stats).unwrap_or_default()
     }
 
     /// Whether a guest's link is up.
     pub fn is_up(&self, id: LinkId) -> bool {
+        let id = self.slot_of(id);
         self.slots.get(id).is_some_and(|s| s.link.is_some())
     }
 
@@ -186,6 +266,7 @@ impl Hub {
     /// kicks are ignored until it resets the device or sets up new rings (virtio's
     /// DEVICE_NEEDS_RESET: the guest's [`Notifier::needs_reset`] was told).
     pub fn is_broken(&self, id: LinkId) -> bool {
+        let id = self.slot_of(id);
         self.slots.get(id).is_some_and(|s| s.broken.is_some())
     }
 
@@ -193,17 +274,19 @@ impl Hub {
     /// names and reply proxies): at most [`MAX_NAMES_PER_LINK`] +
     /// [`MAX_REPLY_PROXIES_PER_SOURCE`].
     pub fn proxies_for(&self, to: LinkId, from: LinkId) -> usize {
+        let (to, from) = (self.slot_of(to), self.slot_of(from));
         self.link(to).map_or(0, |l| l.reverse.count_from(from))
     }
 
     /// Endpoints of the hub's engine in guest `id`'s link (services and proxies).
     pub fn endpoints_in(&self, id: LinkId) -> usize {
-        self.link(id).map_or(0, |l| l.engine.endpoint_count())
+        self.link(self.slot_of(id))
+            .map_or(0, |l| l.engine.endpoint_count())
     }
 
     /// Messages waiting for a guest's buffers.
     pub fn queued_for(&self, id: LinkId) -> usize {
-        self.link(id).map_or(0, |l| l.pending.len())
+        self.link(self.slot_of(id)).map_or(0, |l| l.pending.len())
     }
 
     fn link(&self, id: LinkId) -> Option<&Link> {
@@ -325,7 +408,8 @@ impl Hub {
                 .iter()
                 .find(|(_, n)| **n > self.max_queued_per_sender)
             {
-                return Err(format!("{who}: {n} messages of link {from} wait"));
+                let from = &self.slots[*from].name;
+                return Err(format!("{who}: {n} messages of {from} wait"));
             }
         }
         // Every buffer a link's engine holds is a message waiting somewhere.
@@ -365,6 +449,7 @@ impl Hub {
         info: RingsInfo,
         notifier: &Arc<dyn Notifier>,
     ) -> Option<[u16; 2]> {
+        let id = self.slot_of(id);
         let slot = self.slots.get_mut(id)?;
         if slot.broken == Some(info.rings) {
             return None;
@@ -422,6 +507,7 @@ impl Hub {
     /// withdraws its names from the others and drops what waits for it. Returns where its rings
     /// stood.
     pub fn stop(&mut self, id: LinkId, reason: &str) -> Option<[u16; 2]> {
+        let id = self.slot_of(id);
         let at = match self
             .slots
             .get_mut(id)
@@ -450,6 +536,7 @@ impl Hub {
     /// the device (DEVICE_NEEDS_RESET), as for a ring protocol error.
     /// Logged once per fault (a region faults once: it is zero memory from then on).
     pub fn break_memory_fault(&mut self, id: LinkId) {
+        let id = self.slot_of(id);
         let Some(slot) = self.slots.get(id) else {
             return;
         };
@@ -515,6 +602,11 @@ impl Hub {
         transport: DriverTransport<GuestRam, LinkEnv>,
         name_service: bool,
     ) {
+        let id = self.slot_of(id);
+        if id >= self.slots.len() {
+            log::error!("a remote's link attached to a hub that does not serve it: ignored");
+            return;
+        }
         self.link_down(id, "re-attached");
         // A fresh device: whatever the previous one broke is forgotten.
         if let Some(slot) = self.slots.get_mut(id) {
@@ -539,6 +631,7 @@ impl Hub {
     /// Handles a notification on an attached link (the remote kicked): delivers what it sent
     /// and what waits for it. Touches only the links involved, as [`service`](Self::service).
     pub fn service_attached(&mut self, id: LinkId) {
+        let id = self.slot_of(id);
         let Some(rings) = self.link(id).map(|l| l.rings) else {
             return;
         };

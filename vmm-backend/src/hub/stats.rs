@@ -227,12 +227,14 @@ pub struct LinkStatus {
     pub remote: Option<RemoteState>,
 }
 
-/// A consistent copy of what the hub knows, taken under its lock ([`Hub::status`]).
+/// A consistent copy of what the hub knows, taken under its lock ([`Hub::status`]; for a hub
+/// split into parts, [`SharedHub::status`](super::SharedHub::status)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HubStatus {
     /// Every guest, then every remote, in topology order.
     pub links: Vec<LinkStatus>,
-    /// Times the hub's lock was taken, and how many of those had to wait.
+    /// Times the hub's locks (one per part, see [`Hub::split`]) were taken, and how many of
+    /// those had to wait.
     pub lock_taken: u64,
     /// See [`lock_taken`](Self::lock_taken).
     pub lock_waited: u64,
@@ -296,6 +298,7 @@ impl Hub {
     /// Records where remote `id`'s lifecycle stands (its lifecycle thread calls this at start,
     /// crash, restart and exit), for [`status`](Self::status).
     pub fn note_remote(&mut self, id: LinkId, state: &'static str, restarts: u64) {
+        let id = self.slot_of(id);
         if let Some(slot) = self.slots.get_mut(id) {
             slot.remote = Some(RemoteState { state, restarts });
         }

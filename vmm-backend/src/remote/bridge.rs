@@ -680,7 +680,7 @@ pub fn run_bridge(
         layout.buffers.r2h_buf_size,
     )
     .map_err(|e| fail(format!("rings: {e}")))?;
-    hub.run_ring_work(move |hub| hub.attach(id, driver, true));
+    hub.run_ring_work(id, move |hub| hub.attach(id, driver, true));
     let rings = RingServer::start(hub.clone(), id, doorbell, name);
     let mut bridge = Bridge {
         name: name.to_string(),
@@ -706,7 +706,7 @@ pub fn run_bridge(
     bell.stopped.store(true, Ordering::Release);
     bell.tell_hub();
     rings.stop();
-    hub.run_ring_work(stop(id, "the bridge stopped"));
+    hub.run_ring_work(id, stop(id, "the bridge stopped"));
     Ok(())
 }
 

@@ -110,7 +110,7 @@ impl Control {
         notice: Arc<ResetNotice>,
     ) -> io::Result<Control> {
         let daemon = connect_daemon(connect)?;
-        let name = hub.lock().topology().guests[id].name.clone();
+        let name = hub.topology().guests[id].name.clone();
         let proxy = Proxy {
             frontend: frontend.try_clone()?,
             daemon: daemon.try_clone()?,
@@ -400,7 +400,7 @@ impl Proxy {
     }
 
     fn broken(&self) -> bool {
-        self.hub.lock().is_broken(self.id)
+        self.hub.link(self.id).is_broken(self.id)
     }
 
     /// The status `GET_STATUS` reports.
@@ -518,7 +518,7 @@ impl Proxy {
     /// Sends a configuration-change notice once per break of the guest's link.
     fn look_at_hub(&mut self) {
         let (broken, errors) = {
-            let hub = self.hub.lock();
+            let hub = self.hub.link(self.id);
             (hub.is_broken(self.id), hub.stats(self.id).protocol_errors)
         };
         if !broken || self.reported == Some(errors) {

@@ -4,9 +4,7 @@
 //! connection's vring worker, confined at its first event).
 
 use super::control::ResetNotice;
-use crate::guest_memory::{
-    GuestMemoryMap, GuestRam, check_table, max_mapped, register_table, take_faults,
-};
+use crate::guest_memory::{GuestMemoryMap, GuestRam, check_table, max_mapped, register_table};
 use crate::hub::{LinkId, Notifier, Reports, RingsInfo, SharedHub, stop};
 use crate::sandbox::{self, ThreadKind};
 use std::io;
@@ -130,7 +128,7 @@ impl std::fmt::Debug for RpmsgBackend {
 impl RpmsgBackend {
     /// The backend for guest `id` of the hub.
     pub fn new(hub: SharedHub, id: LinkId) -> Self {
-        let name = hub.lock().topology().guests[id].name.clone();
+        let name = hub.topology().guests[id].name.clone();
         RpmsgBackend {
             id,
             name,
@@ -232,7 +230,9 @@ impl VhostUserBackendMut for RpmsgBackend {
     }
 
     fn reset_device(&mut self) {
-        let at = self.hub.run_ring_work(stop(self.id, "device reset"));
+        let at = self
+            .hub
+            .run_ring_work(self.id, stop(self.id, "device reset"));
         if let (Some((vrings, _)), Some(at)) = (&self.vrings, at) {
             Self::record(vrings, at);
         }
@@ -283,7 +283,7 @@ impl VhostUserBackendMut for RpmsgBackend {
     fn stop_vring(&mut self, _queue_index: u32) -> io::Result<()> {
         let at = self
             .hub
-            .run_ring_work(stop(self.id, "the frontend stopped the rings"));
+            .run_ring_work(self.id, stop(self.id, "the frontend stopped the rings"));
         if let (Some((vrings, _)), Some(at)) = (&self.vrings, at) {
             Self::record(vrings, at);
         }
@@ -323,16 +323,9 @@ impl VhostUserBackendMut for RpmsgBackend {
             .expect("set above");
         // A break, found here or on another guest's thread, reaches the control thread through
         // the notifier's `needs_reset`.
-        let at = {
-            let mut hub = self.hub.lock();
-            let at = hub.service(self.id, ram, info, &notifier);
-            // Memory that vanished under any thread (this one or another) costs its own guest
-            // its link (see crate::guest_memory).
-            for owner in take_faults() {
-                hub.break_memory_fault(owner);
-            }
-            at
-        };
+        // Memory that vanished under any thread costs its own guest its link: the hub's
+        // service entry sees to it.
+        let at = self.hub.service(self.id, ram, info, &notifier);
         if let Some(at) = at {
             Self::record(vrings, at);
         }

@@ -46,8 +46,8 @@ pub fn serve_listener(
     listener: Listener,
     socket: &str,
 ) -> Result<(), vhost_user_backend::Error> {
-    let name = hub.lock().topology().guests[id].name.clone();
-    if hub.lock().claim_clock() {
+    let name = hub.topology().guests[id].name.clone();
+    if hub.claim_clock() {
         hub.spawn_clock();
     }
     let notice = Arc::new(ResetNotice::new().map_err(vhost_user_backend::Error::StartDaemon)?);
@@ -76,7 +76,7 @@ pub fn serve_listener(
         // of the old connection bring the link back up.
         drop(daemon);
         drop(control);
-        hub.run_ring_work(stop(id, "the frontend disconnected"));
+        hub.run_ring_work(id, stop(id, "the frontend disconnected"));
         match result {
             Ok(()) => log::info!("guest {name}: frontend disconnected"),
             Err(vhost_user_backend::Error::HandleRequest(

@@ -100,15 +100,15 @@ impl TestHub {
     }
 
     pub fn stats(&self, id: usize) -> LinkStats {
-        self.hub.lock().stats(id)
+        self.hub.link(id).stats(id)
     }
 
     pub fn is_up(&self, id: usize) -> bool {
-        self.hub.lock().is_up(id)
+        self.hub.link(id).is_up(id)
     }
 
     pub fn is_broken(&self, id: usize) -> bool {
-        self.hub.lock().is_broken(id)
+        self.hub.link(id).is_broken(id)
     }
 }
 
@@ -410,7 +410,7 @@ impl PlayedRemote {
         )
         .unwrap();
         let rpmsg = Rpmsg::new(device, Config::default());
-        hub.lock().attach(id, driver, true);
+        hub.link(id).attach(id, driver, true);
         PlayedRemote { rpmsg, mem, layout }
     }
 }
