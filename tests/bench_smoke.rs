@@ -13,6 +13,8 @@ trait Lookup {
     fn figure(&self, what: &str) -> f64;
     /// Either the figures are there, or the reason they are not.
     fn measured(&self, what: &str) -> bool;
+    /// The row's virtqueue format: "split" or "packed".
+    fn ring(&self) -> &str;
 }
 
 impl Lookup for Value {
@@ -35,6 +37,13 @@ impl Lookup for Value {
         match self.as_f64() {
             Some(v) if v > 0.0 && v.is_finite() => v,
             _ => panic!("{what}: not a positive number: {self:?}"),
+        }
+    }
+
+    fn ring(&self) -> &str {
+        match self.get_or_fail("ring").as_str() {
+            Some(r @ ("split" | "packed")) => r,
+            r => panic!("ring is neither split nor packed: {r:?} in {self:?}"),
         }
     }
 
@@ -139,6 +148,7 @@ fn quick_bench_writes_every_figure() {
                 let what = format!("{link} {mode} {size}");
                 assert!(!rows.is_empty(), "no row for {what}");
                 for row in rows {
+                    row.ring();
                     if !row.measured(&what) {
                         continue;
                     }
@@ -177,6 +187,7 @@ fn quick_bench_writes_every_figure() {
         "echo with 1, 8, 64 guests and forwarding with 2, 64, at 2 sizes"
     );
     for row in full {
+        row.ring();
         assert!(row.measured("hub_full_rings"));
         row.get_or_fail("hub_ns_per_msg").figure("hub_full_rings");
         row.get_or_fail("ratio").figure("hub_full_rings");
@@ -193,6 +204,7 @@ fn quick_bench_writes_every_figure() {
             "endpoints"
         };
         for (row, count) in rows.iter().zip(counts) {
+            row.ring();
             assert_eq!(row.get_or_fail(what), &count);
             if key == "scale_guests" || row.measured(key) {
                 row.get_or_fail("ns_per_msg").figure(key);

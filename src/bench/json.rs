@@ -3,7 +3,7 @@
 //! replaced by an `error` saying why ("not measured: ...").
 
 use super::clients::Lat;
-use super::report::{Report, ScaleRow, cpu_ratio, scale_ratio};
+use super::report::{Report, ScaleRow, cpu_ratio, ring_name, scale_ratio};
 use super::{Cpus, Plan};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
@@ -116,6 +116,8 @@ struct LinkJson<'a> {
     link: &'a str,
     label: &'a str,
     mode: &'a str,
+    /// "split" or "packed": the virtqueue format of the measured link.
+    ring: &'static str,
     placement: &'a str,
     size_bytes: usize,
     #[serde(flatten)]
@@ -152,6 +154,7 @@ struct ThroughputFloor<'a> {
 #[derive(serde::Serialize)]
 struct FullRingJson {
     kind: &'static str,
+    ring: &'static str,
     guests: usize,
     size_bytes: usize,
     #[serde(flatten)]
@@ -170,6 +173,7 @@ struct FullRingFigures {
 struct ScaleJson {
     #[serde(flatten)]
     count: OrderedMap<usize>,
+    ring: &'static str,
     #[serde(flatten)]
     figures: Measured<ScaleFigures>,
 }
@@ -219,6 +223,7 @@ fn scale_rows(rows: &[ScaleRow], what: &str) -> Vec<ScaleJson> {
     rows.iter()
         .map(|row| ScaleJson {
             count: OrderedMap(vec![(what.to_string(), row.count)]),
+            ring: ring_name(row.ring),
             figures: Measured::from(&row.fig, |t| ScaleFigures {
                 ns_per_msg: t.ns_per_msg,
                 msgs_per_s: t.msgs_per_s(),
@@ -286,6 +291,7 @@ pub(super) fn to_json(
             link: l.key,
             label: l.label,
             mode: l.mode,
+            ring: ring_name(l.ring),
             placement: &l.placement,
             size_bytes: l.size,
             figures: Measured::from(&l.fig, |f| LinkFigures {
@@ -319,6 +325,7 @@ pub(super) fn to_json(
             };
             FullRingJson {
                 kind: f.kind,
+                ring: ring_name(f.ring),
                 guests: f.guests,
                 size_bytes: f.size,
                 figures: Measured::from(&f.ns, |&v| FullRingFigures {

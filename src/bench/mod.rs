@@ -40,12 +40,13 @@ use in_memory::{guest_to_guest_busy, hub_echo_busy};
 use kvm::kvm_rows;
 use native_link::native_rows;
 pub use peer::run_peer;
-use report::{FullRingRow, Report, ScaleRow, load_average, machine_facts, render};
+use report::{FullRingRow, LinkMode, Report, ScaleRow, load_average, machine_facts, render};
 use scale::{ENDPOINT_COUNTS, endpoint_scale, guest_scale, hub_full_rings, hub_memory};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use sys::{allowed_cpus, pin};
 use targets::evaluate_targets;
+use vamp_rpmsg::transport::RingFormat;
 
 /// What `vamp bench` was asked for.
 #[derive(Debug, Clone, Default)]
@@ -290,7 +291,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     r.push_links(
         "native",
         "native link (2 processes)",
-        false,
+        LinkMode::notify(RingFormat::Split),
         &two,
         figs,
         nf2,
@@ -299,7 +300,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     r.push_links(
         "native",
         "native link (2 processes)",
-        false,
+        LinkMode::notify(RingFormat::Split),
         &one,
         figs,
         nf1,
@@ -308,7 +309,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     r.push_links(
         "native",
         "native link (2 processes)",
-        true,
+        LinkMode::busy_poll(RingFormat::Split),
         &two,
         figs,
         spin,
@@ -323,7 +324,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     r.push_links(
         "hub_echo",
         "guest -> hub echo",
-        false,
+        LinkMode::notify(RingFormat::Split),
         &hub_place,
         figs,
         nf2,
@@ -332,7 +333,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     r.push_links(
         "hub_echo",
         "guest -> hub echo",
-        true,
+        LinkMode::busy_poll(RingFormat::Split),
         &hub_place,
         figs,
         spin,
@@ -342,7 +343,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     r.push_links(
         "guest_hub_guest",
         "guest -> hub -> guest",
-        false,
+        LinkMode::notify(RingFormat::Split),
         &g2g_place,
         figs,
         nf2x2,
@@ -352,7 +353,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     r.push_links(
         "guest_hub_guest",
         "guest -> hub -> guest",
-        true,
+        LinkMode::busy_poll(RingFormat::Split),
         &g2g_busy,
         figs,
         spin,
@@ -367,7 +368,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     r.push_links(
         "kvm",
         "host -> KVM remote (echo firmware)",
-        false,
+        LinkMode::notify(RingFormat::Split),
         &kvm_place,
         figs,
         nf2,
@@ -375,7 +376,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     r.push_links(
         "kvm",
         "host -> KVM remote (echo firmware)",
-        true,
+        LinkMode::busy_poll(RingFormat::Split),
         &kvm_place,
         busy_figs,
         spin,
@@ -396,6 +397,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
             for size in SIZES {
                 r.full_rings.push(FullRingRow {
                     kind: if forward { "forward" } else { "echo" },
+                    ring: RingFormat::Split,
                     guests,
                     size,
                     ns: hub_full_rings(&plan, guests, forward, size),
@@ -407,6 +409,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
         let fig = guest_scale(&plan, cpus, guests);
         r.guests.push(ScaleRow {
             count: guests,
+            ring: RingFormat::Split,
             cpu_ns: fig.as_ref().ok().map(|f| f.1),
             locks: fig.as_ref().ok().map(|f| f.2),
             fig: fig.map(|f| f.0),
@@ -424,6 +427,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     for (count, fig) in ENDPOINT_COUNTS.into_iter().zip(endpoints) {
         r.endpoints.push(ScaleRow {
             count: count as usize,
+            ring: RingFormat::Split,
             fig,
             cpu_ns: None,
             locks: None,

@@ -8,6 +8,7 @@ use super::scale::LockCounts;
 use super::{Cpus, Plan, Res, SIZES};
 use std::path::Path;
 use std::time::Duration;
+use vamp_rpmsg::transport::RingFormat;
 
 pub(super) fn fmt_ns(ns: f64) -> String {
     if !ns.is_finite() {
@@ -38,12 +39,38 @@ fn fmt_rate(r: f64) -> String {
     }
 }
 
+/// The name of a ring format in the table and the JSON.
+pub(super) fn ring_name(ring: RingFormat) -> &'static str {
+    match ring {
+        RingFormat::Split => "split",
+        RingFormat::Packed => "packed",
+    }
+}
+
+/// How a link is measured: with notifications or busy-polling, on split or packed rings.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LinkMode {
+    pub(super) busy: bool,
+    pub(super) ring: RingFormat,
+}
+
+impl LinkMode {
+    pub(super) const fn notify(ring: RingFormat) -> Self {
+        LinkMode { busy: false, ring }
+    }
+    pub(super) const fn busy_poll(ring: RingFormat) -> Self {
+        LinkMode { busy: true, ring }
+    }
+}
+
 /// One row of the link table.
 #[derive(Debug)]
 pub(super) struct LinkRow {
     pub(super) key: &'static str,
     pub(super) label: &'static str,
     pub(super) mode: &'static str,
+    /// The virtqueue format of the measured side's link.
+    pub(super) ring: RingFormat,
     pub(super) placement: String,
     pub(super) size: usize,
     pub(super) fig: Res<Fig>,
@@ -62,10 +89,11 @@ impl LinkRow {
     }
 }
 
-/// A scale figure: per-message cost at some count, compared with count 1.
+/// A scale figure: per-message cost at some count, compared with count 1 on the same rings.
 #[derive(Debug)]
 pub(super) struct ScaleRow {
     pub(super) count: usize,
+    pub(super) ring: RingFormat,
     pub(super) fig: Res<Tput>,
     /// CPU time of this process per message, where that is the cost that matters.
     pub(super) cpu_ns: Option<f64>,
@@ -76,6 +104,8 @@ pub(super) struct ScaleRow {
 #[derive(Debug)]
 pub(super) struct FullRingRow {
     pub(super) kind: &'static str,
+    /// The format of every guest's rings.
+    pub(super) ring: RingFormat,
     pub(super) guests: usize,
     pub(super) size: usize,
     pub(super) ns: Res<f64>,
@@ -123,13 +153,13 @@ impl Report {
         &mut self,
         key: &'static str,
         label: &'static str,
-        busy: bool,
+        how: LinkMode,
         placement: &str,
         figs: [Res<Fig>; 2],
         lat_floor: Option<(&'static str, f64, f64)>,
     ) {
         for (size, fig) in SIZES.into_iter().zip(figs) {
-            let ring = if size == 16 {
+            let ring_floor = if size == 16 {
                 "ring_echo_16b_2cpu"
             } else {
                 "ring_echo_496b_2cpu"
@@ -137,12 +167,13 @@ impl Report {
             self.links.push(LinkRow {
                 key,
                 label,
-                mode: if busy { "busy-poll" } else { "notify" },
+                mode: if how.busy { "busy-poll" } else { "notify" },
+                ring: how.ring,
                 placement: placement.into(),
                 size,
                 fig,
                 lat_floor,
-                tput_floor: self.floor(ring).map(|f| (ring, f)),
+                tput_floor: self.floor(ring_floor).map(|f| (ring_floor, f)),
             });
         }
     }
@@ -208,13 +239,18 @@ pub(super) fn machine_facts(cpus: &[usize]) -> Vec<(String, String)> {
     ]
 }
 
+/// The count-1 row on the same rings as `row`.
+fn scale_base<'a>(rows: &'a [ScaleRow], row: &ScaleRow) -> Option<&'a ScaleRow> {
+    rows.iter().find(|b| b.ring == row.ring && b.count == 1)
+}
+
 pub(super) fn scale_ratio(rows: &[ScaleRow], row: &ScaleRow) -> Option<f64> {
-    let base = rows.first()?.fig.as_ref().ok()?.ns_per_msg;
+    let base = scale_base(rows, row)?.fig.as_ref().ok()?.ns_per_msg;
     Some(row.fig.as_ref().ok()?.ns_per_msg / base)
 }
 
 pub(super) fn cpu_ratio(rows: &[ScaleRow], row: &ScaleRow) -> Option<f64> {
-    Some(row.cpu_ns? / rows.first()?.cpu_ns?)
+    Some(row.cpu_ns? / scale_base(rows, row)?.cpu_ns?)
 }
 
 pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Duration) -> String {
@@ -275,9 +311,10 @@ pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Dur
     );
     let _ = writeln!(
         o,
-        "  {:<37} {:<9} {:<31} {:>5} {:>9} {:>9} {:>7} {:>9} {:>8} {:>7}",
+        "  {:<37} {:<9} {:<6} {:<31} {:>5} {:>9} {:>9} {:>7} {:>9} {:>8} {:>7}",
         "link",
         "mode",
+        "rings",
         "placement",
         "size",
         "rtt p50",
@@ -292,9 +329,10 @@ pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Dur
             Ok(f) => {
                 let _ = writeln!(
                     o,
-                    "  {:<37} {:<9} {:<31} {:>3} B {:>9} {:>9} {:>7} {:>9} {:>8.1} {:>7}",
+                    "  {:<37} {:<9} {:<6} {:<31} {:>3} B {:>9} {:>9} {:>7} {:>9} {:>8.1} {:>7}",
                     l.label,
                     l.mode,
+                    ring_name(l.ring),
                     l.placement,
                     l.size,
                     fmt_ns(f.lat.p50_ns),
@@ -313,8 +351,12 @@ pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Dur
                 };
                 let _ = writeln!(
                     o,
-                    "  {:<37} {:<9} {:<31} {:>3} B {e}",
-                    l.label, l.mode, l.placement, l.size
+                    "  {:<37} {:<9} {:<6} {:<31} {:>3} B {e}",
+                    l.label,
+                    l.mode,
+                    ring_name(l.ring),
+                    l.placement,
+                    l.size
                 );
             }
         }
@@ -340,7 +382,8 @@ pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Dur
 
     let _ = writeln!(
         o,
-        "\nhub cost per message with full rings (one thread: every sender fills 256 messages, the hub serves each once; x floor = / memcpy of the payload)"
+        "\nhub cost per message with full rings (one thread: every sender fills 256 messages, the hub serves each once; x floor = / memcpy of the payload)\n  {:<45} {:<6} {:>5} {:>10} {:>9}",
+        "guests", "rings", "size", "hub", "x floor"
     );
     for f in &r.full_rings {
         let floor = r.floor(if f.size == 16 {
@@ -357,19 +400,29 @@ pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Dur
             Ok(v) => {
                 let _ = writeln!(
                     o,
-                    "  {:<45} {:>3} B {:>10} {:>9}",
+                    "  {:<45} {:<6} {:>3} B {:>10} {:>9}",
                     what,
+                    ring_name(f.ring),
                     f.size,
                     fmt_ns(*v),
                     fmt_ratio(floor.map(|m| v / m))
                 );
             }
             Err(e) => {
-                let _ = writeln!(o, "  {:<45} {:>3} B not measured: {e}", what, f.size);
+                let _ = writeln!(
+                    o,
+                    "  {:<45} {:<6} {:>3} B not measured: {e}",
+                    what,
+                    ring_name(f.ring),
+                    f.size
+                );
             }
         }
     }
-    let _ = writeln!(o, "\nscale: per-message cost (x = / the count-1 figure)");
+    let _ = writeln!(
+        o,
+        "\nscale: per-message cost (x = / the count-1 figure on the same rings)"
+    );
     for (title, rows) in [
         (
             "guests echoing through one hub at once (vhost-user, notifications, 16 B, window 16 each)",
@@ -401,15 +454,21 @@ pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Dur
                     }
                     let _ = writeln!(
                         o,
-                        "    {:>6}: wall {:>8} per message ({} msgs/s) {:>7}{cpu}",
+                        "    {:>6} {:>6}: wall {:>8} per message ({} msgs/s) {:>7}{cpu}",
                         row.count,
+                        ring_name(row.ring),
                         fmt_ns(t.ns_per_msg),
                         fmt_rate(t.msgs_per_s()),
                         fmt_ratio(scale_ratio(rows, row))
                     );
                 }
                 Err(e) => {
-                    let _ = writeln!(o, "    {:>6}: not measured: {e}", row.count);
+                    let _ = writeln!(
+                        o,
+                        "    {:>6} {:>6}: not measured: {e}",
+                        row.count,
+                        ring_name(row.ring)
+                    );
                 }
             }
         }
