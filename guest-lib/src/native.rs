@@ -318,6 +318,7 @@ impl PlatformInfo {
             return None;
         }
         Some(PlatformInfo {
+            // The body starts after the entry's type word.
             body: offset as u64 + 4,
             features: word(PLATFORM_FEATURES_AT)?,
             mode: word(PLATFORM_MODE_AT)?,

@@ -60,6 +60,7 @@ use std::time::{Duration, Instant};
 use vamp_rpmsg::futex::{futex_wait, futex_wake};
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::mem::SharedMemory;
+use vamp_rpmsg::transport::RingFormat;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -89,7 +90,6 @@ pub const MAX_WAIT_SPIN: Duration = Duration::from_millis(10);
 
 // The vamp platform entry's format, shared with the firmware (`vamp_rpmsg::wire::platform`),
 // under the names this module has always given it.
-use vamp_rpmsg::transport::RingFormat;
 pub use vamp_rpmsg::wire::platform::{
     BODY_LEN as PLATFORM_BODY_LEN, F_BUSY_POLL as PLATFORM_F_BUSY_POLL,
     F_PACKED_RING as PLATFORM_F_PACKED_RING, F_WAIT_SPIN as PLATFORM_F_WAIT_SPIN,
@@ -878,6 +878,7 @@ impl RemoteBackend for KvmRemote {
         self.alloc_top = self.memory;
         // The next load handles the resource table (and any platform entry) again.
         self.platform = None;
+        self.rings = RingFormat::Split;
         self.shared.heartbeat_at.store(0, Ordering::SeqCst);
         Ok(())
     }
