@@ -63,6 +63,30 @@ impl Lookup for Value {
     }
 }
 
+/// The links (and modes) measured on packed rings as well as split ones.
+const PACKED_LINKS: [(&str, &str); 2] = [("hub_echo", "notify"), ("guest_hub_guest", "notify")];
+
+/// A link row's figures and their ratios to a named floor, or why it was not measured.
+fn check_link_rows(rows: &[&Value], what: &str) {
+    for row in rows {
+        if !row.measured(what) {
+            continue;
+        }
+        row.get_or_fail("rtt").get_or_fail("p50_us").figure(what);
+        row.get_or_fail("rtt").get_or_fail("p99_us").figure(what);
+        row.get_or_fail("msgs_per_s").figure(what);
+        row.get_or_fail("mb_per_s").figure(what);
+        row.get_or_fail("latency_ratio").figure(what);
+        assert!(row.get_or_fail("latency_floor").has("floor"), "{what}");
+        // The throughput floor spins on two CPUs: on one it is missing, and so is the ratio
+        // to it.
+        if !row.get_or_fail("throughput_floor").is_null() {
+            assert!(row.get_or_fail("throughput_floor").has("floor"), "{what}");
+            row.get_or_fail("throughput_ratio").figure(what);
+        }
+    }
+}
+
 #[test]
 fn quick_bench_writes_every_figure() {
     let dir = std::env::temp_dir().join(format!("vamp-bench-smoke-{}", std::process::id()));
@@ -90,6 +114,15 @@ fn quick_bench_writes_every_figure() {
         assert!(
             stdout.contains(section),
             "no {section} in the table:\n{stdout}"
+        );
+    }
+    // Packed rows stand beside the split ones in the table.
+    for link in ["guest -> hub echo ", "guest -> hub -> guest "] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(link) && l.contains(" packed ")),
+            "no packed row for {link} in the table:\n{stdout}"
         );
     }
     let text = std::fs::read_to_string(&json_path).unwrap();
@@ -131,39 +164,29 @@ fn quick_bench_writes_every_figure() {
     }
     assert_eq!(j.get_or_fail("engine_copy").arr().len(), 3);
 
-    // Every link in both modes at both sizes; each row has its figures and their ratios to a
-    // named floor, or says why it was not measured.
+    // Every link in both modes at both sizes on split rings, and those of PACKED_LINKS on
+    // packed rings too; each row has its figures and their ratios to a named floor, or says
+    // why it was not measured.
     let links = j.get_or_fail("links").arr();
     for link in ["native", "hub_echo", "guest_hub_guest", "kvm"] {
         for mode in ["notify", "busy-poll"] {
             for size in [16.0, 496.0] {
-                let rows: Vec<&Value> = links
-                    .iter()
-                    .filter(|r| {
-                        r.get_or_fail("link") == link
-                            && r.get_or_fail("mode") == mode
-                            && r.get_or_fail("size_bytes") == size
-                    })
-                    .collect();
-                let what = format!("{link} {mode} {size}");
-                assert!(!rows.is_empty(), "no row for {what}");
-                for row in rows {
-                    row.ring();
-                    if !row.measured(&what) {
+                for ring in ["split", "packed"] {
+                    if ring == "packed" && !PACKED_LINKS.contains(&(link, mode)) {
                         continue;
                     }
-                    row.get_or_fail("rtt").get_or_fail("p50_us").figure(&what);
-                    row.get_or_fail("rtt").get_or_fail("p99_us").figure(&what);
-                    row.get_or_fail("msgs_per_s").figure(&what);
-                    row.get_or_fail("mb_per_s").figure(&what);
-                    row.get_or_fail("latency_ratio").figure(&what);
-                    assert!(row.get_or_fail("latency_floor").has("floor"), "{what}");
-                    // The throughput floor spins on two CPUs: on one it is missing, and so
-                    // is the ratio to it.
-                    if !row.get_or_fail("throughput_floor").is_null() {
-                        assert!(row.get_or_fail("throughput_floor").has("floor"), "{what}");
-                        row.get_or_fail("throughput_ratio").figure(&what);
-                    }
+                    let rows: Vec<&Value> = links
+                        .iter()
+                        .filter(|r| {
+                            r.get_or_fail("link") == link
+                                && r.get_or_fail("mode") == mode
+                                && r.get_or_fail("size_bytes") == size
+                                && r.ring() == ring
+                        })
+                        .collect();
+                    let what = format!("{link} {mode} {ring} {size}");
+                    assert!(!rows.is_empty(), "no row for {what}");
+                    check_link_rows(&rows, &what);
                 }
             }
         }
@@ -179,36 +202,41 @@ fn quick_bench_writes_every_figure() {
         }
     }
 
-    // Scale, memory, start time, targets.
+    // Scale, memory, start time, targets. The hub's full-ring cost and the guest scale are
+    // measured on both ring formats, the endpoint scale (a native link) on split rings.
     let full = j.get_or_fail("hub_full_rings").arr();
-    assert_eq!(
-        full.len(),
-        10,
-        "echo with 1, 8, 64 guests and forwarding with 2, 64, at 2 sizes"
-    );
+    for ring in ["split", "packed"] {
+        assert_eq!(
+            full.iter().filter(|r| r.ring() == ring).count(),
+            10,
+            "{ring}: echo with 1, 8, 64 guests and forwarding with 2, 64, at 2 sizes"
+        );
+    }
+    assert_eq!(full.len(), 20);
     for row in full {
-        row.ring();
         assert!(row.measured("hub_full_rings"));
         row.get_or_fail("hub_ns_per_msg").figure("hub_full_rings");
         row.get_or_fail("ratio").figure("hub_full_rings");
     }
-    for (key, counts) in [
-        ("scale_guests", [1.0, 8.0, 64.0]),
-        ("scale_endpoints", [1.0, 100.0, 10_000.0]),
+    for (key, counts, rings) in [
+        ("scale_guests", [1.0, 8.0, 64.0], &["split", "packed"][..]),
+        ("scale_endpoints", [1.0, 100.0, 10_000.0], &["split"][..]),
     ] {
-        let rows = j.get_or_fail(key).arr();
-        assert_eq!(rows.len(), 3, "{key}");
+        let all = j.get_or_fail(key).arr();
         let what = if key == "scale_guests" {
             "guests"
         } else {
             "endpoints"
         };
-        for (row, count) in rows.iter().zip(counts) {
-            row.ring();
-            assert_eq!(row.get_or_fail(what), &count);
-            if key == "scale_guests" || row.measured(key) {
-                row.get_or_fail("ns_per_msg").figure(key);
-                row.get_or_fail("ratio_to_1").figure(key);
+        for &ring in rings {
+            let rows: Vec<&Value> = all.iter().filter(|r| r.ring() == ring).collect();
+            assert_eq!(rows.len(), 3, "{key} {ring}");
+            for (row, count) in rows.into_iter().zip(counts) {
+                assert_eq!(row.get_or_fail(what), &count);
+                if key == "scale_guests" || row.measured(key) {
+                    row.get_or_fail("ns_per_msg").figure(key);
+                    row.get_or_fail("ratio_to_1").figure(key);
+                }
             }
         }
     }

@@ -1,13 +1,16 @@
 //! The hub over vhost-user: a hub serving real sockets, guests connected through vamp's own
-//! frontend, and the rows with notifications (guest to the hub's echo, guest to hub to guest).
+//! frontend, and the rows with notifications (guest to the hub's echo, guest to hub to guest),
+//! on split or packed rings (the hub offers VIRTIO_F_RING_PACKED; a guest acks it or not).
 
 use super::clients::{Echo, Fig, find_name, measure, rerr};
+use super::report::ring_name;
 use super::sys::{TempDir, pin, temp_dir};
 use super::{Cpus, ECHO_NAME, PEER_NAME, Plan, Res};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use vamp_rpmsg::transport::RingFormat;
 use vamp_rpmsg::wire::ADDR_ANY;
 use vamp_vmm_backend::config::{ChannelSpec, GuestSpec, ServiceKind, ServiceSpec, Topology};
 use vamp_vmm_backend::frontend::{GuestOptions, NativeGuest};
@@ -73,18 +76,31 @@ pub(super) fn start_vhost_hub(guests: usize, pairs: bool, cpu: usize) -> Res<Vho
     })
 }
 
-pub(super) fn connect_guest(socket: &Path) -> Res<NativeGuest> {
+/// A native guest on `socket` whose rings are of `ring` format: it acks packed rings when
+/// `ring` is packed, and the format the link came up with is checked.
+pub(super) fn connect_guest(socket: &Path, ring: RingFormat) -> Res<NativeGuest> {
     let opts = GuestOptions {
         connect_timeout: Duration::from_secs(10),
+        packed: ring == RingFormat::Packed,
         ..Default::default()
     };
-    NativeGuest::connect(socket, opts).map_err(|e| format!("native guest: {e}"))
+    let mut g = NativeGuest::connect(socket, opts).map_err(|e| format!("native guest: {e}"))?;
+    let got = g.rpmsg().transport().ring_format();
+    if got != ring {
+        return Err(format!(
+            "asked for {} rings, the link came up on {} rings (features offered {:#x})",
+            ring_name(ring),
+            ring_name(got),
+            g.offered_features()
+        ));
+    }
+    Ok(g)
 }
 
-pub(super) fn hub_echo_notify(plan: &Plan, cpus: Cpus) -> [Res<Fig>; 2] {
+pub(super) fn hub_echo_notify(plan: &Plan, cpus: Cpus, ring: RingFormat) -> [Res<Fig>; 2] {
     let run = || -> Res<[Res<Fig>; 2]> {
         let hub = start_vhost_hub(1, false, cpus.b)?;
-        let mut g = connect_guest(&hub.sockets[0])?;
+        let mut g = connect_guest(&hub.sockets[0], ring)?;
         let addr = find_name(g.rpmsg(), ECHO_NAME, false)?;
         let ept = g.rpmsg().create_ept(b"", ADDR_ANY, addr).map_err(rerr)?;
         Ok(measure(g.rpmsg(), (ept, addr), false, plan))
@@ -92,15 +108,16 @@ pub(super) fn hub_echo_notify(plan: &Plan, cpus: Cpus) -> [Res<Fig>; 2] {
     run().unwrap_or_else(|e| [Err(e.clone()), Err(e)])
 }
 
-/// Runs an echo guest in a thread until `stop`.
+/// Runs an echo guest on `ring` rings in a thread until `stop`.
 fn echo_guest_thread(
     socket: PathBuf,
+    ring: RingFormat,
     cpu: usize,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Res<()>> {
     std::thread::spawn(move || {
         pin(cpu);
-        let mut g = connect_guest(&socket)?;
+        let mut g = connect_guest(&socket, ring)?;
         g.rpmsg()
             .create_ept(PEER_NAME.as_bytes(), ADDR_ANY, ADDR_ANY)
             .map_err(rerr)?;
@@ -114,22 +131,23 @@ fn echo_guest_thread(
     })
 }
 
-pub(super) fn guest_to_guest_notify(plan: &Plan, cpus: Cpus) -> [Res<Fig>; 2] {
+/// Both guests on `ring` rings.
+pub(super) fn guest_to_guest_notify(plan: &Plan, cpus: Cpus, ring: RingFormat) -> [Res<Fig>; 2] {
     let run = || -> Res<[Res<Fig>; 2]> {
         let hub = start_vhost_hub(2, true, cpus.b)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let echo = echo_guest_thread(hub.sockets[1].clone(), cpus.a, stop.clone());
-        let mut g = connect_guest(&hub.sockets[0])?;
-        let figs = match find_name(g.rpmsg(), PEER_NAME, false) {
-            Ok(addr) => {
-                let ept = g.rpmsg().create_ept(b"", ADDR_ANY, addr).map_err(rerr)?;
-                measure(g.rpmsg(), (ept, addr), false, plan)
-            }
-            Err(e) => [Err(e.clone()), Err(e)],
-        };
+        let echo = echo_guest_thread(hub.sockets[1].clone(), ring, cpus.a, stop.clone());
+        let measured = (|| {
+            let mut g = connect_guest(&hub.sockets[0], ring)?;
+            let addr = find_name(g.rpmsg(), PEER_NAME, false)?;
+            let ept = g.rpmsg().create_ept(b"", ADDR_ANY, addr).map_err(rerr)?;
+            Ok(measure(g.rpmsg(), (ept, addr), false, plan))
+        })();
+        // The echo guest stops however the measuring side ended; its own failure (it never
+        // came up) says more than the measuring side's wait for its name.
         stop.store(true, Ordering::Relaxed);
         echo.join().map_err(|_| "echo guest panicked")??;
-        Ok(figs)
+        measured
     };
     run().unwrap_or_else(|e| [Err(e.clone()), Err(e)])
 }

@@ -73,6 +73,8 @@ const SIZES: [usize; 2] = [16, 496];
 const RING_SLOTS: u32 = 256;
 /// Bytes per slot of the ring floor (an rpmsg buffer).
 const SLOT_BYTES: usize = 512;
+/// The virtqueue formats the hub's guest rows, full-ring rows and guest scale are measured on.
+const RINGS: [RingFormat; 2] = [RingFormat::Split, RingFormat::Packed];
 /// Bound on any single wait of the bench, so that a broken peer fails a row, not the run.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -344,15 +346,17 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     );
 
     let hub_place = format!("guest CPU {}, hub CPU {}", cpus.a, cpus.b);
-    let figs = hub_echo_notify(&plan, cpus);
-    r.push_links(
-        "hub_echo",
-        "guest -> hub echo",
-        LinkMode::notify(RingFormat::Split),
-        &hub_place,
-        figs,
-        nf2,
-    );
+    for ring in RINGS {
+        let figs = hub_echo_notify(&plan, cpus, ring);
+        r.push_links(
+            "hub_echo",
+            "guest -> hub echo",
+            LinkMode::notify(ring),
+            &hub_place,
+            figs,
+            nf2,
+        );
+    }
     let figs = busy_only(two_cpus, || hub_echo_busy(&plan, cpus));
     r.push_links(
         "hub_echo",
@@ -363,15 +367,17 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
         spin,
     );
     let g2g_place = format!("guests CPU {}, hub CPU {}", cpus.a, cpus.b);
-    let figs = guest_to_guest_notify(&plan, cpus);
-    r.push_links(
-        "guest_hub_guest",
-        "guest -> hub -> guest",
-        LinkMode::notify(RingFormat::Split),
-        &g2g_place,
-        figs,
-        nf2x2,
-    );
+    for ring in RINGS {
+        let figs = guest_to_guest_notify(&plan, cpus, ring);
+        r.push_links(
+            "guest_hub_guest",
+            "guest -> hub -> guest",
+            LinkMode::notify(ring),
+            &g2g_place,
+            figs,
+            nf2x2,
+        );
+    }
     let g2g_busy = format!("guest CPU {}, hub + echo guest CPU {}", cpus.a, cpus.b);
     let figs = busy_only(two_cpus, || guest_to_guest_busy(&plan, cpus));
     r.push_links(
@@ -429,32 +435,36 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     );
 
     // Scale.
-    for guests in [1, 8, 64] {
-        for forward in [false, true] {
-            if forward && guests == 1 {
-                continue;
-            }
-            let guests = if forward && guests == 8 { 2 } else { guests };
-            for size in SIZES {
-                r.full_rings.push(FullRingRow {
-                    kind: if forward { "forward" } else { "echo" },
-                    ring: RingFormat::Split,
-                    guests,
-                    size,
-                    ns: hub_full_rings(&plan, guests, forward, size),
-                });
+    for ring in RINGS {
+        for guests in [1, 8, 64] {
+            for forward in [false, true] {
+                if forward && guests == 1 {
+                    continue;
+                }
+                let guests = if forward && guests == 8 { 2 } else { guests };
+                for size in SIZES {
+                    r.full_rings.push(FullRingRow {
+                        kind: if forward { "forward" } else { "echo" },
+                        ring,
+                        guests,
+                        size,
+                        ns: hub_full_rings(&plan, guests, forward, size, ring),
+                    });
+                }
             }
         }
     }
-    for guests in [1, 8, 64] {
-        let fig = guest_scale(&plan, cpus, guests);
-        r.guests.push(ScaleRow {
-            count: guests,
-            ring: RingFormat::Split,
-            cpu_ns: fig.as_ref().ok().map(|f| f.1),
-            locks: fig.as_ref().ok().map(|f| f.2),
-            fig: fig.map(|f| f.0),
-        });
+    for ring in RINGS {
+        for guests in [1, 8, 64] {
+            let fig = guest_scale(&plan, cpus, guests, ring);
+            r.guests.push(ScaleRow {
+                count: guests,
+                ring,
+                cpu_ns: fig.as_ref().ok().map(|f| f.1),
+                locks: fig.as_ref().ok().map(|f| f.2),
+                fig: fig.map(|f| f.0),
+            });
+        }
     }
     eprintln!(
         "  guest scale done ({:.1} s)",

@@ -1,18 +1,21 @@
 //! Scale: per-message cost with 1, 8 and 64 guests on one hub, with 1, 100 and 10 000 endpoints
 //! in one link, the hub's own cost per message with full rings, and the hub's memory per guest.
+//! The guest and full-ring figures are taken on split and on packed rings.
 
 use super::clients::{Sink, Tput, find_name, median, message, rerr, throughput, try_send, warmup};
 use super::hub::{connect_guest, start_vhost_hub, topology};
-use super::in_memory::{DirectGuest, call_notifier, direct_hub};
+use super::in_memory::{DirectGuest, KickEnv, call_notifier, direct_hub};
 use super::native_link::NativeSession;
 use super::peer::{Peer, arg};
-use super::sys::{cpu_time_ns, pin, read_status, temp_dir};
+use super::sys::{cpu_time_ns, new_eventfd, pin, read_status, temp_dir};
 use super::{Cpus, ECHO_NAME, PEER_NAME, Plan, Res};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-use vamp_rpmsg::wire::ADDR_ANY;
+use vamp_rpmsg::rpmsg::{Config, Rpmsg};
+use vamp_rpmsg::transport::{DeviceRings, DriverTransport, RingFormat, Transport};
+use vamp_rpmsg::wire::{ADDR_ANY, Endian};
 use vamp_vmm_backend::hub::SharedHub;
 use vamp_vmm_backend::hub::{Hub, Notifier, POLL_BUDGET};
 use vamp_vmm_backend::vhost_user::serve_guest;
@@ -60,9 +63,14 @@ pub(super) fn endpoint_scale(plan: &Plan, cpus: Cpus) -> [Res<Tput>; 3] {
 }
 
 /// Per-message cost with `guests` guests all echoing through the hub at once (16 bytes,
-/// windowed, notifications): the wall time of all of them over the messages of all of them,
-/// and the CPU time of this process (guests and hub) per message.
-pub(super) fn guest_scale(plan: &Plan, cpus: Cpus, guests: usize) -> Res<(Tput, f64, LockCounts)> {
+/// windowed, notifications, every guest on `ring` rings): the wall time of all of them over
+/// the messages of all of them, and the CPU time of this process (guests and hub) per message.
+pub(super) fn guest_scale(
+    plan: &Plan,
+    cpus: Cpus,
+    guests: usize,
+    ring: RingFormat,
+) -> Res<(Tput, f64, LockCounts)> {
     let hub = start_vhost_hub(guests, false, cpus.b)?;
     let per_guest = (plan.scale_msgs / guests).max(plan.window);
     let window = 16;
@@ -76,7 +84,7 @@ pub(super) fn guest_scale(plan: &Plan, cpus: Cpus, guests: usize) -> Res<(Tput, 
             std::thread::spawn(move || -> Res<usize> {
                 pin(cpus.a);
                 let setup = (|| {
-                    let mut g = connect_guest(&socket)?;
+                    let mut g = connect_guest(&socket, ring)?;
                     let addr = find_name(g.rpmsg(), ECHO_NAME, false)?;
                     let ept = g.rpmsg().create_ept(b"", ADDR_ANY, addr).map_err(rerr)?;
                     throughput(g.rpmsg(), &[(ept, addr)], 16, window, window, false)?;
@@ -134,15 +142,46 @@ pub(super) struct LockCounts {
     pub(super) waited: u64,
 }
 
+/// A guest of the full-ring rows on `ring` rings. `DirectGuest::new` sets up split rings; a
+/// packed guest's rings are set up again, packed, in the same areas of the same memory (the
+/// hub has not seen the split ones: it is first served after this).
+fn full_ring_guest(id: usize, ring: RingFormat) -> Res<DirectGuest> {
+    let mut g = DirectGuest::new(id, false)?;
+    if ring == RingFormat::Split {
+        return Ok(g);
+    }
+    let layout = *g.rpmsg.transport().layout();
+    let env = KickEnv {
+        fd: new_eventfd(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+        start: Instant::now(),
+        kicks: 0,
+    };
+    let t = DriverTransport::with_format(g.ram.clone(), env, layout, Endian::Little, true, ring)
+        .map_err(|e| e.to_string())?;
+    g.rpmsg = Rpmsg::new(t, Config::default());
+    g.rpmsg.transport_mut().flush().map_err(|e| e.to_string())?;
+    let fresh = DeviceRings::fresh(g.info.rings[0], g.info.rings[1], ring);
+    g.info.format = fresh.format;
+    g.info.next_avail = fresh.next_avail;
+    Ok(g)
+}
+
 /// The hub's own cost per message with full rings, on one thread: every sender fills its
 /// transmit ring (256 messages), then the hub serves each sender once (timed), then the
 /// receivers drain (not timed). Echo: every guest sends to the hub's echo; forward: guest
-/// 2k sends to guest 2k+1. Interrupts are real eventfd writes, batched by EVENT_IDX.
-pub(super) fn hub_full_rings(plan: &Plan, guests: usize, forward: bool, size: usize) -> Res<f64> {
+/// 2k sends to guest 2k+1. Every guest's rings are of `ring` format. Interrupts are real
+/// eventfd writes, batched by EVENT_IDX.
+pub(super) fn hub_full_rings(
+    plan: &Plan,
+    guests: usize,
+    forward: bool,
+    size: usize,
+    ring: RingFormat,
+) -> Res<f64> {
     let (hub, _dir) = direct_hub(guests, forward)?;
     let notifier: Arc<dyn Notifier> = call_notifier()?;
     let mut gs: Vec<DirectGuest> = (0..guests)
-        .map(|i| DirectGuest::new(i, false))
+        .map(|i| full_ring_guest(i, ring))
         .collect::<Res<_>>()?;
     for g in &gs {
         g.serve(&hub, &notifier);
@@ -220,8 +259,9 @@ pub(super) fn hub_full_rings(plan: &Plan, guests: usize, forward: bool, size: us
     Ok(hub_time.as_nanos() as f64 / msgs.max(1) as f64)
 }
 
-/// `vamp bench-peer hub-full-rings GUESTS echo|forward SIZE MSGS`: the full-ring hub
-/// measurement alone, for profiling it (`valgrind --tool=callgrind`, `perf record`).
+/// `vamp bench-peer hub-full-rings GUESTS echo|forward SIZE MSGS [split|packed]`: the
+/// full-ring hub measurement alone (split rings unless told), for profiling it
+/// (`valgrind --tool=callgrind`, `perf record`).
 pub(super) fn peer_hub_full_rings(args: &[String]) -> Res<()> {
     let guests: usize = arg(args, 0, "guest count")?;
     let forward = match args.get(1).map(String::as_str) {
@@ -231,18 +271,27 @@ pub(super) fn peer_hub_full_rings(args: &[String]) -> Res<()> {
     };
     let size: usize = arg(args, 2, "message size")?;
     let msgs: usize = arg(args, 3, "message count")?;
+    let ring = match args.get(4).map(String::as_str) {
+        None | Some("split") => RingFormat::Split,
+        Some("packed") => RingFormat::Packed,
+        Some(other) => {
+            return Err(format!(
+                "bench-peer hub-full-rings: rings are split or packed, not {other:?}"
+            ));
+        }
+    };
     let plan = Plan {
         full_ring_msgs: msgs,
         ..Plan::counts(true)
     };
-    let ns = hub_full_rings(&plan, guests, forward, size)?;
+    let ns = hub_full_rings(&plan, guests, forward, size, ring)?;
     println!("{ns:.1} ns per message");
     Ok(())
 }
 
 pub(super) fn peer_hub_guest(args: &[String]) -> Res<()> {
     let socket: PathBuf = arg(args, 0, "socket")?;
-    let mut g = connect_guest(&socket)?;
+    let mut g = connect_guest(&socket, RingFormat::Split)?;
     let addr = find_name(g.rpmsg(), ECHO_NAME, false)?;
     let ept = g.rpmsg().create_ept(b"", ADDR_ANY, addr).map_err(rerr)?;
     // Enough traffic to use every buffer of both rings.
