@@ -12,6 +12,9 @@
 //!   a KVM remote running the echo firmware.
 //! - **Scale**: per-message cost with 1, 8 and 64 guests on one hub, with 1, 100 and 10 000
 //!   endpoints in one link, and the hub's own cost per message with full rings.
+//! - **Rings**: every link, full-ring and scale row names the virtqueue format it ran on, split
+//!   or packed. The guests' rows with notifications, the full-ring cost and the guest scale are
+//!   measured on both (a packed guest is vamp's frontend acking VIRTIO_F_RING_PACKED).
 //! - **Memory** of the hub per connected guest, and **start time** of a KVM remote (from
 //!   creating the VM to the first name-service announcement).
 //!
