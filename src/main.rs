@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use vamp::{bench, demo, guest_apps, native_apps};
 use vamp_rpmsg::native::NativePaths;
+use vamp_rpmsg::transport::RingFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -80,6 +81,12 @@ enum Command {
         /// Seconds to wait for the other side (remote: 0 = forever).
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// With `--role host`: the virtqueue format to ask for (default `split`). `packed` needs
+        /// a vamp remote (it declares packed rings in its vamp platform entry); any other
+        /// remote, OpenAMP's included, gets split rings. A vamp remote follows the host's
+        /// choice, so the remote takes no `--ring`.
+        #[arg(long, value_enum)]
+        ring: Option<RingArg>,
     },
     /// Measures round trips, throughput, scaling, hub memory and remote start time side by
     /// side with this machine's floors, and prints a table.
@@ -112,6 +119,23 @@ impl From<ProtocolArg> for native_apps::Protocol {
         match p {
             ProtocolArg::Demo => native_apps::Protocol::Demo,
             ProtocolArg::Sample => native_apps::Protocol::Sample,
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum RingArg {
+    /// Split virtqueues: the default, what OpenAMP and Linux's remoteproc run.
+    Split,
+    /// Packed virtqueues (virtio 1.1), between vamp peers.
+    Packed,
+}
+
+impl From<RingArg> for RingFormat {
+    fn from(r: RingArg) -> Self {
+        match r {
+            RingArg::Split => RingFormat::Split,
+            RingArg::Packed => RingFormat::Packed,
         }
     }
 }
@@ -176,9 +200,14 @@ fn main() -> ExitCode {
             shm,
             socket,
             timeout,
+            ring,
         } => {
             let paths = NativePaths { shm, socket };
             match role {
+                Role::Remote if ring.is_some() => {
+                    eprintln!("vamp native: --ring is the host's choice (the remote follows it)");
+                    return ExitCode::FAILURE;
+                }
                 Role::Remote => {
                     let timeout = (timeout > 0).then(|| Duration::from_secs(timeout));
                     let protocols = match protocol {
@@ -194,11 +223,12 @@ fn main() -> ExitCode {
                         native_apps::Protocol::Demo => 10,
                         native_apps::Protocol::Sample => vamp_rpmsg::apps::SAMPLE_COUNT,
                     };
-                    native_apps::run_ping_host(
+                    native_apps::run_ping_host_on(
                         &paths,
                         Duration::from_secs(timeout.max(1)),
                         ping.unwrap_or(default_count),
                         protocol,
+                        ring.map_or(RingFormat::Split, Into::into),
                         "host",
                     )
                     .map(|s| s.all_matched())

@@ -8,6 +8,7 @@ use vamp_rpmsg::apps::{
     serve_echo_on,
 };
 use vamp_rpmsg::native::{self, NativePaths};
+use vamp_rpmsg::transport::RingFormat;
 
 /// Which of OpenAMP's two echo protocols a program speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,13 +46,16 @@ pub fn run_echo_remote(
             paths.socket.display()
         );
     })?;
-    println!("[{tag}] host set DRIVER_OK");
+    println!(
+        "[{tag}] host set DRIVER_OK; {} rings",
+        rpmsg.transport().ring_format()
+    );
     let channels: Vec<&str> = protocols.iter().map(|p| p.channel()).collect();
     serve_echo_on(&mut rpmsg, &mut EnvWaiter, &channels, tag)
 }
 
 /// Connects as the host, waits for the protocol's channel, sends `count` requests, verifies
-/// every echo, then ends the exchange as the protocol does.
+/// every echo, then ends the exchange as the protocol does. Split rings.
 pub fn run_ping_host(
     paths: &NativePaths,
     timeout: Duration,
@@ -59,13 +63,29 @@ pub fn run_ping_host(
     protocol: Protocol,
     tag: &str,
 ) -> Result<PingSummary, AppError> {
+    run_ping_host_on(paths, timeout, count, protocol, RingFormat::Split, tag)
+}
+
+/// [`run_ping_host`] asking for rings of `rings` format (packed rings need a vamp remote; any
+/// other gets split rings: the line after "connected" says which the link runs).
+pub fn run_ping_host_on(
+    paths: &NativePaths,
+    timeout: Duration,
+    count: u32,
+    protocol: Protocol,
+    rings: RingFormat,
+    tag: &str,
+) -> Result<PingSummary, AppError> {
     println!(
         "[{tag}] waiting up to {} s for a remote on {}",
         timeout.as_secs(),
         paths.socket.display()
     );
-    let mut rpmsg = native::start_host(paths, timeout)?;
-    println!("[{tag}] connected; buffers posted, DRIVER_OK set");
+    let mut rpmsg = native::start_host_with_rings(paths, timeout, rings)?;
+    println!(
+        "[{tag}] connected; buffers posted, DRIVER_OK set; {} rings",
+        rpmsg.transport().ring_format()
+    );
     match protocol {
         Protocol::Demo => ping(
             &mut rpmsg,

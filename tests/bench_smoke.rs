@@ -64,7 +64,14 @@ impl Lookup for Value {
 }
 
 /// The links (and modes) measured on packed rings as well as split ones.
-const PACKED_LINKS: [(&str, &str); 2] = [("hub_echo", "notify"), ("guest_hub_guest", "notify")];
+const PACKED_LINKS: [(&str, &str); 6] = [
+    ("native", "notify"),
+    ("native", "busy-poll"),
+    ("hub_echo", "notify"),
+    ("guest_hub_guest", "notify"),
+    ("kvm", "notify"),
+    ("kvm", "busy-poll"),
+];
 
 /// A link row's figures and their ratios to a named floor, or why it was not measured.
 fn check_link_rows(rows: &[&Value], what: &str) {

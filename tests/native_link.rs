@@ -215,3 +215,38 @@ fn remote_serves_the_sample_protocol_to_an_openamp_style_host() {
     assert!(!r.contains("rpmsg-openamp-demo-channel"), "{r}");
     assert!(r.contains("shutdown requested after 480 echoes"), "{r}");
 }
+
+/// `--ring packed` between vamp's two processes: both sides say they run packed rings (the
+/// host chose them, the remote read the choice from its platform entry), and every echo
+/// matches.
+#[test]
+fn host_and_remote_processes_run_packed_rings() {
+    let (h, r) = host_against_remote(
+        "it-packed",
+        &["--ping", "1000", "--timeout", "60", "--ring", "packed"],
+    );
+    assert!(h.contains("DRIVER_OK set; packed rings"), "{h}");
+    assert!(r.contains("host set DRIVER_OK; packed rings"), "{r}");
+    assert!(h.contains("1000/1000 echoes matched"), "{h}");
+    assert!(r.contains("shutdown requested after 1000 echoes"), "{r}");
+}
+
+/// Without `--ring` both sides run split rings (OpenAMP's format), and a remote refuses a
+/// `--ring` of its own: the choice is the host's.
+#[test]
+fn split_rings_are_the_default_and_the_remote_takes_no_ring_option() {
+    let (h, r) = host_against_remote("it-split", &["--ping", "10", "--timeout", "60"]);
+    assert!(h.contains("DRIVER_OK set; split rings"), "{h}");
+    assert!(r.contains("host set DRIVER_OK; split rings"), "{r}");
+    let paths = native::private_paths("it-remote-ring");
+    let out = native_cmd("remote", &["--timeout", "1", "--ring", "packed"], &paths)
+        .output()
+        .unwrap();
+    native::cleanup(&paths);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("--ring is the host's choice"),
+        "{}",
+        text(&out)
+    );
+}

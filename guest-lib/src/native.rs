@@ -10,12 +10,22 @@
 //!   host (driver role, index 1) connects.
 //! - Start-up: the host negotiates features and sets DRIVER_OK in the vdev's status; the
 //!   remote waits for it, as OpenAMP's `rpmsg_virtio_wait_remote_ready` does.
+//! - Ring format: split rings unless both sides are vamp's and the host asks for packed ones.
+//!   vamp's remote adds the vamp platform entry ([`crate::wire::platform`], a vendor entry
+//!   OpenAMP's parser skips) after the vdev and declares [`F_PACKED_RING`] in it; a host that
+//!   wants packed rings and finds the feature sets
+//!   [`MODE_PACKED_RING`](crate::wire::platform::MODE_PACKED_RING) before DRIVER_OK, and the
+//!   remote reads the mode when it sees DRIVER_OK. Both lay the packed rings in the vrings'
+//!   areas at 0x4000 and 0x8000: the 256 descriptors of 16 bytes fill the 4 KiB of the split
+//!   descriptor table, the 4-byte event structures sit where the available ring (0x5000) and
+//!   used ring (0x6000) start.
 
 use crate::mapped_file::{MapError, MappedFile};
 use crate::mem::SharedMemory;
 use crate::rpmsg::{Config, Rpmsg};
 use crate::transport::{
-    BufferConfig, DeviceTransport, DriverLayout, DriverTransport, Environment, Transport,
+    BufferConfig, DeviceRings, DeviceTransport, DriverLayout, DriverTransport, Environment,
+    RingFormat, Transport,
 };
 use crate::virtio::{
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_STARTED,
@@ -23,8 +33,14 @@ use crate::virtio::{
 };
 use crate::vring::VringLayout;
 use crate::wire::Endian;
+use crate::wire::platform::{
+    BODY_LEN as PLATFORM_BODY_LEN, F_PACKED_RING, FEATURES_AT as PLATFORM_FEATURES_AT,
+    MAGIC as PLATFORM_MAGIC, MAGIC_AT as PLATFORM_MAGIC_AT, MODE_AT as PLATFORM_MODE_AT,
+    RSC_VAMP_PLATFORM, VERSION as PLATFORM_VERSION, VERSION_AT as PLATFORM_VERSION_AT,
+};
 use crate::wire::resource_table::{
-    RSC_VDEV, ResourceTable, ResourceTableBuilder, VDEV_GFEATURES_AT, VDEV_STATUS_AT, VdevVringSpec,
+    RSC_VDEV, Resource, ResourceTable, ResourceTableBuilder, VDEV_GFEATURES_AT, VDEV_STATUS_AT,
+    VdevVringSpec,
 };
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -217,11 +233,22 @@ pub type HostRpmsg = Rpmsg<DriverTransport<Arc<MappedFile>, SocketEnv>>;
 /// The engine of the remote (device) side of a native link.
 pub type RemoteRpmsg = Rpmsg<DeviceTransport<Arc<MappedFile>, SocketEnv>>;
 
-/// Writes OpenAMP's native-machine resource table into `shm` at 0 (status and features 0).
+/// Features vamp's native remote declares in its platform entry.
+pub const REMOTE_PLATFORM_FEATURES: u32 = F_PACKED_RING;
+
+/// Writes OpenAMP's native-machine resource table into `shm` at 0 (status and features 0),
+/// followed by the vamp platform entry declaring [`REMOTE_PLATFORM_FEATURES`] (mode 0).
 pub fn write_resource_table(shm: &MappedFile) -> Result<usize, NativeError> {
+    write_table(shm, Some(REMOTE_PLATFORM_FEATURES))
+}
+
+/// The table with the platform entry declaring `platform` features, or none (OpenAMP's own
+/// table, byte for byte).
+fn write_table(shm: &MappedFile, platform: Option<u32>) -> Result<usize, NativeError> {
     let mut table = [0u8; 256];
     let bad = |_| NativeError::ResourceTable("cannot build the table");
-    let mut b = ResourceTableBuilder::new(&mut table, Endian::NATIVE, 1).map_err(bad)?;
+    let entries = 1 + usize::from(platform.is_some());
+    let mut b = ResourceTableBuilder::new(&mut table, Endian::NATIVE, entries).map_err(bad)?;
     let ring = |da, notifyid| VdevVringSpec {
         da,
         align: VRING_ALIGN,
@@ -237,6 +264,17 @@ pub fn write_resource_table(shm: &MappedFile) -> Result<usize, NativeError> {
         &[ring(VRING0_ADDR, 1), ring(VRING1_ADDR, 2)],
     )
     .map_err(bad)?;
+    if let Some(features) = platform {
+        let mut body = [0u8; PLATFORM_BODY_LEN];
+        for (at, word) in [
+            (PLATFORM_MAGIC_AT, PLATFORM_MAGIC),
+            (PLATFORM_VERSION_AT, PLATFORM_VERSION),
+            (PLATFORM_FEATURES_AT, features),
+        ] {
+            body[at..at + 4].copy_from_slice(&word.to_le_bytes());
+        }
+        b.add_vendor(RSC_VAMP_PLATFORM, &body).map_err(bad)?;
+    }
     let len = b.finish().map_err(bad)?;
     shm.write(RSC_TABLE_ADDR, &table[..len])
         .map_err(|_| NativeError::ResourceTable("does not fit"))?;
@@ -251,6 +289,41 @@ struct VdevInfo {
     gfeatures: u32,
     status: u8,
     rings: [VringLayout; 2],
+    platform: Option<PlatformInfo>,
+}
+
+/// The remote's vamp platform entry, as the table showed it.
+#[derive(Debug, Clone, Copy)]
+struct PlatformInfo {
+    /// Offset of the entry's body from the start of the table.
+    body: u64,
+    /// What the remote declared.
+    features: u32,
+    /// What the host wrote.
+    mode: u32,
+}
+
+impl PlatformInfo {
+    /// The entry at `index` if it is a vamp platform entry of a version this side knows
+    /// (anything else is left alone: a peer with no such entry runs split rings).
+    fn parse(table: &ResourceTable<&[u8]>, index: usize) -> Option<Self> {
+        let Ok(Resource::Vendor { offset, body, .. }) = table.entry(index) else {
+            return None;
+        };
+        let word = |at: usize| Some(u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?));
+        if body.len() < PLATFORM_BODY_LEN
+            || word(PLATFORM_MAGIC_AT)? != PLATFORM_MAGIC
+            || word(PLATFORM_VERSION_AT)? != PLATFORM_VERSION
+        {
+            return None;
+        }
+        Some(PlatformInfo {
+            // The body starts after the entry's type word.
+            body: offset as u64 + 4,
+            features: word(PLATFORM_FEATURES_AT)?,
+            mode: word(PLATFORM_MODE_AT)?,
+        })
+    }
 }
 
 fn read_vdev(shm: &MappedFile) -> Result<VdevInfo, NativeError> {
@@ -288,13 +361,47 @@ fn read_vdev(shm: &MappedFile) -> Result<VdevInfo, NativeError> {
         gfeatures: vdev.gfeatures(),
         status: vdev.status(),
         rings: [ring(0)?, ring(1)?],
+        platform: table
+            .find(RSC_VAMP_PLATFORM, 0)
+            .and_then(|i| PlatformInfo::parse(&table, i)),
     })
+}
+
+/// The host's choice: `wanted` if the remote's platform entry says it can, else split rings.
+/// Writes the mode into the entry (before DRIVER_OK), so the remote sees the same choice.
+fn choose_ring_format(
+    shm: &MappedFile,
+    info: &VdevInfo,
+    wanted: RingFormat,
+) -> Result<RingFormat, NativeError> {
+    let Some(platform) = info.platform else {
+        return Ok(RingFormat::Split);
+    };
+    let format = match wanted {
+        RingFormat::Packed if platform.features & F_PACKED_RING != 0 => RingFormat::Packed,
+        _ => RingFormat::Split,
+    };
+    shm.write(
+        RSC_TABLE_ADDR + platform.body + PLATFORM_MODE_AT as u64,
+        &format.platform_mode().to_le_bytes(),
+    )
+    .map_err(|_| NativeError::ResourceTable("platform entry outside the file"))?;
+    Ok(format)
 }
 
 fn set_status(shm: &MappedFile, vdev: u64, status: u8) -> Result<(), NativeError> {
     crate::mem::write_barrier();
     shm.write(RSC_TABLE_ADDR + vdev + VDEV_STATUS_AT as u64, &[status])
         .map_err(|_| NativeError::ResourceTable("status outside the file"))
+}
+
+/// The format the remote runs: packed only if its own entry declared packed rings and the host
+/// chose them.
+fn remote_ring_format(info: &VdevInfo) -> RingFormat {
+    match info.platform {
+        Some(p) if p.features & F_PACKED_RING != 0 => RingFormat::from_platform_mode(p.mode),
+        _ => RingFormat::Split,
+    }
 }
 
 /// Starts the remote (device) side: writes the resource table, waits for the host to connect
@@ -330,10 +437,9 @@ pub fn start_remote(
     let _ = std::fs::remove_file(&paths.socket);
     let mut env = SocketEnv::new(stream)?;
     // Wait for DRIVER_OK, as OpenAMP's device role does.
-    let info = loop {
-        let info = read_vdev(&shm)?;
-        if info.status & STATUS_DRIVER_OK != 0 {
-            break info;
+    loop {
+        if read_vdev(&shm)?.status & STATUS_DRIVER_OK != 0 {
+            break;
         }
         if env.peer_gone() {
             return Err(NativeError::PeerGone);
@@ -342,14 +448,17 @@ pub fn start_remote(
             return Err(NativeError::Timeout("the host to set DRIVER_OK"));
         }
         env.wait(10_000);
-    };
+    }
     crate::mem::read_barrier();
+    // Read again after the barrier: the host wrote its mode before DRIVER_OK, but the copy
+    // above may have taken the mode's bytes before the status byte.
+    let info = read_vdev(&shm)?;
+    let format = remote_ring_format(&info);
     let features = info.gfeatures & info.dfeatures;
-    let t = DeviceTransport::new(
+    let t = DeviceTransport::attach(
         shm,
         env,
-        info.rings[0],
-        info.rings[1],
+        DeviceRings::fresh(info.rings[0], info.rings[1], format),
         Endian::NATIVE,
         false,
         BufferConfig::default().r2h_buf_size,
@@ -363,8 +472,20 @@ pub fn start_remote(
 
 /// Starts the host (driver) side: connects (retrying until `timeout`), reads the remote's
 /// resource table, negotiates features, lays out the rings and buffers and sets DRIVER_OK.
+/// The rings are split rings, as every OpenAMP peer expects.
 pub fn start_host(paths: &NativePaths, timeout: Duration) -> Result<HostRpmsg, NativeError> {
-    start_host_with(paths, timeout, |t| t)
+    start_host_with_rings(paths, timeout, RingFormat::Split)
+}
+
+/// [`start_host`] asking for rings of `wanted` format: packed rings if the remote's platform
+/// entry declares them (a vamp remote), else split rings (an OpenAMP remote, or an older vamp).
+/// `transport().ring_format()` says which the link runs.
+pub fn start_host_with_rings(
+    paths: &NativePaths,
+    timeout: Duration,
+    wanted: RingFormat,
+) -> Result<HostRpmsg, NativeError> {
+    start_host_with(paths, timeout, wanted, |t| t)
 }
 
 /// [`start_host`] with a driver that picks and posts transmit buffers as OpenAMP's driver
@@ -374,13 +495,19 @@ pub fn start_openamp_style_host(
     paths: &NativePaths,
     timeout: Duration,
 ) -> Result<HostRpmsg, NativeError> {
-    start_host_with(paths, timeout, crate::testing::openamp_style)
+    start_host_with(
+        paths,
+        timeout,
+        RingFormat::Split,
+        crate::testing::openamp_style,
+    )
 }
 
 /// [`start_host`] with the driver transport wrapped by `wrap` before the engine starts.
 fn start_host_with<T: Transport>(
     paths: &NativePaths,
     timeout: Duration,
+    wanted: RingFormat,
     wrap: impl FnOnce(DriverTransport<Arc<MappedFile>, SocketEnv>) -> T,
 ) -> Result<Rpmsg<T>, NativeError> {
     let deadline = Instant::now() + timeout;
@@ -410,6 +537,7 @@ fn start_host_with<T: Transport>(
         info.offset,
         STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
     )?;
+    let format = choose_ring_format(&shm, &info, wanted)?;
     let layout = DriverLayout {
         rx_ring: info.rings[0],
         tx_ring: info.rings[1],
@@ -417,7 +545,7 @@ fn start_host_with<T: Transport>(
         pool_len: SHARED_BUF_SIZE,
         buffers: BufferConfig::default(),
     };
-    let t = DriverTransport::new(shm.clone(), env, layout, Endian::NATIVE, false)?;
+    let t = DriverTransport::with_format(shm.clone(), env, layout, Endian::NATIVE, false, format)?;
     set_status(&shm, info.offset, STATUS_STARTED)?;
     let config = Config {
         name_service: u64::from(features) & VIRTIO_RPMSG_F_NS != 0,
@@ -462,13 +590,22 @@ mod tests {
     fn resource_table_has_openamps_layout() {
         let paths = temp_paths("rsc");
         let shm = MappedFile::open(&paths.shm, SHM_SIZE).unwrap();
+        // OpenAMP's own table: header 16 + one offset 4, then the vdev entry: 28 + 2 vrings
+        // of 20.
+        assert_eq!(write_table(&shm, None).unwrap(), 20 + 28 + 40);
+        assert!(read_vdev(&shm).unwrap().platform.is_none());
+        // vamp's: one more offset, the same vdev entry, then the platform entry (type + body).
         let len = write_resource_table(&shm).unwrap();
-        // Header 16 + one offset 4, then the vdev entry: 28 + 2 vrings of 20.
-        assert_eq!(len, 20 + 28 + 40);
+        assert_eq!(len, 24 + 28 + 40 + 4 + PLATFORM_BODY_LEN);
         let mut copy = std::vec![0u8; len];
         shm.read(0, &mut copy).unwrap();
         let table = ResourceTable::new_checked(&copy[..], Endian::NATIVE).unwrap();
-        assert_eq!(table.offset(0), Some(20));
+        assert_eq!(table.offset(0), Some(24));
+        assert_eq!(table.offset(1), Some(24 + 68));
+        let Resource::Vendor { rtype, .. } = table.entry(1).unwrap() else {
+            panic!("not a vendor entry")
+        };
+        assert_eq!(rtype, RSC_VAMP_PLATFORM);
         let Resource::Vdev(v) = table.entry(0).unwrap() else {
             panic!("not a vdev")
         };
@@ -479,14 +616,108 @@ mod tests {
             .collect();
         assert_eq!(rings, [(0x4000, 0x1000, 256, 1), (0x8000, 0x1000, 256, 2)]);
         let info = read_vdev(&shm).unwrap();
-        assert_eq!(info.offset, 20);
+        assert_eq!(info.offset, 24);
         assert_eq!(info.rings[1].used, 0xa000);
+        let platform = info.platform.unwrap();
+        assert_eq!((platform.features, platform.mode), (F_PACKED_RING, 0));
         // Rings and pool do not overlap each other or the table.
+        assert!(RSC_TABLE_ADDR + len as u64 <= u64::from(VRING0_ADDR));
         assert!(info.rings[0].used + info.rings[0].used_bytes() <= 0x8000);
         assert!(info.rings[1].used + info.rings[1].used_bytes() <= SHARED_BUF_ADDR);
         assert!(SHARED_BUF_ADDR + SHARED_BUF_SIZE <= SHM_SIZE as u64);
+        // Packed rings in the same areas stay inside each ring's split footprint.
+        for ring in info.rings {
+            let packed = crate::packed::PackedLayout::in_areas_of(&ring).unwrap();
+            assert_eq!(packed.desc_bytes(), 16 * u64::from(VRING_NUM));
+            assert!(packed.desc + packed.desc_bytes() <= ring.avail);
+            assert!(packed.device_event + 4 <= ring.used + ring.used_bytes());
+        }
         drop(shm);
         cleanup(&paths);
+    }
+
+    #[test]
+    fn host_picks_packed_rings_only_when_the_remote_declares_them() {
+        let paths = temp_paths("choose");
+        let shm = MappedFile::open(&paths.shm, SHM_SIZE).unwrap();
+        // An OpenAMP remote's table (no platform entry): split, whatever the host wants.
+        write_table(&shm, None).unwrap();
+        let info = read_vdev(&shm).unwrap();
+        assert_eq!(
+            choose_ring_format(&shm, &info, RingFormat::Packed).unwrap(),
+            RingFormat::Split
+        );
+        assert_eq!(
+            remote_ring_format(&read_vdev(&shm).unwrap()),
+            RingFormat::Split
+        );
+        // A remote whose entry does not declare packed rings (an older vamp): split.
+        write_table(&shm, Some(0)).unwrap();
+        let info = read_vdev(&shm).unwrap();
+        assert_eq!(
+            choose_ring_format(&shm, &info, RingFormat::Packed).unwrap(),
+            RingFormat::Split
+        );
+        assert_eq!(read_vdev(&shm).unwrap().platform.unwrap().mode, 0);
+        // vamp's remote: what the host asks for, and the remote reads the same.
+        for wanted in [RingFormat::Packed, RingFormat::Split] {
+            write_resource_table(&shm).unwrap();
+            let info = read_vdev(&shm).unwrap();
+            assert_eq!(choose_ring_format(&shm, &info, wanted).unwrap(), wanted);
+            assert_eq!(remote_ring_format(&read_vdev(&shm).unwrap()), wanted);
+        }
+        // A mode the remote never declared a feature for counts for nothing on its side.
+        write_table(&shm, Some(0)).unwrap();
+        let info = read_vdev(&shm).unwrap();
+        let mode_at = RSC_TABLE_ADDR + info.platform.unwrap().body + PLATFORM_MODE_AT as u64;
+        shm.write(mode_at, &u32::MAX.to_le_bytes()).unwrap();
+        assert_eq!(
+            remote_ring_format(&read_vdev(&shm).unwrap()),
+            RingFormat::Split
+        );
+        drop(shm);
+        cleanup(&paths);
+    }
+
+    /// Both sides of the link in one process, packed rings asked for: both run them, and
+    /// echoes go through.
+    #[test]
+    fn both_sides_run_packed_rings_when_the_host_asks() {
+        use crate::apps::{ECHO_CHANNEL, EnvWaiter, ping, serve_echo_on};
+        for wanted in [RingFormat::Packed, RingFormat::Split] {
+            let paths = temp_paths(&std::format!("rings-{wanted}"));
+            let remote_paths = paths.clone();
+            let (format_tx, format_rx) = std::sync::mpsc::channel();
+            let remote = std::thread::spawn(move || {
+                let mut rpmsg =
+                    start_remote(&remote_paths, Some(Duration::from_secs(60)), || {}).unwrap();
+                format_tx.send(rpmsg.transport().ring_format()).unwrap();
+                serve_echo_on(&mut rpmsg, &mut EnvWaiter, &[ECHO_CHANNEL], "r").map(|e| e.echoed)
+            });
+            let mut host = start_host_with_rings(&paths, Duration::from_secs(60), wanted).unwrap();
+            assert_eq!(host.transport().ring_format(), wanted);
+            let remote_format = format_rx.recv_timeout(Duration::from_secs(60));
+            if remote_format != Ok(wanted) {
+                // Let the remote's thread end: its echo loop stops when the host goes.
+                drop(host);
+                let _ = remote.join();
+                cleanup(&paths);
+                panic!("the remote runs {remote_format:?}, the host {wanted}");
+            }
+            let summary = ping(
+                &mut host,
+                &mut EnvWaiter,
+                ECHO_CHANNEL,
+                300,
+                Duration::from_secs(60),
+                "h",
+            )
+            .unwrap();
+            let echoed = remote.join().unwrap();
+            cleanup(&paths);
+            assert!(summary.all_matched(), "{summary}");
+            assert_eq!(echoed.unwrap(), 300);
+        }
     }
 
     #[test]

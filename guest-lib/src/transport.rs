@@ -45,6 +45,34 @@ impl RingFormat {
             RingFormat::Split
         }
     }
+
+    /// The format a host's mode word in the vamp platform entry selects
+    /// ([`MODE_PACKED_RING`](crate::wire::platform::MODE_PACKED_RING)): where the vdev's
+    /// 32-bit feature words cannot carry VIRTIO_F_RING_PACKED (see [`crate::wire::platform`]).
+    pub fn from_platform_mode(mode: u32) -> Self {
+        if mode & crate::wire::platform::MODE_PACKED_RING != 0 {
+            RingFormat::Packed
+        } else {
+            RingFormat::Split
+        }
+    }
+
+    /// This format's bit of the platform entry's mode word (0 for split rings).
+    pub fn platform_mode(self) -> u32 {
+        match self {
+            RingFormat::Split => 0,
+            RingFormat::Packed => crate::wire::platform::MODE_PACKED_RING,
+        }
+    }
+}
+
+impl core::fmt::Display for RingFormat {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            RingFormat::Split => "split",
+            RingFormat::Packed => "packed",
+        })
+    }
 }
 
 /// Calls the same method on whichever queue a ring enum holds.

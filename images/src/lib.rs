@@ -25,6 +25,10 @@
 //! - **busy-poll**: the engine's busy-poll mode: the firmware spins on its rings, never
 //!   waits and never kicks, and counts up the entry's heartbeat so that the host's watchdog
 //!   still sees it alive.
+//!
+//! The entry also declares that the firmware can run packed virtqueues: a host that asks for
+//! them sets the packed-ring mode bit, and [`connect`] lays both rings out packed in the areas
+//! the host placed (split rings otherwise, and with any host that does not know the entry).
 #![no_std]
 
 extern crate alloc;
@@ -34,7 +38,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use vamp_rpmsg::mem::RawMemory;
 use vamp_rpmsg::rpmsg::{Config, Error, Handler, Rpmsg};
-use vamp_rpmsg::transport::{DeviceTransport, Environment, Transport};
+use vamp_rpmsg::transport::{DeviceRings, DeviceTransport, Environment, RingFormat, Transport};
 use vamp_rpmsg::virtio::{STATUS_DRIVER_OK, VIRTIO_ID_RPMSG, VIRTIO_RPMSG_F_NS};
 use vamp_rpmsg::vring::VringLayout;
 use vamp_rpmsg::wire::Endian;
@@ -179,9 +183,9 @@ pub const RSC_WORDS: usize = PLATFORM_AT + 1 + platform_entry::BODY_LEN / 4;
 
 use vamp_rpmsg::wire::platform as platform_entry;
 pub use vamp_rpmsg::wire::platform::{
-    F_BUSY_POLL as PLATFORM_F_BUSY_POLL, F_WAIT_SPIN as PLATFORM_F_WAIT_SPIN,
-    MAGIC as PLATFORM_MAGIC, MODE_BUSY_POLL as PLATFORM_MODE_BUSY_POLL, RSC_VAMP_PLATFORM,
-    VERSION as PLATFORM_VERSION,
+    F_BUSY_POLL as PLATFORM_F_BUSY_POLL, F_PACKED_RING as PLATFORM_F_PACKED_RING,
+    F_WAIT_SPIN as PLATFORM_F_WAIT_SPIN, MAGIC as PLATFORM_MAGIC,
+    MODE_BUSY_POLL as PLATFORM_MODE_BUSY_POLL, RSC_VAMP_PLATFORM, VERSION as PLATFORM_VERSION,
 };
 // Words of the platform entry's body (after the type word), from the shared byte offsets.
 const PLATFORM_FEATURES: usize = platform_entry::FEATURES_AT / 4;
@@ -282,7 +286,8 @@ impl ResourceTable {
         w[p] = RSC_VAMP_PLATFORM;
         w[p + 1 + platform_entry::MAGIC_AT / 4] = PLATFORM_MAGIC;
         w[p + 1 + platform_entry::VERSION_AT / 4] = PLATFORM_VERSION;
-        w[p + 1 + PLATFORM_FEATURES] = PLATFORM_F_BUSY_POLL | PLATFORM_F_WAIT_SPIN;
+        w[p + 1 + PLATFORM_FEATURES] =
+            PLATFORM_F_BUSY_POLL | PLATFORM_F_WAIT_SPIN | PLATFORM_F_PACKED_RING;
         ResourceTable(core::cell::UnsafeCell::new(w))
     }
 
@@ -322,6 +327,12 @@ impl ResourceTable {
     /// Whether the host asked for busy-poll mode.
     pub fn busy_poll(&self) -> bool {
         self.platform(PLATFORM_MODE) & PLATFORM_MODE_BUSY_POLL != 0
+    }
+
+    /// The rings' format the host chose (packed only because this firmware declares
+    /// [`PLATFORM_F_PACKED_RING`]; split by default and with any host that does not know it).
+    pub fn ring_format(&self) -> RingFormat {
+        RingFormat::from_platform_mode(self.platform(PLATFORM_MODE))
     }
 
     /// How long (microseconds) to keep polling after the last message before waiting, in
@@ -447,7 +458,8 @@ pub fn connect(table: &'static ResourceTable) -> FirmwareRpmsg {
         println!("firmware: vrings outside RAM");
         exit(2);
     }
-    let attached = DeviceTransport::new(mem, FirmwareEnv, vq0, vq1, Endian::NATIVE, false, 512)
+    let rings = DeviceRings::fresh(vq0, vq1, table.ring_format());
+    let attached = DeviceTransport::attach(mem, FirmwareEnv, rings, Endian::NATIVE, false, 512)
         .and_then(|mut t| {
             if table.busy_poll() {
                 t.set_busy_poll(true)?;

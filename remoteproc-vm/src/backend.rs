@@ -3,6 +3,7 @@
 //! test double. OpenAMP's `remoteproc_ops`, in Rust.
 
 use vamp_rpmsg::mem::SharedMemory;
+use vamp_rpmsg::transport::RingFormat;
 
 /// How a remote stopped running on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +106,13 @@ pub trait RemoteBackend {
 
     /// Starts the remote at `entry`.
     fn start(&mut self, entry: u64) -> Result<(), BackendError>;
+
+    /// The virtqueue format the started remote runs its vdevs' rings in, which the host's
+    /// driver must match. Split rings unless the backend agreed on another with the remote at
+    /// load or start (the vdev entry's 32-bit feature words cannot carry VIRTIO_F_RING_PACKED).
+    fn ring_format(&self) -> RingFormat {
+        RingFormat::Split
+    }
 
     /// Stops the remote (it may be started again after a new load).
     fn stop(&mut self) -> Result<(), BackendError>;

@@ -807,7 +807,8 @@ impl<B: RemoteBackend> Remoteproc<B> {
     /// sets ACKNOWLEDGE | DRIVER, writes gfeatures = dfeatures & (F_NS | EVENT_IDX if
     /// configured), sets FEATURES_OK, lays the buffer pool out (the carveout named
     /// `vdev<N>buffer` if the table has one, else `pool_bytes` allocated from the backend),
-    /// posts the receive buffers on vq 0, sets DRIVER_OK and kicks. Only when running.
+    /// posts the receive buffers on vq 0 (in the rings' format the backend agreed with the remote,
+    /// [`RemoteBackend::ring_format`]), sets DRIVER_OK and kicks. Only when running.
     pub fn create_virtio(
         &mut self,
         vdev: usize,
@@ -903,14 +904,21 @@ impl<B: RemoteBackend> Remoteproc<B> {
             [v.vrings[0].notifyid, v.vrings[1].notifyid],
         );
         let event_idx = features & VIRTIO_RING_F_EVENT_IDX != 0;
-        let transport =
-            match DriverTransport::new(mem.clone(), env, layout, Endian::NATIVE, event_idx) {
-                Ok(t) => t,
-                Err(e) => {
-                    let _ = set_status(STATUS_FAILED);
-                    return Err(link(e));
-                }
-            };
+        let format = self.backend.ring_format();
+        let transport = match DriverTransport::with_format(
+            mem.clone(),
+            env,
+            layout,
+            Endian::NATIVE,
+            event_idx,
+            format,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = set_status(STATUS_FAILED);
+                return Err(link(e));
+            }
+        };
         set_status(STATUS_STARTED)?;
         let config = Config {
             name_service: features & VIRTIO_RPMSG_F_NS != 0,

@@ -9,12 +9,16 @@ use std::time::{Duration, Instant};
 use vamp_remoteproc::backend::RemoteBackend;
 use vamp_remoteproc::image::ImageSource;
 use vamp_remoteproc::kvm::{
-    KvmOptions, KvmRemote, KvmStats, PLATFORM_F_BUSY_POLL, PLATFORM_F_WAIT_SPIN, kvm_available,
+    KvmOptions, KvmRemote, KvmStats, PLATFORM_F_BUSY_POLL, PLATFORM_F_PACKED_RING,
+    PLATFORM_F_WAIT_SPIN, PLATFORM_MAGIC, PLATFORM_MODE_PACKED_RING, PLATFORM_VERSION,
+    kvm_available,
 };
 use vamp_remoteproc::remoteproc::{RemoteEvent, RemoteRpmsg, RemoteState, Remoteproc};
 use vamp_rpmsg::mem::SharedMemory;
 use vamp_rpmsg::rpmsg::EptId;
 use vamp_rpmsg::testing::Recorder;
+use vamp_rpmsg::transport::RingFormat;
+use vamp_rpmsg::wire::platform::{FEATURES_AT, MODE_AT};
 
 /// The echo firmware's channel.
 const DEMO: &[u8] = b"rpmsg-openamp-demo-channel";
@@ -39,6 +43,34 @@ fn remote_with(image: &str, options: KvmOptions) -> Option<Remoteproc<KvmRemote>
     let bytes = vamp_remoteproc::images::builtin(image)?;
     let mut rp = Remoteproc::new(KvmRemote::new(options).unwrap());
     rp.load_source(ImageSource::Static(bytes)).unwrap();
+    Some(rp)
+}
+
+/// The built-in `image` with its platform entry's features replaced by `features` (as an older
+/// firmware would declare them), loaded into a new remote.
+fn remote_declaring(
+    image: &str,
+    features: u32,
+    options: KvmOptions,
+) -> Option<Remoteproc<KvmRemote>> {
+    if let Err(e) = kvm_available() {
+        eprintln!("skipped: {e}");
+        return None;
+    }
+    let mut bytes = vamp_remoteproc::images::builtin(image)?.to_vec();
+    // The entry's body in the ELF: magic, version, then the features word.
+    let head: Vec<u8> = [PLATFORM_MAGIC, PLATFORM_VERSION]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    let at = bytes
+        .windows(head.len())
+        .position(|w| w == head)
+        .expect("the image has a platform entry")
+        + FEATURES_AT;
+    bytes[at..at + 4].copy_from_slice(&features.to_le_bytes());
+    let mut rp = Remoteproc::new(KvmRemote::new(options).unwrap());
+    rp.load_source(ImageSource::Bytes(bytes.into())).unwrap();
     Some(rp)
 }
 
@@ -320,4 +352,70 @@ fn busy_poll_needs_the_platform_entry() {
     remote.set_busy_poll(false);
     remote.start(0x10_0000).unwrap();
     remote.stop().unwrap();
+}
+
+/// Packed rings asked for by the host: the echo firmware declares them in its platform entry,
+/// the host writes the mode, and both sides run them (the firmware's trace says which rings it
+/// attached to), in notify and in busy-poll mode.
+#[test]
+fn echo_firmware_on_packed_rings() {
+    for busy_poll in [false, true] {
+        let _turn = busy_poll.then(one_at_a_time);
+        let options = KvmOptions {
+            ring_format: RingFormat::Packed,
+            busy_poll,
+            ..Default::default()
+        };
+        let Some(mut rp) = remote_with("echo", options) else {
+            return;
+        };
+        let platform = rp.backend().platform().unwrap();
+        assert_ne!(platform.features & PLATFORM_F_PACKED_RING, 0);
+        rp.start().unwrap();
+        assert_eq!(rp.backend().ring_format(), RingFormat::Packed);
+        let mut mode = [0u8; 4];
+        rp.memory()
+            .read(platform.da + MODE_AT as u64, &mut mode)
+            .unwrap();
+        assert_ne!(u32::from_le_bytes(mode) & PLATFORM_MODE_PACKED_RING, 0);
+        let (mut host, mut h, ept) = connect(&mut rp, busy_poll, DEMO);
+        assert_eq!(host.transport().ring_format(), RingFormat::Packed);
+        echo(&mut host, &mut h, ept, 500);
+        let trace = rp.trace(0).unwrap();
+        assert!(trace.contains("echo: packed rings"), "{trace}");
+        assert_eq!(rp.poll(), RemoteEvent::Idle);
+        drop(host);
+        rp.shutdown().unwrap();
+    }
+}
+
+/// A firmware that does not declare packed rings (an older one) gets split rings when the host
+/// asks for packed ones, and echoes on them; so does every firmware by default.
+#[test]
+fn packed_rings_fall_back_to_split_for_a_firmware_without_them() {
+    let asked = KvmOptions {
+        ring_format: RingFormat::Packed,
+        ..Default::default()
+    };
+    let older = PLATFORM_F_BUSY_POLL | PLATFORM_F_WAIT_SPIN;
+    for (mut rp, what) in [
+        (remote_declaring("echo", older, asked), "older firmware"),
+        (
+            remote_with("echo", KvmOptions::default()),
+            "default options",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(rp, what)| Some((rp?, what)))
+    {
+        rp.start().unwrap();
+        assert_eq!(rp.backend().ring_format(), RingFormat::Split, "{what}");
+        let (mut host, mut h, ept) = connect(&mut rp, false, DEMO);
+        assert_eq!(host.transport().ring_format(), RingFormat::Split, "{what}");
+        echo(&mut host, &mut h, ept, 50);
+        let trace = rp.trace(0).unwrap();
+        assert!(trace.contains("echo: split rings"), "{what}: {trace}");
+        drop(host);
+        rp.shutdown().unwrap();
+    }
 }

@@ -12,7 +12,7 @@ use vamp_remoteproc::remoteproc::{RemoteRpmsg, Remoteproc};
 use vamp_rpmsg::apps::SHUTDOWN_MSG;
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::rpmsg::EptId;
-use vamp_rpmsg::transport::BufferConfig;
+use vamp_rpmsg::transport::{BufferConfig, RingFormat};
 use vamp_rpmsg::wire::ADDR_ANY;
 
 /// A running echo remote and the host's engine on its vdev.
@@ -30,12 +30,14 @@ struct Remote {
 }
 
 /// Boots the echo firmware with its vCPU on `vcpu_cpu`, in busy-poll mode (both sides)
-/// if `busy`; times every step from `KvmRemote::new` to the first announcement.
-fn boot(vcpu_cpu: usize, my_cpu: usize, busy: bool) -> Res<Remote> {
+/// if `busy`, on rings of `ring` format; times every step from `KvmRemote::new` to the first
+/// announcement.
+fn boot(vcpu_cpu: usize, my_cpu: usize, busy: bool, ring: RingFormat) -> Res<Remote> {
     let image = vamp_remoteproc::images::builtin("echo").ok_or("no built-in echo image")?;
     let t0 = Instant::now();
     let options = KvmOptions {
         busy_poll: busy,
+        ring_format: ring,
         ..KvmOptions::default()
     };
     let backend = KvmRemote::new(options).map_err(|e| e.to_string())?;
@@ -52,6 +54,10 @@ fn boot(vcpu_cpu: usize, my_cpu: usize, busy: bool) -> Res<Remote> {
     let mut rpmsg = rp
         .create_virtio(0, BufferConfig::default())
         .map_err(|e| e.to_string())?;
+    let running = rpmsg.transport().ring_format();
+    if running != ring {
+        return Err(format!("the remote came up on {running} rings, not {ring}"));
+    }
     if busy {
         rpmsg
             .transport_mut()
@@ -111,7 +117,7 @@ pub(super) fn kvm_rows(plan: &Plan, cpus: Cpus, two_cpus: bool) -> KvmRows {
     let mut starts = Vec::new();
     let mut figs = None;
     for run in 0..plan.start_runs.max(1) {
-        let remote = match boot(cpus.b, cpus.a, false) {
+        let remote = match boot(cpus.b, cpus.a, false, RingFormat::Split) {
             Ok(r) => r,
             Err(e) => return fail(format!("KVM remote: {e}")),
         };
@@ -122,13 +128,7 @@ pub(super) fn kvm_rows(plan: &Plan, cpus: Cpus, two_cpus: bool) -> KvmRows {
             remote.stop(None);
         }
     }
-    let busy_figs = busy_only(two_cpus, || match boot(cpus.b, cpus.a, true) {
-        Ok(remote) => kvm_measure(remote, true, plan),
-        Err(e) => {
-            let e = format!("KVM remote (busy-poll): {e}");
-            [Err(e.clone()), Err(e)]
-        }
-    });
+    let busy_figs = busy_only(two_cpus, || kvm_link(plan, cpus, true, RingFormat::Split));
     let med = |f: &dyn Fn(&(Duration, Duration, Duration)) -> Duration| {
         let mut v: Vec<f64> = starts.iter().map(|s| f(s).as_nanos() as f64).collect();
         v.sort_by(f64::total_cmp);
@@ -150,6 +150,34 @@ pub(super) fn kvm_rows(plan: &Plan, cpus: Cpus, two_cpus: bool) -> KvmRows {
         busy_figs,
         Ok(start),
     )
+}
+
+/// Round trips and throughput to a freshly booted echo remote, in busy-poll mode if `busy`, on
+/// rings of `ring` format.
+fn kvm_link(plan: &Plan, cpus: Cpus, busy: bool, ring: RingFormat) -> [Res<Fig>; 2] {
+    match boot(cpus.b, cpus.a, busy, ring) {
+        Ok(remote) => kvm_measure(remote, busy, plan),
+        Err(e) => {
+            let mode = if busy { "busy-poll" } else { "notify" };
+            let e = format!("KVM remote ({mode}, {ring} rings): {e}");
+            [Err(e.clone()), Err(e)]
+        }
+    }
+}
+
+/// The KVM rows on packed rings: notify, and busy-poll (only with two CPUs).
+pub(super) fn kvm_packed_rows(
+    plan: &Plan,
+    cpus: Cpus,
+    two_cpus: bool,
+) -> ([Res<Fig>; 2], [Res<Fig>; 2]) {
+    if let Err(e) = vamp_remoteproc::kvm::kvm_available() {
+        let e = format!("not measured: no KVM here ({e})");
+        return ([Err(e.clone()), Err(e.clone())], [Err(e.clone()), Err(e)]);
+    }
+    let notify = kvm_link(plan, cpus, false, RingFormat::Packed);
+    let busy = busy_only(two_cpus, || kvm_link(plan, cpus, true, RingFormat::Packed));
+    (notify, busy)
 }
 
 /// Round trips and throughput to a booted echo remote, then stops it. Busy-poll rows must not

@@ -40,7 +40,7 @@ use floors::{
 };
 use hub::{guest_to_guest_notify, hub_echo_notify};
 use in_memory::{guest_to_guest_busy, hub_echo_busy};
-use kvm::kvm_rows;
+use kvm::{kvm_packed_rows, kvm_rows};
 use native_link::native_rows;
 pub use peer::run_peer;
 use report::{FullRingRow, LinkMode, Report, ScaleRow, load_average, machine_facts, render};
@@ -292,7 +292,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
     let nf2x2 = r.notify_floor(true).map(|(k, v)| (k, v, 2.0));
     let spin = r.floor("spin_rtt_2cpu").map(|v| ("spin_rtt_2cpu", v, 1.0));
 
-    let figs = native_rows(&plan, cpus.b, false);
+    let figs = native_rows(&plan, cpus.b, false, RingFormat::Split);
     r.push_links(
         "native",
         "native link (2 processes)",
@@ -301,7 +301,7 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
         figs,
         nf2,
     );
-    let figs = native_rows(&plan, cpus.a, false);
+    let figs = native_rows(&plan, cpus.a, false, RingFormat::Split);
     r.push_links(
         "native",
         "native link (2 processes)",
@@ -310,11 +310,35 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
         figs,
         nf1,
     );
-    let figs = busy_only(two_cpus, || native_rows(&plan, cpus.b, true));
+    let figs = busy_only(two_cpus, || {
+        native_rows(&plan, cpus.b, true, RingFormat::Split)
+    });
     r.push_links(
         "native",
         "native link (2 processes)",
         LinkMode::busy_poll(RingFormat::Split),
+        &two,
+        figs,
+        spin,
+    );
+    // Packed rings between vamp's two processes (the host asks, the remote's platform entry
+    // says it can).
+    let figs = native_rows(&plan, cpus.b, false, RingFormat::Packed);
+    r.push_links(
+        "native",
+        "native link (2 processes)",
+        LinkMode::notify(RingFormat::Packed),
+        &two,
+        figs,
+        nf2,
+    );
+    let figs = busy_only(two_cpus, || {
+        native_rows(&plan, cpus.b, true, RingFormat::Packed)
+    });
+    r.push_links(
+        "native",
+        "native link (2 processes)",
+        LinkMode::busy_poll(RingFormat::Packed),
         &two,
         figs,
         spin,
@@ -386,6 +410,23 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
         "kvm",
         "host -> KVM remote (echo firmware)",
         LinkMode::busy_poll(RingFormat::Split),
+        &kvm_place,
+        busy_figs,
+        spin,
+    );
+    let (figs, busy_figs) = kvm_packed_rows(&plan, cpus, two_cpus);
+    r.push_links(
+        "kvm",
+        "host -> KVM remote (echo firmware)",
+        LinkMode::notify(RingFormat::Packed),
+        &kvm_place,
+        figs,
+        nf2,
+    );
+    r.push_links(
+        "kvm",
+        "host -> KVM remote (echo firmware)",
+        LinkMode::busy_poll(RingFormat::Packed),
         &kvm_place,
         busy_figs,
         spin,

@@ -13,7 +13,7 @@ use vamp_rpmsg::apps::SHUTDOWN_MSG;
 use vamp_rpmsg::native;
 use vamp_rpmsg::native::NativePaths;
 use vamp_rpmsg::rpmsg::EptId;
-use vamp_rpmsg::transport::Environment;
+use vamp_rpmsg::transport::{Environment, RingFormat};
 use vamp_rpmsg::wire::ADDR_ANY;
 
 /// The remote of a native link: echoes on `ENDPOINT_BASE..+endpoints` until the shutdown word.
@@ -76,7 +76,19 @@ pub(super) struct NativeSession {
 }
 
 impl NativeSession {
+    /// A session on split rings.
     pub(super) fn start(remote_cpu: usize, busy: bool, endpoints: u32) -> Res<Self> {
+        Self::start_on(remote_cpu, busy, endpoints, RingFormat::Split)
+    }
+
+    /// A session on rings of `ring` format (the host asks, the remote follows: a link that
+    /// came up on other rings is an error, not a row measured on the wrong rings).
+    pub(super) fn start_on(
+        remote_cpu: usize,
+        busy: bool,
+        endpoints: u32,
+        ring: RingFormat,
+    ) -> Res<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
         let paths = native::private_paths(&format!("bench{}", N.fetch_add(1, Ordering::Relaxed)));
         let peer = Peer::spawn(&[
@@ -87,8 +99,14 @@ impl NativeSession {
             u8::from(busy).to_string(),
             endpoints.to_string(),
         ])?;
-        let mut rpmsg =
-            native::start_host(&paths, STEP_TIMEOUT).map_err(|e| format!("native host: {e}"))?;
+        let mut rpmsg = native::start_host_with_rings(&paths, STEP_TIMEOUT, ring)
+            .map_err(|e| format!("native host: {e}"))?;
+        let running = rpmsg.transport().ring_format();
+        if running != ring {
+            return Err(format!(
+                "native link came up on {running} rings, not {ring}"
+            ));
+        }
         if busy {
             rpmsg
                 .transport_mut()
@@ -122,8 +140,13 @@ impl NativeSession {
     }
 }
 
-pub(super) fn native_rows(plan: &Plan, remote_cpu: usize, busy: bool) -> [Res<Fig>; 2] {
-    let mut session = match NativeSession::start(remote_cpu, busy, 1) {
+pub(super) fn native_rows(
+    plan: &Plan,
+    remote_cpu: usize,
+    busy: bool,
+    ring: RingFormat,
+) -> [Res<Fig>; 2] {
+    let mut session = match NativeSession::start_on(remote_cpu, busy, 1, ring) {
         Ok(s) => s,
         Err(e) => return [Err(e.clone()), Err(e)],
     };
@@ -141,8 +164,9 @@ pub(super) fn native_rows(plan: &Plan, remote_cpu: usize, busy: bool) -> [Res<Fi
     figs
 }
 
-/// `vamp bench-peer native-rows notify|busy [same-cpu]`: the native link's rows alone (this
-/// process on CPU 0, the remote on CPU 1 or also on 0), for profiling the engine.
+/// `vamp bench-peer native-rows notify|busy [same-cpu|other-cpu] [packed]`: the native link's
+/// rows alone (this process on CPU 0, the remote on CPU 1 or also on 0), on split or packed
+/// rings, for profiling the engine.
 pub(super) fn peer_native_rows(args: &[String]) -> Res<()> {
     let busy = match args.first().map(String::as_str) {
         Some("notify") => false,
@@ -155,8 +179,15 @@ pub(super) fn peer_native_rows(args: &[String]) -> Res<()> {
         Some("same-cpu") => allowed[0],
         _ => *allowed.last().unwrap_or(&0),
     };
+    let ring = match args.get(2).map(String::as_str) {
+        Some("packed") => RingFormat::Packed,
+        _ => RingFormat::Split,
+    };
     let plan = Plan::new(false);
-    for (fig, size) in native_rows(&plan, remote_cpu, busy).into_iter().zip(SIZES) {
+    for (fig, size) in native_rows(&plan, remote_cpu, busy, ring)
+        .into_iter()
+        .zip(SIZES)
+    {
         let f = fig?;
         println!(
             "{size} B: rtt p50 {:.0} ns, p99 {:.0} ns; {:.0} ns per message windowed",

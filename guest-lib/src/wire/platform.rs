@@ -1,20 +1,34 @@
 //! The vamp platform entry: a vendor resource-table entry through which the host tells a
-//! firmware how to wait for work, and the firmware shows a sign of life while it busy-polls.
+//! firmware how to wait for work and which ring format to use, and the firmware shows a sign of
+//! life while it busy-polls.
 //!
-//! One definition for both sides: vamp's firmware (`images/`) declares the entry and reads the
-//! host's words; `remoteproc-vm`'s KVM backend checks what the firmware declared and writes
-//! them. The entry is `[type = RSC_VAMP_PLATFORM][body]`; the body, in little-endian u32 words:
+//! One definition for both sides: vamp's firmware (`images/`) and the native link's remote
+//! (`crate::native`) declare the entry and read the host's words; `remoteproc-vm`'s KVM backend
+//! and the native link's host check what the remote declared and write them. The entry is
+//! `[type = RSC_VAMP_PLATFORM][body]`; the body, in little-endian u32 words:
 //!
 //! | offset | written by | meaning |
 //! | --- | --- | --- |
 //! | [`MAGIC_AT`] (0) | firmware | [`MAGIC`] ("vamp") |
 //! | [`VERSION_AT`] (4) | firmware | [`VERSION`] |
-//! | [`FEATURES_AT`] (8) | firmware | features: [`F_BUSY_POLL`], [`F_WAIT_SPIN`] |
-//! | [`MODE_AT`] (12) | host | mode: [`MODE_BUSY_POLL`] or 0 (notify) |
+//! | [`FEATURES_AT`] (8) | firmware | features: [`F_BUSY_POLL`], [`F_WAIT_SPIN`], [`F_PACKED_RING`] |
+//! | [`MODE_AT`] (12) | host | mode: [`MODE_BUSY_POLL`] (else notify), [`MODE_PACKED_RING`] (else split) |
 //! | [`SPIN_US_AT`] (16) | host | spin window before a wait, microseconds |
 //! | [`TSC_KHZ_AT`] (20) | host | TSC frequency in kHz (0: unknown), the firmware's clock |
 //! | [`HEARTBEAT_AT`] (24) | firmware | heartbeat, counted up while it polls |
 //! | 28 | - | reserved, 0 |
+//!
+//! Packed rings: the vdev entry's feature words are 32 bits wide, so VIRTIO_F_RING_PACKED (bit
+//! 34) cannot be negotiated there. A remote that can run packed virtqueues declares
+//! [`F_PACKED_RING`]; a host that wants them, and sees it declared, sets [`MODE_PACKED_RING`]
+//! before DRIVER_OK, and both sides then lay packed rings in the vrings' areas (the descriptor
+//! ring where the split descriptor table is, the driver and device event structures where the
+//! available and used rings start: see `PackedLayout::in_areas_of`). The remote reads the mode
+//! once it sees DRIVER_OK. A peer without the entry (OpenAMP, older vamp) gets split rings.
+//!
+//! Compatibility: version 1 grows by new bits in the feature and mode words only; a side that
+//! does not know a bit leaves it 0 (the host sets a mode bit only for a feature the remote
+//! declared), so the version changes only when the layout does.
 //!
 //! Everything the firmware writes is untrusted: the host reads the magic, version and features
 //! once and the heartbeat only to compare it with its last value.
@@ -60,8 +74,13 @@ pub const VERSION: u32 = 1;
 pub const F_BUSY_POLL: u32 = 1 << 0;
 /// Feature: the firmware polls for the host's spin window before it waits.
 pub const F_WAIT_SPIN: u32 = 1 << 1;
+/// Feature: the remote can run packed virtqueues ([`MODE_PACKED_RING`]).
+pub const F_PACKED_RING: u32 = 1 << 2;
 /// Mode: busy-poll (no waits, no kicks).
 pub const MODE_BUSY_POLL: u32 = 1 << 0;
+/// Mode: both rings are packed virtqueues (the host sets it only if the remote declared
+/// [`F_PACKED_RING`], before DRIVER_OK).
+pub const MODE_PACKED_RING: u32 = 1 << 1;
 
 /// Byte offset of the magic word in the body.
 pub const MAGIC_AT: usize = 0;

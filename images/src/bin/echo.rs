@@ -6,7 +6,7 @@
 
 use vamp_firmware::{FirmwareRpmsg, connect, firmware_main, println, trace};
 use vamp_rpmsg::rpmsg::{EptId, Error, Handler, NsEvent, Received};
-use vamp_rpmsg::transport::DeviceTransport;
+use vamp_rpmsg::transport::{DeviceTransport, RingFormat};
 use vamp_rpmsg::wire::ADDR_ANY;
 
 vamp_firmware::resource_table!();
@@ -54,6 +54,14 @@ fn main() -> u32 {
     let table = RESOURCE_TABLE_REF();
     trace(table, "echo: waiting for the host");
     let mut rpmsg = connect(table);
+    // Which rings the host's choice gave (the platform entry's mode): tests read it back.
+    trace(
+        table,
+        match rpmsg.transport().ring_format() {
+            RingFormat::Split => "echo: split rings",
+            RingFormat::Packed => "echo: packed rings",
+        },
+    );
     let mut echo = Echo {
         channels: [None, None],
         shutdown: false,

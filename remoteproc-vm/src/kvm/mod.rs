@@ -38,6 +38,12 @@
 //!   exits the watchdog has no sign of life but the entry's heartbeat, which the firmware
 //!   counts up while it spins.
 //!
+//! The entry also chooses the rings' format: with [`KvmOptions::ring_format`] packed and a
+//! firmware that declares [`PLATFORM_F_PACKED_RING`], the host sets
+//! [`PLATFORM_MODE_PACKED_RING`] and both sides lay packed virtqueues in the vrings' areas
+//! (`RemoteBackend::ring_format` tells the host's driver). A firmware that does not declare
+//! the feature gets split rings, as does every remote by default.
+//!
 //! The entry's layout is defined once, for the firmware and the host, in
 //! [`vamp_rpmsg::wire::platform`].
 
@@ -54,6 +60,7 @@ use std::time::{Duration, Instant};
 use vamp_rpmsg::futex::{futex_wait, futex_wake};
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::mem::SharedMemory;
+use vamp_rpmsg::transport::RingFormat;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -85,8 +92,9 @@ pub const MAX_WAIT_SPIN: Duration = Duration::from_millis(10);
 // under the names this module has always given it.
 pub use vamp_rpmsg::wire::platform::{
     BODY_LEN as PLATFORM_BODY_LEN, F_BUSY_POLL as PLATFORM_F_BUSY_POLL,
-    F_WAIT_SPIN as PLATFORM_F_WAIT_SPIN, MAGIC as PLATFORM_MAGIC,
-    MODE_BUSY_POLL as PLATFORM_MODE_BUSY_POLL, RSC_VAMP_PLATFORM, VERSION as PLATFORM_VERSION,
+    F_PACKED_RING as PLATFORM_F_PACKED_RING, F_WAIT_SPIN as PLATFORM_F_WAIT_SPIN,
+    MAGIC as PLATFORM_MAGIC, MODE_BUSY_POLL as PLATFORM_MODE_BUSY_POLL,
+    MODE_PACKED_RING as PLATFORM_MODE_PACKED_RING, RSC_VAMP_PLATFORM, VERSION as PLATFORM_VERSION,
 };
 use vamp_rpmsg::wire::platform::{
     FEATURES_AT as PLATFORM_AT_FEATURES, HEARTBEAT_AT as PLATFORM_AT_HEARTBEAT,
@@ -109,6 +117,10 @@ pub struct KvmOptions {
     /// In notify mode, how long the firmware keeps polling its rings after its last message
     /// before it sleeps on the wait port (zero: at once; at most [`MAX_WAIT_SPIN`]).
     pub wait_spin: Duration,
+    /// The rings' format to ask for (split by default). Packed rings need a firmware whose
+    /// platform entry declares them ([`PLATFORM_F_PACKED_RING`]); any other runs split rings
+    /// (see the module docs). [`RemoteBackend::ring_format`] says which the remote runs.
+    pub ring_format: RingFormat,
 }
 
 impl Default for KvmOptions {
@@ -118,6 +130,7 @@ impl Default for KvmOptions {
             watchdog: DEFAULT_WATCHDOG,
             busy_poll: false,
             wait_spin: DEFAULT_WAIT_SPIN,
+            ring_format: RingFormat::Split,
         }
     }
 }
@@ -425,6 +438,10 @@ pub struct KvmRemote {
     alloc_top: u64,
     busy_poll: bool,
     wait_spin: Duration,
+    /// The rings' format asked for.
+    wanted_rings: RingFormat,
+    /// The rings' format agreed at the last start (what the running firmware runs).
+    rings: RingFormat,
     /// The architecture's vCPU state (clock, how to reset the vCPU).
     cpu: arch::Cpu,
     /// The loaded firmware's platform entry.
@@ -497,6 +514,8 @@ impl KvmRemote {
             alloc_top: memory,
             busy_poll: options.busy_poll,
             wait_spin: options.wait_spin.min(MAX_WAIT_SPIN),
+            wanted_rings: options.ring_format,
+            rings: RingFormat::Split,
             cpu,
             platform: None,
             stats,
@@ -521,6 +540,11 @@ impl KvmRemote {
         self.busy_poll
     }
 
+    /// Chooses the rings' format to ask for (see [`KvmOptions::ring_format`]) at the next start.
+    pub fn set_ring_format(&mut self, format: RingFormat) {
+        self.wanted_rings = format;
+    }
+
     /// The loaded firmware's platform entry, if it has one.
     pub fn platform(&self) -> Option<PlatformEntry> {
         self.platform
@@ -540,13 +564,24 @@ impl KvmRemote {
         }
     }
 
-    /// The host's words of the platform entry: mode, spin window, TSC frequency.
-    fn platform_words(&self) -> [(usize, u32); 3] {
-        let mode = if self.busy_poll {
+    /// The rings' format for a firmware that declared `features`: the one asked for if it can
+    /// run it, else split rings.
+    fn rings_for(&self, features: u32) -> RingFormat {
+        match self.wanted_rings {
+            RingFormat::Packed if features & PLATFORM_F_PACKED_RING != 0 => RingFormat::Packed,
+            _ => RingFormat::Split,
+        }
+    }
+
+    /// The host's words of the platform entry for a firmware that declared `features`: mode,
+    /// spin window, TSC frequency.
+    fn platform_words(&self, features: u32) -> [(usize, u32); 3] {
+        let wait = if self.busy_poll {
             PLATFORM_MODE_BUSY_POLL
         } else {
             0
         };
+        let mode = wait | self.rings_for(features).platform_mode();
         let spin_us = self.wait_spin.as_micros().min(u128::from(u32::MAX)) as u32;
         [
             (PLATFORM_AT_MODE, mode),
@@ -749,7 +784,7 @@ impl RemoteBackend for KvmRemote {
             )));
         }
         let features = word(body, PLATFORM_AT_FEATURES).unwrap_or(0);
-        for (at, value) in self.platform_words() {
+        for (at, value) in self.platform_words(features) {
             body[at..at + 4].copy_from_slice(&value.to_le_bytes());
         }
         body[PLATFORM_AT_HEARTBEAT..PLATFORM_AT_HEARTBEAT + 4].fill(0);
@@ -771,8 +806,11 @@ impl RemoteBackend for KvmRemote {
             ));
         }
         // The mode may have changed since the load: write the host's words again.
+        self.rings = self
+            .platform
+            .map_or(RingFormat::Split, |p| self.rings_for(p.features));
         if let Some(p) = self.platform {
-            for (at, value) in self.platform_words() {
+            for (at, value) in self.platform_words(p.features) {
                 self.ram
                     .write(p.da + at as u64, &value.to_le_bytes())
                     .map_err(|e| BackendError::Other(format!("platform entry: {e}")))?;
@@ -840,12 +878,19 @@ impl RemoteBackend for KvmRemote {
         self.alloc_top = self.memory;
         // The next load handles the resource table (and any platform entry) again.
         self.platform = None;
+        self.rings = RingFormat::Split;
         self.shared.heartbeat_at.store(0, Ordering::SeqCst);
         Ok(())
     }
 
     fn doorbell(&self) -> Arc<dyn Doorbell> {
         Arc::new(KvmDoorbell(self.shared.clone()))
+    }
+
+    /// The format agreed at the last start: packed only if asked for and the firmware's
+    /// platform entry declared it.
+    fn ring_format(&self) -> RingFormat {
+        self.rings
     }
 
     fn poll_exit(&mut self) -> Option<Exit> {
