@@ -37,6 +37,21 @@ pub enum RingFormat {
 }
 
 impl RingFormat {
+    /// Its name: "split" or "packed" (as in logs, CLI options and the bench's JSON).
+    pub const fn name(self) -> &'static str {
+        match self {
+            RingFormat::Split => "split",
+            RingFormat::Packed => "packed",
+        }
+    }
+
+    /// The format [`name`](Self::name) gives `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [RingFormat::Split, RingFormat::Packed]
+            .into_iter()
+            .find(|r| r.name() == name)
+    }
+
     /// The format negotiated `features` select (VIRTIO_F_RING_PACKED).
     pub fn from_features(features: u64) -> Self {
         if features & VIRTIO_F_RING_PACKED != 0 {
@@ -68,10 +83,7 @@ impl RingFormat {
 
 impl core::fmt::Display for RingFormat {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            RingFormat::Split => "split",
-            RingFormat::Packed => "packed",
-        })
+        f.write_str(self.name())
     }
 }
 

@@ -3,7 +3,6 @@
 //! on split or packed rings (the hub offers VIRTIO_F_RING_PACKED; a guest acks it or not).
 
 use super::clients::{Echo, Fig, find_name, measure, rerr};
-use super::report::ring_name;
 use super::sys::{TempDir, pin, temp_dir};
 use super::{Cpus, ECHO_NAME, PEER_NAME, Plan, Res};
 use std::path::{Path, PathBuf};
@@ -89,8 +88,8 @@ pub(super) fn connect_guest(socket: &Path, ring: RingFormat) -> Res<NativeGuest>
     if got != ring {
         return Err(format!(
             "asked for {} rings, the link came up on {} rings (features offered {:#x})",
-            ring_name(ring),
-            ring_name(got),
+            ring.name(),
+            got.name(),
             g.offered_features()
         ));
     }

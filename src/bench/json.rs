@@ -3,7 +3,7 @@
 //! replaced by an `error` saying why ("not measured: ...").
 
 use super::clients::Lat;
-use super::report::{Report, ScaleRow, cpu_ratio, ring_name, scale_ratio};
+use super::report::{Report, ScaleRow, cpu_ratio, scale_ratio};
 use super::{Cpus, Plan};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
@@ -223,7 +223,7 @@ fn scale_rows(rows: &[ScaleRow], what: &str) -> Vec<ScaleJson> {
     rows.iter()
         .map(|row| ScaleJson {
             count: OrderedMap(vec![(what.to_string(), row.count)]),
-            ring: ring_name(row.ring),
+            ring: row.ring.name(),
             figures: Measured::from(&row.fig, |t| ScaleFigures {
                 ns_per_msg: t.ns_per_msg,
                 msgs_per_s: t.msgs_per_s(),
@@ -291,7 +291,7 @@ pub(super) fn to_json(
             link: l.key,
             label: l.label,
             mode: l.mode,
-            ring: ring_name(l.ring),
+            ring: l.ring.name(),
             placement: &l.placement,
             size_bytes: l.size,
             figures: Measured::from(&l.fig, |f| LinkFigures {
@@ -325,7 +325,7 @@ pub(super) fn to_json(
             };
             FullRingJson {
                 kind: f.kind,
-                ring: ring_name(f.ring),
+                ring: f.ring.name(),
                 guests: f.guests,
                 size_bytes: f.size,
                 figures: Measured::from(&f.ns, |&v| FullRingFigures {

@@ -164,7 +164,7 @@ pub(super) fn native_rows(
     figs
 }
 
-/// `vamp bench-peer native-rows notify|busy [same-cpu|other-cpu] [packed]`: the native link's
+/// `vamp bench-peer native-rows notify|busy [same-cpu|other-cpu] [split|packed]`: the native link's
 /// rows alone (this process on CPU 0, the remote on CPU 1 or also on 0), on split or packed
 /// rings, for profiling the engine.
 pub(super) fn peer_native_rows(args: &[String]) -> Res<()> {
@@ -179,9 +179,11 @@ pub(super) fn peer_native_rows(args: &[String]) -> Res<()> {
         Some("same-cpu") => allowed[0],
         _ => *allowed.last().unwrap_or(&0),
     };
-    let ring = match args.get(2).map(String::as_str) {
-        Some("packed") => RingFormat::Packed,
-        _ => RingFormat::Split,
+    let ring = match args.get(2) {
+        None => RingFormat::Split,
+        Some(name) => RingFormat::from_name(name).ok_or_else(|| {
+            format!("bench-peer native-rows: rings are split or packed, not {name:?}")
+        })?,
     };
     let plan = Plan::new(false);
     for (fig, size) in native_rows(&plan, remote_cpu, busy, ring)

@@ -39,14 +39,6 @@ fn fmt_rate(r: f64) -> String {
     }
 }
 
-/// The name of a ring format in the table and the JSON.
-pub(super) fn ring_name(ring: RingFormat) -> &'static str {
-    match ring {
-        RingFormat::Split => "split",
-        RingFormat::Packed => "packed",
-    }
-}
-
 /// How a link is measured: with notifications or busy-polling, on split or packed rings.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct LinkMode {
@@ -332,7 +324,7 @@ pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Dur
                     "  {:<37} {:<9} {:<6} {:<31} {:>3} B {:>9} {:>9} {:>7} {:>9} {:>8.1} {:>7}",
                     l.label,
                     l.mode,
-                    ring_name(l.ring),
+                    l.ring.name(),
                     l.placement,
                     l.size,
                     fmt_ns(f.lat.p50_ns),
@@ -354,7 +346,7 @@ pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Dur
                     "  {:<37} {:<9} {:<6} {:<31} {:>3} B {e}",
                     l.label,
                     l.mode,
-                    ring_name(l.ring),
+                    l.ring.name(),
                     l.placement,
                     l.size
                 );
@@ -402,7 +394,7 @@ pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Dur
                     o,
                     "  {:<45} {:<6} {:>3} B {:>10} {:>9}",
                     what,
-                    ring_name(f.ring),
+                    f.ring.name(),
                     f.size,
                     fmt_ns(*v),
                     fmt_ratio(floor.map(|m| v / m))
@@ -413,7 +405,7 @@ pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Dur
                     o,
                     "  {:<45} {:<6} {:>3} B not measured: {e}",
                     what,
-                    ring_name(f.ring),
+                    f.ring.name(),
                     f.size
                 );
             }
@@ -456,7 +448,7 @@ pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Dur
                         o,
                         "    {:>6} {:>6}: wall {:>8} per message ({} msgs/s) {:>7}{cpu}",
                         row.count,
-                        ring_name(row.ring),
+                        row.ring.name(),
                         fmt_ns(t.ns_per_msg),
                         fmt_rate(t.msgs_per_s()),
                         fmt_ratio(scale_ratio(rows, row))
@@ -467,7 +459,7 @@ pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Dur
                         o,
                         "    {:>6} {:>6}: not measured: {e}",
                         row.count,
-                        ring_name(row.ring)
+                        row.ring.name()
                     );
                 }
             }

@@ -267,14 +267,11 @@ pub(super) fn peer_hub_full_rings(args: &[String]) -> Res<()> {
     };
     let size: usize = arg(args, 2, "message size")?;
     let msgs: usize = arg(args, 3, "message count")?;
-    let ring = match args.get(4).map(String::as_str) {
-        None | Some("split") => RingFormat::Split,
-        Some("packed") => RingFormat::Packed,
-        Some(other) => {
-            return Err(format!(
-                "bench-peer hub-full-rings: rings are split or packed, not {other:?}"
-            ));
-        }
+    let ring = match args.get(4) {
+        None => RingFormat::Split,
+        Some(name) => RingFormat::from_name(name).ok_or_else(|| {
+            format!("bench-peer hub-full-rings: rings are split or packed, not {name:?}")
+        })?,
     };
     let plan = Plan {
         full_ring_msgs: msgs,
