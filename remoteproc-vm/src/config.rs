@@ -9,6 +9,9 @@
 //!                          #   a multiple of 2 MiB, at most 1 GiB; default 16 MiB
 //! recovery = "restart"     # "restart" (default) or "none"
 //! max_restarts = 3         # kvm only, with recovery = "restart"; default 3
+//! ring = "split"           # kvm only: "split" (default) or "packed" virtqueues, asked of the
+//!                          #   firmware through the vamp platform entry (an older firmware
+//!                          #   that cannot run packed rings gets split ones)
 //!
 //! [[remote]]
 //! name = "r5-0"
@@ -24,6 +27,7 @@ use crate::image::ImageSource;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use vamp_rpmsg::transport::RingFormat;
 
 /// Memory of a KVM remote when the config does not say.
 pub const DEFAULT_KVM_MEMORY: u64 = 16 << 20;
@@ -134,6 +138,8 @@ pub enum BackendSpec {
     Kvm {
         /// Bytes of RAM.
         memory: u64,
+        /// The virtqueue format asked of its firmware.
+        ring: RingFormat,
     },
     /// A physical core behind Linux's remoteproc sysfs.
     Sysfs {
@@ -209,6 +215,7 @@ struct RawRemote {
     memory: Option<RawSize>,
     recovery: Option<String>,
     max_restarts: Option<u32>,
+    ring: Option<String>,
 }
 
 /// Reads a size: bytes, hex (`0x...`), or a number with `K`/`M`/`G` (`KiB`... too).
@@ -290,9 +297,25 @@ impl RemoteSpec {
                         ),
                     ));
                 }
-                BackendSpec::Kvm { memory }
+                let ring = match raw.ring.as_deref() {
+                    None => RingFormat::Split,
+                    Some(name) => RingFormat::from_name(name).ok_or_else(|| {
+                        invalid(
+                            "ring",
+                            format!("{name:?} is neither \"split\" nor \"packed\""),
+                        )
+                    })?,
+                };
+                BackendSpec::Kvm { memory, ring }
             }
             "sysfs" => {
+                if raw.ring.is_some() {
+                    return Err(invalid(
+                        "ring",
+                        "only for backend = \"kvm\" (the kernel's driver picks a core's rings)"
+                            .into(),
+                    ));
+                }
                 if raw.memory.is_some() {
                     return Err(invalid(
                         "memory",
@@ -394,7 +417,7 @@ impl RemotesConfig {
     ///     "#,
     /// )?;
     /// assert_eq!(config.remotes[0].image, ImageRef::Builtin("echo".into()));
-    /// assert_eq!(config.remotes[0].backend, BackendSpec::Kvm { memory: 16 << 20 });
+    /// assert!(matches!(config.remotes[0].backend, BackendSpec::Kvm { memory: 0x100_0000, .. }));
     /// assert!(matches!(config.remotes[1].backend, BackendSpec::Sysfs { .. }));
     /// assert_eq!(config.remotes[1].recovery, Recovery::None);
     /// // What is wrong is named, not guessed at.
@@ -452,6 +475,7 @@ mod tests {
                 name: "a".into(),
                 image: ImageRef::Builtin("echo".into()),
                 backend: BackendSpec::Kvm {
+                    ring: RingFormat::Split,
                     memory: DEFAULT_KVM_MEMORY
                 },
                 recovery: Recovery::Restart { max_restarts: 3 },

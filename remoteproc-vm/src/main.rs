@@ -17,7 +17,7 @@ use vamp_remoteproc::sysfs::SysfsRemote;
 use vamp_rpmsg::apps::{ECHO_CHANNEL, PingSummary, ping, ping_payload};
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::rpmsg::{Handler, NsEvent, Received, Rpmsg};
-use vamp_rpmsg::transport::{BufferConfig, Transport};
+use vamp_rpmsg::transport::{BufferConfig, RingFormat, Transport};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,6 +49,10 @@ enum Command {
         /// RAM of the micro-VM in MiB (a multiple of 2).
         #[arg(long, default_value_t = DEFAULT_MEMORY >> 20)]
         memory_mib: u64,
+        /// The virtqueues to ask of the firmware (split or packed), through the vamp platform
+        /// entry; a firmware that cannot run packed rings gets split ones.
+        #[arg(long, default_value = "split", value_parser = parse_ring)]
+        ring: RingFormat,
         /// Restart the remote when it crashes (at most this many times).
         #[arg(long, default_value_t = 0)]
         restarts: u32,
@@ -241,11 +245,17 @@ impl<T: Transport> Handler<T> for Announcements {
     }
 }
 
-fn boot(image: &str, memory_mib: u64) -> Result<Remoteproc<KvmRemote>, String> {
+/// A `--ring` value.
+fn parse_ring(name: &str) -> Result<RingFormat, String> {
+    RingFormat::from_name(name).ok_or_else(|| format!("{name:?}: say split or packed"))
+}
+
+fn boot(image: &str, memory_mib: u64, ring: RingFormat) -> Result<Remoteproc<KvmRemote>, String> {
     vamp_remoteproc::kvm::kvm_available()?;
     let source = image_source(image)?;
     let options = KvmOptions {
         memory: memory_mib << 20,
+        ring_format: ring,
         ..Default::default()
     };
     let mut rp = Remoteproc::new(KvmRemote::new(options).map_err(|e| e.to_string())?);
@@ -253,8 +263,9 @@ fn boot(image: &str, memory_mib: u64) -> Result<Remoteproc<KvmRemote>, String> {
     rp.load_source(source).map_err(|e| e.to_string())?;
     rp.start().map_err(|e| e.to_string())?;
     println!(
-        "{image}: loaded and started in {} us",
-        t0.elapsed().as_micros()
+        "{image}: loaded and started in {} us, on {} rings",
+        t0.elapsed().as_micros(),
+        vamp_remoteproc::backend::RemoteBackend::ring_format(rp.backend())
     );
     Ok(rp)
 }
@@ -300,7 +311,7 @@ fn run(
     image: &str,
     ping_count: Option<u32>,
     channel: &str,
-    memory_mib: u64,
+    (memory_mib, ring): (u64, RingFormat),
     restarts: u32,
     timeout: u64,
     proxy: ProxyOption,
@@ -328,7 +339,7 @@ fn run(
         }
         None => None,
     };
-    let mut rp = boot(image, memory_mib)?;
+    let mut rp = boot(image, memory_mib, ring)?;
     report.lock().set_state(rp.state());
     let timeout = Duration::from_secs(timeout.max(1));
     loop {
@@ -579,6 +590,7 @@ fn main() -> ExitCode {
             ping,
             channel,
             memory_mib,
+            ring,
             restarts,
             timeout,
             proxy,
@@ -596,7 +608,7 @@ fn main() -> ExitCode {
                 &image,
                 ping,
                 &channel,
-                memory_mib,
+                (memory_mib, ring),
                 restarts,
                 timeout,
                 proxy,
@@ -656,7 +668,7 @@ fn main() -> ExitCode {
                     println!("{}: {}", spec.name, sysfs_state(&core)?);
                     Ok(true)
                 }
-                BackendSpec::Kvm { memory } => {
+                BackendSpec::Kvm { memory, ring } => {
                     let image = spec.image.to_string();
                     let restarts = spec.recovery.max_restarts();
                     let proxy = (image == "proxy").then_some((
@@ -668,7 +680,7 @@ fn main() -> ExitCode {
                         &image,
                         None,
                         ECHO_CHANNEL,
-                        memory >> 20,
+                        (memory >> 20, *ring),
                         restarts,
                         20,
                         proxy,

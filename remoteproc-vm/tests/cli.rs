@@ -28,6 +28,22 @@ fn run_echo_ping_exits_zero_only_when_all_matched() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("1000/1000 echoes matched"), "{t}");
+    assert!(t.contains("on split rings"), "{t}");
+    // Packed rings, asked of the firmware through the platform entry.
+    let out = bin()
+        .args(["run", "echo", "--ring", "packed", "--ping", "300"])
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("on packed rings"), "{t}");
+    assert!(t.contains("300/300 echoes matched"), "{t}");
+    let out = bin()
+        .args(["run", "echo", "--ring", "bent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("say split or packed"), "{}", text(&out));
     assert!(
         t.contains("name service: \"rpmsg-openamp-demo-channel\""),
         "{t}"

@@ -131,6 +131,9 @@ fn table(status: &HubStatus) -> String {
         let _ = writeln!(out, "\n{} {}:", l.kind, l.name);
         let _ = writeln!(out, "  announced: {}", list(&l.announced));
         let _ = writeln!(out, "  offered:   {}", list(&l.offered));
+        if let Some(rings) = l.rings {
+            let _ = writeln!(out, "  rings:     {rings}");
+        }
         let drops: Vec<String> = DropReason::ALL
             .iter()
             .filter(|r| l.stats.drops(**r) > 0)

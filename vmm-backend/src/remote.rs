@@ -181,8 +181,8 @@ pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), 
         remote: name.clone(),
         source,
     };
-    let memory = match &spec.backend {
-        BackendSpec::Kvm { memory } => *memory,
+    let (memory, ring_format) = match &spec.backend {
+        BackendSpec::Kvm { memory, ring } => (*memory, *ring),
         BackendSpec::Sysfs { path } => {
             let path = path.clone();
             return bridge::serve_sysfs_remote(hub, id, spec, &path);
@@ -196,6 +196,7 @@ pub fn serve_remote(hub: SharedHub, id: LinkId, spec: RemoteSpec) -> Result<(), 
     };
     let options = KvmOptions {
         memory,
+        ring_format,
         ..Default::default()
     };
     let mut rp = Remoteproc::new(KvmRemote::new(options).map_err(backend)?);

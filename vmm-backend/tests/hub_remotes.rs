@@ -40,20 +40,28 @@ fn a_guest_pings_a_kvm_remote_through_the_hub() {
     if !kvm_or_skip("a_guest_pings_a_kvm_remote_through_the_hub") {
         return;
     }
-    let hub = start(ALICE_AND_R5);
-    let mut alice = hub.connect(0);
-    let summary = ping(
-        alice.rpmsg(),
-        &mut EnvWaiter,
-        "rpmsg-openamp-demo-channel",
-        1000,
-        Duration::from_secs(20),
-        "alice",
-    )
-    .unwrap();
-    assert!(summary.all_matched(), "{summary}");
-    let remote = hub.hub.topology().link_index("r5").unwrap();
-    assert!(hub.hub.link(remote).stats(remote).forwarded >= 1000);
+    // The remote on split rings (the default), then on packed rings asked of its firmware
+    // through the platform entry (`ring = "packed"`): the hub's driver follows.
+    let packed = ALICE_AND_R5.replace("image = \"echo\"", "image = \"echo\"\nring = \"packed\"");
+    for (topology, rings) in [(ALICE_AND_R5, "split"), (packed.as_str(), "packed")] {
+        let hub = start(topology);
+        let mut alice = hub.connect(0);
+        let summary = ping(
+            alice.rpmsg(),
+            &mut EnvWaiter,
+            "rpmsg-openamp-demo-channel",
+            1000,
+            Duration::from_secs(20),
+            "alice",
+        )
+        .unwrap();
+        assert!(summary.all_matched(), "{summary}");
+        let remote = hub.hub.topology().link_index("r5").unwrap();
+        assert!(hub.hub.link(remote).stats(remote).forwarded >= 1000);
+        let status = hub.hub.status();
+        assert_eq!(status.links[remote].rings, Some(rings), "{status:?}");
+        assert_eq!(status.links[0].rings, Some("split"), "alice: {status:?}");
+    }
 }
 
 #[derive(Default)]

@@ -140,6 +140,11 @@ impl Transport for LinkTransport {
 }
 
 impl LinkTransport {
+    /// The format its rings run in.
+    pub(super) fn ring_format(&self) -> RingFormat {
+        each_role!(self, t => t.ring_format())
+    }
+
     /// Where a device-role link's rings stand (vhost-user's GET_VRING_BASE); `None` for a
     /// driver-role link, whose rings the hub owns.
     pub(super) fn next_avail(&self) -> Option<[u16; 2]> {

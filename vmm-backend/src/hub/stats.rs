@@ -212,6 +212,8 @@ pub struct LinkStatus {
     pub state: &'static str,
     /// Why it is broken, when it is.
     pub broken_why: Option<&'static str>,
+    /// Its rings' format ("split" or "packed"), while up.
+    pub rings: Option<&'static str>,
     /// Names it announced (its own endpoints), while up.
     pub announced: Vec<String>,
     /// Names the hub announced to it (host services and other guests' names its topology
@@ -279,6 +281,10 @@ impl Hub {
                     kind: slot.kind,
                     state,
                     broken_why: slot.broken.map(|_| slot.broken_why),
+                    rings: slot
+                        .link
+                        .as_ref()
+                        .map(|l| l.engine.transport().ring_format().name()),
                     announced,
                     offered,
                     queued_now,
