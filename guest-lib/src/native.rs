@@ -123,10 +123,10 @@ const WAIT_SLICE_US: u64 = 100_000;
 
 /// Kicks as single bytes over a UNIX stream socket.
 ///
-/// The socket stays in blocking mode with a receive timeout of [`WAIT_SLICE_US`]: a wait is
-/// one blocking read that returns with the kick, so a wake-up costs one system call (a `poll`
-/// before the read would double it, and each is microseconds under a hypervisor). Sends and
-/// the reads that must not block say so per call (`MSG_DONTWAIT`).
+/// The socket stays in blocking mode with a receive timeout of 100 ms: a wait is one blocking
+/// read that returns with the kick, so a wake-up costs one system call (a `poll` before the
+/// read would double it, and each is microseconds under a hypervisor). Sends and the reads
+/// that must not block say so per call (`MSG_DONTWAIT`).
 #[derive(Debug)]
 pub struct SocketEnv {
     stream: UnixStream,
