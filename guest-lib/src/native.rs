@@ -199,23 +199,30 @@ impl Environment for SocketEnv {
     fn notify(&mut self, _queue: u16) {
         // OpenAMP's machine ignores the notify id: any byte means "look at your rings".
         let byte = 1u8;
-        // SAFETY: `byte` is valid for reads of one byte for the duration of the call.
-        let n = unsafe {
-            libc::send(
-                self.stream.as_raw_fd(),
-                (&byte as *const u8).cast(),
-                1,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n == 1 {
-            self.kicks_sent += 1;
-        } else {
+        loop {
+            // SAFETY: `byte` is valid for reads of one byte for the duration of the call.
+            let n = unsafe {
+                libc::send(
+                    self.stream.as_raw_fd(),
+                    (&byte as *const u8).cast(),
+                    1,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n == 1 {
+                self.kicks_sent += 1;
+                return;
+            }
             match io::Error::last_os_error().kind() {
+                // Nothing was sent: send it again.
+                io::ErrorKind::Interrupted => {}
                 // A full socket already holds kicks the peer has not read: one more adds
-                // nothing. A signal: the same byte again would be a second kick for nothing.
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
-                _ => self.peer_gone = true,
+                // nothing.
+                io::ErrorKind::WouldBlock => return,
+                _ => {
+                    self.peer_gone = true;
+                    return;
+                }
             }
         }
     }
