@@ -87,6 +87,44 @@ fn host_and_remote_processes_exchange_echoes() {
     assert!(r.contains("shutdown requested after 1000 echoes"), "{r}");
 }
 
+/// One kick each way per echo: the host kicks for its request, the remote for its answer.
+/// The remote asks for no kick when the host posts a receive buffer back on vq 0 (OpenAMP's
+/// device role does the same); if it did, every echo would cost the host a second kick and
+/// system call.
+#[test]
+fn an_echo_costs_one_kick_each_way() {
+    const COUNT: u32 = 300;
+    let paths = native::private_paths("it-kicks");
+    let remote = spawn_remote(&paths);
+    let mut host = native::start_host(&paths, Duration::from_secs(60)).unwrap();
+    let summary = ping(
+        &mut host,
+        &mut EnvWaiter,
+        ECHO_CHANNEL,
+        COUNT,
+        Duration::from_secs(60),
+        "host",
+    );
+    let env = host.transport_mut().env_mut();
+    let (sent, received) = (env.kicks_sent, env.kicks_received);
+    drop(host);
+    let remote = remote.wait_with_output().unwrap();
+    native::cleanup(&paths);
+    let r = text(&remote);
+    let summary = summary.unwrap_or_else(|e| panic!("ping failed: {e}\nremote:\n{r}"));
+    assert!(summary.all_matched(), "{summary:?}\nremote:\n{r}");
+    // Beyond one per echo: the buffers posted at start, the shutdown word, the announcement.
+    let most = u64::from(COUNT) + 8;
+    assert!(
+        sent <= most,
+        "the host sent {sent} kicks for {COUNT} echoes (at most {most} expected)"
+    );
+    assert!(
+        received <= most,
+        "the remote sent {received} kicks for {COUNT} echoes (at most {most} expected)"
+    );
+}
+
 #[test]
 fn remote_notices_a_host_that_dies() {
     let paths = native::private_paths("it-dies");

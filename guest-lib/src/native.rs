@@ -42,7 +42,7 @@ use crate::wire::resource_table::{
     RSC_VDEV, Resource, ResourceTable, ResourceTableBuilder, VDEV_GFEATURES_AT, VDEV_STATUS_AT,
     VdevVringSpec,
 };
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -132,7 +132,17 @@ impl From<crate::transport::LinkError> for NativeError {
     }
 }
 
+/// Longest blocking read in one step of [`SocketEnv`]'s wait. A wait longer than this reads
+/// in steps of it (an idle wait of a second wakes ten times, microseconds of CPU each) and
+/// bounds its last part with `poll`, so no wait outlasts its timeout.
+const WAIT_SLICE_US: u64 = 100_000;
+
 /// Kicks as single bytes over a UNIX stream socket.
+///
+/// The socket stays in blocking mode with a receive timeout of 100 ms: a wait is one blocking
+/// read that returns with the kick, so a wake-up costs one system call (a `poll` before the
+/// read would double it, and each is microseconds under a hypervisor). Sends and the reads
+/// that must not block say so per call (`MSG_DONTWAIT`).
 #[derive(Debug)]
 pub struct SocketEnv {
     stream: UnixStream,
@@ -147,8 +157,11 @@ pub struct SocketEnv {
 impl SocketEnv {
     fn new(stream: UnixStream) -> Result<Self, NativeError> {
         stream
-            .set_nonblocking(true)
+            .set_nonblocking(false)
             .map_err(|e| NativeError::Io("socket mode", e))?;
+        stream
+            .set_read_timeout(Some(Duration::from_micros(WAIT_SLICE_US)))
+            .map_err(|e| NativeError::Io("socket receive timeout", e))?;
         Ok(SocketEnv {
             stream,
             start: Instant::now(),
@@ -168,55 +181,92 @@ impl SocketEnv {
         Environment::wait(self, timeout.as_micros() as u64)
     }
 
-    /// Reads every pending kick byte; returns how many there were.
     /// Reads the kicks that are queued, up to 64 (more stay queued and wake the next wait at
-    /// once, which costs nothing but a look at the rings). End of stream: the peer is gone.
-    fn take_kicks(&mut self) -> u64 {
+    /// once, which costs nothing but a look at the rings); returns how many there were. With
+    /// `block`, waits for the first one up to [`WAIT_SLICE_US`]. End of stream or a broken
+    /// connection: the peer is gone.
+    fn take_kicks(&mut self, block: bool) -> u64 {
         let mut buf = [0u8; 64];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => {
-                    self.peer_gone = true;
-                    return 0;
-                }
-                Ok(k) => {
-                    self.kicks_received += k as u64;
-                    return k as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return 0,
-            }
+        let flags = if block { 0 } else { libc::MSG_DONTWAIT };
+        // SAFETY: `buf` is valid for writes of its length for the duration of the call.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                flags,
+            )
+        };
+        match n {
+            0 => self.peer_gone = true,
+            1.. => self.kicks_received += n as u64,
+            _ => match io::Error::last_os_error().kind() {
+                // Nothing queued (or the receive timeout passed), or a signal came first:
+                // the caller looks at the clock and decides.
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
+                _ => self.peer_gone = true,
+            },
         }
+        n.max(0) as u64
     }
 }
 
 impl Environment for SocketEnv {
     fn notify(&mut self, _queue: u16) {
         // OpenAMP's machine ignores the notify id: any byte means "look at your rings".
-        match self.stream.write(&[1]) {
-            Ok(_) => self.kicks_sent += 1,
-            // A full socket already holds kicks the peer has not read: one more adds nothing.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => self.peer_gone = true,
+        let byte = 1u8;
+        loop {
+            // SAFETY: `byte` is valid for reads of one byte for the duration of the call.
+            let n = unsafe {
+                libc::send(
+                    self.stream.as_raw_fd(),
+                    (&byte as *const u8).cast(),
+                    1,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n == 1 {
+                self.kicks_sent += 1;
+                return;
+            }
+            match io::Error::last_os_error().kind() {
+                // Nothing was sent: send it again.
+                io::ErrorKind::Interrupted => {}
+                // A full socket already holds kicks the peer has not read: one more adds
+                // nothing.
+                io::ErrorKind::WouldBlock => return,
+                _ => {
+                    self.peer_gone = true;
+                    return;
+                }
+            }
         }
     }
 
     fn wait(&mut self, timeout_us: u64) -> bool {
-        if self.peer_gone {
-            return false;
+        let start = Instant::now();
+        loop {
+            if self.peer_gone {
+                return false;
+            }
+            let left = timeout_us.saturating_sub(start.elapsed().as_micros() as u64);
+            if left < WAIT_SLICE_US {
+                // The last part of the wait: poll bounds it (rounded up to a millisecond),
+                // then the queued kicks are read without blocking.
+                let mut pfd = libc::pollfd {
+                    fd: self.stream.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                let ms = left.div_ceil(1000) as i32;
+                // SAFETY: `pfd` is a valid pollfd for the duration of the call; count 1 matches.
+                let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+                return r > 0 && self.take_kicks(false) > 0;
+            }
+            if self.take_kicks(true) > 0 {
+                return true;
+            }
         }
-        // poll returns at once when kicks are already queued, so no read is tried first: on
-        // the wake-up path this is one poll and one read, the fewest system calls a kick on a
-        // stream socket allows (each costs microseconds under a hypervisor).
-        let mut pfd = libc::pollfd {
-            fd: self.stream.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout_us.div_ceil(1000).min(i32::MAX as u64) as i32;
-        // SAFETY: `pfd` is a valid pollfd for the duration of the call; count 1 matches.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        r > 0 && self.take_kicks() > 0
     }
 
     fn now_us(&mut self) -> u64 {
@@ -467,7 +517,12 @@ pub fn start_remote(
         name_service: u64::from(features) & VIRTIO_RPMSG_F_NS != 0,
         ..Config::default()
     };
-    Ok(Rpmsg::new(t, config))
+    let mut rpmsg = Rpmsg::new(t, config);
+    // No kick for every receive buffer the host posts back on vq 0: the engine asks for them
+    // only while a send waits for one, as OpenAMP's device role does (it marks vq 0
+    // VRING_USED_F_NO_NOTIFY). Left on, each echo cost the host a second kick and system call.
+    rpmsg.transport_mut().want_tx_notifications(false)?;
+    Ok(rpmsg)
 }
 
 /// Starts the host (driver) side: connects (retrying until `timeout`), reads the remote's
@@ -739,6 +794,74 @@ mod tests {
         assert!(err.is_err());
         drop(shm);
         cleanup(&paths);
+    }
+
+    /// Both ends of a kick socket, each as a [`SocketEnv`].
+    fn env_pair() -> (SocketEnv, SocketEnv) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (SocketEnv::new(a).unwrap(), SocketEnv::new(b).unwrap())
+    }
+
+    #[test]
+    fn a_wait_ends_with_the_kick_and_takes_every_queued_byte() {
+        let (mut a, mut b) = env_pair();
+        // Nothing queued: a zero timeout looks and returns.
+        assert!(!b.wait_for_kick(Duration::ZERO));
+        a.notify(0);
+        a.notify(1);
+        assert_eq!(a.kicks_sent, 2);
+        // Queued kicks end a long wait at once, both taken by one read.
+        let t = Instant::now();
+        assert!(b.wait_for_kick(Duration::from_secs(60)));
+        assert!(t.elapsed() < Duration::from_secs(30));
+        assert_eq!(b.kicks_received, 2);
+        // A kick sent while the other side blocks in its read wakes it.
+        let kicker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            a.notify(0);
+            a
+        });
+        let t = Instant::now();
+        assert!(b.wait_for_kick(Duration::from_secs(60)));
+        assert!(t.elapsed() < Duration::from_secs(30));
+        assert_eq!(b.kicks_received, 3);
+        let a = kicker.join().unwrap();
+        assert!(!a.peer_gone() && !b.peer_gone());
+    }
+
+    #[test]
+    fn a_wait_without_a_kick_lasts_its_whole_timeout() {
+        let (_a, mut b) = env_pair();
+        // Longer than one blocking read: the wait reads in steps, then polls the rest.
+        for ms in [5, WAIT_SLICE_US / 1000 + 50, 2 * WAIT_SLICE_US / 1000 + 1] {
+            let t = Instant::now();
+            assert!(!b.wait_for_kick(Duration::from_millis(ms)));
+            let took = t.elapsed();
+            assert!(
+                took >= Duration::from_millis(ms),
+                "{ms} ms wait took {took:?}"
+            );
+            assert!(took < Duration::from_secs(30), "{ms} ms wait took {took:?}");
+        }
+        assert!(!b.peer_gone());
+    }
+
+    #[test]
+    fn a_wait_ends_when_the_peer_closes() {
+        let (a, mut b) = env_pair();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            drop(a);
+        });
+        let t = Instant::now();
+        assert!(!b.wait_for_kick(Duration::from_secs(60)));
+        assert!(t.elapsed() < Duration::from_secs(30));
+        assert!(b.peer_gone());
+        closer.join().unwrap();
+        // Gone stays gone: no more waiting, and a kick goes nowhere.
+        assert!(!b.wait_for_kick(Duration::from_secs(60)));
+        b.notify(0);
+        assert_eq!(b.kicks_sent, 0);
     }
 
     #[test]
