@@ -3,7 +3,7 @@
 //! `GuestRam` (once per table), and runs the hub for each kick (`handle_event`, on the
 //! connection's vring worker, confined at its first event). A polled guest's kicks also hand
 //! its rings to the poll thread (crate::vhost_user::poll); both serve them through
-//! [`serve_rings`].
+//! `serve_rings`.
 
 use super::control::ResetNotice;
 use super::poll::Job;

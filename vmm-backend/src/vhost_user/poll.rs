@@ -12,7 +12,7 @@
 //!    or with EVENT_IDX an `avail_event` out of reach; packed rings: DISABLE in the device
 //!    event structure) and serves its rings.
 //! 2. Each round serves the rings through the same call a kick makes
-//!    ([`serve_rings`](super::device::serve_rings)); a round that takes something restarts
+//!    (`device::serve_rings`); a round that takes something restarts
 //!    the quiet period.
 //! 3. After the quiet period with nothing taken, kicks are enabled again and then the rings
 //!    are served once more (enable, then check, as virtio requires: whatever the guest made
@@ -22,11 +22,12 @@
 //!
 //! The hub's interrupts to the guest are untouched: they follow the guest's own suppression.
 //! The poll thread never brings a link up (a kick does) and leaves a guest whose link went
-//! down until its next kick. A guest's job is withdrawn ([`Job::withdraw`]) before its rings
-//! are stopped or reset and when its connection goes: once that returns, the poll thread does
-//! not touch the guest again. A flooding guest keeps being polled, each round bounded, the
+//! down until its next kick. Polling a guest pauses (`Job::pause`) before its rings are
+//! stopped or reset, until its next kick, and its job is withdrawn (`Job::withdraw`) when its
+//! connection goes: once either returns, no round is under way, and after a withdrawal the
+//! poll thread never touches the guest again. A flooding guest keeps being polled, each round bounded, the
 //! hub's lock released between rounds; the thread that wants a job's state (a kick, a stop)
-//! gets it before the next round of that job ([`Job::wanted`]).
+//! gets it before the next round of that job (`Job::wanted`).
 
 use super::device::{Kicks, record, serve_rings};
 use crate::guest_memory::GuestRam;
