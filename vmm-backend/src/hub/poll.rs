@@ -4,6 +4,7 @@
 //! interrupts are not touched: they follow the guest's own suppression, as without polling.
 
 use super::{Hub, LinkId, LinkTransport};
+use vamp_rpmsg::vring::VringLayout;
 
 impl Hub {
     /// Asks guest `id` not to kick (`on`: the hub polls its rings) or to kick again (`off`),
@@ -33,6 +34,12 @@ impl Hub {
                 false
             }
         }
+    }
+
+    /// Whether guest `id`'s link is up on `rings` (a poll thread serves only the rings a
+    /// kick brought up: rings it was given earlier may have been replaced since).
+    pub fn is_up_on(&self, id: LinkId, rings: &[VringLayout; 2]) -> bool {
+        self.link(id).is_some_and(|l| &l.rings == rings)
     }
 
     /// Events (messages, announcements, dropped input) taken from guest `id`'s rings so far,

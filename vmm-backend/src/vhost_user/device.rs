@@ -243,7 +243,8 @@ pub(super) struct Served {
 
 /// Serves guest `id`'s rings: the one call into the hub of both a kick (`handle_event`) and
 /// the poll thread (crate::vhost_user::poll). `None` when `kicks` is not
-/// [`Kicks::Unchanged`] and the guest's link is down: only a kick brings a link up.
+/// [`Kicks::Unchanged`] and the guest's link is not up on `info`'s rings: only a kick brings
+/// a link up, or moves it to new rings.
 pub(super) fn serve_rings(
     hub: &SharedHub,
     id: LinkId,
@@ -253,7 +254,7 @@ pub(super) fn serve_rings(
     kicks: Kicks,
 ) -> Option<Served> {
     let mut hub = hub.lock();
-    if kicks != Kicks::Unchanged && !hub.is_up(id) {
+    if kicks != Kicks::Unchanged && !hub.is_up_on(id, &info.rings) {
         return None;
     }
     // Enable, then check: the service below sees what was made available before the
