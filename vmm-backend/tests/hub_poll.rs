@@ -2,7 +2,8 @@
 //! with no kick from it; after its quiet period the hub goes back to its kicks, and a kick
 //! brings polling back; on split and packed rings, in the `vhost-user-rpmsg` binary
 //! (`--poll`) and per guest in a topology (`poll = true`); a polled guest that breaks its ring
-//! costs the other polled guests nothing; malformed settings are refused.
+//! or floods costs the other polled guests nothing; a polled guest reconnects; the polling
+//! binary stops cleanly on SIGTERM; malformed settings are refused.
 //!
 //! Kicks are counted where the guest makes them (its engine's environment): while the hub
 //! polls, the guest's driver sees them suppressed and makes none. The checks wait for
@@ -286,4 +287,67 @@ fn malformed_poll_settings_are_refused() {
         );
     }
     assert!(!dir.path().join("s").exists(), "nothing listened");
+}
+
+#[test]
+fn a_flooding_polled_guest_does_not_stall_another() {
+    let hub = TestHub::start("poll-flood", &two_guests(60_000, true));
+    let none = String::new;
+    let mut flooder = Pinger::new(Guest::connect_served(&hub, 0));
+    let mut other = Pinger::new(Guest::connect_served(&hub, 1));
+    flooder.expect_polled(&none);
+    other.expect_polled(&none);
+    // The flooder sends to the echo as fast as its buffers come back, on a thread of its own,
+    // until told to stop.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (stopped, counted) = (stop.clone(), sent.clone());
+    let flood = std::thread::spawn(move || {
+        let p = &mut flooder;
+        while !stopped.load(Ordering::Relaxed) {
+            if p.guest.g.rpmsg().trysend(p.ept, &[0xf1; 496]).is_ok() {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+            p.guest.g.poll(&mut p.guest.inbox).unwrap();
+            p.guest.inbox.messages.clear();
+        }
+    });
+    common::wait_until("the flood under way", || {
+        sent.load(Ordering::Relaxed) >= 1000
+    });
+    let before = sent.load(Ordering::Relaxed);
+    // Meanwhile the other guest's round trips all complete, with no kick.
+    let mut kicked = 0;
+    for _ in 0..POLLED_ROUND_TRIPS {
+        kicked += other.round_trip();
+    }
+    let during = sent.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    assert_eq!(kicked, 0);
+    assert!(during > before, "the flood went on meanwhile");
+    assert!(hub.stats(0).served >= 1000);
+}
+
+#[test]
+fn a_polling_hub_stops_cleanly_on_sigterm() {
+    let dir = TempDir::new("poll-sigterm");
+    let (mut backend, socket, log) = polled_binary(&dir, &[]);
+    let log = || read_lossy(&log);
+    let mut p = Pinger::new(Guest::served_on(&socket));
+    p.expect_polled(&log);
+    // SAFETY: kill(2) of the child this test started.
+    unsafe { libc::kill(backend.child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = backend.exited() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running\n{}", log());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}\n{}", log());
+    assert!(!socket.exists(), "its socket removed");
 }
