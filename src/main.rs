@@ -98,6 +98,13 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Internal: the `vhost-user-rpmsg` hub (the same program; `vamp bench` runs its
+    /// busy-poll hub rows on it, in a process of its own).
+    #[command(hide = true, name = "vhost-user-rpmsg")]
+    VhostUserRpmsg {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Internal: the other side of one `vamp bench` measurement.
     #[command(hide = true)]
     BenchPeer {
@@ -165,6 +172,10 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             };
+        }
+        Command::VhostUserRpmsg { args } => {
+            let program = std::iter::once(bench::HUB_COMMAND.to_string());
+            return vamp_vmm_backend::cli::run(program.chain(args));
         }
         Command::BenchPeer { args } => {
             return match bench::run_peer(&args) {

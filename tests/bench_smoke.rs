@@ -64,11 +64,13 @@ impl Lookup for Value {
 }
 
 /// The links (and modes) measured on packed rings as well as split ones.
-const PACKED_LINKS: [(&str, &str); 6] = [
+const PACKED_LINKS: [(&str, &str); 8] = [
     ("native", "notify"),
     ("native", "busy-poll"),
     ("hub_echo", "notify"),
+    ("hub_echo", "busy-poll"),
     ("guest_hub_guest", "notify"),
+    ("guest_hub_guest", "busy-poll"),
     ("kvm", "notify"),
     ("kvm", "busy-poll"),
 ];

@@ -1012,6 +1012,22 @@ impl<M: SharedMemory, E: Environment> DeviceTransport<M, E> {
         Ok(())
     }
 
+    /// Asks the driver not to kick us on either queue (`on`), or to kick us again (`off`),
+    /// leaving our notifications to the driver as they are (unlike [`set_busy_poll`](Self::set_busy_poll)):
+    /// for a device that polls the rings for a while. On: VRING_USED_F_NO_NOTIFY, and with
+    /// EVENT_IDX an `avail_event` kept out of reach (split); DISABLE in the device event
+    /// structure (packed). Off: kicks are enabled on both queues; the caller then checks the
+    /// rings once, since the driver may have made buffers available before it saw the change.
+    pub fn set_kick_suppression(&mut self, on: bool) -> Result<(), LinkError> {
+        self.tx.set_kick_suppression(&self.mem, on)?;
+        self.rx.set_kick_suppression(&self.mem, on)?;
+        if !on {
+            self.tx.enable_kicks(&self.mem)?;
+            self.rx.enable_kicks(&self.mem)?;
+        }
+        Ok(())
+    }
+
     /// The ring layouts of vq 0 and vq 1 (for packed rings, the three areas of each).
     pub fn rings(&self) -> [VringLayout; 2] {
         self.rings

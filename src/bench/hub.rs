@@ -31,10 +31,7 @@ pub(super) fn topology(guests: usize, pairs: bool, socket_dir: &Path) -> Res<Top
     let t = Topology {
         control_socket: None,
         guests: (0..guests)
-            .map(|i| GuestSpec {
-                name: name(i),
-                socket: socket_dir.join(format!("g{i}.sock")),
-            })
+            .map(|i| GuestSpec::new(name(i), socket_dir.join(format!("g{i}.sock"))))
             .collect(),
         remotes: Vec::new(),
         services: vec![ServiceSpec {

@@ -1,17 +1,18 @@
-//! Guests driven in memory: their rings live in this process and the hub is polled directly,
-//! for the hub's busy-poll rows (no vhost-user threads in the way).
+//! Guests driven in memory: their rings live in this process and the hub is called directly,
+//! for the hub's own cost (the full-ring and scale rows: no vhost-user threads in the way).
+//! The hub's busy-poll rows run the real program instead (`polled_hub.rs`).
 
-use super::clients::{Echo, Fig, find_name, measure, rerr};
+use super::Res;
+use super::clients::Fig;
 use super::hub::topology;
-use super::sys::{TempDir, close_fd, efd_write, new_eventfd, pin, temp_dir};
-use super::{Cpus, ECHO_NAME, PEER_NAME, Plan, Res};
+use super::sys::{TempDir, close_fd, efd_write, new_eventfd, temp_dir};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use vamp_rpmsg::guest_ram::GuestRam;
 use vamp_rpmsg::rpmsg::{Config, Rpmsg};
 use vamp_rpmsg::transport::{DriverTransport, Environment, Transport};
-use vamp_rpmsg::wire::{ADDR_ANY, Endian};
+use vamp_rpmsg::wire::Endian;
 use vamp_vmm_backend::frontend::GuestOptions;
 use vamp_vmm_backend::hub::SharedHub;
 use vamp_vmm_backend::hub::{Hub, Notifier, RingsInfo};
@@ -115,10 +116,6 @@ impl DirectGuest {
     pub(super) fn serve(&self, hub: &SharedHub, notifier: &Arc<dyn Notifier>) {
         hub.service(self.id, &self.ram, self.info, notifier);
     }
-
-    fn kicks(&mut self) -> u64 {
-        self.rpmsg.transport_mut().env_mut().kicks
-    }
 }
 
 pub(super) fn call_notifier() -> Res<Arc<CallNotifier>> {
@@ -142,87 +139,4 @@ pub(super) fn direct_hub(guests: usize, pairs: bool) -> Res<(SharedHub, TempDir)
     let dir = temp_dir("direct")?;
     let t = topology(guests, pairs, &dir.0)?;
     Ok((SharedHub::new(Hub::new(t)), dir))
-}
-
-/// A thread on `cpu` that serves the given guests' rings in a loop until `stop`; `extra`
-/// runs in the same loop (an echo guest sharing the CPU).
-/// Returns, when stopped, the kicks the extra guest sent.
-fn hub_poller(
-    hub: SharedHub,
-    served: Vec<(usize, GuestRam, RingsInfo)>,
-    mut extra: Option<DirectGuest>,
-    cpu: usize,
-    stop: Arc<AtomicBool>,
-    notifier: Arc<dyn Notifier>,
-) -> std::thread::JoinHandle<Res<u64>> {
-    std::thread::spawn(move || {
-        pin(cpu);
-        let mut echo = Echo::new();
-        let kicks0 = extra.as_mut().map_or(0, DirectGuest::kicks);
-        while !stop.load(Ordering::Relaxed) {
-            for (id, ram, info) in &served {
-                hub.service(*id, ram, *info, &notifier);
-            }
-            if let Some(g) = extra.as_mut() {
-                g.rpmsg.poll(&mut echo).map_err(rerr)?;
-            }
-        }
-        Ok(extra.as_mut().map_or(0, DirectGuest::kicks) - kicks0)
-    })
-}
-
-pub(super) fn hub_echo_busy(plan: &Plan, cpus: Cpus) -> [Res<Fig>; 2] {
-    let run = || -> Res<[Res<Fig>; 2]> {
-        let (hub, _dir) = direct_hub(1, false)?;
-        let calls = call_notifier()?;
-        let notifier: Arc<dyn Notifier> = calls.clone();
-        let mut g = DirectGuest::new(0, true)?;
-        g.serve(&hub, &notifier);
-        let addr = find_name(&mut g.rpmsg, ECHO_NAME, true)?;
-        let ept = g.rpmsg.create_ept(b"", ADDR_ANY, addr).map_err(rerr)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let before = g.kicks() + calls.count.load(Ordering::Relaxed);
-        let poller = hub_poller(
-            hub.clone(),
-            vec![(0, g.ram.clone(), g.info)],
-            None,
-            cpus.b,
-            stop.clone(),
-            notifier,
-        );
-        let figs = measure(&mut g.rpmsg, (ept, addr), true, plan);
-        stop.store(true, Ordering::Relaxed);
-        poller.join().map_err(|_| "hub poller panicked")??;
-        let after = g.kicks() + calls.count.load(Ordering::Relaxed);
-        Ok(check_quiet(figs, after - before))
-    };
-    run().unwrap_or_else(|e| [Err(e.clone()), Err(e)])
-}
-
-pub(super) fn guest_to_guest_busy(plan: &Plan, cpus: Cpus) -> [Res<Fig>; 2] {
-    let run = || -> Res<[Res<Fig>; 2]> {
-        let (hub, _dir) = direct_hub(2, true)?;
-        let calls = call_notifier()?;
-        let notifier: Arc<dyn Notifier> = calls.clone();
-        let mut a = DirectGuest::new(0, true)?;
-        let mut b = DirectGuest::new(1, true)?;
-        a.serve(&hub, &notifier);
-        b.serve(&hub, &notifier);
-        b.rpmsg
-            .create_ept(PEER_NAME.as_bytes(), ADDR_ANY, ADDR_ANY)
-            .map_err(rerr)?;
-        b.serve(&hub, &notifier);
-        let addr = find_name(&mut a.rpmsg, PEER_NAME, true)?;
-        let ept = a.rpmsg.create_ept(b"", ADDR_ANY, addr).map_err(rerr)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let served = vec![(0, a.ram.clone(), a.info), (1, b.ram.clone(), b.info)];
-        let before = a.kicks() + calls.count.load(Ordering::Relaxed);
-        let poller = hub_poller(hub.clone(), served, Some(b), cpus.b, stop.clone(), notifier);
-        let figs = measure(&mut a.rpmsg, (ept, addr), true, plan);
-        stop.store(true, Ordering::Relaxed);
-        let b_kicks = poller.join().map_err(|_| "hub poller panicked")??;
-        let after = a.kicks() + calls.count.load(Ordering::Relaxed) + b_kicks;
-        Ok(check_quiet(figs, after - before))
-    };
-    run().unwrap_or_else(|e| [Err(e.clone()), Err(e)])
 }

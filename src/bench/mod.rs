@@ -9,7 +9,8 @@
 //!   notifies, both spin on the rings), at 16 and 496 bytes: round-trip p50/p99 and windowed
 //!   throughput. The native two-process link (a copy of this program is the remote), a guest
 //!   (vamp's own vhost-user frontend) to the hub's echo, guest to hub to guest, and the host to
-//!   a KVM remote running the echo firmware.
+//!   a KVM remote running the echo firmware. The hub's busy-poll rows run `vhost-user-rpmsg
+//!   --poll` itself in a process of its own, on split and on packed rings.
 //! - **Scale**: per-message cost with 1, 8 and 64 guests on one hub, with 1, 100 and 10 000
 //!   endpoints in one link, and the hub's own cost per message with full rings.
 //! - **Rings**: every link, full-ring and scale row names the virtqueue format it ran on, split
@@ -29,6 +30,7 @@ mod json;
 mod kvm;
 mod native_link;
 mod peer;
+mod polled_hub;
 mod report;
 mod scale;
 mod sys;
@@ -39,10 +41,11 @@ use floors::{
     Floor, clock_overhead, engine_copy, floor_eventfd, floor_memcpy, floor_pingpong, floor_ring,
 };
 use hub::{guest_to_guest_notify, hub_echo_notify};
-use in_memory::{guest_to_guest_busy, hub_echo_busy};
 use kvm::{kvm_packed_rows, kvm_rows};
 use native_link::native_rows;
 pub use peer::run_peer;
+pub use polled_hub::HUB_COMMAND;
+use polled_hub::{guest_to_guest_busy, hub_echo_busy};
 use report::{FullRingRow, LinkMode, Report, ScaleRow, load_average, machine_facts, render};
 use scale::{ENDPOINT_COUNTS, endpoint_scale, guest_scale, hub_full_rings, hub_memory};
 use std::path::PathBuf;
@@ -360,15 +363,17 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
             nf2,
         );
     }
-    let figs = busy_only(two_cpus, || hub_echo_busy(&plan, cpus));
-    r.push_links(
-        "hub_echo",
-        "guest -> hub echo",
-        LinkMode::busy_poll(RingFormat::Split),
-        &hub_place,
-        figs,
-        spin,
-    );
+    for ring in RINGS {
+        let figs = busy_only(two_cpus, || hub_echo_busy(&plan, cpus, ring));
+        r.push_links(
+            "hub_echo",
+            "guest -> hub echo (vhost-user-rpmsg --poll)",
+            LinkMode::busy_poll(ring),
+            &hub_place,
+            figs,
+            spin,
+        );
+    }
     let g2g_place = format!("guests CPU {}, hub CPU {}", cpus.a, cpus.b);
     for ring in RINGS {
         let figs = guest_to_guest_notify(&plan, cpus, ring);
@@ -382,15 +387,17 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
         );
     }
     let g2g_busy = format!("guest CPU {}, hub + echo guest CPU {}", cpus.a, cpus.b);
-    let figs = busy_only(two_cpus, || guest_to_guest_busy(&plan, cpus));
-    r.push_links(
-        "guest_hub_guest",
-        "guest -> hub -> guest",
-        LinkMode::busy_poll(RingFormat::Split),
-        &g2g_busy,
-        figs,
-        spin,
-    );
+    for ring in RINGS {
+        let figs = busy_only(two_cpus, || guest_to_guest_busy(&plan, cpus, ring));
+        r.push_links(
+            "guest_hub_guest",
+            "guest -> hub -> guest (vhost-user-rpmsg --poll)",
+            LinkMode::busy_poll(ring),
+            &g2g_busy,
+            figs,
+            spin,
+        );
+    }
     eprintln!(
         "  hub links done ({:.1} s)",
         started.elapsed().as_secs_f64()

@@ -3,14 +3,15 @@
 //! stops them by closing their stdin.
 
 use super::floors::{peer_eventfd, peer_pingpong, peer_ring};
-use super::in_memory::hub_echo_busy;
 use super::native_link::{peer_native, peer_native_rows};
+use super::polled_hub::hub_echo_busy;
 use super::scale::{peer_hub_full_rings, peer_hub_guest, peer_hub_memory};
 use super::sys::{allowed_cpus, pin};
 use super::{Cpus, Plan, Res, SIZES, STEP_TIMEOUT};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
+use vamp_rpmsg::transport::RingFormat;
 
 /// A copy of this program, started with the hidden `bench-peer` command.
 #[derive(Debug)]
@@ -104,7 +105,7 @@ pub fn run_peer(args: &[String]) -> Result<(), String> {
                 a: allowed[0],
                 b: *allowed.last().unwrap_or(&0),
             };
-            for (fig, size) in hub_echo_busy(&Plan::new(false), cpus)
+            for (fig, size) in hub_echo_busy(&Plan::new(false), cpus, RingFormat::Split)
                 .into_iter()
                 .zip(SIZES)
             {

@@ -12,6 +12,8 @@
 //! [[guest]]
 //! name = "bob"
 //! socket = "/tmp/vamp-bob.sock"
+//! poll = true                   # the hub polls bob's rings, his kicks off (see --poll)
+//! poll_quiet_ms = 20            # back to kicks after 20 ms without traffic (default 100)
 //!
 //! # A host echo service announced to both guests.
 //! [[service]]
@@ -39,9 +41,11 @@
 //! names = ["rpmsg-client-sample"]
 //! ```
 
+use crate::vhost_user::poll::{DEFAULT_QUIET, MAX_QUIET_MS};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// What is wrong with a topology.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +80,45 @@ pub struct GuestSpec {
     pub name: String,
     /// The vhost-user socket QEMU (or another frontend) connects to.
     pub socket: PathBuf,
+    /// The hub polls this guest's rings with its kicks turned off, back to kicks after a
+    /// quiet period (crate::vhost_user::poll); `--poll` sets it for every guest.
+    #[serde(default)]
+    pub poll: bool,
+    /// The quiet period of polling, in milliseconds (1 to [`MAX_QUIET_MS`]); unset: the
+    /// command line's `--poll-quiet-ms`, else [`DEFAULT_QUIET`].
+    #[serde(default)]
+    pub poll_quiet_ms: Option<u64>,
+}
+
+impl GuestSpec {
+    /// A guest on `socket`, not polled.
+    pub fn new(name: impl Into<String>, socket: impl Into<PathBuf>) -> Self {
+        GuestSpec {
+            name: name.into(),
+            socket: socket.into(),
+            poll: false,
+            poll_quiet_ms: None,
+        }
+    }
+
+    /// The quiet period after which polling this guest backs off to kicks, if it is polled.
+    pub fn poll_quiet(&self) -> Option<Duration> {
+        self.poll.then(|| {
+            self.poll_quiet_ms
+                .map_or(DEFAULT_QUIET, Duration::from_millis)
+        })
+    }
+}
+
+/// Checks a polling quiet period (`poll_quiet_ms`, `--poll-quiet-ms`).
+pub fn check_quiet_ms(ms: u64) -> Result<(), String> {
+    if (1..=MAX_QUIET_MS).contains(&ms) {
+        Ok(())
+    } else {
+        Err(format!(
+            "a polling quiet period of {ms} ms: it must be 1 to {MAX_QUIET_MS} ms"
+        ))
+    }
 }
 
 /// What a host service does.
@@ -201,10 +244,7 @@ impl Topology {
         let guests: Vec<GuestSpec> = sockets
             .into_iter()
             .enumerate()
-            .map(|(i, socket)| GuestSpec {
-                name: format!("guest{i}"),
-                socket,
-            })
+            .map(|(i, socket)| GuestSpec::new(format!("guest{i}"), socket))
             .collect();
         let channels = guests
             .iter()
@@ -229,6 +269,17 @@ impl Topology {
         t.add_echo(echo);
         t.validate()?;
         Ok(t)
+    }
+
+    /// Polls every guest (`all`: `--poll`), and gives `quiet_ms` (`--poll-quiet-ms`) to
+    /// the guests whose entry sets no quiet period of its own.
+    pub fn set_polling(&mut self, all: bool, quiet_ms: Option<u64>) {
+        for g in &mut self.guests {
+            g.poll |= all;
+            if g.poll_quiet_ms.is_none() {
+                g.poll_quiet_ms = quiet_ms;
+            }
+        }
     }
 
     /// Adds echo services announced to every guest.
@@ -262,6 +313,11 @@ impl Topology {
                     "socket {} is used by two guests",
                     g.socket.display()
                 ));
+            }
+            if let Some(ms) = g.poll_quiet_ms {
+                check_quiet_ms(ms).map_err(|e| {
+                    ConfigError::Invalid(format!("guest \"{}\": poll_quiet_ms: {e}", g.name))
+                })?;
             }
         }
         for r in &self.remotes {

@@ -1,6 +1,7 @@
 //! vamp's vhost-user virtio-rpmsg device (`vhost-user-rpmsg`) and the hub that routes rpmsg
 //! between the guests it serves.
 //!
+//! - [`cli`]: the `vhost-user-rpmsg` program, as a function ([`cli::run`]).
 //! - [`config`]: the topology file (guests, host services, channels, the status socket).
 //! - [`control`]: the status socket: guests, links, names, counters, remotes (table, JSON,
 //!   Prometheus).
@@ -15,6 +16,7 @@
 //! - [`frontend`]: a vhost-user frontend that plays a guest with vamp's driver role (tests,
 //!   the demo, and native guests without QEMU).
 
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod frontend;

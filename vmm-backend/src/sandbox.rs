@@ -16,6 +16,7 @@
 //! | `vamp-vu-<guest>` (the daemon's request thread) | the VMM's vhost-user messages, fds, memory tables | [`ThreadKind::Request`] |
 //! | `vhost-user-ctl` ([`crate::vhost_user::control`]) | the VMM's messages (device status, backend channel) | [`ThreadKind::Control`] |
 //! | `vamp-hub-clock` | every guest's rings (timeouts return held buffers) | [`ThreadKind::Clock`] |
+//! | `vamp-hub-poll` ([`crate::vhost_user::poll`]) | polled guests' rings, other guests' rings | [`ThreadKind::Poll`] |
 //! | `vamp-remote-rings` ([`crate::remote`]) | a remote's rings, other guests' rings | [`ThreadKind::RemoteRings`] |
 //! | `vamp-ring-work` (short-lived) | other guests' rings (withdrawals, held buffers) | [`ThreadKind::RingWork`] |
 //! | `vamp-status` ([`crate::control`]) | local clients' requests; the names guests announced | [`ThreadKind::Status`] |
@@ -81,6 +82,10 @@ pub enum ThreadKind {
     Worker,
     /// The hub's clock: sleeps, ticks the hub.
     Clock,
+    /// The poll thread (`vamp-hub-poll`, `crate::vhost_user::poll`): spins on polled guests'
+    /// rings and runs the hub for them, yields its CPU now and then, waits on a condition
+    /// variable while no guest is polled. Only the common calls.
+    Poll,
     /// A short-lived thread that stops or attaches a link for an unconfined thread (a
     /// disconnect seen by the accept thread, a remote's start or end seen by its lifecycle
     /// thread): it walks other guests' rings (withdrawals, returned buffers, announcements)
@@ -225,6 +230,7 @@ pub fn last_refused() -> Option<i64> {
 pub fn check(violation: Violation) -> Result<(), SandboxError> {
     filter(ThreadKind::Worker, violation)?;
     filter(ThreadKind::Clock, violation)?;
+    filter(ThreadKind::Poll, violation)?;
     filter(ThreadKind::RingWork, violation)?;
     filter(ThreadKind::Request, violation)?;
     filter(ThreadKind::Control, violation)?;
@@ -323,7 +329,11 @@ fn rules(kind: ThreadKind) -> Vec<Allowed> {
     let mut rules = vec![
         // Locks and thread joins (std's Mutex, Condvar, RwLock; the hub's lock).
         allow!(SYS_futex, Any, "locks, condition variables, thread joins"),
-        allow!(SYS_sched_yield, Any, "lock back-off"),
+        allow!(
+            SYS_sched_yield,
+            Any,
+            "lock back-off; the poll thread giving its CPU to others"
+        ),
         // The allocator (glibc malloc: arenas grow with mprotect, big blocks are mapped).
         allow!(
             SYS_mmap,
@@ -402,6 +412,8 @@ fn rules(kind: ThreadKind) -> Vec<Allowed> {
         }
         // Locks, the allocator, call eventfds, log lines and thread exit: all common.
         ThreadKind::RingWork => {}
+        // The same, and sched_yield (common): it spins, never sleeps on a descriptor.
+        ThreadKind::Poll => {}
         ThreadKind::RemoteRings => {
             #[cfg(target_arch = "x86_64")]
             rules.push(allow!(

@@ -13,6 +13,7 @@ mod common;
 
 use common::{Inbox, TXQ, TempDir, TestHub, WAIT, await_echo, jump_avail, kick, pump};
 use std::io::Read as _;
+use std::os::fd::AsRawFd as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -157,6 +158,98 @@ fn a_confined_clock_may_sleep_but_not_wait_on_epoll() {
     });
     assert_eq!(results, [("epoll_create1", libc::EPERM)]);
     assert_eq!(sandbox::refusals() - before, 1);
+}
+
+#[test]
+fn a_confined_poll_thread_may_yield_and_wait_but_not_sleep_on_descriptors() {
+    let _serial = serial();
+    let before = sandbox::refusals();
+    let kick = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let results = run_confined(ThreadKind::Poll, move || {
+        let mut seen = Vec::new();
+        // Allowed: giving the CPU away, a condition variable's wait, an interrupt (a call
+        // eventfd write).
+        std::thread::yield_now();
+        let pair = (Mutex::new(false), std::sync::Condvar::new());
+        let (guard, _) = pair
+            .1
+            .wait_timeout(pair.0.lock().unwrap(), Duration::from_millis(2))
+            .unwrap();
+        drop(guard);
+        seen.push((
+            "write eventfd",
+            kick.write(1)
+                .err()
+                .map_or(0, |e| e.raw_os_error().unwrap_or(-1)),
+        ));
+        // Refused: reading a descriptor (it never waits on one), sleeping, new descriptors.
+        let mut word = 0u64;
+        // SAFETY: read(2) into a live local u64; epoll_create1 and nanosleep with valid or
+        // null pointers; only their results are looked at.
+        unsafe {
+            let rc = libc::syscall(
+                libc::SYS_read,
+                kick.as_raw_fd(),
+                (&raw mut word).cast::<libc::c_void>(),
+                8usize,
+            );
+            seen.push(("read", errno(rc)));
+            let rc = libc::syscall(libc::SYS_epoll_create1, 0);
+            seen.push(("epoll_create1", errno(rc)));
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 1000,
+            };
+            let rc = libc::syscall(
+                libc::SYS_nanosleep,
+                &raw const ts,
+                std::ptr::null_mut::<libc::timespec>(),
+            );
+            seen.push(("nanosleep", errno(rc)));
+        }
+        seen
+    });
+    assert_eq!(
+        results,
+        [
+            ("write eventfd", 0),
+            ("read", libc::EPERM),
+            ("epoll_create1", libc::EPERM),
+            ("nanosleep", libc::EPERM)
+        ]
+    );
+    assert_eq!(sandbox::refusals() - before, 3);
+}
+
+#[test]
+fn the_binary_confines_its_poll_thread_and_refuses_nothing_legitimate() {
+    let _serial = serial();
+    let dir = TempDir::new("sandbox-poll");
+    // A short quiet period: the traffic below backs off to kicks and resumes polling often.
+    let (backend, sockets) = Backend::start(dir.path(), &["--poll", "--poll-quiet-ms", "5"]);
+    let mut a = NativeGuest::connect(&sockets[0], GuestOptions::default())
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", backend.log()));
+    let mut ai = Inbox::default();
+    pump(&mut a, &mut ai, "echo", |i| i.announced("echo").is_some());
+    let pid = backend.child.id();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let modes = seccomp_modes(pid, "vamp-hub-poll");
+        if modes == [2] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "one confined poll thread: {modes:?}\n{}",
+            backend.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(a);
+    traffic(&sockets);
+    let log = backend.log();
+    assert!(!log.contains("refused system call"), "{log}");
+    assert_eq!(seccomp_modes(pid, "vamp-hub-poll"), [2], "{log}");
 }
 
 /// Not a test on its own: the child process of the next test (it kills itself).

@@ -1078,3 +1078,44 @@ proptest! {
         }
     }
 }
+
+/// A device that polls with the driver's kicks suppressed (`set_kick_suppression`, the hub's
+/// `--poll`) hears no kick on either queue however the indices wrap, while its interrupts to
+/// the driver go on as the driver asks; once it stops, the driver kicks again. Both formats.
+#[test]
+fn device_kick_suppression_silences_the_driver_only() {
+    for format in [RingFormat::Split, RingFormat::Packed] {
+        FORMAT.with(|f| f.set(format));
+        for event_idx in [false, true] {
+            let (mut host, mut remote, hk, rk) = pair_with(8, BufferConfig::default(), event_idx);
+            remote.transport_mut().set_kick_suppression(true).unwrap();
+            let before = hk.kicks.get();
+            remote.create_ept(CHANNEL, ADDR_ANY, ADDR_ANY).unwrap();
+            let mut h = Recorder::default();
+            assert_eq!(host.poll(&mut h).unwrap(), 1, "the announcement");
+            let h_ept = host.create_ept(CHANNEL, ADDR_ANY, 1024).unwrap();
+            let mut r = Recorder {
+                echo: true,
+                ..Default::default()
+            };
+            for i in 0..40u32 {
+                host.send(h_ept, &i.to_le_bytes()).unwrap();
+                assert_eq!(remote.poll(&mut r).unwrap(), 1);
+                assert_eq!(host.poll(&mut h).unwrap(), 1);
+            }
+            let what = alloc::format!("{format:?}, event_idx {event_idx}");
+            assert_eq!(hk.kicks.get(), before, "no kick while suppressed: {what}");
+            assert!(
+                rk.kicks.get()[RX_QUEUE as usize] >= 40,
+                "an interrupt for every echo: {what}"
+            );
+            remote.transport_mut().set_kick_suppression(false).unwrap();
+            host.send(h_ept, b"after").unwrap();
+            assert!(
+                hk.kicks.get()[TX_QUEUE as usize] > before[TX_QUEUE as usize],
+                "kicks again: {what}"
+            );
+        }
+    }
+    FORMAT.with(|f| f.set(RingFormat::Split));
+}

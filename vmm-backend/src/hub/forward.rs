@@ -187,6 +187,7 @@ impl Hub {
                     link.more = more;
                 }
                 self.slots[id].stats.budget_spent += u64::from(more);
+                self.slots[id].taken += taken as u64;
                 if more && let Some(n) = &self.slots[id].notifier {
                     // Without it, the next tick serves the rest.
                     n.0.resume();

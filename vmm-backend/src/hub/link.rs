@@ -214,6 +214,8 @@ pub(super) struct Link {
     pub(super) more: bool,
     /// Malformed chains of its transport already counted.
     pub(super) bad_chains_seen: u64,
+    /// The guest's kicks are suppressed: a poll thread spins on its rings (see `poll.rs`).
+    pub(super) kicks_suppressed: bool,
 }
 
 /// A guest's [`Notifier`], kept by its slot.
@@ -242,6 +244,9 @@ pub(super) struct Slot {
     /// Where the guest's interrupts go (set when its link comes up): told of a break.
     pub(super) notifier: Option<SlotNotifier>,
     pub(super) stats: LinkStats,
+    /// Events taken from the guest's rings, over all its links (a poll thread tells work
+    /// from an idle round by it).
+    pub(super) taken: u64,
     /// Log reports of dropped messages, malformed chains, other link errors, name-service
     /// events, and of the link's ups, downs and breaks (a guest can reconnect at line rate).
     pub(super) drop_reports: Reports,

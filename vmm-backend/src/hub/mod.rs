@@ -51,6 +51,7 @@
 
 mod forward;
 mod link;
+mod poll;
 mod routes;
 mod shared;
 mod stats;
@@ -687,6 +688,7 @@ impl Hub {
             stalled: false,
             more: false,
             bad_chains_seen: 0,
+            kicks_suppressed: false,
         });
         // Names the other links announced that this one may see.
         self.offer_all_to(id);

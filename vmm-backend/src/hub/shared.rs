@@ -99,8 +99,16 @@ impl SharedHub {
         info: RingsInfo,
         notifier: &Arc<dyn super::Notifier>,
     ) -> Option<[u16; 2]> {
+        self.serve_with(id, |part| part.service(id, mem, info, notifier))
+    }
+
+    /// Runs `serve` (a service of guest `id`'s rings and what goes with it: a poll round's
+    /// kick suppression) under the lock of `id`'s part, then breaks the links whose memory
+    /// vanished meanwhile, each under its own part's lock: [`service`](Self::service) for
+    /// callers that need more than the service itself in the same critical section.
+    pub fn serve_with<R>(&self, id: LinkId, serve: impl FnOnce(&mut Hub) -> R) -> R {
         let mut part = self.link(id);
-        let at = part.service(id, mem, info, notifier);
+        let result = serve(&mut part);
         let mut elsewhere = Vec::new();
         for owner in take_faults() {
             if part.members().binary_search(&owner).is_ok() {
@@ -113,7 +121,7 @@ impl SharedHub {
         for owner in elsewhere {
             self.link(owner).break_memory_fault(owner);
         }
-        at
+        result
     }
 
     /// Runs `work` on the part serving link `id` from a confined thread and returns its

@@ -1,9 +1,12 @@
 //! The vhost-user device of one guest on rust-vmm's vhost-user-backend: [`RpmsgBackend`]
 //! answers the frontend's feature and ring set-up, turns its memory table into the hub's
 //! `GuestRam` (once per table), and runs the hub for each kick (`handle_event`, on the
-//! connection's vring worker, confined at its first event).
+//! connection's vring worker, confined at its first event). A polled guest's kicks also hand
+//! its rings to the poll thread (crate::vhost_user::poll); both serve them through
+//! `serve_rings`.
 
 use super::control::ResetNotice;
+use super::poll::Job;
 use crate::guest_memory::{GuestMemoryMap, GuestRam, check_table, max_mapped, register_table};
 use crate::hub::{LinkId, Notifier, Reports, RingsInfo, SharedHub, stop};
 use crate::sandbox::{self, ThreadKind};
@@ -98,10 +101,15 @@ pub struct RpmsgBackend {
     exit_consumers: Mutex<Vec<std::os::fd::RawFd>>,
     /// Memory tables refused on this connection (for rate-limited logging).
     refused_tables: Reports,
+    /// The guest is polled (its topology entry or `--poll`): its job with the poll thread.
+    poll: Option<Arc<Job>>,
 }
 
 impl Drop for RpmsgBackend {
     fn drop(&mut self) {
+        if let Some(job) = &self.poll {
+            job.withdraw();
+        }
         let fds = self
             .exit_consumers
             .get_mut()
@@ -128,7 +136,9 @@ impl std::fmt::Debug for RpmsgBackend {
 impl RpmsgBackend {
     /// The backend for guest `id` of the hub.
     pub fn new(hub: SharedHub, id: LinkId) -> Self {
-        let name = hub.topology().guests[id].name.clone();
+        let guest = &hub.topology().guests[id];
+        let (name, poll) = (guest.name.clone(), guest.poll_quiet());
+        let poll = poll.map(|quiet| Job::register(hub.clone(), id, quiet));
         RpmsgBackend {
             id,
             name,
@@ -141,6 +151,14 @@ impl RpmsgBackend {
             reset_notice: None,
             exit_consumers: Mutex::new(Vec::new()),
             refused_tables: Reports::default(),
+            poll,
+        }
+    }
+
+    /// Stops polling until the next kick (the rings are about to stop or reset).
+    fn pause_polling(&self) {
+        if let Some(job) = &self.poll {
+            job.pause();
         }
     }
 
@@ -187,12 +205,72 @@ impl RpmsgBackend {
             name_service: self.acked_features & VIRTIO_RPMSG_F_NS != 0,
         })
     }
+}
 
-    fn record(vrings: &[VringRwLock], at: [u16; NUM_QUEUES]) {
-        for (vring, next) in vrings.iter().zip(at) {
-            vring.set_queue_next_avail(next);
-        }
+/// Records where the guest's rings stand with the frontend (vhost-user's GET_VRING_BASE
+/// reports it).
+pub(super) fn record(vrings: &[VringRwLock], at: [u16; NUM_QUEUES]) {
+    for (vring, next) in vrings.iter().zip(at) {
+        vring.set_queue_next_avail(next);
     }
+}
+
+/// What a service call does with the guest's kicks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kicks {
+    /// Leaves them as they are (a kick: the call also brings new rings up).
+    Unchanged,
+    /// Polling: asks the guest not to kick, after serving. Only on a link that is up.
+    Suppress,
+    /// Backing off: asks the guest to kick again, then serves. Only on a link that is up.
+    Enable,
+}
+
+/// What a service call found.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Served {
+    /// Where the rings stand, to [`record`].
+    pub(super) at: Option<[u16; NUM_QUEUES]>,
+    /// The hub's count of events taken from the guest's rings, after the call
+    /// ([`crate::hub::Hub::events_taken`]).
+    pub(super) taken: u64,
+}
+
+/// Serves guest `id`'s rings: the one call into the hub of both a kick (`handle_event`) and
+/// the poll thread (crate::vhost_user::poll). `None` when `kicks` is not
+/// [`Kicks::Unchanged`] and the guest's link is not up on `info`'s rings: only a kick brings
+/// a link up, or moves it to new rings.
+pub(super) fn serve_rings(
+    hub: &SharedHub,
+    id: LinkId,
+    ram: &GuestRam,
+    info: RingsInfo,
+    notifier: &Arc<dyn Notifier>,
+    kicks: Kicks,
+) -> Option<Served> {
+    // A break, found here or on another guest's thread, reaches the control thread through
+    // the notifier's `needs_reset`. Memory that vanished under any thread (this one or
+    // another) costs its own guest its link (SharedHub::serve_with, crate::guest_memory).
+    hub.serve_with(id, |hub| {
+        if kicks != Kicks::Unchanged && !hub.is_up_on(id, &info.rings) {
+            return None;
+        }
+        // Enable, then check: the service below sees what was made available before the
+        // guest saw kicks enabled.
+        let kicks_ok = kicks != Kicks::Enable || hub.suppress_kicks(id, false);
+        let at = if kicks_ok {
+            hub.service(id, ram, info, notifier)
+        } else {
+            None
+        };
+        if kicks == Kicks::Suppress {
+            hub.suppress_kicks(id, true);
+        }
+        Some(Served {
+            at,
+            taken: hub.events_taken(id),
+        })
+    })
 }
 
 impl VhostUserBackendMut for RpmsgBackend {
@@ -230,11 +308,12 @@ impl VhostUserBackendMut for RpmsgBackend {
     }
 
     fn reset_device(&mut self) {
+        self.pause_polling();
         let at = self
             .hub
             .run_ring_work(self.id, stop(self.id, "device reset"));
         if let (Some((vrings, _)), Some(at)) = (&self.vrings, at) {
-            Self::record(vrings, at);
+            record(vrings, at);
         }
     }
 
@@ -255,6 +334,7 @@ impl VhostUserBackendMut for RpmsgBackend {
                 .map(|guard| guard.replace(GuestMemoryMmap::new()))
                 .ok();
             self.ram = None;
+            self.pause_polling();
             // Rate-limited: a VMM can resend a bad table in a loop.
             if self.refused_tables.worth_logging(Reports::FIRST) {
                 log::warn!(
@@ -265,7 +345,11 @@ impl VhostUserBackendMut for RpmsgBackend {
             }
             return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
         }
-        self.ram = Some(GuestRam::snapshot(&mem));
+        let ram = GuestRam::snapshot(&mem);
+        if let Some(job) = &self.poll {
+            job.set_memory(&ram);
+        }
+        self.ram = Some(ram);
         Ok(())
     }
 
@@ -281,11 +365,12 @@ impl VhostUserBackendMut for RpmsgBackend {
     }
 
     fn stop_vring(&mut self, _queue_index: u32) -> io::Result<()> {
+        self.pause_polling();
         let at = self
             .hub
             .run_ring_work(self.id, stop(self.id, "the frontend stopped the rings"));
         if let (Some((vrings, _)), Some(at)) = (&self.vrings, at) {
-            Self::record(vrings, at);
+            record(vrings, at);
         }
         Ok(())
     }
@@ -321,13 +406,13 @@ impl VhostUserBackendMut for RpmsgBackend {
             .as_ref()
             .map(|(_, n)| n.clone())
             .expect("set above");
-        // A break, found here or on another guest's thread, reaches the control thread through
-        // the notifier's `needs_reset`.
-        // Memory that vanished under any thread costs its own guest its link: the hub's
-        // service entry sees to it.
-        let at = self.hub.service(self.id, ram, info, &notifier);
-        if let Some(at) = at {
-            Self::record(vrings, at);
+        let served = serve_rings(&self.hub, self.id, ram, info, &notifier, Kicks::Unchanged);
+        if let Some(at) = served.and_then(|s| s.at) {
+            record(vrings, at);
+        }
+        // A kick of a polled guest (its first, or its first after a quiet period): poll.
+        if let Some(job) = &self.poll {
+            job.kicked(ram, info, vrings, &notifier);
         }
         Ok(())
     }

@@ -4,11 +4,13 @@
 //!   daemon's request thread confined, withdraw the guest's link when its frontend goes.
 //! - [`device`]: the guest's vhost-user device ([`RpmsgBackend`]), run by rust-vmm's daemon.
 //! - [`control`]: the relay that adds device status and the backend channel.
+//! - [`poll`]: polling mode: a thread that spins on polled guests' rings, their kicks off.
 //!
 //! The hub itself and its lock are in [`crate::hub`]; nothing here is imported back by it.
 
 pub mod control;
 pub mod device;
+pub mod poll;
 
 pub use device::{MAX_QUEUE_SIZE, RpmsgBackend, set_offer_packed};
 
