@@ -269,7 +269,19 @@ fn quick_bench_writes_every_figure() {
         }
     }
     let targets = j.get_or_fail("targets").arr();
-    assert_eq!(targets.len(), 7, "every target of issue 5");
+    let of_issue = |n: u64| {
+        targets
+            .iter()
+            .filter(|t| t.get("issue").and_then(Value::as_u64) == Some(n))
+            .count()
+    };
+    assert_eq!(of_issue(5), 7, "every target of issue 5");
+    assert_eq!(
+        of_issue(15),
+        4,
+        "every speed target of issue 15 that vamp bench measures"
+    );
+    assert_eq!(targets.len(), 11);
     for t in targets {
         assert!(t.has("target") && t.has("status") && t.has("figures"));
     }

@@ -214,6 +214,8 @@ struct StartJson {
 
 #[derive(serde::Serialize)]
 struct TargetJson<'a> {
+    /// The issue that set it (5: the first round; 15: packed rings and the polling hub).
+    issue: u32,
     target: &'a str,
     status: &'a str,
     figures: &'a str,
@@ -360,7 +362,8 @@ pub(super) fn to_json(
     let targets = r
         .targets
         .iter()
-        .map(|(target, status, figures)| TargetJson {
+        .map(|(issue, target, status, figures)| TargetJson {
+            issue: *issue,
             target,
             status,
             figures,

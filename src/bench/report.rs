@@ -114,7 +114,8 @@ pub(super) struct Report {
     pub(super) endpoints: Vec<ScaleRow>,
     pub(super) memory: Option<Res<[f64; 3]>>,
     pub(super) start: Option<Res<StartFig>>,
-    pub(super) targets: Vec<(String, String, String)>,
+    /// The issues' speed targets: (issue, target, verdict, figures).
+    pub(super) targets: Vec<(u32, String, String, String)>,
     pub(super) clock_ns: f64,
 }
 
@@ -505,8 +506,12 @@ pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Dur
         }
         None => {}
     }
-    let _ = writeln!(o, "\ntargets (issue 5)");
-    for (what, verdict, detail) in &r.targets {
+    let mut issue = 0;
+    for (of, what, verdict, detail) in &r.targets {
+        if *of != issue {
+            issue = *of;
+            let _ = writeln!(o, "\ntargets (issue {issue})");
+        }
         let _ = writeln!(o, "  [{verdict}] {what}: {detail}");
     }
     o
