@@ -105,7 +105,13 @@ pub fn run_peer(args: &[String]) -> Result<(), String> {
                 a: allowed[0],
                 b: *allowed.last().unwrap_or(&0),
             };
-            for (fig, size) in hub_echo_busy(&Plan::new(false), cpus, RingFormat::Split)
+            let ring = match rest.first() {
+                None => RingFormat::Split,
+                Some(name) => RingFormat::from_name(name).ok_or_else(|| {
+                    format!("bench-peer hub-echo-busy: rings are split or packed, not {name:?}")
+                })?,
+            };
+            for (fig, size) in hub_echo_busy(&Plan::new(false), cpus, ring)
                 .into_iter()
                 .zip(SIZES)
             {
