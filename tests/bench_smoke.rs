@@ -227,6 +227,16 @@ fn quick_bench_writes_every_figure() {
         row.get_or_fail("hub_ns_per_msg").figure("hub_full_rings");
         row.get_or_fail("ratio").figure("hub_full_rings");
     }
+    // The counters' cost per message and its share of the hub's (next to the full-ring rows).
+    let counters = j.get_or_fail("hub_counters");
+    counters.get_or_fail("ns_per_msg").figure("hub_counters");
+    counters
+        .get_or_fail("share_of_forward_16b_split")
+        .figure("hub_counters");
+    assert!(
+        stdout.contains("counters (LinkStats::count_delivered"),
+        "no counters line in the report:\n{stdout}"
+    );
     for (key, counts, rings) in [
         ("scale_guests", [1.0, 8.0, 64.0], &["split", "packed"][..]),
         ("scale_endpoints", [1.0, 100.0, 10_000.0], &["split"][..]),

@@ -201,7 +201,7 @@ const VOLATILE_COPY_MAX: usize = 16;
 /// # Safety
 ///
 /// `src` must be valid for `len` bytes of reads and `dst` for `len` bytes of writes.
-unsafe fn volatile_copy(src: *const u8, dst: *mut u8, len: usize) {
+pub(crate) unsafe fn volatile_copy(src: *const u8, dst: *mut u8, len: usize) {
     if len > VOLATILE_COPY_MAX {
         // SAFETY: the caller promises both ranges; `copy` allows them to overlap.
         unsafe { core::ptr::copy(src, dst, len) };

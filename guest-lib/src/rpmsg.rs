@@ -757,7 +757,17 @@ impl<T: Transport> Rpmsg<T> {
 
     /// Sends queued name-service messages while buffers are free; the rest wait for the next
     /// [`poll`](Self::poll) or send.
+    ///
+    /// Every send calls it: the usual case, nothing queued, is an inlined check.
+    #[inline]
     pub fn flush_announcements(&mut self) -> Result<(), Error> {
+        if self.pending_ns.is_empty() {
+            return Ok(());
+        }
+        self.send_announcements()
+    }
+
+    fn send_announcements(&mut self) -> Result<(), Error> {
         while let Some(msg) = self.pending_ns.front().copied() {
             let Some(buf) = self.transport.take_tx()? else {
                 break;
@@ -921,6 +931,7 @@ impl<T: Transport> Rpmsg<T> {
         self.flush_unless_batched()
     }
 
+    #[inline]
     fn flush_unless_batched(&mut self) -> Result<(), Error> {
         if self.batches > 0 {
             // A batch is bounded: a peer that keeps the rings busy could otherwise keep one

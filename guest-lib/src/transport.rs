@@ -329,12 +329,23 @@ impl Buffer {
 
     /// Calls `f(address, range within the caller's bytes)` for each piece of
     /// `offset..offset + len` that falls in one segment.
+    #[inline]
     pub(crate) fn walk(
         &self,
         offset: usize,
         len: usize,
         mut f: impl FnMut(u64, core::ops::Range<usize>) -> Result<(), MemError>,
     ) -> Result<(), MemError> {
+        // Linux's and OpenAMP's buffers are one segment each: the whole range in the first
+        // one is a single call, without the loop (each message walks four times; an empty
+        // range takes the loop, which calls nothing).
+        let first = self.chain.segments[0];
+        if self.chain.count > 0
+            && len > 0
+            && (offset as u64).saturating_add(len as u64) <= u64::from(first.len)
+        {
+            return f(first.addr + offset as u64, 0..len);
+        }
         let mut skip = offset as u64;
         let mut done = 0usize;
         for seg in self.segments() {

@@ -25,6 +25,7 @@ struct Document<'a> {
     engine_copy: Vec<CopyJson>,
     links: Vec<LinkJson<'a>>,
     hub_full_rings: Vec<FullRingJson>,
+    hub_counters: Option<CountersJson>,
     scale_guests: Vec<ScaleJson>,
     scale_endpoints: Vec<ScaleJson>,
     hub_memory: Option<Measured<MemoryJson>>,
@@ -159,6 +160,14 @@ struct FullRingJson {
     size_bytes: usize,
     #[serde(flatten)]
     figures: Measured<FullRingFigures>,
+}
+
+/// The hub's counter updates per message, timed alone, and their share of the hub's cost per
+/// message forwarded between 2 guests (16 B, split rings).
+#[derive(serde::Serialize)]
+struct CountersJson {
+    ns_per_msg: f64,
+    share_of_forward_16b_split: Option<f64>,
 }
 
 #[derive(serde::Serialize)]
@@ -379,6 +388,10 @@ pub(super) fn to_json(
         engine_copy,
         links,
         hub_full_rings,
+        hub_counters: r.counters_ns.map(|ns_per_msg| CountersJson {
+            ns_per_msg,
+            share_of_forward_16b_split: r.counters_share(),
+        }),
         scale_guests: scale_rows(&r.guests, "guests"),
         scale_endpoints: scale_rows(&r.endpoints, "endpoints"),
         hub_memory,

@@ -47,7 +47,9 @@ pub use peer::run_peer;
 pub use polled_hub::HUB_COMMAND;
 use polled_hub::{guest_to_guest_busy, hub_echo_busy};
 use report::{FullRingRow, LinkMode, Report, ScaleRow, load_average, machine_facts, render};
-use scale::{ENDPOINT_COUNTS, endpoint_scale, guest_scale, hub_full_rings, hub_memory};
+use scale::{
+    ENDPOINT_COUNTS, counter_cost, endpoint_scale, guest_scale, hub_full_rings, hub_memory,
+};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use sys::{allowed_cpus, pin};
@@ -464,6 +466,8 @@ pub fn run(opts: &BenchOptions) -> Result<bool, String> {
             }
         }
     }
+    // The counters' share of the full-ring cost: as many calls as the rows' messages, 10x.
+    r.counters_ns = Some(counter_cost(plan.full_ring_msgs * 10));
     for ring in RINGS {
         for guests in [1, 8, 64] {
             let fig = guest_scale(&plan, cpus, guests, ring);

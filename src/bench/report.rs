@@ -110,6 +110,8 @@ pub(super) struct Report {
     pub(super) copies: Vec<(usize, f64, f64)>,
     pub(super) links: Vec<LinkRow>,
     pub(super) full_rings: Vec<FullRingRow>,
+    /// The hub's counter updates per message, timed alone (`scale::counter_cost`).
+    pub(super) counters_ns: Option<f64>,
     pub(super) guests: Vec<ScaleRow>,
     pub(super) endpoints: Vec<ScaleRow>,
     pub(super) memory: Option<Res<[f64; 3]>>,
@@ -120,6 +122,22 @@ pub(super) struct Report {
 }
 
 impl Report {
+    /// The hub's cost per message forwarded between 2 guests, 16 B, split rings: what the
+    /// counters' share is of.
+    pub(super) fn forward_16b_split(&self) -> Option<f64> {
+        self.full_rings
+            .iter()
+            .find(|f| {
+                f.kind == "forward" && f.guests == 2 && f.size == 16 && f.ring == RingFormat::Split
+            })
+            .and_then(|f| f.ns.as_ref().ok().copied())
+    }
+
+    /// The counters' cost as a share of [`forward_16b_split`](Self::forward_16b_split).
+    pub(super) fn counters_share(&self) -> Option<f64> {
+        Some(self.counters_ns? / self.forward_16b_split()?)
+    }
+
     pub(super) fn floor(&self, key: &str) -> Option<f64> {
         self.floors
             .iter()
@@ -411,6 +429,16 @@ pub(super) fn render(r: &Report, plan: &Plan, cpus: Cpus, quick: bool, took: Dur
                 );
             }
         }
+    }
+    if let Some(ns) = r.counters_ns {
+        let share = r
+            .counters_share()
+            .map_or("-".into(), |s| format!("{:.1} %", s * 100.0));
+        let _ = writeln!(
+            o,
+            "  counters (LinkStats::count_delivered, the hub's per-message counting, timed alone): {} per message, {share} of 2 guests' forwarding, 16 B, split",
+            fmt_ns(ns)
+        );
     }
     let _ = writeln!(
         o,

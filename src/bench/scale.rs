@@ -17,7 +17,7 @@ use vamp_rpmsg::rpmsg::{Config, Rpmsg};
 use vamp_rpmsg::transport::{DeviceRings, DriverTransport, RingFormat, Transport};
 use vamp_rpmsg::wire::{ADDR_ANY, Endian};
 use vamp_vmm_backend::hub::SharedHub;
-use vamp_vmm_backend::hub::{Hub, Notifier, POLL_BUDGET};
+use vamp_vmm_backend::hub::{Hub, LinkStats, Notifier, POLL_BUDGET};
 use vamp_vmm_backend::vhost_user::serve_guest;
 
 /// Endpoint counts of the endpoint scale.
@@ -253,6 +253,22 @@ pub(super) fn hub_full_rings(
         }
     }
     Ok(hub_time.as_nanos() as f64 / msgs.max(1) as f64)
+}
+
+/// The hub's counting work per message, alone: [`LinkStats::count_delivered`], the call
+/// `forward.rs` makes for every message it delivers, timed in a loop of `calls` on counters
+/// kept in memory (as a guest's slot keeps them). Nanoseconds per call, loop included: an upper
+/// bound, to set against the full-ring rows' cost per message.
+pub(super) fn counter_cost(calls: usize) -> f64 {
+    use std::hint::black_box;
+    let mut stats = LinkStats::default();
+    let start = Instant::now();
+    for _ in 0..calls {
+        black_box(&mut stats).count_delivered(black_box(true), black_box(16));
+    }
+    let took = start.elapsed();
+    black_box(&stats);
+    took.as_nanos() as f64 / calls.max(1) as f64
 }
 
 /// `vamp bench-peer hub-full-rings GUESTS echo|forward SIZE MSGS [split|packed]`: the
