@@ -26,6 +26,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod mem;
+#[cfg(feature = "packed-rings")]
 pub mod packed;
 pub mod rpmsg;
 pub mod transport;

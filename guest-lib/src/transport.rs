@@ -16,6 +16,7 @@
 //! [`Environment`], so bare-metal, RTOS and Linux users plug in their own.
 
 use crate::mem::{MemError, SharedMemory};
+#[cfg(feature = "packed-rings")]
 use crate::packed::{PackedDeviceQueue, PackedDriverQueue, PackedLayout};
 use crate::virtio::VIRTIO_F_RING_PACKED;
 use crate::vring::{Chain, DeviceQueue, DriverQueue, PopError, Segment, VringError, VringLayout};
@@ -87,11 +88,23 @@ impl core::fmt::Display for RingFormat {
     }
 }
 
+/// Whether this build of the engine runs packed rings (feature `packed-rings`, on by default).
+/// A firmware that can only ever be given split rings (a core behind Linux's remoteproc, whose
+/// resource-table features cannot offer packed ones) leaves it out and saves their code; it
+/// then must not declare packed rings in its platform entry.
+pub const PACKED_RINGS: bool = cfg!(feature = "packed-rings");
+
+/// The error of a transport asked for packed rings in a build without them.
+#[cfg(not(feature = "packed-rings"))]
+const NO_PACKED_RINGS: VringError =
+    VringError::BadLayout("packed rings are not in this build (feature packed-rings)");
+
 /// Calls the same method on whichever queue a ring enum holds.
 macro_rules! either_queue {
     ($ring:expr, $q:ident => $call:expr) => {
         match $ring {
             Self::Split($q) => $call,
+            #[cfg(feature = "packed-rings")]
             Self::Packed($q) => $call,
         }
     };
@@ -101,6 +114,7 @@ macro_rules! either_queue {
 #[derive(Debug)]
 enum DriverRing {
     Split(DriverQueue),
+    #[cfg(feature = "packed-rings")]
     Packed(PackedDriverQueue),
 }
 
@@ -114,12 +128,15 @@ impl DriverRing {
     ) -> Result<Self, VringError> {
         Ok(match format {
             RingFormat::Split => Self::Split(DriverQueue::new(mem, layout, endian, event_idx)?),
+            #[cfg(feature = "packed-rings")]
             RingFormat::Packed => Self::Packed(PackedDriverQueue::new(
                 mem,
                 PackedLayout::in_areas_of(&layout)?,
                 endian,
                 event_idx,
             )?),
+            #[cfg(not(feature = "packed-rings"))]
+            RingFormat::Packed => return Err(NO_PACKED_RINGS),
         })
     }
 
@@ -168,6 +185,7 @@ impl DriverRing {
 #[derive(Debug)]
 enum DeviceRing {
     Split(DeviceQueue),
+    #[cfg(feature = "packed-rings")]
     Packed(PackedDeviceQueue),
 }
 
@@ -186,6 +204,7 @@ impl DeviceRing {
             RingFormat::Split => Self::Split(DeviceQueue::new(
                 mem, layout, endian, event_idx, next_avail,
             )?),
+            #[cfg(feature = "packed-rings")]
             RingFormat::Packed => Self::Packed(PackedDeviceQueue::new(
                 mem,
                 PackedLayout::in_areas_of(&layout)?,
@@ -193,6 +212,8 @@ impl DeviceRing {
                 event_idx,
                 next_avail,
             )?),
+            #[cfg(not(feature = "packed-rings"))]
+            RingFormat::Packed => return Err(NO_PACKED_RINGS),
         })
     }
 
@@ -249,6 +270,7 @@ impl DeviceRing {
     fn outstanding(&self) -> usize {
         match self {
             Self::Split(_) => 0,
+            #[cfg(feature = "packed-rings")]
             Self::Packed(q) => q.outstanding(),
         }
     }
@@ -889,7 +911,11 @@ impl DeviceRings {
     pub fn fresh(vq0: VringLayout, vq1: VringLayout, format: RingFormat) -> Self {
         let start = match format {
             RingFormat::Split => 0,
+            #[cfg(feature = "packed-rings")]
             RingFormat::Packed => PackedDeviceQueue::START,
+            // Refused when attached (NO_PACKED_RINGS).
+            #[cfg(not(feature = "packed-rings"))]
+            RingFormat::Packed => 0,
         };
         DeviceRings {
             areas: [vq0, vq1],
@@ -1294,6 +1320,7 @@ mod tests {
 
     /// A packed chain the driver broke after posting it (a zero length) goes back used and
     /// empty, is counted, and the link carries the next message.
+    #[cfg(feature = "packed-rings")]
     #[test]
     fn a_malformed_packed_chain_goes_back_empty_and_the_link_moves_on() {
         let (mut host, mut remote) = pair_of(RingFormat::Packed);
@@ -1313,6 +1340,7 @@ mod tests {
 
     /// A driver that marks a packed descriptor with the wrong wrap counter breaks the link:
     /// an error, not a chain, and nothing taken.
+    #[cfg(feature = "packed-rings")]
     #[test]
     fn a_packed_wrap_counter_lie_is_a_link_error() {
         let (host, mut remote) = pair_of(RingFormat::Packed);
@@ -1333,6 +1361,7 @@ mod tests {
 
     /// A packed ring resumes both positions at one place: a stopping device gives its spare
     /// buffers back (used, empty) and refuses a resume point while it still holds a chain.
+    #[cfg(feature = "packed-rings")]
     #[test]
     fn a_packed_resume_point_needs_nothing_outstanding() {
         let (mut host, mut remote) = pair_of(RingFormat::Packed);

@@ -346,6 +346,8 @@ macro_rules! area_accessors {
         impl Area<'_> {
             $(
                 #[inline]
+                // The 64-bit load serves only packed rings (their descriptors' addresses).
+                #[cfg_attr(not(feature = "packed-rings"), allow(dead_code))]
                 pub(crate) fn $load(&self, off: u64) -> Result<$ty, MemError> {
                     let p = self.at(off, core::mem::size_of::<$ty>())?;
                     // SAFETY: `at` checked range and alignment (the base is aligned at `get`);

@@ -286,8 +286,14 @@ impl ResourceTable {
         w[p] = RSC_VAMP_PLATFORM;
         w[p + 1 + platform_entry::MAGIC_AT / 4] = PLATFORM_MAGIC;
         w[p + 1 + platform_entry::VERSION_AT / 4] = PLATFORM_VERSION;
-        w[p + 1 + PLATFORM_FEATURES] =
-            PLATFORM_F_BUSY_POLL | PLATFORM_F_WAIT_SPIN | PLATFORM_F_PACKED_RING;
+        // Packed rings only where the engine was built with them (not for the R5: see
+        // Cargo.toml).
+        let packed = if vamp_rpmsg::transport::PACKED_RINGS {
+            PLATFORM_F_PACKED_RING
+        } else {
+            0
+        };
+        w[p + 1 + PLATFORM_FEATURES] = PLATFORM_F_BUSY_POLL | PLATFORM_F_WAIT_SPIN | packed;
         ResourceTable(core::cell::UnsafeCell::new(w))
     }
 
@@ -330,7 +336,8 @@ impl ResourceTable {
     }
 
     /// The rings' format the host chose (packed only because this firmware declares
-    /// [`PLATFORM_F_PACKED_RING`]; split by default and with any host that does not know it).
+    /// [`PLATFORM_F_PACKED_RING`] when its engine has them; split by default and with any host
+    /// that does not know it).
     pub fn ring_format(&self) -> RingFormat {
         RingFormat::from_platform_mode(self.platform(PLATFORM_MODE))
     }
