@@ -124,10 +124,17 @@ r5_echo() {
     out=$(cargo run --quiet -p vamp-remoteproc --bin remoteproc-vm -- inspect "$elf") ||
         { echo "$out"; return 1; }
     sed 's/^/arm64:   | /' <<<"$out"
+    # The platform entry declares busy-poll and the wait spin (features 0x3) but not packed
+    # rings: the R5's engine is built without them (images/Cargo.toml).
     for want in 'ELF32 little-endian, machine ARM' 'entry 0x0' 'vdev id 7 (rpmsg)' \
-        'trace "trace0" da 0x3f000' 'carveout "vdev0buffer"'; do
+        'trace "trace0" da 0x3f000' 'carveout "vdev0buffer"' \
+        'vendor type 128 (128..=512), 32 body bytes: 76 61 6d 70 01 00 00 00 03 00 00 00'; do
         grep -qF "$want" <<<"$out" || { echo "arm64: the R5 echo's inspect output lacks: $want"; return 1; }
     done
+    if command -v readelf >/dev/null; then
+        echo "arm64: the R5 echo's code: $((0x$(readelf -SW "$elf" |
+            sed -n 's/.* \.text *PROGBITS *[0-9a-f]* [0-9a-f]* \([0-9a-f]*\) .*/\1/p'))) bytes of .text"
+    fi
 }
 
 # The firmware's lints on its ARM platforms (tests/run lints the x86 build with the workspace), in
