@@ -72,8 +72,19 @@ fn openamp_host_against_remote(
     let mut host = native::start_openamp_style_host(&paths, Duration::from_secs(60)).unwrap();
     let summary = ping(&mut host);
     drop(host);
+    finish_ping(remote, &paths, summary)
+}
+
+/// After a ping from an in-process host (dropped already): waits for the remote process,
+/// removes the link's paths, and checks that the ping succeeded with every echo matched.
+/// Returns the summary and the remote's output.
+fn finish_ping(
+    remote: Child,
+    paths: &native::NativePaths,
+    summary: Result<PingSummary, AppError>,
+) -> (PingSummary, String) {
     let remote = remote.wait_with_output().unwrap();
-    native::cleanup(&paths);
+    native::cleanup(paths);
     let r = text(&remote);
     let summary = summary.unwrap_or_else(|e| panic!("ping failed: {e}\nremote:\n{r}"));
     assert!(summary.all_matched(), "{summary:?}\nremote:\n{r}");
@@ -108,11 +119,7 @@ fn an_echo_costs_one_kick_each_way() {
     let env = host.transport_mut().env_mut();
     let (sent, received) = (env.kicks_sent, env.kicks_received);
     drop(host);
-    let remote = remote.wait_with_output().unwrap();
-    native::cleanup(&paths);
-    let r = text(&remote);
-    let summary = summary.unwrap_or_else(|e| panic!("ping failed: {e}\nremote:\n{r}"));
-    assert!(summary.all_matched(), "{summary:?}\nremote:\n{r}");
+    finish_ping(remote, &paths, summary);
     // Beyond one per echo: the buffers posted at start, the shutdown word, the announcement.
     let most = u64::from(COUNT) + 8;
     assert!(
